@@ -1,0 +1,40 @@
+# Everything sets itself up: `make demo` and `make test` work on a fresh Debian machine.
+SHELL := /bin/bash
+DEPS ?= $(CURDIR)/.deps
+export WSSS_DEPS := $(DEPS)
+# An existing libtorch 2.11.0 named by LIBTORCH is used as is (e.g. a CUDA build on a GPU
+# machine); otherwise setup carves a CPU libtorch out of the official wheel into .deps/.
+ifeq ($(origin LIBTORCH),undefined)
+export LIBTORCH := $(DEPS)/libtorch/torch
+export WSSS_FETCH_LIBTORCH := 1
+else
+export LIBTORCH
+endif
+export WSSS_TEST_PYTHON ?= $(DEPS)/pyenv/bin/python
+CARGO ?= cargo
+BIN := target/release/wsss-dist
+
+.PHONY: all setup build test demo bench bench-setup clean
+all: build
+
+setup:
+	@bash scripts/setup.sh
+
+build: setup
+	$(CARGO) build --release
+
+test: setup
+	$(CARGO) test --no-fail-fast
+
+demo: build
+	$(BIN) run --config configs/synthetic.toml
+
+bench-setup: setup
+	@bash scripts/setup-bench.sh
+
+bench: bench-setup build
+	bash benchmarks/run.sh
+
+clean:
+	$(CARGO) clean
+	rm -rf data runs

@@ -1,0 +1,133 @@
+//! The command-line surface (DESIGN.md "CLI contract"): clap definitions only.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(name = "wsss-dist", version, about = "Distributed weakly-supervised semantic segmentation")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Import, verify and inspect datasets.
+    Data {
+        #[command(subcommand)]
+        command: DataCommand,
+    },
+    /// Show the resolved configuration.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// Run the whole pipeline of a config (what `make demo` calls).
+    Run(ConfigArgs),
+    /// Show versions and what this machine offers (libtorch, CUDA, MPI, NCCL).
+    Info,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DataCommand {
+    /// Import a dataset into Parquet shards.
+    Import {
+        #[command(subcommand)]
+        source: ImportSourceArgs,
+    },
+    /// Check every shard and row; exits non-zero on any problem and lists every bad row.
+    Verify {
+        dir: PathBuf,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Counts, class histogram and image sizes of a dataset.
+    Inspect {
+        dir: PathBuf,
+        /// Print the statistics as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ImportSourceArgs {
+    /// Generate the embedded synthetic dataset (docs/synthetic.md).
+    Synthetic {
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = 2000)]
+        images: u64,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Image side in pixels.
+        #[arg(long, default_value_t = 128)]
+        size: u32,
+        #[arg(long, default_value_t = 6)]
+        classes: u16,
+        /// Split name recorded in the manifest.
+        #[arg(long, default_value = "train")]
+        split: String,
+        #[command(flatten)]
+        write: WriteArgs,
+    },
+    /// PASCAL VOC (VOCdevkit layout).
+    Voc {
+        /// The VOC2012 directory (holding JPEGImages, ImageSets, ...).
+        #[arg(long)]
+        root: PathBuf,
+        /// Split list under ImageSets/Segmentation (e.g. train_aug, val).
+        #[arg(long)]
+        split: String,
+        #[arg(long)]
+        out: PathBuf,
+        #[command(flatten)]
+        write: WriteArgs,
+    },
+    /// MS COCO (instances_*.json and an image folder).
+    Coco {
+        #[arg(long)]
+        annotations: PathBuf,
+        #[arg(long)]
+        images: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        /// Keep images that have no annotations (empty labels, background mask).
+        #[arg(long)]
+        keep_unlabeled: bool,
+        #[command(flatten)]
+        write: WriteArgs,
+    },
+}
+
+/// Options of every importer's output.
+#[derive(Args, Debug, Clone)]
+pub struct WriteArgs {
+    /// Images per shard file.
+    #[arg(long, default_value_t = 1000)]
+    pub shard_rows: usize,
+    /// Rows per Parquet row group.
+    #[arg(long, default_value_t = 128)]
+    pub rows_per_group: usize,
+    /// Replace an existing dataset at --out.
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ConfigCommand {
+    /// Print the resolved config (file + overrides + defaults) as TOML.
+    Show(ConfigArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ConfigArgs {
+    /// TOML config file; without it the defaults apply.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Override a key: `--set section.key=value` (repeatable; the value in TOML syntax).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub overrides: Vec<String>,
+}

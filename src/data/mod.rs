@@ -1,0 +1,72 @@
+//! Datasets: the Parquet format, importers, the rank-aware sampler and the training loader.
+//! Library code: returns [`DataError`]s that name the file, shard, row or image id; never prints.
+
+pub mod augment;
+pub mod codec;
+pub mod coco;
+pub mod coco_mask;
+pub mod dataset;
+pub mod importer;
+pub mod loader;
+pub mod sampler;
+pub mod schema;
+pub mod shard;
+pub mod stats;
+pub mod synthetic;
+pub mod verify;
+pub mod voc;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+pub use dataset::Dataset;
+pub use schema::{DatasetKind, ImageRow, Manifest, ShardInfo};
+
+/// Everything that can go wrong reading or writing a dataset.
+#[derive(Debug, thiserror::Error)]
+pub enum DataError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{dir} is not a dataset: no manifest.json in it")]
+    MissingManifest { dir: PathBuf },
+    #[error("{path}: invalid manifest: {message}")]
+    BadManifest { path: PathBuf, message: String },
+    #[error("{path}: not a wsss-dist image shard: {message}")]
+    ForeignShard { path: PathBuf, message: String },
+    #[error("{path}: cannot read Parquet (truncated or not a Parquet file?): {source}")]
+    Parquet { path: PathBuf, source: parquet::errors::ParquetError },
+    #[error("building a record batch: {0}")]
+    Arrow(#[from] arrow::error::ArrowError),
+    #[error("{what}: {message}")]
+    BadImage { what: String, message: String },
+    #[error("{what}: class id {value} is out of range (dataset has classes 1..={classes}, 255 = ignore)")]
+    ClassOutOfRange { what: String, value: u32, classes: u16 },
+    #[error("{what}: mask is {mask_width}x{mask_height} but the image is {width}x{height}")]
+    MaskSize { what: String, width: u32, height: u32, mask_width: u32, mask_height: u32 },
+    #[error("{path} already exists (pass --force to replace it)")]
+    Exists { path: PathBuf },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl DataError {
+    /// An I/O error on `path`.
+    pub fn io(path: &Path, source: std::io::Error) -> DataError {
+        DataError::Io { path: path.into(), source }
+    }
+}
+
+/// Writes `bytes` to `path` through a temporary file in the same directory and a rename, so a
+/// reader never sees a partial file.
+pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<(), DataError> {
+    let tmp = temp_name(path);
+    let mut file = std::fs::File::create(&tmp).map_err(|e| DataError::io(&tmp, e))?;
+    file.write_all(bytes).and_then(|_| file.sync_all()).map_err(|e| DataError::io(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| DataError::io(path, e))
+}
+
+/// `dir/.name.tmp-<pid>`: hidden, unique per process, never mistaken for the real file.
+pub fn temp_name(path: &Path) -> PathBuf {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
+}

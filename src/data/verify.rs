@@ -1,0 +1,159 @@
+//! Full check of a dataset: every shard's checksum and schema, and every row: the image decodes
+//! to the stored size, the labels are in range, sorted and unique, ids are unique, and the mask
+//! (if any) decodes, matches the image size and holds only 0..=C or 255.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Mutex;
+
+use rayon::prelude::*;
+
+use super::codec::{decode_mask, decode_rgb};
+use super::schema::{ImageRow, Manifest};
+use super::shard::{file_sha256, ShardReader};
+use super::DataError;
+
+/// One problem found, located as precisely as possible.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Problem {
+    pub shard: String,
+    /// Row within the shard; None for a shard-level problem.
+    pub row: Option<usize>,
+    pub id: Option<String>,
+    pub message: String,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.shard)?;
+        if let Some(row) = self.row {
+            write!(f, " row {row}")?;
+        }
+        if let Some(id) = &self.id {
+            write!(f, " id {id}")?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct VerifyReport {
+    pub shards: usize,
+    pub rows_checked: u64,
+    pub problems: Vec<Problem>,
+}
+
+/// Checks the dataset in `dir`; `progress(n)` is called as rows are checked. A missing or
+/// invalid manifest is an error; everything else is collected as problems.
+pub fn verify(dir: &Path, progress: &(dyn Fn(usize) + Sync)) -> Result<VerifyReport, DataError> {
+    let manifest = Manifest::read(dir)?;
+    let num_classes = manifest.num_classes();
+    let results: Vec<(u64, Vec<Problem>, Vec<(String, usize, usize)>)> = manifest
+        .shards
+        .par_iter()
+        .enumerate()
+        .map(|(s, info)| {
+            let mut problems = Vec::new();
+            let (checked, ids) = verify_shard(dir, s, info, num_classes, &mut problems, progress);
+            (checked, problems, ids)
+        })
+        .collect();
+    let mut problems = Vec::new();
+    let mut rows_checked = 0;
+    let mut first_seen: HashMap<String, (usize, usize)> = HashMap::new();
+    for (checked, shard_problems, ids) in results {
+        rows_checked += checked;
+        problems.extend(shard_problems);
+        for (id, shard, row) in ids {
+            if let Some(&(s0, r0)) = first_seen.get(&id) {
+                problems.push(Problem {
+                    shard: manifest.shards[shard].file.clone(),
+                    row: Some(row),
+                    id: Some(id),
+                    message: format!("duplicate id (first at {} row {r0})", manifest.shards[s0].file),
+                });
+            } else {
+                first_seen.insert(id, (shard, row));
+            }
+        }
+    }
+    Ok(VerifyReport { shards: manifest.shards.len(), rows_checked, problems })
+}
+
+type ShardRows = (u64, Vec<(String, usize, usize)>);
+
+fn verify_shard(dir: &Path, s: usize, info: &super::ShardInfo, num_classes: u16, problems: &mut Vec<Problem>, progress: &(dyn Fn(usize) + Sync)) -> ShardRows {
+    let path = dir.join(&info.file);
+    let shard_problem = |message: String| Problem { shard: info.file.clone(), row: None, id: None, message };
+    match file_sha256(&path) {
+        Ok(sum) if sum == info.sha256 => {}
+        Ok(sum) => problems.push(shard_problem(format!("checksum mismatch: manifest {} file {sum}", info.sha256))),
+        Err(e) => {
+            problems.push(shard_problem(e.to_string()));
+            return (0, Vec::new());
+        }
+    }
+    let reader = match ShardReader::open(&path) {
+        Ok(reader) => reader,
+        Err(e) => {
+            problems.push(shard_problem(e.to_string()));
+            return (0, Vec::new());
+        }
+    };
+    if reader.num_rows() as u64 != info.rows {
+        problems.push(shard_problem(format!("holds {} rows, the manifest says {}", reader.num_rows(), info.rows)));
+    }
+    let found = Mutex::new(Vec::new());
+    let mut ids = Vec::new();
+    let mut checked = 0u64;
+    let mut row_base = 0;
+    for group in 0..reader.num_row_groups() {
+        let rows = match reader.read_row_group(group) {
+            Ok(rows) => rows,
+            Err(e) => {
+                problems.push(shard_problem(format!("row group {group}: {e}")));
+                break;
+            }
+        };
+        rows.par_iter().enumerate().for_each(|(i, row)| {
+            if let Err(message) = check_row(row, num_classes) {
+                let problem = Problem { shard: info.file.clone(), row: Some(row_base + i), id: Some(row.id.clone()), message };
+                found.lock().expect("no panics while held").push(problem);
+            }
+            progress(1);
+        });
+        ids.extend(rows.iter().enumerate().map(|(i, r)| (r.id.clone(), s, row_base + i)));
+        checked += rows.len() as u64;
+        row_base += rows.len();
+    }
+    let mut found = found.into_inner().expect("no panics while held");
+    found.sort_by_key(|p| p.row);
+    problems.extend(found);
+    (checked, ids)
+}
+
+/// Everything that can be wrong with one row, as a message.
+fn check_row(row: &ImageRow, num_classes: u16) -> Result<(), String> {
+    // A full decode catches truncated and corrupt entropy-coded data that a header does not.
+    let rgb = decode_rgb(&row.image)?;
+    let (w, h) = (rgb.width, rgb.height);
+    if (w, h) != (row.width, row.height) {
+        return Err(format!("image is {w}x{h} but the row says {}x{}", row.width, row.height));
+    }
+    if let Some(&bad) = row.labels.iter().find(|&&l| l == 0 || l > num_classes) {
+        return Err(format!("label {bad} out of range 1..={num_classes}"));
+    }
+    if !row.labels.windows(2).all(|p| p[0] < p[1]) {
+        return Err(format!("labels {:?} are not sorted and unique", row.labels));
+    }
+    if let Some(bytes) = &row.mask {
+        let (mw, mh, ids) = decode_mask(bytes)?;
+        if (mw, mh) != (w, h) {
+            return Err(format!("mask is {mw}x{mh} but the image is {w}x{h}"));
+        }
+        if let Some(&bad) = ids.iter().find(|&&v| v as u16 > num_classes && v != 255) {
+            return Err(format!("mask holds class id {bad}, out of range 0..={num_classes} (255 = ignore)"));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,10 @@
+//! wsss-dist: distributed weakly-supervised semantic segmentation.
+//!
+//! Library modules (`data`, `dist`, `config`) return typed errors and never print; the
+//! `stages` own logging, progress bars and exit codes (see ../shared/DESIGN.md).
+
+pub mod cli;
+pub mod config;
+pub mod data;
+pub mod dist;
+pub mod stages;

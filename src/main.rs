@@ -1,0 +1,64 @@
+//! Thin entry point: parse the CLI, join the world, call the stage, map the outcome to an exit code.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+use wsss_dist::cli::{Cli, Command, ConfigCommand, DataCommand};
+use wsss_dist::config::Config;
+use wsss_dist::dist::World;
+use wsss_dist::stages::{self, Summary};
+
+/// Exit code of a stage that ran but found problems (e.g. `data verify`).
+const EXIT_PROBLEMS: u8 = 1;
+/// Exit code of a stage that could not run (bad input, I/O).
+const EXIT_ERROR: u8 = 2;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_env("WSSS_LOG").unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+    let world = match World::from_env() {
+        Ok(world) => world,
+        Err(e) => {
+            tracing::error!("{e}");
+            return ExitCode::from(EXIT_ERROR);
+        }
+    };
+    match dispatch(&cli.command, &world) {
+        Ok(summary) if summary.ok => {
+            world.barrier();
+            ExitCode::SUCCESS
+        }
+        Ok(_) => {
+            world.barrier();
+            ExitCode::from(EXIT_PROBLEMS)
+        }
+        Err(e) => {
+            tracing::error!("{e:#}");
+            if world.size > 1 {
+                // Other ranks may wait in a collective: end them all.
+                world.abort(EXIT_ERROR as i32);
+            }
+            ExitCode::from(EXIT_ERROR)
+        }
+    }
+}
+
+fn dispatch(command: &Command, world: &World) -> anyhow::Result<Summary> {
+    match command {
+        Command::Data { command: DataCommand::Import { source } } => stages::import::run(source, world),
+        Command::Data { command: DataCommand::Verify { dir, json } } => stages::verify::run(dir, *json, world),
+        Command::Data { command: DataCommand::Inspect { dir, json } } => stages::inspect::run(dir, *json),
+        Command::Config { command: ConfigCommand::Show(args) } => {
+            let config = Config::load(args.config.as_deref(), &args.overrides)?;
+            print!("{}", config.to_toml());
+            Ok(Summary::ok(serde_json::Value::Null))
+        }
+        Command::Run(args) => stages::run::run(&Config::load(args.config.as_deref(), &args.overrides)?, world),
+        Command::Info => stages::info::run(),
+    }
+}

@@ -1,0 +1,50 @@
+//! Pipeline stages: one file per CLI subcommand. Stages own logging, progress bars and what is
+//! printed; the library modules they call return errors and never print.
+
+pub mod import;
+pub mod info;
+pub mod inspect;
+pub mod run;
+pub mod verify;
+
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::dist::World;
+
+/// What a stage reports: whether it succeeded (the exit code) and a JSON summary.
+pub struct Summary {
+    pub ok: bool,
+    pub details: serde_json::Value,
+}
+
+impl Summary {
+    pub fn ok(details: serde_json::Value) -> Summary {
+        Summary { ok: true, details }
+    }
+}
+
+/// A progress bar on stderr, shown on rank 0 only (and by indicatif only on a terminal).
+pub fn progress_bar(world: &World, len: u64, what: &str) -> ProgressBar {
+    if !world.is_root() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(len);
+    bar.set_style(
+        ProgressStyle::with_template("{msg:>10} {wide_bar} {pos}/{len} [{elapsed_precise}, {per_sec}, eta {eta}]")
+            .expect("a valid template"),
+    );
+    bar.set_message(what.to_string());
+    bar
+}
+
+/// Human-readable byte count.
+pub fn human_bytes(bytes: u64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < units.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", units[unit])
+}

@@ -1,0 +1,61 @@
+//! `wsss-dist run --config F`: the whole pipeline of a config. At this stage of the project
+//! the pipeline is: make sure the datasets exist (generating the synthetic default when
+//! `data.source = "synthetic"`), record the resolved config in the run directory, and report
+//! what the datasets hold. Training, CAMs and pseudo-labels join here as they land.
+
+use std::path::Path;
+
+use anyhow::{bail, Context};
+use serde_json::json;
+use tracing::info;
+
+use super::{import::import_source, inspect, Summary};
+use crate::config::{Config, DataSource};
+use crate::data::importer::ImportOptions;
+use crate::data::stats::dataset_stats;
+use crate::data::synthetic::{SyntheticParams, SyntheticSource};
+use crate::data::{atomic_write, Dataset};
+use crate::dist::World;
+
+pub fn run(config: &Config, world: &World) -> anyhow::Result<Summary> {
+    let run_dir = config.run.dir.join(&config.run.name);
+    if world.is_root() {
+        std::fs::create_dir_all(&run_dir).with_context(|| format!("creating run directory {}", run_dir.display()))?;
+        atomic_write(&run_dir.join("config.toml"), config.to_toml().as_bytes())?;
+        ensure_dataset(config, &config.data.train, "train", "data.train", 0, world)?;
+        ensure_dataset(config, &config.data.val, "val", "data.val", 1, world)?;
+    }
+    world.barrier();
+    let mut details = json!({ "run_dir": run_dir, "config_hash": config.hash() });
+    for (split, dir) in [("train", &config.data.train), ("val", &config.data.val)] {
+        let stats = dataset_stats(&Dataset::open(dir)?)?;
+        if world.is_root() {
+            println!("{}", inspect::render(dir, &stats));
+        }
+        details[split] = serde_json::to_value(&stats)?;
+    }
+    if world.is_root() {
+        atomic_write(&run_dir.join("summary.json"), serde_json::to_string_pretty(&details)?.as_bytes())?;
+        info!("run directory {}", run_dir.display());
+    }
+    Ok(Summary::ok(details))
+}
+
+/// Generates a missing synthetic split (seeded apart from the other split by `stream`), or
+/// explains how to import a missing real one.
+fn ensure_dataset(config: &Config, dir: &Path, split: &str, key: &str, stream: u64, world: &World) -> anyhow::Result<()> {
+    if dir.join(crate::data::schema::MANIFEST_FILE).exists() {
+        return Ok(());
+    }
+    if config.data.source != DataSource::Synthetic {
+        bail!("config key `{key}`: no dataset at {} (import one with `wsss-dist data import voc|coco --out {}`)", dir.display(), dir.display());
+    }
+    let s = &config.data.synthetic;
+    let images = if split == "train" { s.train_images } else { s.val_images };
+    let params = SyntheticParams { classes: s.classes, size: s.size, ..SyntheticParams::default() };
+    let seed = crate::data::sampler::mix_seed(&[config.run.seed, stream]);
+    let source = SyntheticSource::new(params, seed, images, split)?;
+    let options = ImportOptions { shard_rows: s.shard_rows, ..ImportOptions::default() };
+    import_source(&source, dir, options, world)?;
+    Ok(())
+}
