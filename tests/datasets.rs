@@ -270,3 +270,27 @@ fn config_show_resolves_overrides_and_names_unknown_keys() {
     let err = wsss_fails(tmp.path(), &["config", "show", "--set", "loader.bach_size=4"], 2);
     assert!(err.contains("did you mean `loader.batch_size`"), "{err}");
 }
+
+#[test]
+fn voc_labels_from_xml_and_colour_masks_through_the_palette() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("voc");
+    fake_voc(&root, &[("a", 4, 2)], &[]);
+    // An RGB mask in VOC colours: cat (8) = (64, 0, 0), person (15) = (192, 128, 128), void.
+    let colours = [[64, 0, 0], [64, 0, 0], [192, 128, 128], [0, 0, 0], [224, 224, 192], [0, 0, 0], [0, 0, 0], [0, 0, 0]];
+    let rgb = image::RgbImage::from_fn(4, 2, |x, y| image::Rgb(colours[(y * 4 + x) as usize]));
+    rgb.save(root.join("SegmentationClass/a.png")).unwrap();
+    std::fs::create_dir(root.join("Annotations")).unwrap();
+    let xml = "<annotation><object><name>dog</name></object><object><name>cat</name></object><object><name>dog</name></object></annotation>";
+    std::fs::write(root.join("Annotations/a.xml"), xml).unwrap();
+    let out = tmp.path().join("ds");
+    wsss_ok(tmp.path(), &["data", "import", "voc", "--root", s(&root), "--split", "train", "--out", s(&out)]);
+    let row = Dataset::open(&out).unwrap().read(&[0]).unwrap().remove(0);
+    assert_eq!(row.labels, [8, 12], "cat and dog from the XML, not person from the mask");
+    let (_, _, ids) = wsss_dist::data::codec::decode_mask(row.mask.as_ref().unwrap()).unwrap();
+    assert_eq!(ids, [8, 8, 15, 0, 255, 0, 0, 0]);
+
+    std::fs::write(root.join("Annotations/a.xml"), "<annotation><object><name>unicorn</name></object></annotation>").unwrap();
+    let err = wsss_fails(tmp.path(), &["data", "import", "voc", "--root", s(&root), "--split", "train", "--out", s(&tmp.path().join("x"))], 2);
+    assert!(err.contains("a.xml") && err.contains("unknown class name \"unicorn\""), "{err}");
+}

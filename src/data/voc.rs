@@ -62,13 +62,7 @@ impl VocSource {
     }
 
     fn mask(&self, id: &str, width: u32, height: u32) -> Result<Option<Vec<u8>>, DataError> {
-        let Some(dir) = &self.mask_dir else { return Ok(None) };
-        let path = dir.join(format!("{id}.png"));
-        let bytes = match std::fs::read(&path) {
-            Ok(bytes) => bytes,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(DataError::io(&path, e)),
-        };
+        let Some((path, bytes)) = read_optional(self.mask_dir.as_deref(), &format!("{id}.png"))? else { return Ok(None) };
         let what = path.display().to_string();
         let (w, h, pixels) = decode_label_png(&bytes).map_err(|message| DataError::BadImage { what: what.clone(), message })?;
         if (w, h) != (width, height) {
@@ -97,14 +91,9 @@ impl VocSource {
     }
 
     fn xml_labels(&self, id: &str) -> Result<Option<Vec<u16>>, DataError> {
-        let Some(dir) = &self.annotation_dir else { return Ok(None) };
-        let path = dir.join(format!("{id}.xml"));
-        let text = match std::fs::read_to_string(&path) {
-            Ok(text) => text,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(DataError::io(&path, e)),
-        };
+        let Some((path, bytes)) = read_optional(self.annotation_dir.as_deref(), &format!("{id}.xml"))? else { return Ok(None) };
         let bad = |message: String| DataError::BadImage { what: path.display().to_string(), message };
+        let text = String::from_utf8(bytes).map_err(|_| bad("not UTF-8 text".into()))?;
         let doc = roxmltree::Document::parse(&text).map_err(|e| bad(format!("invalid XML: {e}")))?;
         let mut labels = Vec::new();
         for object in doc.descendants().filter(|n| n.has_tag_name("object")) {
@@ -120,6 +109,18 @@ impl VocSource {
         labels.sort_unstable();
         labels.dedup();
         Ok(Some(labels))
+    }
+}
+
+/// `dir/name` and its bytes, or None when the directory or the file does not exist (a VOC
+/// split may lack masks or annotations for some or all images).
+fn read_optional(dir: Option<&Path>, name: &str) -> Result<Option<(PathBuf, Vec<u8>)>, DataError> {
+    let Some(dir) = dir else { return Ok(None) };
+    let path = dir.join(name);
+    match std::fs::read(&path) {
+        Ok(bytes) => Ok(Some((path, bytes))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(DataError::io(&path, e)),
     }
 }
 
