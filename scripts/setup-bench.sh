@@ -30,3 +30,10 @@ if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "$installed" 2>/dev/nu
   "$venv/bin/python" -c "$installed"
   "$venv/bin/python" -c 'import torch, torchvision, PIL, pyarrow, numpy'
 fi
+
+# GNU time reports the peak RSS of the COCO-scale import.
+if [ ! -x /usr/bin/time ]; then
+  echo "setup-bench: installing GNU time" >&2
+  DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends time >/dev/null
+fi
