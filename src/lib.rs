@@ -7,4 +7,5 @@ pub mod cli;
 pub mod config;
 pub mod data;
 pub mod dist;
+pub mod model;
 pub mod stages;

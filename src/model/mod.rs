@@ -1,0 +1,3 @@
+//! Networks in tch, with torchvision's parameter names where torchvision has the model.
+
+pub mod resnet;

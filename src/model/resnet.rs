@@ -1,0 +1,276 @@
+//! ResNet-18/34/50/101 backbones as WSSS uses them (IRNet, METHODS.md §1): torchvision's
+//! parameter names (`conv1.weight`, `layer3.5.bn2.running_var`, `layer1.0.downsample.0.weight`,
+//! ...), configurable strides, every BatchNorm frozen (eval statistics, affine parameters not
+//! trained), and the stem (conv1/bn1) not trained. No classifier head: `forward` returns the
+//! last feature map.
+
+use serde::{Deserialize, Serialize};
+use tch::nn::{self, Module};
+use tch::{Kind, Tensor};
+
+/// Which ResNet.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Depth {
+    Resnet18,
+    Resnet34,
+    Resnet50,
+    Resnet101,
+}
+
+impl Depth {
+    /// Blocks per stage and whether they are bottlenecks (torchvision's table).
+    fn layout(self) -> ([usize; 4], bool) {
+        match self {
+            Depth::Resnet18 => ([2, 2, 2, 2], false),
+            Depth::Resnet34 => ([3, 4, 6, 3], false),
+            Depth::Resnet50 => ([3, 4, 6, 3], true),
+            Depth::Resnet101 => ([3, 4, 23, 3], true),
+        }
+    }
+}
+
+/// Strides of conv1, layer2, layer3, layer4 (the max-pool always halves, layer1 keeps).
+/// IRNet's default (2, 2, 2, 1) gives output stride 16.
+pub type Strides = [i64; 4];
+
+/// BatchNorm with fixed statistics and affine parameters (eval-mode BN, never trained).
+#[derive(Debug)]
+pub struct FrozenBatchNorm {
+    weight: Tensor,
+    bias: Tensor,
+    running_mean: Tensor,
+    running_var: Tensor,
+}
+
+/// torchvision's BatchNorm epsilon.
+const BN_EPS: f64 = 1e-5;
+
+impl FrozenBatchNorm {
+    fn new(vs: &nn::Path, channels: i64) -> FrozenBatchNorm {
+        FrozenBatchNorm {
+            weight: vs.ones_no_train("weight", &[channels]),
+            bias: vs.zeros_no_train("bias", &[channels]),
+            running_mean: vs.zeros_no_train("running_mean", &[channels]),
+            running_var: vs.ones_no_train("running_var", &[channels]),
+        }
+    }
+}
+
+impl Module for FrozenBatchNorm {
+    /// y = (x − mean) / sqrt(var + eps) · weight + bias, per channel.
+    fn forward(&self, xs: &Tensor) -> Tensor {
+        let scale = &self.weight * (&self.running_var + BN_EPS).rsqrt();
+        let shift = &self.bias - &self.running_mean * &scale;
+        xs * scale.view([1, -1, 1, 1]) + shift.view([1, -1, 1, 1])
+    }
+}
+
+/// A bias-free k×k convolution with "same" padding.
+#[derive(Debug)]
+struct Conv {
+    weight: Tensor,
+    stride: i64,
+}
+
+impl Module for Conv {
+    fn forward(&self, xs: &Tensor) -> Tensor {
+        let pad = self.weight.size()[2] / 2;
+        xs.conv2d(&self.weight, None::<Tensor>, [self.stride; 2], [pad; 2], [1, 1], 1)
+    }
+}
+
+/// Initialised as torchvision does (Kaiming normal, fan-out, ReLU); `trainable` false keeps
+/// it out of the optimiser (the stem).
+fn conv(vs: &nn::Path, name: &str, c_in: i64, c_out: i64, k: i64, stride: i64, trainable: bool) -> Conv {
+    let std = (2.0 / (c_out * k * k) as f64).sqrt();
+    let init = Tensor::randn([c_out, c_in, k, k], (Kind::Float, vs.device())) * std;
+    Conv { weight: (vs / name).add("weight", init, trainable), stride }
+}
+
+/// One residual block: basic (two 3×3) or bottleneck (1×1, 3×3 with the stride, 1×1 ×4).
+#[derive(Debug)]
+struct Block {
+    convs: Vec<(Conv, FrozenBatchNorm)>,
+    downsample: Option<(Conv, FrozenBatchNorm)>,
+}
+
+impl Block {
+    fn new(vs: &nn::Path, c_in: i64, width: i64, stride: i64, bottleneck: bool) -> (Block, i64) {
+        let specs: Vec<(i64, i64, i64, i64)> = if bottleneck {
+            vec![(c_in, width, 1, 1), (width, width, 3, stride), (width, 4 * width, 1, 1)]
+        } else {
+            vec![(c_in, width, 3, stride), (width, width, 3, 1)]
+        };
+        let c_out = specs.last().expect("two or three convs").1;
+        let convs = specs
+            .iter()
+            .enumerate()
+            .map(|(i, &(ci, co, k, s))| (conv(vs, &format!("conv{}", i + 1), ci, co, k, s, true), FrozenBatchNorm::new(&(vs / format!("bn{}", i + 1)), co)))
+            .collect();
+        let downsample = (stride != 1 || c_in != c_out).then(|| {
+            let path = vs / "downsample";
+            (conv(&path, "0", c_in, c_out, 1, stride, true), FrozenBatchNorm::new(&(&path / "1"), c_out))
+        });
+        (Block { convs, downsample }, c_out)
+    }
+}
+
+impl Module for Block {
+    fn forward(&self, xs: &Tensor) -> Tensor {
+        let last = self.convs.len() - 1;
+        let residual = self.convs.iter().enumerate().fold(xs.shallow_clone(), |h, (i, (conv, bn))| {
+            let h = bn.forward(&conv.forward(&h));
+            if i < last { h.relu() } else { h }
+        });
+        let shortcut = match &self.downsample {
+            Some((conv, bn)) => bn.forward(&conv.forward(xs)),
+            None => xs.shallow_clone(),
+        };
+        (residual + shortcut).relu()
+    }
+}
+
+/// A ResNet backbone without its pooling and fully connected head.
+#[derive(Debug)]
+pub struct ResNet {
+    conv1: Conv,
+    bn1: FrozenBatchNorm,
+    layers: Vec<Vec<Block>>,
+    out_channels: i64,
+    output_stride: i64,
+}
+
+impl ResNet {
+    /// Builds the network under `vs` (pass the root for torchvision's names).
+    pub fn new(vs: &nn::Path, depth: Depth, strides: Strides) -> ResNet {
+        let (blocks, bottleneck) = depth.layout();
+        let conv1 = conv(vs, "conv1", 3, 64, 7, strides[0], false);
+        let bn1 = FrozenBatchNorm::new(&(vs / "bn1"), 64);
+        let stage_strides = [1, strides[1], strides[2], strides[3]];
+        let mut c_in = 64;
+        let mut layers = Vec::new();
+        for (stage, (&n, &stride)) in blocks.iter().zip(&stage_strides).enumerate() {
+            let width = 64 << stage;
+            let path = vs / format!("layer{}", stage + 1);
+            let mut layer = Vec::new();
+            for b in 0..n {
+                let (block, c_out) = Block::new(&(&path / b), c_in, width, if b == 0 { stride } else { 1 }, bottleneck);
+                layer.push(block);
+                c_in = c_out;
+            }
+            layers.push(layer);
+        }
+        ResNet { conv1, bn1, layers, out_channels: c_in, output_stride: strides.iter().product::<i64>() * 2 }
+    }
+
+    /// Channels of the feature map (512 or 2048).
+    pub fn out_channels(&self) -> i64 {
+        self.out_channels
+    }
+
+    /// Input pixels per feature-map pixel (16 for strides (2, 2, 2, 1)).
+    pub fn output_stride(&self) -> i64 {
+        self.output_stride
+    }
+}
+
+impl Module for ResNet {
+    /// [N, 3, H, W] normalised images → [N, D, ⌈H/os⌉, ⌈W/os⌉] features (os = output_stride).
+    fn forward(&self, xs: &Tensor) -> Tensor {
+        let stem = self.bn1.forward(&self.conv1.forward(xs)).relu().max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false);
+        self.layers.iter().flatten().fold(stem, |h, block| block.forward(&h))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::{nn::VarStore, Device};
+
+    fn numel(vars: impl Iterator<Item = Tensor>) -> i64 {
+        vars.map(|t| t.numel() as i64).sum()
+    }
+
+    /// Parameter counts of torchvision's models (its documentation: 11,689,512 / 21,797,672 /
+    /// 25,557,032 / 44,549,160) minus the 1000-class fc layer (512·1000+1000 or 2048·1000+1000).
+    #[test]
+    fn parameter_counts_and_names_match_torchvision() {
+        for (depth, with_fc, fc) in [
+            (Depth::Resnet18, 11_689_512, 513_000),
+            (Depth::Resnet34, 21_797_672, 513_000),
+            (Depth::Resnet50, 25_557_032, 2_049_000),
+            (Depth::Resnet101, 44_549_160, 2_049_000),
+        ] {
+            let vs = VarStore::new(Device::Cpu);
+            let net = ResNet::new(&vs.root(), depth, [2, 2, 2, 1]);
+            let vars = vs.variables();
+            // Parameters are everything but the BN running statistics (buffers).
+            let params = numel(vars.iter().filter(|(k, _)| !k.contains("running_")).map(|(_, v)| v.shallow_clone()));
+            assert_eq!(params, with_fc - fc, "{depth:?}");
+            assert_eq!(net.out_channels(), if fc == 513_000 { 512 } else { 2048 });
+        }
+        let vs = VarStore::new(Device::Cpu);
+        ResNet::new(&vs.root(), Depth::Resnet101, [2, 2, 2, 1]);
+        let vars = vs.variables();
+        for name in ["conv1.weight", "bn1.running_var", "layer1.0.downsample.0.weight", "layer1.0.downsample.1.bias", "layer3.22.bn2.running_mean", "layer4.2.conv3.weight"] {
+            assert!(vars.contains_key(name), "missing {name}");
+        }
+        assert_eq!(vars["layer4.2.conv3.weight"].size(), [2048, 512, 1, 1]);
+        assert_eq!(vars["layer2.0.conv2.weight"].size(), [128, 128, 3, 3], "stride on the 3x3, as torchvision v1.5");
+    }
+
+    #[test]
+    fn only_convs_after_the_stem_train() {
+        let vs = VarStore::new(Device::Cpu);
+        ResNet::new(&vs.root(), Depth::Resnet18, [2, 2, 2, 1]);
+        let trainable = vs.trainable_variables();
+        let all = vs.variables();
+        let expected: Vec<&String> = all.keys().filter(|k| k.ends_with("weight") && !k.contains("bn") && *k != "conv1.weight" && !k.ends_with("downsample.1.weight")).collect();
+        assert_eq!(trainable.len(), expected.len());
+        assert!(trainable.iter().all(|t| t.requires_grad()));
+        assert!(!all["conv1.weight"].requires_grad() && !all["layer1.0.bn1.weight"].requires_grad());
+    }
+
+    #[test]
+    fn output_stride_and_shape_follow_the_strides() {
+        tch::manual_seed(0);
+        let vs = VarStore::new(Device::Cpu);
+        let net = ResNet::new(&vs.root(), Depth::Resnet18, [2, 2, 2, 1]);
+        assert_eq!(net.output_stride(), 16);
+        let out = net.forward(&Tensor::randn([2, 3, 64, 80], (Kind::Float, Device::Cpu)));
+        assert_eq!(out.size(), [2, 512, 4, 5]);
+        let vs = VarStore::new(Device::Cpu);
+        let net = ResNet::new(&vs.root(), Depth::Resnet18, [2, 2, 2, 2]);
+        assert_eq!(net.output_stride(), 32);
+        assert_eq!(net.forward(&Tensor::zeros([1, 3, 64, 64], (Kind::Float, Device::Cpu))).size(), [1, 512, 2, 2]);
+    }
+
+    #[test]
+    fn frozen_batch_norm_is_the_eval_formula() {
+        let vs = VarStore::new(Device::Cpu);
+        let mut bn = FrozenBatchNorm::new(&vs.root(), 2);
+        tch::no_grad(|| {
+            bn.weight.copy_(&Tensor::from_slice(&[2.0f32, 0.5]));
+            bn.bias.copy_(&Tensor::from_slice(&[1.0f32, -1.0]));
+            bn.running_mean.copy_(&Tensor::from_slice(&[3.0f32, 0.0]));
+            bn.running_var.copy_(&Tensor::from_slice(&[4.0f32, 0.25]));
+        });
+        let x = Tensor::from_slice(&[5.0f32, 1.0, 2.0, -2.0]).view([1, 2, 1, 2]);
+        let y: Vec<f32> = Vec::try_from(bn.forward(&x).flatten(0, -1)).unwrap();
+        // Channel 0: (x−3)/sqrt(4+1e-5)·2+1 → 5 ↦ ≈3, 1 ↦ ≈−1; channel 1: x/sqrt(0.25+1e-5)·0.5−1 → 2 ↦ ≈1, −2 ↦ ≈−3.
+        let expected = [3.0f32, -1.0, 1.0, -3.0];
+        assert!(y.iter().zip(expected).all(|(a, b)| (a - b).abs() < 1e-4), "{y:?}");
+    }
+
+    #[test]
+    fn gradients_reach_trainable_convs_only() {
+        let vs = VarStore::new(Device::Cpu);
+        let net = ResNet::new(&vs.root(), Depth::Resnet18, [2, 2, 2, 1]);
+        net.forward(&Tensor::randn([1, 3, 32, 32], (Kind::Float, Device::Cpu))).sum(Kind::Float).backward();
+        let vars = vs.variables();
+        assert!(vars["layer4.1.conv2.weight"].grad().abs().sum(Kind::Float).double_value(&[]) > 0.0);
+        assert!(!vars["conv1.weight"].grad().defined());
+        assert!(!vars["layer4.1.bn2.weight"].grad().defined());
+    }
+}
