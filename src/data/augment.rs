@@ -855,6 +855,11 @@ mod tests {
         ChaCha8Rng::seed_from_u64(seed)
     }
 
+    /// `augment` of a w×h image and its mask with the rng of `seed`.
+    fn augment_seeded(rgb: &[u8], mask: &[u8], w: usize, h: usize, params: &AugmentParams, seed: u64) -> Augmented {
+        augment(rgb, w as u32, h as u32, Some(mask), params, &mut rng(seed)).unwrap()
+    }
+
     /// No resize, flip, jitter or crop; mean 0, std 1: the output is x/255.
     fn plain() -> AugmentParams {
         AugmentParams {
@@ -1098,15 +1103,7 @@ mod tests {
         };
         let mut seen = std::collections::HashSet::new();
         for seed in 0..200 {
-            let out = augment(
-                &rgb,
-                w as u32,
-                h as u32,
-                Some(&mask),
-                &params,
-                &mut rng(seed),
-            )
-            .unwrap();
+            let out = augment_seeded(&rgb, &mask, w, h, &params, seed);
             let m = out.mask.unwrap();
             let first = m.iter().position(|&v| v != 255).unwrap();
             let (x0, y0) = (first % crop, first / crop);
@@ -1148,15 +1145,7 @@ mod tests {
         };
         let mut seen = std::collections::HashSet::new();
         for seed in 0..200 {
-            let out = augment(
-                &rgb,
-                w as u32,
-                h as u32,
-                Some(&mask),
-                &params,
-                &mut rng(seed),
-            )
-            .unwrap();
+            let out = augment_seeded(&rgb, &mask, w, h, &params, seed);
             let m = out.mask.unwrap();
             let (x0, y0) = (m[0] as usize % w, m[0] as usize / w);
             assert!(x0 <= w - crop && y0 <= h - crop);
@@ -1185,15 +1174,7 @@ mod tests {
             ..plain()
         };
         for seed in 0..50 {
-            let out = augment(
-                &rgb,
-                w as u32,
-                h as u32,
-                Some(&mask),
-                &params,
-                &mut rng(seed),
-            )
-            .unwrap();
+            let out = augment_seeded(&rgb, &mask, w, h, &params, seed);
             let m = out.mask.unwrap();
             let rows: Vec<usize> = (0..crop).filter(|&y| m[y * crop] != 255).collect();
             assert_eq!(rows.len(), h);
@@ -1299,15 +1280,7 @@ mod tests {
             .collect();
         let (mut flips, mut keeps) = (0, 0);
         for seed in 0..40 {
-            let out = augment(
-                &rgb,
-                w as u32,
-                h as u32,
-                Some(&mask),
-                &params,
-                &mut rng(seed),
-            )
-            .unwrap();
+            let out = augment_seeded(&rgb, &mask, w, h, &params, seed);
             if out == unflipped {
                 keeps += 1;
                 continue;
