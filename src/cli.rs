@@ -23,6 +23,18 @@ pub enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Train a network (the CAM classifier).
+    Train {
+        #[command(subcommand)]
+        command: TrainCommand,
+    },
+    /// CAM inference over a split: writes a CAM dataset.
+    Cam(ConfigArgs),
+    /// Evaluate against the ground-truth masks (mIoU, per-class IoU; JSON + Markdown).
+    Eval {
+        #[command(subcommand)]
+        command: EvalCommand,
+    },
     /// Run the whole pipeline of a config (what `make demo` calls).
     Run(ConfigArgs),
     /// Show versions and what this machine offers (libtorch, CUDA, MPI, NCCL).
@@ -114,6 +126,24 @@ pub struct WriteArgs {
     /// Replace an existing dataset at --out.
     #[arg(long)]
     pub force: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TrainCommand {
+    /// The CAM classifier (METHODS.md §1) on data.train.
+    Cam {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Continue from the run's latest checkpoint.
+        #[arg(long)]
+        resume: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum EvalCommand {
+    /// The CAM dataset of cam.split: τ sweep, best τ, per-class IoU, image-label baseline.
+    Cam(ConfigArgs),
 }
 
 #[derive(Subcommand, Debug)]

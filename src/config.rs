@@ -10,7 +10,9 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::data::augment::{AugmentParams, ColorJitter, ResizeFilter};
+use crate::data::loader::LoaderSpec;
 use crate::data::sampler::Uneven;
+use crate::model::resnet::{Depth, Strides};
 
 /// A configuration error: names the file or the key at fault.
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +36,10 @@ pub struct Config {
     pub run: RunConfig,
     pub data: DataConfig,
     pub loader: LoaderConfig,
+    pub model: ModelConfig,
+    pub train: TrainConfig,
+    pub cam: CamConfig,
+    pub eval: EvalConfig,
 }
 
 /// `[run]`: where a run writes and the seed every random choice derives from.
@@ -44,11 +50,131 @@ pub struct RunConfig {
     pub name: String,
     pub dir: PathBuf,
     pub seed: u64,
+    /// "auto" (the local rank's GPU when CUDA is available, else the CPU), "cpu" or "cuda:N".
+    pub device: String,
+    /// libtorch intra-op threads; 0 keeps libtorch's default (one per core).
+    pub threads: usize,
 }
 
 impl Default for RunConfig {
     fn default() -> Self {
-        RunConfig { name: "default".into(), dir: "runs".into(), seed: 0 }
+        RunConfig { name: "default".into(), dir: "runs".into(), seed: 0, device: "auto".into(), threads: 0 }
+    }
+}
+
+/// `[model]`: the CAM network (METHODS.md §1).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ModelConfig {
+    pub depth: Depth,
+    /// Strides of conv1, layer2, layer3, layer4; (2, 2, 2, 1) keeps output stride 16.
+    pub strides: Strides,
+    /// torchvision weights as safetensors (tools/pth_to_safetensors.py); "" starts from a
+    /// random initialisation.
+    pub init: PathBuf,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        ModelConfig { depth: Depth::Resnet50, strides: [2, 2, 2, 1], init: PathBuf::new() }
+    }
+}
+
+/// What training does when the loss of a step is not finite.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum OnNonFinite {
+    /// Stop with an error that names the step.
+    Error,
+    /// Leave the parameters as they are, count the step as skipped, go on.
+    Skip,
+}
+
+/// `[train]`: classifier training (METHODS.md §1, IRNet's settings by default).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainConfig {
+    pub epochs: u64,
+    pub lr: f64,
+    pub momentum: f64,
+    pub weight_decay: f64,
+    /// Learning-rate multiplier of the new classifier layer.
+    pub head_lr_mult: f64,
+    pub poly_power: f64,
+    /// Mixed precision: convolutions in bf16, head and loss in f32 (meant for CUDA).
+    pub bf16: bool,
+    /// Write a checkpoint every this many steps (and always at the end).
+    pub checkpoint_every: u64,
+    /// Checkpoints kept in the run directory (older ones are deleted).
+    pub keep_checkpoints: usize,
+    /// Append a line to metrics.jsonl every this many steps.
+    pub log_every: u64,
+    pub on_nonfinite: OnNonFinite,
+    /// End this invocation after this many steps, with a checkpoint (0: run to the end);
+    /// `--resume` continues. For time-limited job slots.
+    pub stop_after: u64,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            epochs: 5,
+            lr: 0.1,
+            momentum: 0.9,
+            weight_decay: 1e-4,
+            head_lr_mult: 10.0,
+            poly_power: 0.9,
+            bf16: false,
+            checkpoint_every: 500,
+            keep_checkpoints: 3,
+            log_every: 1,
+            on_nonfinite: OnNonFinite::Error,
+            stop_after: 0,
+        }
+    }
+}
+
+/// Which dataset of `[data]` a stage reads.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Split {
+    Train,
+    Val,
+}
+
+/// `[cam]`: CAM inference (METHODS.md §1).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct CamConfig {
+    pub split: Split,
+    pub scales: Vec<f64>,
+    /// Add each scale's horizontal flip.
+    pub flip: bool,
+    /// Model weights; "" takes the latest checkpoint of the run.
+    pub checkpoint: PathBuf,
+    /// Output CAM dataset; "" is `<run dir>/cams/<split>`.
+    pub out: PathBuf,
+}
+
+impl Default for CamConfig {
+    fn default() -> Self {
+        CamConfig { split: Split::Train, scales: vec![1.0, 0.5, 1.5, 2.0], flip: true, checkpoint: PathBuf::new(), out: PathBuf::new() }
+    }
+}
+
+/// `[eval]`: CAM evaluation against the ground-truth masks.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct EvalConfig {
+    /// The background threshold τ of the method (0.15 IRNet, 0.20 AMR).
+    pub tau: f32,
+    /// The τ sweep.
+    pub thresholds: Vec<f32>,
+}
+
+impl Default for EvalConfig {
+    fn default() -> Self {
+        EvalConfig { tau: 0.15, thresholds: (1..=12).map(|i| i as f32 * 0.05).collect() }
     }
 }
 
@@ -170,6 +296,18 @@ impl LoaderConfig {
         }
     }
 
+    /// The loader settings for a run seeded with `seed`.
+    pub fn spec(&self, seed: u64) -> LoaderSpec {
+        LoaderSpec {
+            batch_size: self.batch_size,
+            threads: self.threads,
+            prefetch: self.prefetch,
+            augment: self.augment_params(),
+            with_mask: self.with_mask,
+            seed,
+        }
+    }
+
     fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |key: &str, message: &str| {
             Err(ConfigError::Invalid { key: format!("loader.{key}"), message: message.into() })
@@ -205,6 +343,49 @@ impl LoaderConfig {
     }
 }
 
+fn invalid(key: &str, message: &str) -> Result<(), ConfigError> {
+    Err(ConfigError::Invalid { key: key.into(), message: message.into() })
+}
+
+impl TrainConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.epochs == 0 {
+            return invalid("train.epochs", "must be at least 1");
+        }
+        if !(self.lr > 0.0) || !self.lr.is_finite() {
+            return invalid("train.lr", "must be a positive number");
+        }
+        if !(0.0..1.0).contains(&self.momentum) {
+            return invalid("train.momentum", "must be in [0, 1)");
+        }
+        if self.weight_decay < 0.0 || self.head_lr_mult <= 0.0 || self.poly_power < 0.0 {
+            return invalid("train", "weight_decay and poly_power must be >= 0 and head_lr_mult > 0");
+        }
+        if self.checkpoint_every == 0 || self.log_every == 0 || self.keep_checkpoints == 0 {
+            return invalid("train", "checkpoint_every, log_every and keep_checkpoints must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+impl CamConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.scales.is_empty() || self.scales.iter().any(|s| !(*s > 0.0 && *s <= 8.0)) {
+            return invalid("cam.scales", "must list at least one scale in (0, 8]");
+        }
+        Ok(())
+    }
+}
+
+impl EvalConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.thresholds.is_empty() || self.thresholds.iter().chain([&self.tau]).any(|t| !(0.0..=1.0).contains(t)) {
+            return invalid("eval.thresholds", "τ values (eval.tau and eval.thresholds) must lie in [0, 1], at least one threshold");
+        }
+        Ok(())
+    }
+}
+
 impl Config {
     /// Reads `path` (or starts from the defaults when `None`) and applies `overrides`
     /// (`section.key=value`, the value in TOML syntax; a bare word is taken as a string).
@@ -234,10 +415,39 @@ impl Config {
     /// Value checks that the types alone cannot express.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.loader.validate()?;
+        self.train.validate()?;
+        self.cam.validate()?;
+        self.eval.validate()?;
+        if self.model.strides.iter().any(|s| !(1..=2).contains(s)) {
+            return Err(ConfigError::Invalid { key: "model.strides".into(), message: "every stride must be 1 or 2".into() });
+        }
         if self.run.name.is_empty() || self.run.name.contains('/') {
             return Err(ConfigError::Invalid { key: "run.name".into(), message: "must be a non-empty name without '/'".into() });
         }
         Ok(())
+    }
+
+    /// `<run.dir>/<run.name>`.
+    pub fn run_dir(&self) -> PathBuf {
+        self.run.dir.join(&self.run.name)
+    }
+
+    /// The image dataset of `split`.
+    pub fn dataset(&self, split: Split) -> &Path {
+        match split {
+            Split::Train => &self.data.train,
+            Split::Val => &self.data.val,
+        }
+    }
+
+    /// Where the CAM stage writes (and the evaluation reads) the CAM dataset.
+    pub fn cam_dir(&self) -> PathBuf {
+        if self.cam.out.as_os_str().is_empty() {
+            let split = if self.cam.split == Split::Train { "train" } else { "val" };
+            self.run_dir().join("cams").join(split)
+        } else {
+            self.cam.out.clone()
+        }
     }
 
     /// The resolved config as TOML text (what `config show` prints and runs store).

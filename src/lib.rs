@@ -3,9 +3,13 @@
 //! Library modules (`data`, `dist`, `config`) return typed errors and never print; the
 //! `stages` own logging, progress bars and exit codes (see ../shared/DESIGN.md).
 
+pub mod checkpoint;
 pub mod cli;
 pub mod config;
 pub mod data;
 pub mod dist;
+pub mod loss;
+pub mod metrics;
 pub mod model;
+pub mod optim;
 pub mod stages;

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
-use wsss_dist::cli::{Cli, Command, ConfigCommand, DataCommand};
+use wsss_dist::cli::{Cli, Command, ConfigArgs, ConfigCommand, DataCommand, EvalCommand, TrainCommand};
 use wsss_dist::config::Config;
 use wsss_dist::dist::World;
 use wsss_dist::stages::{self, Summary};
@@ -54,11 +54,17 @@ fn dispatch(command: &Command, world: &World) -> anyhow::Result<Summary> {
         Command::Data { command: DataCommand::Verify { dir, json } } => stages::verify::run(dir, *json, world),
         Command::Data { command: DataCommand::Inspect { dir, json } } => stages::inspect::run(dir, *json),
         Command::Config { command: ConfigCommand::Show(args) } => {
-            let config = Config::load(args.config.as_deref(), &args.overrides)?;
-            print!("{}", config.to_toml());
+            print!("{}", load(args)?.to_toml());
             Ok(Summary::ok(serde_json::Value::Null))
         }
-        Command::Run(args) => stages::run::run(&Config::load(args.config.as_deref(), &args.overrides)?, world),
+        Command::Train { command: TrainCommand::Cam { config, resume } } => stages::train_cam::run(&load(config)?, world, *resume),
+        Command::Cam(args) => stages::cam::run(&load(args)?, world),
+        Command::Eval { command: EvalCommand::Cam(args) } => stages::eval::run_cam(&load(args)?, world),
+        Command::Run(args) => stages::run::run(&load(args)?, world),
         Command::Info => stages::info::run(),
     }
+}
+
+fn load(args: &ConfigArgs) -> anyhow::Result<Config> {
+    Ok(Config::load(args.config.as_deref(), &args.overrides)?)
 }

@@ -19,6 +19,15 @@ pub fn decode_rgb(bytes: &[u8]) -> Result<Rgb, String> {
     Ok(Rgb { width: rgb.width(), height: rgb.height(), pixels: rgb.into_raw() })
 }
 
+/// Decodes the image of a dataset row, checking that its size is the one the row records.
+pub fn decode_row_image(row: &super::ImageRow) -> Result<Rgb, String> {
+    let rgb = decode_rgb(&row.image)?;
+    if (rgb.width, rgb.height) != (row.width, row.height) {
+        return Err(format!("image decodes to {}x{} but the row says {}x{}", rgb.width, rgb.height, row.width, row.height));
+    }
+    Ok(rgb)
+}
+
 /// The pixels of a label PNG: class ids (8-bit grayscale or palette indices) or colours
 /// (an RGB PNG, which a dataset-specific palette must map to ids).
 #[derive(Debug, Clone, PartialEq)]

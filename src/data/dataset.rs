@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use super::schema::{ImageRow, Manifest};
+use super::schema::{ImageRow, Manifest, ShardRow};
 use super::shard::ShardReader;
 use super::DataError;
 
@@ -15,20 +15,34 @@ pub struct RowLocation {
     pub row: usize,
 }
 
-/// An image dataset: manifest plus lazily opened shards (a footer is parsed once per shard).
-pub struct Dataset {
+/// A dataset of `R` rows (images by default, or CAMs): manifest plus lazily opened shards (a
+/// footer is parsed once per shard).
+pub struct Dataset<R: ShardRow = ImageRow> {
     dir: PathBuf,
     manifest: Manifest,
     /// `starts[s]` is the global index of shard s's first row; one extra entry holds the total.
     starts: Vec<usize>,
-    readers: Vec<OnceLock<ShardReader>>,
+    readers: Vec<OnceLock<ShardReader<R>>>,
 }
 
 impl Dataset {
-    /// Opens the dataset in `dir`: a missing or invalid manifest is an error naming it. Shards
-    /// are opened when first read.
+    /// Opens the image dataset in `dir` (see [`Dataset::open_as`]).
     pub fn open(dir: &Path) -> Result<Dataset, DataError> {
+        Self::open_as(dir)
+    }
+}
+
+impl<R: ShardRow> Dataset<R> {
+    /// Opens the dataset of `R` rows in `dir`: a missing or invalid manifest, or one of another
+    /// kind, is an error naming it. Shards are opened when first read.
+    pub fn open_as(dir: &Path) -> Result<Dataset<R>, DataError> {
         let manifest = Manifest::read(dir)?;
+        if manifest.kind != R::KIND {
+            return Err(DataError::BadManifest {
+                path: dir.join(super::schema::MANIFEST_FILE),
+                message: format!("this is a dataset of {:?}, expected {:?}", manifest.kind, R::KIND),
+            });
+        }
         let mut starts = Vec::with_capacity(manifest.shards.len() + 1);
         let mut total = 0usize;
         for shard in &manifest.shards {
@@ -71,7 +85,7 @@ impl Dataset {
     }
 
     /// The open reader of `shard`, checking on first use that it holds the rows the manifest says.
-    pub fn shard(&self, shard: usize) -> Result<&ShardReader, DataError> {
+    pub fn shard(&self, shard: usize) -> Result<&ShardReader<R>, DataError> {
         if let Some(reader) = self.readers[shard].get() {
             return Ok(reader);
         }
@@ -88,12 +102,12 @@ impl Dataset {
     }
 
     /// The rows at the given global indices, in the order asked; each shard is read once.
-    pub fn read(&self, indices: &[usize]) -> Result<Vec<ImageRow>, DataError> {
+    pub fn read(&self, indices: &[usize]) -> Result<Vec<R>, DataError> {
         if let Some(&bad) = indices.iter().find(|&&i| i >= self.len()) {
             return Err(DataError::Invalid(format!("{}: row {bad} out of range ({} rows)", self.dir.display(), self.len())));
         }
         let located: Vec<RowLocation> = indices.iter().map(|&i| self.locate(i)).collect();
-        let mut out: Vec<Option<ImageRow>> = vec![None; indices.len()];
+        let mut out: Vec<Option<R>> = vec![None; indices.len()];
         let mut shards: Vec<usize> = located.iter().map(|l| l.shard).collect();
         shards.sort_unstable();
         shards.dedup();

@@ -61,11 +61,7 @@ pub fn import(source: &dyn ImportSource, out: &Path, options: ImportOptions, pro
     if out.exists() && !options.force {
         return Err(DataError::Exists { path: out.into() });
     }
-    let staging = sibling(out, "partial");
-    if staging.exists() {
-        std::fs::remove_dir_all(&staging).map_err(|e| DataError::io(&staging, e))?;
-    }
-    std::fs::create_dir_all(&staging).map_err(|e| DataError::io(&staging, e))?;
+    let staging = staging_dir(out)?;
     let result = write_all(source, &staging, options, progress);
     match result {
         Ok(summary) => {
@@ -135,6 +131,16 @@ fn check_row(row: &ImageRow, num_classes: u16) -> Result<(), DataError> {
     Ok(())
 }
 
+/// A fresh, empty hidden directory next to `out` to build a dataset in (then [`replace_dir`]).
+pub fn staging_dir(out: &Path) -> Result<PathBuf, DataError> {
+    let staging = sibling(out, "partial");
+    if staging.exists() {
+        std::fs::remove_dir_all(&staging).map_err(|e| DataError::io(&staging, e))?;
+    }
+    std::fs::create_dir_all(&staging).map_err(|e| DataError::io(&staging, e))?;
+    Ok(staging)
+}
+
 /// `<parent>/.<name>.<what>-<pid>`: hidden next to `path`, so the final rename stays on one filesystem.
 fn sibling(path: &Path, what: &str) -> PathBuf {
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "dataset".into());
@@ -142,7 +148,7 @@ fn sibling(path: &Path, what: &str) -> PathBuf {
 }
 
 /// Moves the finished `staging` directory to `out`, replacing an old dataset there.
-fn replace_dir(staging: &Path, out: &Path) -> Result<(), DataError> {
+pub fn replace_dir(staging: &Path, out: &Path) -> Result<(), DataError> {
     if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent).map_err(|e| DataError::io(parent, e))?;
     }

@@ -21,7 +21,7 @@ use rand_chacha::ChaCha8Rng;
 use tch::{Device, Kind, Tensor};
 
 use super::augment::{augment_into, AugmentParams};
-use super::codec::{decode_mask, decode_rgb};
+use super::codec::{decode_mask, decode_row_image};
 use super::sampler::{mix_seed, Cursor, Sampler};
 use super::{DataError, Dataset, ImageRow};
 
@@ -194,10 +194,7 @@ impl BatchJob {
 
     /// Decodes and augments one row into its batch slot; an error is the reason to skip it.
     fn sample(&self, index: usize, row: &ImageRow, image: &mut [f32], mask: Option<&mut [u8]>, labels: &mut [f32]) -> Result<(), String> {
-        let rgb = decode_rgb(&row.image)?;
-        if (rgb.width, rgb.height) != (row.width, row.height) {
-            return Err(format!("image decodes to {}x{} but the row says {}x{}", rgb.width, rgb.height, row.width, row.height));
-        }
+        let rgb = decode_row_image(row)?;
         for &label in &row.labels {
             if label == 0 || label as usize > self.num_classes {
                 return Err(format!("label {label} out of range 1..={}", self.num_classes));

@@ -5,10 +5,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, ArrayRef, BinaryArray, BinaryBuilder, ListArray, ListBuilder, RecordBatch, StringArray, UInt16Array,
-    UInt16Builder, UInt32Array,
+    Array, ArrayRef, AsArray, BinaryArray, BinaryBuilder, Float32Builder, ListArray, ListBuilder, RecordBatch,
+    StringArray, UInt16Builder, UInt32Array,
 };
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::datatypes::{ArrowPrimitiveType, DataType, Field, Float32Type, Schema, SchemaRef, UInt16Type};
 use serde::{Deserialize, Serialize};
 
 use super::DataError;
@@ -129,84 +129,212 @@ impl Manifest {
     }
 }
 
-/// Builds one record batch of image rows.
-pub fn image_rows_to_batch(rows: &[ImageRow]) -> Result<RecordBatch, DataError> {
-    let ids: StringArray = rows.iter().map(|r| Some(r.id.as_str())).collect();
-    let mut images = BinaryBuilder::with_capacity(rows.len(), rows.iter().map(|r| r.image.len()).sum());
-    let mut masks = BinaryBuilder::new();
-    let mut labels = ListBuilder::new(UInt16Builder::new());
-    for row in rows {
-        images.append_value(&row.image);
-        masks.append_option(row.mask.as_deref());
-        labels.values().append_slice(&row.labels);
-        labels.append(true);
-    }
-    let columns: Vec<ArrayRef> = vec![
-        Arc::new(ids),
-        Arc::new(images.finish()),
-        Arc::new(UInt32Array::from_iter_values(rows.iter().map(|r| r.width))),
-        Arc::new(UInt32Array::from_iter_values(rows.iter().map(|r| r.height))),
-        Arc::new(labels.finish()),
-        Arc::new(masks.finish()),
-    ];
-    Ok(RecordBatch::try_new(image_schema(), columns)?)
+/// A row type with its own shard schema: what the shard writer and reader are generic over.
+pub trait ShardRow: Sized + Clone + Send + Sync + 'static {
+    /// The manifest kind of a dataset of these rows.
+    const KIND: DatasetKind;
+    fn schema() -> SchemaRef;
+    /// Columns that hold already-compressed bytes: stored as they are.
+    const BLOB_COLUMNS: &'static [&'static str];
+    fn to_batch(rows: &[Self]) -> Result<RecordBatch, DataError>;
+    /// Reads the rows of a record batch, checking its columns; `file` names the shard in errors.
+    fn from_batch(batch: &RecordBatch, file: &Path) -> Result<Vec<Self>, DataError>;
 }
 
-/// Reads the image rows of a record batch, checking its columns; `file` names the shard in errors.
-pub fn image_rows_from_batch(batch: &RecordBatch, file: &Path) -> Result<Vec<ImageRow>, DataError> {
-    let columns = ImageColumns::new(batch, file)?;
-    Ok((0..batch.num_rows()).map(|i| columns.row(i)).collect())
-}
-
-/// Typed views of the columns of one image batch.
-struct ImageColumns<'a> {
-    id: &'a StringArray,
-    image: &'a BinaryArray,
-    width: &'a UInt32Array,
-    height: &'a UInt32Array,
-    labels: &'a ListArray,
-    mask: &'a BinaryArray,
-}
-
-impl<'a> ImageColumns<'a> {
-    fn new(batch: &'a RecordBatch, file: &Path) -> Result<Self, DataError> {
-        Ok(ImageColumns {
-            id: column(batch, col::ID, file)?,
-            image: column(batch, col::IMAGE, file)?,
-            width: column(batch, col::WIDTH, file)?,
-            height: column(batch, col::HEIGHT, file)?,
-            labels: column(batch, col::LABELS, file)?,
-            mask: column(batch, col::MASK, file)?,
-        })
+impl ShardRow for ImageRow {
+    const KIND: DatasetKind = DatasetKind::Images;
+    fn schema() -> SchemaRef {
+        image_schema()
     }
 
-    fn row(&self, i: usize) -> ImageRow {
-        let labels = self.labels.value(i);
-        let labels = labels.as_any().downcast_ref::<UInt16Array>().map(|a| a.values().to_vec()).unwrap_or_default();
-        ImageRow {
-            id: self.id.value(i).to_string(),
-            image: self.image.value(i).to_vec(),
-            width: self.width.value(i),
-            height: self.height.value(i),
-            labels,
-            mask: (!self.mask.is_null(i)).then(|| self.mask.value(i).to_vec()),
+    const BLOB_COLUMNS: &'static [&'static str] = &[col::IMAGE, col::MASK];
+
+    fn to_batch(rows: &[ImageRow]) -> Result<RecordBatch, DataError> {
+        let ids: StringArray = rows.iter().map(|r| Some(r.id.as_str())).collect();
+        let mut images = BinaryBuilder::with_capacity(rows.len(), rows.iter().map(|r| r.image.len()).sum());
+        let mut masks = BinaryBuilder::new();
+        let mut labels = ListBuilder::new(UInt16Builder::new());
+        for row in rows {
+            images.append_value(&row.image);
+            masks.append_option(row.mask.as_deref());
+            labels.values().append_slice(&row.labels);
+            labels.append(true);
         }
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(ids),
+            Arc::new(images.finish()),
+            Arc::new(UInt32Array::from_iter_values(rows.iter().map(|r| r.width))),
+            Arc::new(UInt32Array::from_iter_values(rows.iter().map(|r| r.height))),
+            Arc::new(labels.finish()),
+            Arc::new(masks.finish()),
+        ];
+        Ok(RecordBatch::try_new(image_schema(), columns)?)
     }
+
+    fn from_batch(batch: &RecordBatch, file: &Path) -> Result<Vec<ImageRow>, DataError> {
+        let id: &StringArray = column(batch, col::ID, file)?;
+        let image: &BinaryArray = column(batch, col::IMAGE, file)?;
+        let width: &UInt32Array = column(batch, col::WIDTH, file)?;
+        let height: &UInt32Array = column(batch, col::HEIGHT, file)?;
+        let labels = list_column::<UInt16Type>(batch, col::LABELS, file)?;
+        let mask: &BinaryArray = column(batch, col::MASK, file)?;
+        Ok((0..batch.num_rows())
+            .map(|i| ImageRow {
+                id: id.value(i).to_string(),
+                image: image.value(i).to_vec(),
+                width: width.value(i),
+                height: height.value(i),
+                labels: labels.values(i),
+                mask: (!mask.is_null(i)).then(|| mask.value(i).to_vec()),
+            })
+            .collect())
+    }
+}
+
+/// The column names of a CAM row.
+pub mod cam_col {
+    pub const ID: &str = "id";
+    pub const CLASSES: &str = "classes";
+    pub const SCORES: &str = "scores";
+    pub const CAM: &str = "cam";
+    pub const HEIGHT: &str = "height";
+    pub const WIDTH: &str = "width";
+}
+
+/// Side of a CAM cell in image pixels: CAMs are stored at stride 4.
+pub const CAM_STRIDE: u32 = 4;
+
+/// The class activation maps of one image (DESIGN.md "Formats").
+#[derive(Debug, Clone, PartialEq)]
+pub struct CamRow {
+    pub id: String,
+    /// The image's labels, in the order of the maps in `cam`.
+    pub classes: Vec<u16>,
+    /// The classifier's logit for each of `classes` (the image-label baseline uses them).
+    pub scores: Vec<f32>,
+    /// f16 little-endian, shape [classes, ⌈height/4⌉, ⌈width/4⌉], each map max-normalised.
+    pub cam: Vec<u8>,
+    pub height: u32,
+    pub width: u32,
+}
+
+impl CamRow {
+    /// The (rows, columns) of each stored map.
+    pub fn map_size(&self) -> (u32, u32) {
+        (self.height.div_ceil(CAM_STRIDE), self.width.div_ceil(CAM_STRIDE))
+    }
+
+    /// Checks that the byte length fits the shape; `what` names the row in the error.
+    pub fn check(&self, what: &str) -> Result<(), DataError> {
+        let (h, w) = self.map_size();
+        let expected = self.classes.len() * h as usize * w as usize * 2;
+        if self.cam.len() != expected || self.scores.len() != self.classes.len() {
+            return Err(DataError::Invalid(format!(
+                "{what}: cam holds {} bytes and {} scores, expected {expected} bytes (f16 [{}, {h}, {w}]) and {} scores",
+                self.cam.len(),
+                self.scores.len(),
+                self.classes.len(),
+                self.classes.len()
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// The Arrow schema of a CAM dataset shard.
+pub fn cam_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new(cam_col::ID, DataType::Utf8, false),
+        Field::new(cam_col::CLASSES, DataType::List(Arc::new(Field::new("item", DataType::UInt16, true))), false),
+        Field::new(cam_col::SCORES, DataType::List(Arc::new(Field::new("item", DataType::Float32, true))), false),
+        Field::new(cam_col::CAM, DataType::Binary, false),
+        Field::new(cam_col::HEIGHT, DataType::UInt32, false),
+        Field::new(cam_col::WIDTH, DataType::UInt32, false),
+    ]))
+}
+
+impl ShardRow for CamRow {
+    const KIND: DatasetKind = DatasetKind::Cams;
+    fn schema() -> SchemaRef {
+        cam_schema()
+    }
+
+    // f16 maps are smooth and compress well: zstd is worth it.
+    const BLOB_COLUMNS: &'static [&'static str] = &[];
+
+    fn to_batch(rows: &[CamRow]) -> Result<RecordBatch, DataError> {
+        let ids: StringArray = rows.iter().map(|r| Some(r.id.as_str())).collect();
+        let mut cams = BinaryBuilder::with_capacity(rows.len(), rows.iter().map(|r| r.cam.len()).sum());
+        let mut classes = ListBuilder::new(UInt16Builder::new());
+        let mut scores = ListBuilder::new(Float32Builder::new());
+        for row in rows {
+            cams.append_value(&row.cam);
+            classes.values().append_slice(&row.classes);
+            classes.append(true);
+            scores.values().append_slice(&row.scores);
+            scores.append(true);
+        }
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(ids),
+            Arc::new(classes.finish()),
+            Arc::new(scores.finish()),
+            Arc::new(cams.finish()),
+            Arc::new(UInt32Array::from_iter_values(rows.iter().map(|r| r.height))),
+            Arc::new(UInt32Array::from_iter_values(rows.iter().map(|r| r.width))),
+        ];
+        Ok(RecordBatch::try_new(cam_schema(), columns)?)
+    }
+
+    fn from_batch(batch: &RecordBatch, file: &Path) -> Result<Vec<CamRow>, DataError> {
+        let id: &StringArray = column(batch, cam_col::ID, file)?;
+        let classes = list_column::<UInt16Type>(batch, cam_col::CLASSES, file)?;
+        let scores = list_column::<Float32Type>(batch, cam_col::SCORES, file)?;
+        let cam: &BinaryArray = column(batch, cam_col::CAM, file)?;
+        let height: &UInt32Array = column(batch, cam_col::HEIGHT, file)?;
+        let width: &UInt32Array = column(batch, cam_col::WIDTH, file)?;
+        Ok((0..batch.num_rows())
+            .map(|i| CamRow {
+                id: id.value(i).to_string(),
+                classes: classes.values(i),
+                scores: scores.values(i),
+                cam: cam.value(i).to_vec(),
+                height: height.value(i),
+                width: width.value(i),
+            })
+            .collect())
+    }
+}
+
+fn foreign(file: &Path, message: String) -> DataError {
+    DataError::ForeignShard { path: PathBuf::from(file), message }
 }
 
 fn column<'a, T: 'static>(batch: &'a RecordBatch, name: &str, file: &Path) -> Result<&'a T, DataError> {
-    let foreign = |message: String| DataError::ForeignShard { path: PathBuf::from(file), message };
-    let array = batch.column_by_name(name).ok_or_else(|| foreign(format!("no column `{name}`")))?;
-    if name == col::LABELS {
-        let item_ok = matches!(array.data_type(), DataType::List(f) if f.data_type() == &DataType::UInt16);
-        if !item_ok {
-            return Err(foreign(format!("column `labels` is {:?}, expected list<uint16>", array.data_type())));
-        }
-    }
+    let array = batch.column_by_name(name).ok_or_else(|| foreign(file, format!("no column `{name}`")))?;
     array
         .as_any()
         .downcast_ref::<T>()
-        .ok_or_else(|| foreign(format!("column `{name}` has type {:?}, not the one wsss-dist writes", array.data_type())))
+        .ok_or_else(|| foreign(file, format!("column `{name}` has type {:?}, not the one wsss-dist writes", array.data_type())))
+}
+
+/// A list column whose items are the primitive type `T`, checked once.
+struct ListColumn<'a, T> {
+    list: &'a ListArray,
+    _items: std::marker::PhantomData<T>,
+}
+
+impl<T: ArrowPrimitiveType> ListColumn<'_, T> {
+    fn values(&self, i: usize) -> Vec<T::Native> {
+        self.list.value(i).as_primitive::<T>().values().to_vec()
+    }
+}
+
+fn list_column<'a, T: ArrowPrimitiveType>(batch: &'a RecordBatch, name: &str, file: &Path) -> Result<ListColumn<'a, T>, DataError> {
+    let list: &ListArray = column(batch, name, file)?;
+    if list.value_type() != T::DATA_TYPE {
+        return Err(foreign(file, format!("column `{name}` is {:?}, expected a list of {:?}", list.data_type(), T::DATA_TYPE)));
+    }
+    Ok(ListColumn { list, _items: std::marker::PhantomData })
 }
 
 #[cfg(test)]
@@ -227,15 +355,25 @@ mod tests {
     #[test]
     fn rows_round_trip_through_a_batch() {
         let rows = vec![row("a", &[1, 3], Some(&[9, 9])), row("bb", &[], None), row("c", &[20], Some(&[]))];
-        let batch = image_rows_to_batch(&rows).unwrap();
+        let batch = ImageRow::to_batch(&rows).unwrap();
         assert_eq!(batch.schema(), image_schema());
-        assert_eq!(image_rows_from_batch(&batch, Path::new("x")).unwrap(), rows);
+        assert_eq!(ImageRow::from_batch(&batch, Path::new("x")).unwrap(), rows);
+        let cams = vec![
+            CamRow { id: "a".into(), classes: vec![2, 5], scores: vec![0.5, -1.0], cam: vec![0; 8], height: 4, width: 8 },
+            CamRow { id: "b".into(), classes: vec![], scores: vec![], cam: vec![], height: 9, width: 3 },
+        ];
+        assert!(cams.iter().all(|c| c.check(&c.id).is_ok()));
+        let batch = CamRow::to_batch(&cams).unwrap();
+        assert_eq!(CamRow::from_batch(&batch, Path::new("x")).unwrap(), cams);
+        let short = CamRow { cam: vec![0; 6], ..cams[0].clone() };
+        let err = short.check("part-00000.parquet row 0 id a").unwrap_err().to_string();
+        assert!(err.contains("id a") && err.contains("expected 8 bytes (f16 [2, 1, 2])"), "{err}");
     }
 
     #[test]
     fn a_batch_of_another_schema_is_named_foreign() {
         let other = RecordBatch::try_from_iter([("id", Arc::new(UInt32Array::from(vec![1])) as ArrayRef)]).unwrap();
-        let err = image_rows_from_batch(&other, Path::new("shard.parquet")).unwrap_err().to_string();
+        let err = ImageRow::from_batch(&other, Path::new("shard.parquet")).unwrap_err().to_string();
         assert!(err.contains("shard.parquet") && err.contains("`id`"), "{err}");
     }
 

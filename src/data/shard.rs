@@ -15,7 +15,7 @@ use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
 use sha2::{Digest, Sha256};
 
-use super::schema::{col, image_rows_from_batch, image_rows_to_batch, image_schema, ImageRow, ShardInfo};
+use super::schema::{ImageRow, ShardInfo, ShardRow};
 use super::{temp_name, DataError};
 
 /// How shards are laid out.
@@ -37,7 +37,7 @@ pub fn shard_file_name(index: usize) -> String {
     format!("part-{index:05}.parquet")
 }
 
-fn writer_properties(layout: ShardLayout) -> Result<WriterProperties, DataError> {
+fn writer_properties<R: ShardRow>(layout: ShardLayout) -> Result<WriterProperties, DataError> {
     let zstd = ZstdLevel::try_new(layout.zstd_level)
         .map_err(|e| DataError::Invalid(format!("zstd level {}: {e}", layout.zstd_level)))?;
     let mut builder = WriterProperties::builder()
@@ -46,8 +46,8 @@ fn writer_properties(layout: ShardLayout) -> Result<WriterProperties, DataError>
         .set_created_by(format!("wsss-dist {}", env!("CARGO_PKG_VERSION")));
     // Encoded images and PNG masks are already compressed: store them as they are, without
     // dictionaries or min/max statistics of multi-kilobyte blobs.
-    for blob in [col::IMAGE, col::MASK] {
-        let path = ColumnPath::from(blob);
+    for blob in R::BLOB_COLUMNS {
+        let path = ColumnPath::from(*blob);
         builder = builder
             .set_column_compression(path.clone(), Compression::UNCOMPRESSED)
             .set_column_dictionary_enabled(path.clone(), false)
@@ -58,14 +58,14 @@ fn writer_properties(layout: ShardLayout) -> Result<WriterProperties, DataError>
 
 /// Writes `rows` as one shard at `path` (through a temporary name and a rename) and returns
 /// the manifest entry, with the SHA-256 of the bytes written.
-pub fn write_shard(path: &Path, rows: &[ImageRow], layout: ShardLayout) -> Result<ShardInfo, DataError> {
+pub fn write_shard<R: ShardRow>(path: &Path, rows: &[R], layout: ShardLayout) -> Result<ShardInfo, DataError> {
     let tmp = temp_name(path);
     let file = File::create(&tmp).map_err(|e| DataError::io(&tmp, e))?;
     let hashing = HashingWriter { inner: BufWriter::new(file), hasher: Sha256::new() };
     let parquet_err = |source| DataError::Parquet { path: tmp.clone(), source };
-    let mut writer = ArrowWriter::try_new(hashing, image_schema(), Some(writer_properties(layout)?)).map_err(parquet_err)?;
+    let mut writer = ArrowWriter::try_new(hashing, R::schema(), Some(writer_properties::<R>(layout)?)).map_err(parquet_err)?;
     for chunk in rows.chunks(layout.rows_per_group.max(1)) {
-        writer.write(&image_rows_to_batch(chunk)?).map_err(parquet_err)?;
+        writer.write(&R::to_batch(chunk)?).map_err(parquet_err)?;
     }
     let hashing = writer.into_inner().map_err(parquet_err)?;
     let sha256 = hex::encode(hashing.hasher.finalize());
@@ -101,21 +101,27 @@ pub fn file_sha256(path: &Path) -> Result<String, DataError> {
     Ok(hex::encode(hasher.finalize()))
 }
 
-/// An open shard: its footer and page index parsed once, then read many times.
-#[derive(Clone)]
-pub struct ShardReader {
+/// An open shard of `R` rows: its footer and page index parsed once, then read many times.
+pub struct ShardReader<R = ImageRow> {
     path: PathBuf,
     metadata: ArrowReaderMetadata,
+    _rows: std::marker::PhantomData<fn() -> R>,
 }
 
-impl ShardReader {
-    /// Opens `path`, checking that it is a Parquet file with the image schema.
-    pub fn open(path: &Path) -> Result<ShardReader, DataError> {
+impl<R> Clone for ShardReader<R> {
+    fn clone(&self) -> Self {
+        ShardReader { path: self.path.clone(), metadata: self.metadata.clone(), _rows: std::marker::PhantomData }
+    }
+}
+
+impl<R: ShardRow> ShardReader<R> {
+    /// Opens `path`, checking that it is a Parquet file with `R`'s schema.
+    pub fn open(path: &Path) -> Result<ShardReader<R>, DataError> {
         let file = File::open(path).map_err(|e| DataError::io(path, e))?;
         let options = ArrowReaderOptions::new().with_offset_index_policy(PageIndexPolicy::Optional);
         let metadata = ArrowReaderMetadata::load(&file, options)
             .map_err(|source| DataError::Parquet { path: path.into(), source })?;
-        let expected = image_schema();
+        let expected = R::schema();
         let found = metadata.schema();
         for field in expected.fields() {
             let ok = found.field_with_name(field.name()).is_ok_and(|f| f.data_type() == field.data_type());
@@ -126,7 +132,7 @@ impl ShardReader {
                 });
             }
         }
-        Ok(ShardReader { path: path.into(), metadata })
+        Ok(ShardReader { path: path.into(), metadata, _rows: std::marker::PhantomData })
     }
 
     pub fn path(&self) -> &Path {
@@ -146,25 +152,30 @@ impl ShardReader {
         Ok(ParquetRecordBatchReaderBuilder::new_with_metadata(file, self.metadata.clone()))
     }
 
-    fn collect(&self, builder: ParquetRecordBatchReaderBuilder<File>) -> Result<Vec<ImageRow>, DataError> {
+    fn collect(&self, builder: ParquetRecordBatchReaderBuilder<File>) -> Result<Vec<R>, DataError> {
         let reader = builder.build().map_err(|source| DataError::Parquet { path: self.path.clone(), source })?;
         let mut rows = Vec::new();
         for batch in reader {
             let batch = batch.map_err(|e| DataError::Parquet { path: self.path.clone(), source: e.into() })?;
-            rows.extend(image_rows_from_batch(&batch, &self.path)?);
+            rows.extend(R::from_batch(&batch, &self.path)?);
         }
         Ok(rows)
     }
 
     /// All rows of row group `group`, in order (the streaming unit).
-    pub fn read_row_group(&self, group: usize) -> Result<Vec<ImageRow>, DataError> {
+    pub fn read_row_group(&self, group: usize) -> Result<Vec<R>, DataError> {
         let rows = self.metadata.metadata().row_group(group).num_rows() as usize;
         self.collect(self.builder()?.with_row_groups(vec![group]).with_batch_size(rows.max(1)))
     }
 
+    /// Every row of the shard, in order.
+    pub fn read_all(&self) -> Result<Vec<R>, DataError> {
+        self.collect(self.builder()?)
+    }
+
     /// The rows at the given positions of the shard, returned in the order asked. Only the
     /// pages that hold them are read (the offset index locates them).
-    pub fn read_rows(&self, positions: &[usize]) -> Result<Vec<ImageRow>, DataError> {
+    pub fn read_rows(&self, positions: &[usize]) -> Result<Vec<R>, DataError> {
         let total = self.num_rows();
         if let Some(&bad) = positions.iter().find(|&&p| p >= total) {
             return Err(DataError::Invalid(format!("{}: row {bad} out of range ({total} rows)", self.path.display())));
@@ -225,7 +236,7 @@ mod tests {
         let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(names.len(), 1, "no temporary file left: {names:?}");
 
-        let reader = ShardReader::open(&path).unwrap();
+        let reader = ShardReader::<ImageRow>::open(&path).unwrap();
         assert_eq!((reader.num_rows(), reader.num_row_groups()), (50, 4));
         let streamed: Vec<ImageRow> = (0..4).flat_map(|g| reader.read_row_group(g).unwrap()).collect();
         assert_eq!(streamed, data);
@@ -243,11 +254,11 @@ mod tests {
         let bytes = std::fs::read(&path).unwrap();
         let cut = dir.path().join("cut.parquet");
         std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
-        let err = ShardReader::open(&cut).err().expect("truncated").to_string();
+        let err = ShardReader::<ImageRow>::open(&cut).err().expect("truncated").to_string();
         assert!(err.contains("cut.parquet"), "{err}");
         let text = dir.path().join("text.parquet");
         std::fs::write(&text, b"id,image\n1,2\n").unwrap();
-        let err = ShardReader::open(&text).err().expect("foreign").to_string();
+        let err = ShardReader::<ImageRow>::open(&text).err().expect("foreign").to_string();
         assert!(err.contains("text.parquet"), "{err}");
     }
 }

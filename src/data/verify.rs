@@ -8,7 +8,7 @@ use std::sync::Mutex;
 
 use rayon::prelude::*;
 
-use super::codec::{decode_mask, decode_rgb};
+use super::codec::{decode_mask, decode_row_image};
 use super::schema::{ImageRow, Manifest};
 use super::shard::{file_sha256, ShardReader};
 use super::DataError;
@@ -135,11 +135,8 @@ fn verify_shard(dir: &Path, s: usize, info: &super::ShardInfo, num_classes: u16,
 /// Everything that can be wrong with one row, as a message.
 fn check_row(row: &ImageRow, num_classes: u16) -> Result<(), String> {
     // A full decode catches truncated and corrupt entropy-coded data that a header does not.
-    let rgb = decode_rgb(&row.image)?;
+    let rgb = decode_row_image(row)?;
     let (w, h) = (rgb.width, rgb.height);
-    if (w, h) != (row.width, row.height) {
-        return Err(format!("image is {w}x{h} but the row says {}x{}", row.width, row.height));
-    }
     if let Some(&bad) = row.labels.iter().find(|&&l| l == 0 || l > num_classes) {
         return Err(format!("label {bad} out of range 1..={num_classes}"));
     }

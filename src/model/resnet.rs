@@ -58,11 +58,10 @@ impl FrozenBatchNorm {
 }
 
 impl Module for FrozenBatchNorm {
-    /// y = (x − mean) / sqrt(var + eps) · weight + bias, per channel.
+    /// y = (x − mean) / sqrt(var + eps) · weight + bias, per channel: libtorch's inference-mode
+    /// batch norm (one fused kernel, as PyTorch runs a frozen BN; bf16 inputs keep f32 statistics).
     fn forward(&self, xs: &Tensor) -> Tensor {
-        let scale = &self.weight * (&self.running_var + BN_EPS).rsqrt();
-        let shift = &self.bias - &self.running_mean * &scale;
-        xs * scale.view([1, -1, 1, 1]) + shift.view([1, -1, 1, 1])
+        xs.batch_norm(Some(&self.weight), Some(&self.bias), Some(&self.running_mean), Some(&self.running_var), false, 0.0, BN_EPS, true)
     }
 }
 
@@ -74,9 +73,12 @@ struct Conv {
 }
 
 impl Module for Conv {
+    /// Computes in the input's precision: a bf16 input casts the f32 weight (as autocast does),
+    /// and gradients flow back to the f32 weight through the cast.
     fn forward(&self, xs: &Tensor) -> Tensor {
         let pad = self.weight.size()[2] / 2;
-        xs.conv2d(&self.weight, None::<Tensor>, [self.stride; 2], [pad; 2], [1, 1], 1)
+        let weight = if xs.kind() == self.weight.kind() { self.weight.shallow_clone() } else { self.weight.to_kind(xs.kind()) };
+        xs.conv2d(&weight, None::<Tensor>, [self.stride; 2], [pad; 2], [1, 1], 1)
     }
 }
 

@@ -1,10 +1,13 @@
 //! Pipeline stages: one file per CLI subcommand. Stages own logging, progress bars and what is
 //! printed; the library modules they call return errors and never print.
 
+pub mod cam;
+pub mod eval;
 pub mod import;
 pub mod info;
 pub mod inspect;
 pub mod run;
+pub mod train_cam;
 pub mod verify;
 
 use indicatif::{ProgressBar, ProgressStyle};

@@ -1,0 +1,3 @@
+//! Training losses (METHODS.md), each checked against hand-computed values.
+
+pub mod multilabel;

@@ -1,0 +1,54 @@
+//! Markdown tables of evaluation reports, for people (JSON is for programs).
+
+use super::cam_eval::CamReport;
+
+fn percent(iou: Option<f64>) -> String {
+    iou.map_or_else(|| "–".to_string(), |v| format!("{:.1}", 100.0 * v))
+}
+
+/// Per-class IoU (in %) at the best τ, at the method's τ and for the image-label baseline,
+/// then the τ sweep.
+pub fn cam_markdown(report: &CamReport) -> String {
+    let mut text = format!(
+        "| class | CAM, best τ = {:.2} | CAM, τ = {:.2} | image-label baseline |\n|---|---:|---:|---:|\n",
+        report.best_tau, report.tau
+    );
+    for (c, name) in report.classes.iter().enumerate() {
+        text += &format!("| {name} | {} | {} | {} |\n", percent(report.best.iou[c]), percent(report.at_tau.iou[c]), percent(report.baseline.iou[c]));
+    }
+    text += &format!(
+        "| **mIoU** | **{}** | **{}** | **{}** |\n\n",
+        percent(Some(report.best.miou)),
+        percent(Some(report.at_tau.miou)),
+        percent(Some(report.baseline.miou))
+    );
+    let taus: Vec<String> = report.sweep.iter().map(|p| format!("{:.2}", p.tau)).collect();
+    let mious: Vec<String> = report.sweep.iter().map(|p| percent(Some(p.miou))).collect();
+    text += &format!("| τ | {} |\n|---|{}\n| mIoU | {} |\n", taus.join(" | "), "---:|".repeat(taus.len()), mious.join(" | "));
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::cam_eval::{Scores, SweepPoint};
+
+    #[test]
+    fn renders_every_class_and_the_sweep() {
+        let scores = |m: f64| Scores { miou: m, iou: vec![Some(0.5), None], pixel_accuracy: 0.0 };
+        let report = CamReport {
+            classes: vec!["background".into(), "cat".into()],
+            sweep: vec![SweepPoint { tau: 0.1, miou: 0.25 }, SweepPoint { tau: 0.2, miou: 0.5 }],
+            best_tau: 0.2,
+            best: scores(0.5),
+            tau: 0.1,
+            at_tau: scores(0.25),
+            baseline: scores(0.125),
+        };
+        let text = cam_markdown(&report);
+        assert!(text.contains("| background | 50.0 | 50.0 | 50.0 |"), "{text}");
+        assert!(text.contains("| cat | – | – | – |"), "{text}");
+        assert!(text.contains("| **mIoU** | **50.0** | **25.0** | **12.5** |"), "{text}");
+        assert!(text.contains("| mIoU | 25.0 | 50.0 |"), "{text}");
+    }
+}

@@ -1,0 +1,250 @@
+//! Model weights in safetensors files: importing torchvision weights into a network (with a
+//! report of every key that does not fit) and saving/restoring complete model states.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use tch::nn::VarStore;
+use tch::{Device, Tensor};
+
+/// Why weights could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum WeightError {
+    #[error("{path}: cannot read safetensors: {message}")]
+    Read { path: PathBuf, message: String },
+    #[error("{path}: cannot write safetensors: {message}")]
+    Write { path: PathBuf, message: String },
+    #[error("{path}: the weights do not fit the model:{}", list_mismatch(.mismatch))]
+    Mismatch { path: PathBuf, mismatch: KeyMismatch },
+    #[error("{path}: tensor `{name}` holds non-finite values")]
+    NonFinite { path: PathBuf, name: String },
+}
+
+/// The keys that do not fit, each list sorted.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct KeyMismatch {
+    /// In the model, not in the file.
+    pub missing: Vec<String>,
+    /// In the file, not in the model.
+    pub unexpected: Vec<String>,
+    /// In both with different shapes: (name, model shape, file shape).
+    pub misshaped: Vec<(String, Vec<i64>, Vec<i64>)>,
+}
+
+impl KeyMismatch {
+    fn is_empty(&self) -> bool {
+        self.missing.is_empty() && self.unexpected.is_empty() && self.misshaped.is_empty()
+    }
+}
+
+fn list_mismatch(m: &KeyMismatch) -> String {
+    let mut text = String::new();
+    if !m.missing.is_empty() {
+        text += &format!("\n  missing in the file ({}): {}", m.missing.len(), m.missing.join(", "));
+    }
+    if !m.unexpected.is_empty() {
+        text += &format!("\n  unexpected in the file ({}): {}", m.unexpected.len(), m.unexpected.join(", "));
+    }
+    for (name, model, file) in &m.misshaped {
+        text += &format!("\n  shape of {name}: model {model:?}, file {file:?}");
+    }
+    text
+}
+
+/// Which keys may legitimately not match when importing pretrained weights.
+pub struct ImportRules<'a> {
+    /// Prefixes of model keys that the file may lack (layers new on top of the backbone).
+    pub new_layers: &'a [&'a str],
+    /// Prefixes or suffixes of file keys to skip (the ImageNet `fc.` head, BN
+    /// `num_batches_tracked` counters).
+    pub ignored_prefixes: &'a [&'a str],
+    pub ignored_suffixes: &'a [&'a str],
+}
+
+/// torchvision ResNet weights into a CAM network: `classifier.` is new, `fc.` and the BN
+/// step counters are not ours.
+pub const TORCHVISION_BACKBONE: ImportRules<'static> = ImportRules {
+    new_layers: &[super::cam::HEAD_PREFIX],
+    ignored_prefixes: &["fc."],
+    ignored_suffixes: &["num_batches_tracked"],
+};
+
+/// What an import did.
+#[derive(Debug, Default)]
+pub struct ImportReport {
+    pub loaded: usize,
+    /// Model keys left at their initialisation (allowed by the rules).
+    pub kept_init: Vec<String>,
+    /// File keys skipped (allowed by the rules).
+    pub ignored: Vec<String>,
+}
+
+fn read(path: &Path) -> Result<Vec<(String, Tensor)>, WeightError> {
+    Tensor::read_safetensors(path).map_err(|e| WeightError::Read { path: path.into(), message: e.to_string() })
+}
+
+/// Copies the tensors of `path` into `vs` (converting dtypes), checking every key against
+/// `rules`: anything missing, unexpected or mis-shaped beyond what they allow is one error
+/// that lists all of it, and nothing is copied.
+pub fn import(vs: &VarStore, path: &Path, rules: &ImportRules) -> Result<ImportReport, WeightError> {
+    let file: BTreeMap<String, Tensor> = read(path)?.into_iter().collect();
+    let model: BTreeMap<String, Tensor> = vs.variables().into_iter().collect();
+    let mut mismatch = KeyMismatch::default();
+    let mut report = ImportReport::default();
+    for (name, var) in &model {
+        match file.get(name) {
+            Some(t) if t.size() != var.size() => mismatch.misshaped.push((name.clone(), var.size(), t.size())),
+            Some(_) => report.loaded += 1,
+            None if rules.new_layers.iter().any(|p| name.starts_with(p)) => report.kept_init.push(name.clone()),
+            None => mismatch.missing.push(name.clone()),
+        }
+    }
+    for name in file.keys().filter(|k| !model.contains_key(*k)) {
+        if rules.ignored_prefixes.iter().any(|p| name.starts_with(p)) || rules.ignored_suffixes.iter().any(|s| name.ends_with(s)) {
+            report.ignored.push(name.clone());
+        } else {
+            mismatch.unexpected.push(name.clone());
+        }
+    }
+    if !mismatch.is_empty() {
+        return Err(WeightError::Mismatch { path: path.into(), mismatch });
+    }
+    copy_into(&model, &file, path)?;
+    Ok(report)
+}
+
+/// Restores a complete state saved by [`save`]: every key must match exactly.
+pub fn restore(vs: &VarStore, path: &Path) -> Result<(), WeightError> {
+    let file: BTreeMap<String, Tensor> = read(path)?.into_iter().collect();
+    let model: BTreeMap<String, Tensor> = vs.variables().into_iter().collect();
+    restore_named(&model, &file, path)
+}
+
+/// Checks that `file` holds exactly the tensors of `targets` (same names and shapes) and
+/// copies them in.
+pub fn restore_named(targets: &BTreeMap<String, Tensor>, file: &BTreeMap<String, Tensor>, path: &Path) -> Result<(), WeightError> {
+    let mismatch = KeyMismatch {
+        missing: targets.keys().filter(|k| !file.contains_key(*k)).cloned().collect(),
+        unexpected: file.keys().filter(|k| !targets.contains_key(*k)).cloned().collect(),
+        misshaped: targets
+            .iter()
+            .filter_map(|(k, v)| file.get(k).filter(|t| t.size() != v.size()).map(|t| (k.clone(), v.size(), t.size())))
+            .collect(),
+    };
+    if !mismatch.is_empty() {
+        return Err(WeightError::Mismatch { path: path.into(), mismatch });
+    }
+    copy_into(targets, file, path)
+}
+
+fn copy_into(targets: &BTreeMap<String, Tensor>, file: &BTreeMap<String, Tensor>, path: &Path) -> Result<(), WeightError> {
+    for (name, source) in file {
+        if !finite(source) {
+            return Err(WeightError::NonFinite { path: path.into(), name: name.clone() });
+        }
+    }
+    tch::no_grad(|| {
+        for (name, target) in targets {
+            if let Some(source) = file.get(name) {
+                let mut target = target.shallow_clone();
+                target.copy_(&source.to_device(target.device()).to_kind(target.kind()));
+            }
+        }
+    });
+    Ok(())
+}
+
+/// Whether every element of a floating-point tensor is finite (other kinds always are).
+pub fn finite(tensor: &Tensor) -> bool {
+    !tensor.is_floating_point() || tensor.isfinite().all().int64_value(&[]) == 1
+}
+
+/// Writes named tensors (moved to the CPU, contiguous) to `path` through a temporary file and
+/// a rename.
+pub fn save(tensors: &BTreeMap<String, Tensor>, path: &Path) -> Result<(), WeightError> {
+    let cpu: Vec<(&str, Tensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v.to_device(Device::Cpu).contiguous())).collect();
+    let tmp = crate::data::temp_name(path);
+    let write_err = |message: String| WeightError::Write { path: path.into(), message };
+    Tensor::write_safetensors(&cpu, &tmp).map_err(|e| write_err(e.to_string()))?;
+    std::fs::rename(&tmp, path).map_err(|e| write_err(e.to_string()))
+}
+
+/// The model's variables by name.
+pub fn named(vs: &VarStore) -> BTreeMap<String, Tensor> {
+    vs.variables().into_iter().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::cam::CamNet;
+    use crate::model::resnet::Depth;
+    use tch::Kind;
+
+    fn net() -> (VarStore, CamNet) {
+        let vs = VarStore::new(Device::Cpu);
+        let net = CamNet::new(&vs.root(), Depth::Resnet18, [2, 2, 2, 1], 4);
+        (vs, net)
+    }
+
+    /// A file laid out as torchvision's resnet18 state_dict: backbone keys, `fc.*`, and
+    /// `num_batches_tracked` counters.
+    fn torchvision_like(vs: &VarStore) -> BTreeMap<String, Tensor> {
+        let mut file: BTreeMap<String, Tensor> =
+            named(vs).into_iter().filter(|(k, _)| !k.starts_with("classifier.")).map(|(k, v)| (k, v.ones_like() * 0.5)).collect();
+        file.insert("fc.weight".into(), Tensor::zeros([1000, 512], (Kind::Float, Device::Cpu)));
+        file.insert("fc.bias".into(), Tensor::zeros([1000], (Kind::Float, Device::Cpu)));
+        file.insert("bn1.num_batches_tracked".into(), Tensor::zeros([], (Kind::Int64, Device::Cpu)));
+        file
+    }
+
+    #[test]
+    fn torchvision_weights_load_and_report_what_was_left() {
+        let dir = tempfile::tempdir().unwrap();
+        let (vs, _net) = net();
+        let path = dir.path().join("r18.safetensors");
+        save(&torchvision_like(&vs), &path).unwrap();
+        let report = import(&vs, &path, &TORCHVISION_BACKBONE).unwrap();
+        assert_eq!(report.kept_init, ["classifier.weight"]);
+        assert_eq!(report.ignored, ["bn1.num_batches_tracked", "fc.bias", "fc.weight"]);
+        assert_eq!(report.loaded, named(&vs).len() - 1);
+        assert_eq!(named(&vs)["layer2.1.conv1.weight"].mean(Kind::Float).double_value(&[]), 0.5);
+    }
+
+    #[test]
+    fn every_unfit_key_is_listed_and_nothing_is_copied() {
+        let dir = tempfile::tempdir().unwrap();
+        let (vs, _net) = net();
+        let mut file = torchvision_like(&vs);
+        file.remove("layer3.0.conv1.weight");
+        file.insert("layer9.weight".into(), Tensor::zeros([1], (Kind::Float, Device::Cpu)));
+        file.insert("layer1.0.conv1.weight".into(), Tensor::zeros([64, 64, 1, 1], (Kind::Float, Device::Cpu)));
+        let path = dir.path().join("bad.safetensors");
+        save(&file, &path).unwrap();
+        let before = named(&vs)["layer2.1.conv1.weight"].copy();
+        let err = import(&vs, &path, &TORCHVISION_BACKBONE).unwrap_err().to_string();
+        assert!(err.contains("missing in the file (1): layer3.0.conv1.weight"), "{err}");
+        assert!(err.contains("unexpected in the file (1): layer9.weight"), "{err}");
+        assert!(err.contains("shape of layer1.0.conv1.weight: model [64, 64, 3, 3], file [64, 64, 1, 1]"), "{err}");
+        assert!(err.contains("bad.safetensors"), "{err}");
+        assert!(named(&vs)["layer2.1.conv1.weight"].equal(&before), "a failed import copied weights");
+    }
+
+    #[test]
+    fn save_and_restore_round_trip_bitwise_and_refuse_nan() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, _) = net();
+        let (b, _) = net();
+        let path = dir.path().join("state.safetensors");
+        save(&named(&a), &path).unwrap();
+        restore(&b, &path).unwrap();
+        for (name, tensor) in named(&a) {
+            assert!(tensor.equal(&named(&b)[&name]), "{name}");
+        }
+        let mut poisoned = named(&a);
+        poisoned.insert("classifier.weight".into(), Tensor::full([4, 512, 1, 1], f64::NAN, (Kind::Float, Device::Cpu)));
+        save(&poisoned, &path).unwrap();
+        let err = restore(&b, &path).unwrap_err().to_string();
+        assert!(err.contains("classifier.weight") && err.contains("non-finite"), "{err}");
+    }
+}
