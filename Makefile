@@ -27,7 +27,7 @@ test: setup
 	$(CARGO) test --no-fail-fast
 
 demo: build
-	$(BIN) run --config configs/synthetic.toml
+	$(BIN) run --config configs/synthetic_cam.toml
 
 bench-setup: setup
 	@bash scripts/setup-bench.sh

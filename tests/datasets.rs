@@ -261,7 +261,7 @@ fn coco_import_rasterises_polygons_rle_and_crowds() {
 #[test]
 fn config_show_resolves_overrides_and_names_unknown_keys() {
     let tmp = tempfile::tempdir().unwrap();
-    let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/synthetic.toml");
+    let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/synthetic_cam.toml");
     let text = wsss_ok(tmp.path(), &["config", "show", "--config", s(&config), "--set", "loader.batch_size=4"]);
     let resolved: toml::Table = text.parse().unwrap();
     assert_eq!(resolved["loader"]["batch_size"].as_integer(), Some(4));

@@ -47,6 +47,11 @@ impl CamNet {
         self.backbone.output_stride()
     }
 
+    /// See [`ResNet::calibrate_batch_norm`].
+    pub fn calibrate_batch_norm(&self, images: &Tensor) {
+        self.backbone.calibrate_batch_norm(images)
+    }
+
     /// Backbone features F in f32, computed in `compute` precision (f32, or bf16 for
     /// mixed-precision training: convolutions run in bf16, the head and the loss stay f32).
     pub fn features(&self, images: &Tensor, compute: Kind) -> Tensor {

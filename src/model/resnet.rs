@@ -57,6 +57,22 @@ impl FrozenBatchNorm {
     }
 }
 
+impl FrozenBatchNorm {
+    /// With `calibrate`, first sets the statistics to the batch's per-channel mean and
+    /// (biased) variance: a data-dependent initialisation for networks without pretrained
+    /// weights, whose unit statistics would leave activations unnormalised and training unstable.
+    fn run(&self, xs: &Tensor, calibrate: bool) -> Tensor {
+        if calibrate {
+            tch::no_grad(|| {
+                let dims = [0i64, 2, 3];
+                self.running_mean.shallow_clone().copy_(&xs.mean_dim(dims.as_slice(), false, Kind::Float));
+                self.running_var.shallow_clone().copy_(&xs.var_correction(dims.as_slice(), 0, false));
+            });
+        }
+        self.forward(xs)
+    }
+}
+
 impl Module for FrozenBatchNorm {
     /// y = (x − mean) / sqrt(var + eps) · weight + bias, per channel: libtorch's inference-mode
     /// batch norm (one fused kernel, as PyTorch runs a frozen BN; bf16 inputs keep f32 statistics).
@@ -118,15 +134,15 @@ impl Block {
     }
 }
 
-impl Module for Block {
-    fn forward(&self, xs: &Tensor) -> Tensor {
+impl Block {
+    fn run(&self, xs: &Tensor, calibrate: bool) -> Tensor {
         let last = self.convs.len() - 1;
         let residual = self.convs.iter().enumerate().fold(xs.shallow_clone(), |h, (i, (conv, bn))| {
-            let h = bn.forward(&conv.forward(&h));
+            let h = bn.run(&conv.forward(&h), calibrate);
             if i < last { h.relu() } else { h }
         });
         let shortcut = match &self.downsample {
-            Some((conv, bn)) => bn.forward(&conv.forward(xs)),
+            Some((conv, bn)) => bn.run(&conv.forward(xs), calibrate),
             None => xs.shallow_clone(),
         };
         (residual + shortcut).relu()
@@ -175,13 +191,24 @@ impl ResNet {
     pub fn output_stride(&self) -> i64 {
         self.output_stride
     }
+
+    /// Sets every BatchNorm's statistics from one batch, layer after layer (each sees inputs
+    /// already normalised by the layers before it): the initialisation of a network trained
+    /// without pretrained weights.
+    pub fn calibrate_batch_norm(&self, xs: &Tensor) {
+        let _ = tch::no_grad(|| self.run(xs, true));
+    }
+
+    fn run(&self, xs: &Tensor, calibrate: bool) -> Tensor {
+        let stem = self.bn1.run(&self.conv1.forward(xs), calibrate).relu().max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false);
+        self.layers.iter().flatten().fold(stem, |h, block| block.run(&h, calibrate))
+    }
 }
 
 impl Module for ResNet {
     /// [N, 3, H, W] normalised images → [N, D, ⌈H/os⌉, ⌈W/os⌉] features (os = output_stride).
     fn forward(&self, xs: &Tensor) -> Tensor {
-        let stem = self.bn1.forward(&self.conv1.forward(xs)).relu().max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false);
-        self.layers.iter().flatten().fold(stem, |h, block| block.forward(&h))
+        self.run(xs, false)
     }
 }
 
@@ -263,6 +290,28 @@ mod tests {
         // Channel 0: (x−3)/sqrt(4+1e-5)·2+1 → 5 ↦ ≈3, 1 ↦ ≈−1; channel 1: x/sqrt(0.25+1e-5)·0.5−1 → 2 ↦ ≈1, −2 ↦ ≈−3.
         let expected = [3.0f32, -1.0, 1.0, -3.0];
         assert!(y.iter().zip(expected).all(|(a, b)| (a - b).abs() < 1e-4), "{y:?}");
+    }
+
+    /// After calibration on a batch, every BN of that batch's forward pass outputs zero mean
+    /// and unit variance per channel (weight 1, bias 0).
+    #[test]
+    fn calibration_normalises_each_layer_on_its_batch() {
+        tch::manual_seed(3);
+        let vs = VarStore::new(Device::Cpu);
+        let net = ResNet::new(&vs.root(), Depth::Resnet18, [2, 2, 2, 1]);
+        let xs = Tensor::randn([4, 3, 48, 48], (Kind::Float, Device::Cpu)) * 3.0 + 1.0;
+        net.calibrate_batch_norm(&xs);
+        let stem = net.bn1.forward(&net.conv1.forward(&xs));
+        let dims = [0i64, 2, 3];
+        let mean = stem.mean_dim(dims.as_slice(), false, Kind::Float).abs().max().double_value(&[]);
+        let var = stem.var_correction(dims.as_slice(), 0, false);
+        assert!(mean < 1e-4, "{mean}");
+        assert!((var - 1.0).abs().max().double_value(&[]) < 1e-3);
+        let first = &net.layers[0][0];
+        let h = stem.relu().max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false);
+        let inner = first.convs[0].1.forward(&first.convs[0].0.forward(&h));
+        assert!(inner.mean_dim(dims.as_slice(), false, Kind::Float).abs().max().double_value(&[]) < 1e-4);
+        assert!(vs.variables()["layer4.1.bn2.running_var"].ne(1.0).any().int64_value(&[]) == 1, "deep layers calibrated too");
     }
 
     #[test]

@@ -1,7 +1,7 @@
-//! `wsss-dist run --config F`: the whole pipeline of a config. At this stage of the project
-//! the pipeline is: make sure the datasets exist (generating the synthetic default when
-//! `data.source = "synthetic"`), record the resolved config in the run directory, and report
-//! what the datasets hold. Training, CAMs and pseudo-labels join here as they land.
+//! `wsss-dist run --config F`: the whole pipeline of a config: make sure the datasets exist
+//! (generating the synthetic default when `data.source = "synthetic"`), train the CAM
+//! classifier (continuing the run's checkpoints if there are any), make the CAMs of
+//! `cam.split` and evaluate them. Pseudo-labels and the segmenter join here as they land.
 
 use std::path::Path;
 
@@ -9,10 +9,9 @@ use anyhow::{bail, Context};
 use serde_json::json;
 use tracing::info;
 
-use super::{import::import_source, inspect, Summary};
+use super::{cam, eval, import::import_source, train_cam, Summary};
 use crate::config::{Config, DataSource};
 use crate::data::importer::ImportOptions;
-use crate::data::stats::dataset_stats;
 use crate::data::synthetic::{SyntheticParams, SyntheticSource};
 use crate::data::{atomic_write, Dataset};
 use crate::dist::World;
@@ -28,12 +27,12 @@ pub fn run(config: &Config, world: &World) -> anyhow::Result<Summary> {
     world.barrier();
     let mut details = json!({ "run_dir": run_dir, "config_hash": config.hash() });
     for (split, dir) in [("train", &config.data.train), ("val", &config.data.val)] {
-        let stats = dataset_stats(&Dataset::open(dir)?)?;
-        if world.is_root() {
-            println!("{}", inspect::render(dir, &stats));
-        }
-        details[split] = serde_json::to_value(&stats)?;
+        let dataset = Dataset::open(dir)?;
+        info!("{split}: {} images in {} ({} classes)", dataset.len(), dir.display(), dataset.manifest().num_classes());
     }
+    details["train"] = train_cam::run(config, world, true)?.details;
+    details["cam"] = cam::run(config, world)?.details;
+    details["eval_cam"] = eval::run_cam(config, world)?.details;
     if world.is_root() {
         atomic_write(&run_dir.join("summary.json"), serde_json::to_string_pretty(&details)?.as_bytes())?;
         info!("run directory {}", run_dir.display());

@@ -64,11 +64,10 @@ pub fn run(config: &Config, world: &World, resume: bool) -> anyhow::Result<Summa
     let steps_per_epoch = sampler.per_rank().div_ceil(config.loader.batch_size) as u64;
     ensure!(steps_per_epoch > 0, "{}: no training images for rank {} of {}", config.data.train.display(), world.rank, world.size);
     let total_steps = config.train.epochs * steps_per_epoch;
-    let loader = Loader::new(dataset, sampler, config.loader.spec(config.run.seed))?;
+    let loader = Loader::new(dataset.clone(), sampler.clone(), config.loader.spec(config.run.seed))?;
 
     tch::manual_seed(config.run.seed as i64);
     let model = CamModel::new(config.model.depth, config.model.strides, num_classes, device);
-    initialise(config, &model)?;
     let settings = SgdSettings {
         lr: config.train.lr,
         momentum: config.train.momentum,
@@ -83,13 +82,17 @@ pub fn run(config: &Config, world: &World, resume: bool) -> anyhow::Result<Summa
     let mut cursor = Cursor::default();
     match (resume, checkpoints.latest()?) {
         (true, Some(meta)) => cursor = restore(config, world, &checkpoints, &meta, &model, &mut sgd)?,
-        (true, None) => info!("no checkpoint in {} yet: starting from step 0", checkpoints.dir().display()),
         (false, Some(meta)) => bail!(
             "{} already holds checkpoints (latest: step {}): pass --resume to continue that run, or set run.name to start another",
             checkpoints.dir().display(),
             meta.step
         ),
-        (false, None) => {}
+        (resume, None) => {
+            if resume {
+                info!("no checkpoint in {} yet: starting from step 0", checkpoints.dir().display());
+            }
+            initialise(config, &model, Loader::new(dataset, Sampler { rank: 0, world: 1, ..sampler }, config.loader.spec(config.run.seed))?, device)?;
+        }
     }
     if world.is_root() {
         std::fs::create_dir_all(&run_dir).with_context(|| format!("creating run directory {}", run_dir.display()))?;
@@ -176,11 +179,16 @@ pub fn run(config: &Config, world: &World, resume: bool) -> anyhow::Result<Summa
     Ok(Summary::ok(details))
 }
 
-/// Starts from `model.init` (torchvision weights) or warns that a random start will not give
-/// good CAMs on real photos.
-fn initialise(config: &Config, model: &CamModel) -> anyhow::Result<()> {
+/// Starts from `model.init` (torchvision weights), or from a random initialisation whose
+/// frozen BatchNorm statistics are calibrated on the first batch of epoch 0 as one rank sees
+/// the whole dataset (`calibration`), so that every rank calibrates identically. Warns that a
+/// random start will not give good CAMs on real photos.
+fn initialise(config: &Config, model: &CamModel, calibration: Loader, device: Device) -> anyhow::Result<()> {
     if config.model.init.as_os_str().is_empty() {
         warn!("model.init is not set: training from a random initialisation. CAMs on real photos need ImageNet weights (tools/pth_to_safetensors.py converts torchvision's)");
+        let batch = calibration.epoch(Cursor::default()).next().context("no batch to calibrate BatchNorm on")?.context("reading the BatchNorm calibration batch")?;
+        model.net.calibrate_batch_norm(&batch.images.to_device(device));
+        info!("frozen BatchNorm statistics calibrated on {} images", batch.indices.len());
         return Ok(());
     }
     let report = weights::import(&model.vs, &config.model.init, &weights::TORCHVISION_BACKBONE).context("config key `model.init`")?;
