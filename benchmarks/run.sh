@@ -9,7 +9,7 @@ repeats=${BENCH_REPEATS:-3}
 voc=../shared/data/voc-mini/VOC2012
 data=data/bench/voc-mini-train
 [ -e "$data/manifest.json" ] || target/release/wsss-dist data import voc --root "$voc" --split train_aug --out "$data"
-cargo bench --bench loader --no-run -q 2>/dev/null
+cargo bench --bench loader --bench train_step --no-run -q 2>/dev/null
 uptime >&2
 
 median() { sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
@@ -28,9 +28,24 @@ for mode in augment decode; do
     "$mode" "$o" "$t" "$(awk -v a="$o" -v b="$t" 'BEGIN {print a / b}')" "${ours[*]}" "${theirs[*]}"
 done
 
+echo "== CAM classifier training step (forward + loss + backward + SGD update): ResNet-50, strides (2,2,2,1), batch 8, 224 px, 2 threads; median of 5 steps after 2 warm-up"
+ours=(); theirs=()
+for _ in $(seq "$repeats"); do
+  ours+=("$(cargo bench -q --bench train_step -- --depth resnet50 --batch 8 --size 224 --steps 5 --threads 2 | field median_step_s)")
+  theirs+=("$("$py" benchmarks/train_step_torch.py --depth resnet50 --batch 8 --size 224 --steps 5 --threads 2 2>/dev/null | field median_step_s)")
+done
+o=$(printf '%s\n' "${ours[@]}" | median); t=$(printf '%s\n' "${theirs[@]}" | median)
+printf 'step     wsss-dist %8.3f s  pytorch eager %8.3f s  ratio %.3fx (time, lower is better; target <= 1.05)   (runs: wsss-dist %s | pytorch %s)\n' \
+  "$o" "$t" "$(awk -v a="$o" -v b="$t" 'BEGIN {print a / b}')" "${ours[*]}" "${theirs[*]}"
+
 echo "== COCO-scale import: peak memory (RSS) of importing 82,081 images / ~605k annotations"
 coco=data/bench/coco-scale
 [ -e "$coco/instances_train2014.json" ] || echo "instances JSON: $("$py" benchmarks/coco_scale.py "$coco") bytes"
 /usr/bin/time -f "%M KiB peak RSS, %e s wall" target/release/wsss-dist data import coco \
   --annotations "$coco/instances_train2014.json" --images "$coco/images" --out "$coco/dataset" --force 2>&1 \
   | grep -E "imported|peak RSS"
+
+echo "== correctness against PyTorch: multi-scale CAMs of a random ResNet-18 (random BN statistics) on 12 synthetic PNGs of 150 px"
+check=data/bench/check-cam
+[ -e "$check/images/manifest.json" ] || target/release/wsss-dist data import synthetic --out "$check/images" --images 12 --size 150 --split val 2>/dev/null
+"$py" benchmarks/check_cam_torch.py --wsss target/release/wsss-dist --images "$check/images" --work "$check/work"

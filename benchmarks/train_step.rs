@@ -9,10 +9,9 @@ use std::time::Instant;
 use clap::Parser;
 use tch::{Device, Kind, Tensor};
 use wsss_dist::loss::multilabel::multilabel_soft_margin;
-use wsss_dist::model::cam::{CamModel, HEAD_PREFIX};
+use wsss_dist::model::cam::CamModel;
 use wsss_dist::model::resnet::Depth;
-use wsss_dist::model::weights::named;
-use wsss_dist::optim::{ParamGroup, Sgd, SgdSettings};
+use wsss_dist::optim::{Sgd, SgdSettings};
 
 #[derive(Parser)]
 struct Args {
@@ -41,11 +40,7 @@ fn main() {
     tch::manual_seed(0);
     let depth: Depth = serde_json::from_value(serde_json::json!(args.depth)).expect("resnet18|34|50|101");
     let model = CamModel::new(depth, [2, 2, 2, 1], args.classes, Device::Cpu);
-    let (head, backbone): (Vec<_>, Vec<_>) = named(&model.vs).into_iter().filter(|(_, t)| t.requires_grad()).partition(|(k, _)| k.starts_with(HEAD_PREFIX));
-    let groups = vec![
-        ParamGroup { name: "backbone".into(), lr_mult: 1.0, params: backbone },
-        ParamGroup { name: "head".into(), lr_mult: 10.0, params: head },
-    ];
+    let groups = model.param_groups(10.0);
     let total = (args.warmup + args.steps) as u64;
     let mut sgd = Sgd::new(SgdSettings { lr: 0.01, momentum: 0.9, weight_decay: 1e-4, poly_power: 0.9, total_steps: total }, groups);
     let images = Tensor::randn([args.batch, 3, args.size, args.size], (Kind::Float, Device::Cpu));

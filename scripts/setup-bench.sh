@@ -18,7 +18,7 @@ installed="from importlib.metadata import version as v, PackageNotFoundError as 
 import sys
 try:
     ok = (v('torch').split('+')[0], v('torchvision').split('+')[0]) == ('$torch_version', '$torchvision_version')
-    [v(p) for p in ('pillow', 'pyarrow', 'numpy')]
+    [v(p) for p in ('pillow', 'pyarrow', 'numpy', 'safetensors')]
 except E:
     ok = False
 sys.exit(0 if ok else 1)"
@@ -26,7 +26,7 @@ if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "$installed" 2>/dev/nu
   echo "setup-bench: creating benchmark venv (torch $torch_version, torchvision $torchvision_version)" >&2
   [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
   "$venv/bin/pip" install -q --disable-pip-version-check --no-cache-dir \
-    "torch==$torch_version" "torchvision==$torchvision_version" pillow pyarrow numpy
+    "torch==$torch_version" "torchvision==$torchvision_version" pillow pyarrow numpy safetensors
   "$venv/bin/python" -c "$installed"
   "$venv/bin/python" -c 'import torch, torchvision, PIL, pyarrow, numpy'
 fi

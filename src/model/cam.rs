@@ -5,6 +5,7 @@ use tch::nn::{self, Module};
 use tch::{Kind, Tensor};
 
 use super::resnet::{Depth, ResNet, Strides};
+use crate::optim::ParamGroup;
 
 /// Name prefix of the layers that are new on top of the torchvision backbone (they train with
 /// the head learning-rate multiplier and are absent from ImageNet weights).
@@ -21,6 +22,21 @@ impl CamModel {
         let vs = nn::VarStore::new(device);
         let net = CamNet::new(&vs.root(), depth, strides, num_classes);
         CamModel { vs, net }
+    }
+
+    /// Backbone parameters at the base learning rate, the new classifier at `head_lr_mult`
+    /// times it (IRNet). Frozen tensors (stem, BatchNorm) are in neither.
+    pub fn param_groups(&self, head_lr_mult: f64) -> Vec<ParamGroup> {
+        let (head, backbone): (Vec<_>, Vec<_>) =
+            self.vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).partition(|(name, _)| name.starts_with(HEAD_PREFIX));
+        let sorted = |mut params: Vec<(String, Tensor)>| {
+            params.sort_by(|a, b| a.0.cmp(&b.0));
+            params
+        };
+        vec![
+            ParamGroup { name: "backbone".into(), lr_mult: 1.0, params: sorted(backbone) },
+            ParamGroup { name: "head".into(), lr_mult: head_lr_mult, params: sorted(head) },
+        ]
     }
 }
 

@@ -28,9 +28,9 @@ use crate::data::sampler::{Cursor, Sampler};
 use crate::data::{atomic_write, Dataset};
 use crate::dist::{select_device, World};
 use crate::loss::multilabel::multilabel_soft_margin;
-use crate::model::cam::{CamModel, HEAD_PREFIX};
+use crate::model::cam::CamModel;
 use crate::model::weights;
-use crate::optim::{ParamGroup, Sgd, SgdSettings};
+use crate::optim::{Sgd, SgdSettings};
 
 /// One line of `metrics.jsonl`.
 #[derive(Debug, Serialize)]
@@ -75,7 +75,7 @@ pub fn run(config: &Config, world: &World, resume: bool) -> anyhow::Result<Summa
         poly_power: config.train.poly_power,
         total_steps,
     };
-    let mut sgd = Sgd::new(settings, param_groups(&model, config.train.head_lr_mult));
+    let mut sgd = Sgd::new(settings, model.param_groups(config.train.head_lr_mult));
 
     let run_dir = config.run_dir();
     let checkpoints = Checkpoints::new(run_dir.join("checkpoints"));
@@ -194,17 +194,6 @@ fn initialise(config: &Config, model: &CamModel, calibration: Loader, device: De
     let report = weights::import(&model.vs, &config.model.init, &weights::TORCHVISION_BACKBONE).context("config key `model.init`")?;
     info!("loaded {} tensors from {} (new: {}; ignored: {} key(s))", report.loaded, config.model.init.display(), report.kept_init.join(", "), report.ignored.len());
     Ok(())
-}
-
-/// Backbone parameters at the base learning rate, the new classifier at `head_lr_mult` times
-/// it (IRNet). Frozen tensors (stem, BatchNorm) are in neither.
-fn param_groups(model: &CamModel, head_lr_mult: f64) -> Vec<ParamGroup> {
-    let (head, backbone): (Vec<_>, Vec<_>) =
-        weights::named(&model.vs).into_iter().filter(|(_, t)| t.requires_grad()).partition(|(name, _)| name.starts_with(HEAD_PREFIX));
-    vec![
-        ParamGroup { name: "backbone".into(), lr_mult: 1.0, params: backbone },
-        ParamGroup { name: "head".into(), lr_mult: head_lr_mult, params: head },
-    ]
 }
 
 /// What one step did. A skipped step still advances the schedule.
