@@ -83,6 +83,8 @@ impl Sgd {
     }
 
     /// One update with the current gradients. Parameters without a gradient are left alone.
+    /// Works in place (no allocation after the first step): the weight-decay term is added to
+    /// the gradient tensor itself, which the next `zero_grad` clears.
     pub fn step(&mut self) {
         let base = self.lr();
         let SgdSettings { momentum, weight_decay, .. } = self.settings;
@@ -90,25 +92,25 @@ impl Sgd {
             for group in &self.groups {
                 let lr = base * group.lr_mult;
                 for (name, param) in &group.params {
-                    let grad = param.grad();
+                    let mut grad = param.grad();
                     if !grad.defined() {
                         continue;
                     }
-                    let mut direction = if weight_decay != 0.0 { grad + param * weight_decay } else { grad.copy() };
-                    if momentum != 0.0 {
-                        direction = match self.momentum.get_mut(name) {
-                            Some(buffer) => {
-                                let _ = buffer.g_mul_scalar_(momentum).g_add_(&direction);
-                                buffer.shallow_clone()
-                            }
-                            None => {
-                                self.momentum.insert(name.clone(), direction.shallow_clone());
-                                direction.copy()
-                            }
-                        };
+                    let scalar = |v: f64| Tensor::from(v as f32).to_device(param.device());
+                    if weight_decay != 0.0 {
+                        let _ = grad.addcmul_(param, &scalar(weight_decay));
                     }
-                    let mut param = param.shallow_clone();
-                    let _ = param.g_add_(&(direction * -lr));
+                    let direction = if momentum == 0.0 {
+                        grad
+                    } else if let Some(buffer) = self.momentum.get_mut(name) {
+                        let _ = buffer.g_mul_scalar_(momentum).g_add_(&grad);
+                        buffer.shallow_clone()
+                    } else {
+                        let buffer = grad.copy();
+                        self.momentum.insert(name.clone(), buffer.shallow_clone());
+                        buffer
+                    };
+                    let _ = param.shallow_clone().addcmul_(&direction, &scalar(-lr));
                 }
             }
         });

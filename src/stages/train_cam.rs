@@ -112,9 +112,8 @@ pub fn run(config: &Config, world: &World, resume: bool) -> anyhow::Result<Summa
     let (mut skipped_samples, mut skipped_steps) = (0usize, 0u64);
     let mut losses = Vec::new();
     while sgd.step_count() < stop_at {
-        let mut batches = loader.epoch(cursor);
         let mut wait_start = Instant::now();
-        while let Some(batch) = batches.next() {
+        for batch in loader.epoch(cursor) {
             let batch = batch.with_context(|| format!("loading the batch of step {}", sgd.step_count()))?;
             let data_wait = wait_start.elapsed().as_secs_f64();
             for skip in &batch.skipped {
