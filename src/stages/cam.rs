@@ -23,15 +23,12 @@ use crate::data::importer::{replace_dir, staging_dir};
 use crate::data::schema::{CAM_STRIDE, FORMAT_VERSION};
 use crate::data::shard::{shard_file_name, write_shard, ShardLayout};
 use crate::data::{CamRow, Dataset, DatasetKind, ImageRow, Manifest};
-use crate::dist::{select_device, World};
+use crate::dist::World;
 use crate::model::cam::{CamModel, CamNet};
 use crate::model::weights;
 
 pub fn run(config: &Config, world: &World) -> anyhow::Result<Summary> {
-    let device = select_device(&config.run.device, world.local_rank).map_err(anyhow::Error::msg)?;
-    if config.run.threads > 0 {
-        tch::set_num_threads(config.run.threads as i32);
-    }
+    let device = super::compute_device(config, world)?;
     let input_dir = config.dataset(config.cam.split);
     let input: Dataset = Dataset::open(input_dir).with_context(|| format!("the images of cam.split ({})", input_dir.display()))?;
     let checkpoint = checkpoint_path(config)?;

@@ -51,3 +51,11 @@ pub fn human_bytes(bytes: u64) -> String {
     }
     format!("{value:.1} {}", units[unit])
 }
+
+/// The device of this rank (`run.device`), with libtorch's threads set from `run.threads`.
+pub fn compute_device(config: &crate::config::Config, world: &World) -> anyhow::Result<tch::Device> {
+    if config.run.threads > 0 {
+        tch::set_num_threads(config.run.threads as i32);
+    }
+    crate::dist::select_device(&config.run.device, world.local_rank).map_err(anyhow::Error::msg)
+}

@@ -26,7 +26,7 @@ use crate::config::{Config, OnNonFinite};
 use crate::data::loader::{Batch, Loader};
 use crate::data::sampler::{Cursor, Sampler};
 use crate::data::{atomic_write, Dataset};
-use crate::dist::{select_device, World};
+use crate::dist::World;
 use crate::loss::multilabel::multilabel_soft_margin;
 use crate::model::cam::CamModel;
 use crate::model::weights;
@@ -46,10 +46,7 @@ struct StepMetrics {
 }
 
 pub fn run(config: &Config, world: &World, resume: bool) -> anyhow::Result<Summary> {
-    let device = select_device(&config.run.device, world.local_rank).map_err(anyhow::Error::msg)?;
-    if config.run.threads > 0 {
-        tch::set_num_threads(config.run.threads as i32);
-    }
+    let device = super::compute_device(config, world)?;
     ensure!(!config.train.bf16 || device.is_cuda() || config.run.device == "cpu", "config key `train.bf16`: bf16 autocast needs a CUDA device (set run.device = \"cpu\" to force it on the CPU)");
     let dataset = Arc::new(Dataset::open(&config.data.train).with_context(|| format!("config key `data.train` ({})", config.data.train.display()))?);
     let num_classes = dataset.manifest().num_classes() as i64;
