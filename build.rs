@@ -1,11 +1,17 @@
-//! Link fixes for libtorch (see ../shared/SETUP-NOTES.md):
-//! 1. an rpath to libtorch's lib dir, so the binary runs with no LD_LIBRARY_PATH;
-//! 2. with a CUDA libtorch, keep libtorch.so linked despite rustc's --as-needed, or CUDA is
-//!    silently unavailable at run time. A CPU-only libtorch has no libtorch_cuda.so, and
-//!    forcing -ltorch there would pull in the CUDA libraries it lacks.
+//! 1. Link fixes for libtorch (see ../shared/SETUP-NOTES.md):
+//!    a. an rpath to libtorch's lib dir, so the binary runs with no LD_LIBRARY_PATH;
+//!    b. with a CUDA libtorch, keep libtorch.so linked despite rustc's --as-needed, or CUDA is
+//!       silently unavailable at run time. A CPU-only libtorch has no libtorch_cuda.so, and
+//!       forcing -ltorch there would pull in the CUDA libraries it lacks.
+//! 2. The MPI_IN_PLACE shim, compiled with the MPI library rsmpi links.
 use std::path::Path;
 
 fn main() {
+    link_libtorch();
+    compile_mpi_shim();
+}
+
+fn link_libtorch() {
     println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
     let Ok(lib_dir) = std::env::var("DEP_TCH_LIBTORCH_LIB") else {
         return;
@@ -15,4 +21,21 @@ fn main() {
     if Path::new(&lib_dir).join("libtorch_cuda.so").exists() {
         println!("cargo:rustc-link-arg=-Wl,--no-as-needed,-ltorch,--as-needed");
     }
+}
+
+fn compile_mpi_shim() {
+    const SHIM: &str = "src/dist/shim/mpi_in_place.c";
+    println!("cargo:rerun-if-changed={SHIM}");
+    let mpi = build_probe_mpi::probe().unwrap_or_else(|errors| panic!("no MPI library found: {errors:?}"));
+    let mut build = cc::Build::new();
+    build.file(SHIM);
+    match mpi.mpicc {
+        Some(mpicc) => {
+            build.compiler(mpicc);
+        }
+        None => {
+            build.includes(&mpi.include_paths);
+        }
+    }
+    build.compile("wsss_mpi_shim");
 }

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::data::augment::{AugmentParams, ColorJitter, ResizeFilter};
 use crate::data::loader::LoaderSpec;
 use crate::data::sampler::Uneven;
+use crate::dist::Backend;
 use crate::model::resnet::{Depth, Strides};
 
 /// A configuration error: names the file or the key at fault.
@@ -40,6 +41,7 @@ pub struct Config {
     pub train: TrainConfig,
     pub cam: CamConfig,
     pub eval: EvalConfig,
+    pub dist: DistConfig,
 }
 
 /// `[run]`: where a run writes and the seed every random choice derives from.
@@ -110,6 +112,9 @@ pub struct TrainConfig {
     /// Append a line to metrics.jsonl every this many steps.
     pub log_every: u64,
     pub on_nonfinite: OnNonFinite,
+    /// Gradient accumulation: each optimiser step sums the gradients of this many
+    /// micro-batches of `loader.batch_size`, and ranks communicate on the last one only.
+    pub accumulate: u64,
     /// End this invocation after this many steps, with a checkpoint (0: run to the end);
     /// `--resume` continues. For time-limited job slots.
     pub stop_after: u64,
@@ -129,8 +134,31 @@ impl Default for TrainConfig {
             keep_checkpoints: 3,
             log_every: 1,
             on_nonfinite: OnNonFinite::Error,
+            accumulate: 1,
             stop_after: 0,
         }
+    }
+}
+
+/// `[dist]`: how the ranks of a data-parallel job talk (see `launch/`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct DistConfig {
+    /// "auto" (NCCL for CUDA, MPI for CPU), "mpi" or "nccl".
+    pub backend: Backend,
+    /// Gradient bucket size in MiB: gradients are all-reduced one bucket at a time.
+    pub bucket_mb: f64,
+}
+
+impl Default for DistConfig {
+    fn default() -> Self {
+        DistConfig { backend: Backend::Auto, bucket_mb: 25.0 }
+    }
+}
+
+impl DistConfig {
+    pub fn bucket_bytes(&self) -> usize {
+        (self.bucket_mb * 1024.0 * 1024.0) as usize
     }
 }
 
@@ -361,6 +389,9 @@ impl TrainConfig {
         if self.weight_decay < 0.0 || self.head_lr_mult <= 0.0 || self.poly_power < 0.0 {
             return invalid("train", "weight_decay and poly_power must be >= 0 and head_lr_mult > 0");
         }
+        if self.accumulate == 0 {
+            return invalid("train.accumulate", "must be at least 1");
+        }
         if self.checkpoint_every == 0 || self.log_every == 0 || self.keep_checkpoints == 0 {
             return invalid("train", "checkpoint_every, log_every and keep_checkpoints must be at least 1");
         }
@@ -420,6 +451,9 @@ impl Config {
         self.eval.validate()?;
         if self.model.strides.iter().any(|s| !(1..=2).contains(s)) {
             return Err(ConfigError::Invalid { key: "model.strides".into(), message: "every stride must be 1 or 2".into() });
+        }
+        if !(self.dist.bucket_mb > 0.0 && self.dist.bucket_mb.is_finite()) {
+            return Err(ConfigError::Invalid { key: "dist.bucket_mb".into(), message: "must be a positive number of MiB".into() });
         }
         if self.run.name.is_empty() || self.run.name.contains('/') {
             return Err(ConfigError::Invalid { key: "run.name".into(), message: "must be a non-empty name without '/'".into() });

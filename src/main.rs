@@ -16,12 +16,15 @@ const EXIT_ERROR: u8 = 2;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let world = World::from_env();
+    // Rank 0 logs; the other ranks only warn and fail (WSSS_LOG overrides both).
+    let level = if world.as_ref().is_ok_and(|w| !w.is_root()) { "warn" } else { "info" };
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_env("WSSS_LOG").unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_env_filter(EnvFilter::try_from_env("WSSS_LOG").unwrap_or_else(|_| EnvFilter::new(level)))
         .with_writer(std::io::stderr)
         .with_target(false)
         .init();
-    let world = match World::from_env() {
+    let world = match world {
         Ok(world) => world,
         Err(e) => {
             tracing::error!("{e}");
@@ -37,12 +40,13 @@ fn main() -> ExitCode {
             world.barrier();
             ExitCode::from(EXIT_PROBLEMS)
         }
+        Err(e) if world.size > 1 => {
+            tracing::error!("rank {} of {}: {e:#}", world.rank, world.size);
+            // Other ranks may wait in a collective: end them all.
+            world.abort(EXIT_ERROR as i32);
+        }
         Err(e) => {
             tracing::error!("{e:#}");
-            if world.size > 1 {
-                // Other ranks may wait in a collective: end them all.
-                world.abort(EXIT_ERROR as i32);
-            }
             ExitCode::from(EXIT_ERROR)
         }
     }

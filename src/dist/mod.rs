@@ -1,9 +1,13 @@
 //! Distribution: the process world (MPI when launched by mpirun/srun, else a world of one) and
-//! the device each rank computes on. The communicator backends (MPI, NCCL) and bucketed
-//! gradient averaging build on this.
+//! the device each rank computes on, the communicator backends (local, MPI, NCCL), and the
+//! bucketed gradient all-reduce of data-parallel training.
 
+pub mod comm;
+pub mod ddp;
 pub mod device;
 pub mod world;
 
+pub use comm::{connect, Backend, CommError, Communicator};
+pub use ddp::GradientBuckets;
 pub use device::select_device;
 pub use world::World;

@@ -44,6 +44,11 @@ impl World {
         self.rank == 0
     }
 
+    /// The world communicator when MPI runs this job.
+    pub(crate) fn mpi_communicator(&self) -> Option<&SimpleCommunicator> {
+        self.mpi.as_ref().map(|mpi| &mpi.comm)
+    }
+
     /// Waits for every rank.
     pub fn barrier(&self) {
         if let Some(mpi) = &self.mpi {

@@ -76,6 +76,11 @@ impl CamSweep {
     }
 
     /// (τ, mIoU) of the threshold with the highest mIoU (the first of equals).
+    /// Every matrix: one per threshold, then the baseline's.
+    pub fn matrices_mut(&mut self) -> impl Iterator<Item = &mut ConfusionMatrix> {
+        self.matrices.iter_mut().chain([&mut self.baseline])
+    }
+
     pub fn best(&self) -> (f32, f64) {
         self.thresholds
             .iter()

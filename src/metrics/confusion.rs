@@ -60,6 +60,11 @@ impl ConfusionMatrix {
         }
     }
 
+    /// The raw counts, `[gt · classes + pred]` (to sum matrices across processes).
+    pub fn counts_mut(&mut self) -> &mut [u64] {
+        &mut self.counts
+    }
+
     pub fn count(&self, gt: usize, pred: usize) -> u64 {
         self.counts[gt * self.classes + pred]
     }

@@ -3,8 +3,9 @@
 //! (`cam.out`, default `<run dir>/cams/<split>`): f16 maps at stride 4 for the classes of each
 //! image's labels, plus the classifier's logits of those classes.
 //!
-//! The unit of work is one input shard → one output shard of the same number; the dataset is
-//! built in a hidden staging directory and renamed into place with its manifest. An image that
+//! The unit of work is one input shard → one output shard of the same number; under `mpirun`
+//! rank r takes every size-th shard. The dataset is built in a hidden staging directory and
+//! renamed into place with its manifest by rank 0 once every rank's shards are written. An image that
 //! does not decode is skipped with a warning and counted; its row is absent from the output.
 
 use std::path::PathBuf;
@@ -20,10 +21,11 @@ use crate::checkpoint::Checkpoints;
 use crate::config::Config;
 use crate::data::codec::decode_row_image;
 use crate::data::importer::{replace_dir, staging_dir};
-use crate::data::schema::{CAM_STRIDE, FORMAT_VERSION};
+use crate::data::schema::{ShardInfo, CAM_STRIDE, FORMAT_VERSION};
 use crate::data::shard::{shard_file_name, write_shard, ShardLayout};
 use crate::data::{CamRow, Dataset, DatasetKind, ImageRow, Manifest};
-use crate::dist::World;
+use crate::dist::comm::all_gather_text;
+use crate::dist::{self, Backend, World};
 use crate::model::cam::{CamModel, CamNet};
 use crate::model::weights;
 
@@ -35,18 +37,19 @@ pub fn run(config: &Config, world: &World) -> anyhow::Result<Summary> {
     let model = CamModel::new(config.model.depth, config.model.strides, input.manifest().num_classes() as i64, device);
     weights::restore(&model.vs, &checkpoint).context("loading the CAM model (do [model] and the dataset's classes match the training run?)")?;
     let out = config.cam_dir();
-    if !world.is_root() {
-        // One process writes the whole dataset until the map phase is distributed.
-        return Ok(Summary::ok(json!({ "rank": world.rank, "skipped": "cam runs on rank 0" })));
-    }
-    info!("CAMs of {} ({} images) with {} → {}", input_dir.display(), input.len(), checkpoint.display(), out.display());
-    let bar = progress_bar(world, input.len() as u64, "cam");
+    // Coordination only (paths, shard records): CPU tensors whatever the compute device.
+    let comm = dist::connect(world, Backend::Mpi, Device::Cpu)?;
+    info!("CAMs of {} ({} images) with {} on {} rank(s) → {}", input_dir.display(), input.len(), checkpoint.display(), world.size, out.display());
     let started = Instant::now();
-    let staging = staging_dir(&out)?;
-    let mut shards = Vec::new();
-    let mut skipped = Vec::new();
+    let staging = if world.is_root() { staging_dir(&out)?.display().to_string() } else { String::new() };
+    let staging = PathBuf::from(&all_gather_text(comm.as_ref(), &staging, Device::Cpu)?[0]);
     let normalise = Normalise::new(config.loader.mean, config.loader.std, device);
-    for shard in 0..input.num_shards() {
+    // Rank r writes every size-th shard (the dynamic map phase of issue 6 will balance this).
+    let my_shards: Vec<usize> = (0..input.num_shards()).filter(|s| s % world.size == world.rank).collect();
+    let bar = progress_bar(world, my_shards.iter().map(|&s| input.manifest().shards[s].rows).sum(), "cam");
+    let mut written = Vec::new();
+    let mut skipped = Vec::new();
+    for shard in my_shards {
         let reader = input.shard(shard)?;
         let mut rows = Vec::with_capacity(reader.num_rows());
         for group in 0..reader.num_row_groups() {
@@ -62,8 +65,22 @@ pub fn run(config: &Config, world: &World) -> anyhow::Result<Summary> {
                 bar.inc(1);
             }
         }
-        shards.push(write_shard(&staging.join(shard_file_name(shard)), &rows, ShardLayout::default())?);
+        written.push((shard, write_shard(&staging.join(shard_file_name(shard)), &rows, ShardLayout::default())?));
     }
+    bar.finish_and_clear();
+    let mine = serde_json::to_string(&(written, skipped))?;
+    let mut shards = Vec::new();
+    let mut skipped: Vec<String> = Vec::new();
+    for text in all_gather_text(comm.as_ref(), &mine, Device::Cpu)? {
+        let (written, rank_skipped): (Vec<(usize, ShardInfo)>, Vec<String>) = serde_json::from_str(&text).context("reading another rank's shard records")?;
+        shards.extend(written);
+        skipped.extend(rank_skipped);
+    }
+    if !world.is_root() {
+        return Ok(Summary::ok(json!({ "rank": world.rank, "written_by": "rank 0" })));
+    }
+    shards.sort_by_key(|(index, _)| *index);
+    let shards: Vec<ShardInfo> = shards.into_iter().map(|(_, info)| info).collect();
     let rows = shards.iter().map(|s| s.rows).sum();
     let manifest = Manifest {
         format_version: FORMAT_VERSION,
@@ -76,7 +93,6 @@ pub fn run(config: &Config, world: &World) -> anyhow::Result<Summary> {
     };
     manifest.write(&staging)?;
     replace_dir(&staging, &out)?;
-    bar.finish_and_clear();
     let seconds = started.elapsed().as_secs_f64();
     info!("wrote {rows} CAM rows to {} in {seconds:.1} s ({:.1} images/s); skipped {}", out.display(), rows as f64 / seconds.max(1e-9), skipped.len());
     Ok(Summary::ok(json!({ "out": out, "rows": rows, "skipped": skipped.len(), "skipped_items": skipped, "seconds": seconds, "checkpoint": checkpoint })))

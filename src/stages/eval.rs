@@ -3,27 +3,28 @@
 //! the best τ, per-class IoU, and the image-label baseline. Written to
 //! `<run dir>/eval/cam.json` and `cam.md`, and printed.
 //!
-//! CAMs are stored at stride 4; each is resized (bilinear) to the image size here.
+//! CAMs are stored at stride 4; each is resized (bilinear) to the image size here. Under
+//! `mpirun` each rank evaluates every size-th shard and the confusion matrices (integer counts)
+//! are summed, so the figures equal a single process's exactly.
 
 use std::collections::HashMap;
 
 use anyhow::{bail, ensure, Context};
 use serde_json::json;
-use tch::{Kind, Tensor};
+use tch::{Device, Kind, Tensor};
 use tracing::{info, warn};
 
 use super::{progress_bar, Summary};
 use crate::config::Config;
 use crate::data::codec::decode_mask;
 use crate::data::{CamRow, Dataset};
-use crate::dist::World;
+use crate::dist::comm::all_gather_text;
+use crate::dist::{self, Backend, Communicator, World};
 use crate::metrics::report::cam_markdown;
 use crate::metrics::CamSweep;
 
 pub fn run_cam(config: &Config, world: &World) -> anyhow::Result<Summary> {
-    if !world.is_root() {
-        return Ok(Summary::ok(json!({ "rank": world.rank, "skipped": "eval runs on rank 0" })));
-    }
+    let comm = dist::connect(world, Backend::Mpi, Device::Cpu)?;
     let gt_dir = config.dataset(config.cam.split);
     let gt: Dataset = Dataset::open(gt_dir).with_context(|| format!("the ground truth of cam.split ({})", gt_dir.display()))?;
     let cam_dir = config.cam_dir();
@@ -36,9 +37,11 @@ pub fn run_cam(config: &Config, world: &World) -> anyhow::Result<Summary> {
     thresholds.sort_by(f32::total_cmp);
     thresholds.dedup();
     let mut sweep = CamSweep::new(gt.manifest().classes.len(), &thresholds);
-    let bar = progress_bar(world, gt.len() as u64, "eval cam");
+    // Each rank evaluates its share of the shards; the confusion matrices are summed after.
+    let my_shards: Vec<usize> = (0..gt.num_shards()).filter(|s| s % world.size == world.rank).collect();
+    let bar = progress_bar(world, my_shards.iter().map(|&s| gt.manifest().shards[s].rows as u64).sum(), "eval cam");
     let mut missing = Vec::new();
-    for shard in 0..gt.num_shards() {
+    for shard in my_shards {
         let mut by_id: HashMap<String, CamRow> = cams.shard(shard)?.read_all()?.into_iter().map(|r| (r.id.clone(), r)).collect();
         let reader = gt.shard(shard)?;
         for group in 0..reader.num_row_groups() {
@@ -65,6 +68,12 @@ pub fn run_cam(config: &Config, world: &World) -> anyhow::Result<Summary> {
         }
     }
     bar.finish_and_clear();
+    sum_matrices(comm.as_ref(), &mut sweep)?;
+    let mut missing: Vec<String> = all_gather_text(comm.as_ref(), &missing.join("\n"), Device::Cpu)?.iter().flat_map(|t| t.lines().map(String::from).collect::<Vec<_>>()).collect();
+    missing.sort();
+    if !world.is_root() {
+        return Ok(Summary::ok(json!({ "rank": world.rank, "evaluated_shards_of": gt.num_shards() })));
+    }
     if !missing.is_empty() {
         warn!("{} image(s) have no CAM (skipped by `cam`) and are left out of the scores: {}", missing.len(), missing.join(", "));
     }
@@ -78,6 +87,23 @@ pub fn run_cam(config: &Config, world: &World) -> anyhow::Result<Summary> {
     crate::data::atomic_write(&out.join("cam.md"), markdown.as_bytes())?;
     info!("best τ {:.2}: mIoU {:.1}; τ {:.2}: {:.1}; image-label baseline {:.1}; written to {}", report.best_tau, 100.0 * report.best.miou, report.tau, 100.0 * report.at_tau.miou, 100.0 * report.baseline.miou, out.display());
     Ok(Summary::ok(details))
+}
+
+/// Sums the sweep's confusion matrices over the ranks (exact: integer counts).
+fn sum_matrices(comm: &dyn Communicator, sweep: &mut CamSweep) -> anyhow::Result<()> {
+    if comm.size() == 1 {
+        return Ok(());
+    }
+    let counts: Vec<i64> = sweep.matrices_mut().flat_map(|m| m.counts_mut().iter().map(|&c| c as i64).collect::<Vec<_>>()).collect();
+    let mut tensor = Tensor::from_slice(&counts);
+    comm.all_reduce_sum(&mut tensor)?;
+    let mut summed = Vec::<i64>::try_from(&tensor).expect("an i64 tensor converts").into_iter();
+    for matrix in sweep.matrices_mut() {
+        for (count, total) in matrix.counts_mut().iter_mut().zip(&mut summed) {
+            *count = total as u64;
+        }
+    }
+    Ok(())
 }
 
 /// The stride-4 f16 maps of a row resized (bilinear) to the image size: [K, H, W] flattened.
