@@ -9,7 +9,8 @@ repeats=${BENCH_REPEATS:-3}
 voc=../shared/data/voc-mini/VOC2012
 data=data/bench/voc-mini-train
 [ -e "$data/manifest.json" ] || target/release/wsss-dist data import voc --root "$voc" --split train_aug --out "$data"
-cargo bench --bench loader --bench train_step --no-run -q 2>/dev/null
+cargo bench --bench loader --bench train_step --bench allreduce --no-run -q 2>/dev/null
+bench_exe() { cargo bench --bench "$1" --no-run --message-format=json 2>/dev/null | "$py" -c "import json,sys; print([m['executable'] for m in map(json.loads, sys.stdin) if m.get('executable') and m['target']['name'] == '$1'][0])"; }
 uptime >&2
 
 median() { sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
@@ -49,3 +50,34 @@ echo "== correctness against PyTorch: multi-scale CAMs of a random ResNet-18 (ra
 check=data/bench/check-cam
 [ -e "$check/images/manifest.json" ] || target/release/wsss-dist data import synthetic --out "$check/images" --images 12 --size 150 --split val 2>/dev/null
 "$py" benchmarks/check_cam_torch.py --wsss target/release/wsss-dist --images "$check/images" --work "$check/work"
+
+echo "== gradient all-reduce, 2 ranks: ResNet-50-sized gradients (25.6M f32) in 25 MiB buckets vs one plain MPI all-reduce vs torch.distributed gloo (targets: <= 1.10x plain MPI, faster than gloo)"
+allreduce=$(bench_exe allreduce)
+ours=(); plain=(); gloo=()
+for _ in $(seq "$repeats"); do
+  line=$(bash launch/mpirun.sh 2 "$allreduce" --repeats 10 2>/dev/null | tail -1)
+  ours+=("$(echo "$line" | field bucketed_s)"); plain+=("$(echo "$line" | field plain_mpi_s)")
+  floats=$(echo "$line" | field floats)
+  gloo+=("$(OMP_NUM_THREADS=1 "$deps/bench-venv/bin/torchrun" --nproc_per_node 2 benchmarks/allreduce_torch.py --floats "$floats" --repeats 10 2>/dev/null | field median_s)")
+done
+o=$(printf '%s\n' "${ours[@]}" | median); p=$(printf '%s\n' "${plain[@]}" | median); g=$(printf '%s\n' "${gloo[@]}" | median)
+printf 'allreduce bucketed %.4f s  plain MPI %.4f s  gloo %.4f s  bucketed/plain %.2fx  gloo/bucketed %.2fx\n' "$o" "$p" "$g" \
+  "$(awk -v a="$o" -v b="$p" 'BEGIN {print a / b}')" "$(awk -v a="$g" -v b="$o" 'BEGIN {print a / b}')"
+
+echo "== data-parallel training step, ResNet-18 CAM classifier, batch 8 per rank, 128 px: 1 rank x 2 threads and 2 ranks x 1 thread, vs PyTorch (eager / DDP over gloo); images/s, higher is better (target: >= PyTorch DDP)"
+step=$(bench_exe train_step)
+for ranks in 1 2; do
+  ours=(); theirs=()
+  for _ in $(seq "$repeats"); do
+    if [ "$ranks" = 1 ]; then
+      ours+=("$("$step" --depth resnet18 --batch 8 --size 128 --steps 5 --threads 2 | field images_per_s)")
+      theirs+=("$("$py" benchmarks/train_step_torch.py --depth resnet18 --batch 8 --size 128 --steps 5 --threads 2 2>/dev/null | field images_per_s)")
+    else
+      ours+=("$(bash launch/mpirun.sh 2 "$step" --depth resnet18 --batch 8 --size 128 --steps 5 --threads 1 2>/dev/null | field images_per_s)")
+      theirs+=("$(OMP_NUM_THREADS=1 "$deps/bench-venv/bin/torchrun" --nproc_per_node 2 benchmarks/train_step_torch.py --depth resnet18 --batch 8 --size 128 --steps 5 --threads 1 2>/dev/null | field images_per_s)")
+    fi
+  done
+  o=$(printf '%s\n' "${ours[@]}" | median); t=$(printf '%s\n' "${theirs[@]}" | median)
+  printf '%s rank(s) wsss-dist %6.1f img/s  pytorch %6.1f img/s  ratio %.2fx   (runs: wsss-dist %s | pytorch %s)\n' \
+    "$ranks" "$o" "$t" "$(awk -v a="$o" -v b="$t" 'BEGIN {print a / b}')" "${ours[*]}" "${theirs[*]}"
+done

@@ -1,13 +1,17 @@
 //! Training step time of the CAM classifier (forward + loss + backward + SGD update) on
 //! random inputs: the same model, batch and input size as benchmarks/train_step_torch.py.
-//! Prints one JSON line with the median step time after warm-up.
+//! Prints one JSON line with the median step time after warm-up. Under mpirun the step is
+//! data-parallel (gradient buckets all-reduced over MPI, as `train cam` does) and rank 0 prints
+//! images/s over all ranks; compare with `torchrun ... train_step_torch.py` (PyTorch DDP, gloo).
 //!
 //!     cargo bench --bench train_step -- [--depth resnet50] [--batch 8] [--size 224] [--steps 6] [--threads 2]
+//!     launch/mpirun.sh 2 <bench binary> --depth resnet18 --threads 1
 
 use std::time::Instant;
 
 use clap::Parser;
 use tch::{Device, Kind, Tensor};
+use wsss_dist::dist::{connect, Backend, GradientBuckets, World};
 use wsss_dist::loss::multilabel::multilabel_soft_margin;
 use wsss_dist::model::cam::CamModel;
 use wsss_dist::model::resnet::Depth;
@@ -43,6 +47,9 @@ fn main() {
     let groups = model.param_groups(10.0);
     let total = (args.warmup + args.steps) as u64;
     let mut sgd = Sgd::new(SgdSettings { lr: 0.01, momentum: 0.9, weight_decay: 1e-4, poly_power: 0.9, total_steps: total }, groups);
+    let world = World::from_env().expect("joins the MPI world");
+    let comm = connect(&world, Backend::Mpi, Device::Cpu).expect("an MPI communicator");
+    let mut buckets = GradientBuckets::new(&sgd.params().map(|p| p.shallow_clone()).collect::<Vec<_>>(), 25 << 20);
     let images = Tensor::randn([args.batch, 3, args.size, args.size], (Kind::Float, Device::Cpu));
     let labels = Tensor::randint(2, [args.batch, args.classes], (Kind::Float, Device::Cpu));
     let mut times = Vec::new();
@@ -52,6 +59,8 @@ fn main() {
         let loss = multilabel_soft_margin(&logits, &labels);
         sgd.zero_grad();
         loss.backward();
+        buckets.all_reduce(comm.as_ref()).expect("gradient all-reduce");
+        buckets.scale(1.0 / world.size as f64);
         sgd.step();
         let _ = loss.double_value(&[]);
         if step >= args.warmup {
@@ -60,5 +69,8 @@ fn main() {
     }
     times.sort_by(f64::total_cmp);
     let median = times[times.len() / 2];
-    println!("{}", serde_json::json!({ "tool": "wsss-dist", "median_step_s": median, "steps": times }));
+    if world.is_root() {
+        let images_per_s = (args.batch as usize * world.size) as f64 / median;
+        println!("{}", serde_json::json!({ "tool": "wsss-dist", "ranks": world.size, "median_step_s": median, "images_per_s": images_per_s, "steps": times }));
+    }
 }

@@ -3,7 +3,10 @@ backward + SGD update) in PyTorch eager, the IRNet way: torchvision ResNet with 
 (2, 2, 2, 1), frozen BatchNorm (eval mode, affine not trained), frozen conv1/bn1, a 1x1
 classifier without bias on global average pooling, multilabel soft margin loss, SGD with
 momentum 0.9, weight decay 1e-4, two parameter groups (head 10x), poly learning rate.
-Random inputs; prints one JSON line with the median step time after warm-up."""
+Random inputs; prints one JSON line with the median step time after warm-up. Started by
+`torchrun --nproc_per_node N`, the step is PyTorch DDP over gloo and rank 0 prints images/s
+over all ranks."""
+import os
 import argparse
 import json
 import time
@@ -30,6 +33,15 @@ def build(depth, classes):
     return backbone, classifier
 
 
+class CamClassifier(torch.nn.Module):
+    def __init__(self, backbone, classifier):
+        super().__init__()
+        self.backbone, self.classifier = backbone, classifier
+
+    def forward(self, images):
+        return self.classifier(self.backbone(images).mean(dim=(2, 3), keepdim=True)).flatten(1)
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--depth", default="resnet50")
@@ -43,6 +55,11 @@ def main():
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     backbone, classifier = build(args.depth, args.classes)
+    ranks, rank = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0))
+    model = CamClassifier(backbone, classifier)
+    if ranks > 1:
+        torch.distributed.init_process_group("gloo")
+        model = torch.nn.parallel.DistributedDataParallel(model)
     lr, total = 0.01, args.warmup + args.steps
     optimizer = torch.optim.SGD(
         [
@@ -59,8 +76,7 @@ def main():
         start = time.perf_counter()
         for group, lr0 in zip(optimizer.param_groups, base):
             group["lr"] = lr0 * (1 - step / total) ** 0.9
-        features = backbone(images)
-        logits = classifier(features.mean(dim=(2, 3), keepdim=True)).flatten(1)
+        logits = model(images)
         loss = F.multilabel_soft_margin_loss(logits, labels)
         optimizer.zero_grad()
         loss.backward()
@@ -69,7 +85,11 @@ def main():
         if step >= args.warmup:
             times.append(time.perf_counter() - start)
     times.sort()
-    print(json.dumps({"tool": "pytorch", "median_step_s": times[len(times) // 2], "steps": times}))
+    median = times[len(times) // 2]
+    if rank == 0:
+        print(json.dumps({"tool": "pytorch", "ranks": ranks, "median_step_s": median, "images_per_s": args.batch * ranks / median, "steps": times}))
+    if ranks > 1:
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
 # Thin mpirun wrapper: launch/mpirun.sh N wsss-dist <subcommand> ...
-# One rank per GPU on a GPU node (the local rank picks the device), ranks bound to cores;
-# as root (containers) mpirun needs --allow-run-as-root, and more ranks than cores needs
-# --oversubscribe (harmless otherwise).
+#   e.g. launch/mpirun.sh 8 target/release/wsss-dist train cam --config configs/voc_cam.toml
+# - one rank per GPU: wsss-dist picks GPU = local rank, so start as many ranks per node as GPUs;
+# - ranks are not bound to cores (libtorch runs its own thread pool per rank: set run.threads
+#   to cores / ranks on a CPU node), --oversubscribe allows more ranks than cores (tests);
+# - as root (containers) mpirun needs --allow-run-as-root;
+# - NCCL: cudarc loads `libnccl.so`, torch ships `libnccl.so.2`; a link to it is made in a
+#   cache directory put first on LD_LIBRARY_PATH (nothing happens without a torch install).
 set -euo pipefail
 if [ $# -lt 2 ]; then
   echo "usage: $0 N COMMAND [ARGS...]" >&2
@@ -11,4 +15,9 @@ fi
 n=$1; shift
 flags=(--oversubscribe --bind-to none)
 [ "$(id -u)" = 0 ] && flags+=(--allow-run-as-root)
-exec mpirun -n "$n" "${flags[@]}" -x WSSS_LOG -x LD_LIBRARY_PATH "$@"
+here=$(cd "$(dirname "$0")" && pwd)
+source "$here/nccl-env.sh"
+for var in WSSS_LOG LD_LIBRARY_PATH NCCL_DEBUG; do
+  [ -n "${!var:-}" ] && flags+=(-x "$var")
+done
+exec mpirun -n "$n" "${flags[@]}" "$@"
