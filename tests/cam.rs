@@ -153,7 +153,7 @@ fn non_finite_losses_stop_training_without_a_nan_checkpoint() {
     let tmp = tempfile::tempdir().unwrap();
     let config = write_config(tmp.path(), TINY);
     let err = wsss_fails(tmp.path(), &["run", "--config", &config, "--set", "train.lr=1e39"], 2);
-    assert!(err.contains("step 1 (epoch 0, images syn_") && err.contains("the loss is"), "{err}");
+    assert!(err.contains("step 1 (epoch 0, images of rank 0: syn_") && err.contains("the loss is"), "{err}");
     let err = wsss_fails(tmp.path(), &["train", "cam", "--config", &config, "--set", "run.name=skip", "--set", "train.lr=1e39", "--set", "train.on_nonfinite=skip"], 2);
     assert!(err.contains("step 1: the loss is") && err.contains("skipped"), "{err}");
     assert!(err.contains("after step 4 parameter") && err.contains("not writing a checkpoint"), "{err}");
