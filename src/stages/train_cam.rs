@@ -136,11 +136,10 @@ pub fn run(config: &Config, world: &World, resume: bool) -> anyhow::Result<Summa
     let first_step = trainer.sgd.step_count();
     let (mut skipped_samples, mut skipped_steps, mut images_trained) = (0usize, 0u64, 0.0);
     let mut losses = Vec::new();
-    let per_rank = loader.sampler().per_rank();
+    let mut step_input = StepInput::default();
+    trainer.sgd.zero_grad();
     while trainer.sgd.step_count() < stop_at {
-        let mut step_input = StepInput::default();
         let mut wait_start = Instant::now();
-        trainer.sgd.zero_grad();
         for batch in loader.epoch(cursor) {
             let batch = batch.with_context(|| format!("loading a batch of step {}", trainer.sgd.step_count()))?;
             step_input.data_wait_s += wait_start.elapsed().as_secs_f64();
@@ -152,7 +151,7 @@ pub fn run(config: &Config, world: &World, resume: bool) -> anyhow::Result<Summa
             trainer.forward_backward(&batch, &mut step_input);
             step_input.compute_s += compute_start.elapsed().as_secs_f64();
             cursor = batch.cursor;
-            let epoch_done = cursor.position >= per_rank;
+            let epoch_done = cursor.position >= schedule.per_rank;
             if step_input.micro_batches < config.train.accumulate && !epoch_done {
                 wait_start = Instant::now();
                 continue;
@@ -160,17 +159,17 @@ pub fn run(config: &Config, world: &World, resume: bool) -> anyhow::Result<Summa
             let step = trainer.sgd.step_count();
             let lr = trainer.sgd.lr();
             let compute_start = Instant::now();
-            let outcome = trainer.finish_step(&mut step_input)?;
+            let outcome = trainer.finish_step(&step_input)?;
             step_input.compute_s += compute_start.elapsed().as_secs_f64();
-            let loss = match outcome {
+            let (loss, images) = match outcome {
                 StepOutcome::Trained { loss, images } => {
                     images_trained += images;
-                    loss
+                    (loss, images)
                 }
                 StepOutcome::EmptyBatch => {
                     warn!("step {step}: no sample of the batch could be read on any rank; step skipped");
                     skipped_steps += 1;
-                    f64::NAN
+                    (f64::NAN, 0.0)
                 }
                 StepOutcome::NonFinite(loss) => {
                     if config.train.on_nonfinite == OnNonFinite::Error {
@@ -178,14 +177,13 @@ pub fn run(config: &Config, world: &World, resume: bool) -> anyhow::Result<Summa
                     }
                     warn!("step {step}: the loss is {loss}; step skipped (parameters unchanged)");
                     skipped_steps += 1;
-                    loss
+                    (loss, 0.0)
                 }
             };
             let step = trainer.sgd.step_count();
             if loss.is_finite() {
                 losses.push(loss);
                 if world.is_root() && step % config.train.log_every == 0 {
-                    let images = step_input.global_images;
                     let seconds = step_input.data_wait_s + step_input.compute_s;
                     let images_per_s = images / seconds;
                     metrics.append(&StepMetrics { step, epoch: cursor.epoch, loss, lr, images, images_per_s, data_wait_s: step_input.data_wait_s, compute_s: step_input.compute_s })?;
@@ -249,7 +247,8 @@ impl Schedule {
     }
 
     /// Steps taken when a rank stands at `cursor` (a step boundary).
-    fn steps_at(&self, cursor: Cursor, samples_per_step: usize) -> u64 {
+    fn steps_at(&self, cursor: Cursor) -> u64 {
+        let samples_per_step = self.global_batch / self.world;
         cursor.epoch * self.steps_per_epoch + cursor.position.min(self.per_rank).div_ceil(samples_per_step) as u64
     }
 }
@@ -264,8 +263,6 @@ struct StepInput {
     /// A micro-batch whose loss was not finite (its backward was not run).
     non_finite: bool,
     ids: Vec<String>,
-    /// Filled by `finish_step`: samples of the step over all ranks.
-    global_images: f64,
     data_wait_s: f64,
     compute_s: f64,
 }
@@ -315,12 +312,11 @@ impl Trainer {
 
     /// Agrees with the other ranks on the step's samples and loss, sums the gradients over the
     /// ranks, divides them by the sample count, updates.
-    fn finish_step(&mut self, input: &mut StepInput) -> anyhow::Result<StepOutcome> {
+    fn finish_step(&mut self, input: &StepInput) -> anyhow::Result<StepOutcome> {
         let flags = [input.images, input.loss_sum, if input.non_finite { 1.0 } else { 0.0 }];
         let [images, loss_sum, non_finite] = sum_values(self.comm.as_ref(), &flags, self.device)?[..] else {
             unreachable!("three values in, three out")
         };
-        input.global_images = images;
         if images == 0.0 {
             self.sgd.skip_step();
             return Ok(StepOutcome::EmptyBatch);
@@ -345,12 +341,10 @@ fn broadcast_state(comm: &dyn Communicator, model: &CamModel) -> anyhow::Result<
     if comm.size() == 1 {
         return Ok(());
     }
-    tch::no_grad(|| -> anyhow::Result<()> {
-        for (name, tensor) in weights::named(&model.vs) {
-            comm.broadcast(&mut tensor.shallow_clone(), 0).with_context(|| format!("broadcasting `{name}` from rank 0"))?;
-        }
-        Ok(())
-    })
+    for (name, mut tensor) in weights::named(&model.vs) {
+        comm.broadcast(&mut tensor, 0).with_context(|| format!("broadcasting `{name}` from rank 0"))?;
+    }
+    Ok(())
 }
 
 /// Starts from `model.init` (torchvision weights), or from a random initialisation whose
@@ -415,7 +409,7 @@ fn restore(config: &Config, world: &World, schedule: &Schedule, checkpoints: &Ch
         if consumed % schedule.world != 0 {
             warn!("resuming on {} rank(s) a run of {}: {consumed} samples of epoch {} were consumed, which does not divide among {} ranks; {} sample(s) will be seen twice", world.size, meta.world_size, cursor.epoch, world.size, consumed % schedule.world);
         }
-        let step = schedule.steps_at(cursor, config.loader.batch_size * config.train.accumulate as usize);
+        let step = schedule.steps_at(cursor);
         warn!("resuming on {} rank(s) a run written by {}: step {} becomes step {step} of {} (global batch {}); parameters and momentum are exact, the schedule continues at the same fraction", world.size, meta.world_size, meta.step, schedule.total_steps, schedule.global_batch);
         (cursor, step)
     };
