@@ -1,10 +1,11 @@
-//! Training step time of the CAM classifier (forward + loss + backward + SGD update) on
-//! random inputs: the same model, batch and input size as benchmarks/train_step_torch.py.
+//! Training step time of the classifier (forward + loss + backward + SGD update) on random
+//! inputs: the same model, batch and input size as benchmarks/train_step_torch.py. `--base amr`
+//! (frozen spotlight, as the reference trains it), `--isl` and `--fsl` time the method variants.
 //! Prints one JSON line with the median step time after warm-up. Under mpirun the step is
 //! data-parallel (gradient buckets all-reduced over MPI, as `train cam` does) and rank 0 prints
 //! images/s over all ranks; compare with `torchrun ... train_step_torch.py` (PyTorch DDP, gloo).
 //!
-//!     cargo bench --bench train_step -- [--depth resnet50] [--batch 8] [--size 224] [--steps 6] [--threads 2]
+//!     cargo bench --bench train_step -- [--depth resnet50] [--batch 8] [--size 224] [--steps 6] [--threads 2] [--base amr] [--isl] [--fsl]
 //!     launch/mpirun.sh 2 <bench binary> --depth resnet18 --threads 1
 
 use std::time::Instant;
@@ -12,9 +13,12 @@ use std::time::Instant;
 use clap::Parser;
 use tch::{Device, Kind, Tensor};
 use wsss_dist::dist::{connect, Backend, GradientBuckets, World};
-use wsss_dist::loss::multilabel::multilabel_soft_margin;
-use wsss_dist::model::cam::CamModel;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use wsss_dist::config::MethodConfig;
+use wsss_dist::loss::Objective;
 use wsss_dist::model::resnet::Depth;
+use wsss_dist::model::{Base, Model};
 use wsss_dist::optim::{Sgd, SgdSettings};
 
 #[derive(Parser)]
@@ -33,6 +37,13 @@ struct Args {
     warmup: usize,
     #[arg(long, default_value_t = 2)]
     threads: i32,
+    /// cam | amr
+    #[arg(long, default_value = "cam")]
+    base: String,
+    #[arg(long)]
+    isl: bool,
+    #[arg(long)]
+    fsl: bool,
     /// cargo bench passes --bench to the harness.
     #[arg(long, hide = true)]
     bench: bool,
@@ -43,8 +54,15 @@ fn main() {
     tch::set_num_threads(args.threads);
     tch::manual_seed(0);
     let depth: Depth = serde_json::from_value(serde_json::json!(args.depth)).expect("resnet18|34|50|101");
-    let model = CamModel::new(depth, [2, 2, 2, 1], args.classes, Device::Cpu);
-    let groups = model.param_groups(10.0);
+    let base: Base = serde_json::from_value(serde_json::json!(args.base)).expect("cam|amr");
+    let mut method = MethodConfig { base, ..Default::default() };
+    (method.isl.enabled, method.fsl.enabled) = (args.isl, args.fsl);
+    let model = Model::new(base, depth, [2, 2, 2, 1], args.classes, Device::Cpu);
+    if base == Base::Amr {
+        model.freeze("spotlight.");
+    }
+    let objective = Objective::new(&method, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]);
+    let groups = model.param_groups(10.0, |branch| if branch == "compensation" { 10.0 } else { 1.0 });
     let total = (args.warmup + args.steps) as u64;
     let mut sgd = Sgd::new(SgdSettings { lr: 0.01, momentum: 0.9, weight_decay: 1e-4, poly_power: 0.9, total_steps: total }, groups);
     let world = World::from_env().expect("joins the MPI world");
@@ -55,8 +73,7 @@ fn main() {
     let mut times = Vec::new();
     for step in 0..total as usize {
         let start = Instant::now();
-        let logits = model.net.logits(&model.net.features(&images, Kind::Float));
-        let loss = multilabel_soft_margin(&logits, &labels);
+        let loss = objective.loss(&model.net, &images, &labels, Kind::Float, &mut ChaCha8Rng::seed_from_u64(step as u64));
         sgd.zero_grad();
         loss.backward();
         buckets.all_reduce(comm.as_ref()).expect("gradient all-reduce");
@@ -71,6 +88,7 @@ fn main() {
     let median = times[times.len() / 2];
     if world.is_root() {
         let images_per_s = (args.batch as usize * world.size) as f64 / median;
-        println!("{}", serde_json::json!({ "tool": "wsss-dist", "ranks": world.size, "median_step_s": median, "images_per_s": images_per_s, "steps": times }));
+        let variant = format!("{}{}{}", args.base, if args.isl { "+isl" } else { "" }, if args.fsl { "+fsl" } else { "" });
+        println!("{}", serde_json::json!({ "tool": "wsss-dist", "variant": variant, "ranks": world.size, "median_step_s": median, "images_per_s": images_per_s, "steps": times }));
     }
 }

@@ -52,6 +52,16 @@ pub struct CheckpointMeta {
     pub loss: Option<f64>,
 }
 
+/// The model state a path names: a safetensors file as it is, or a run directory's latest
+/// checkpoint (`<dir>/checkpoints`). `None` when the directory holds no checkpoint yet.
+pub fn model_in(path: &Path) -> Result<Option<PathBuf>, CheckpointError> {
+    if !path.is_dir() {
+        return Ok(Some(path.to_path_buf()));
+    }
+    let checkpoints = Checkpoints::new(path.join("checkpoints"));
+    Ok(checkpoints.latest()?.map(|meta| checkpoints.model_path(&meta)))
+}
+
 /// The checkpoint directory of a run.
 pub struct Checkpoints {
     dir: PathBuf,

@@ -14,6 +14,7 @@ use crate::data::loader::LoaderSpec;
 use crate::data::sampler::Uneven;
 use crate::dist::Backend;
 use crate::model::resnet::{Depth, Strides};
+use crate::model::Base;
 
 /// A configuration error: names the file or the key at fault.
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +43,7 @@ pub struct Config {
     pub cam: CamConfig,
     pub eval: EvalConfig,
     pub dist: DistConfig,
+    pub method: MethodConfig,
 }
 
 /// `[run]`: where a run writes and the seed every random choice derives from.
@@ -137,6 +139,112 @@ impl Default for TrainConfig {
             accumulate: 1,
             stop_after: 0,
         }
+    }
+}
+
+/// `[method]`: the WSSS method the classifier trains with. The base is the CAM network
+/// (METHODS.md §1) or AMR (§2); HFPL's ISL and FSL (§3) are add-ons that combine with either.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct MethodConfig {
+    pub base: Base,
+    pub isl: IslConfig,
+    pub fsl: FslConfig,
+    pub amr: AmrConfig,
+}
+
+/// `[method.isl]`: importance sampling loss; the classification loss of every trained branch
+/// becomes `(1 − weight) · L_cls(GAP) + weight · L_IS`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct IslConfig {
+    pub enabled: bool,
+    /// K: pixels drawn per image and class.
+    pub samples: i64,
+    /// w.
+    pub weight: f64,
+}
+
+impl Default for IslConfig {
+    fn default() -> Self {
+        IslConfig { enabled: false, samples: 10, weight: 0.2 }
+    }
+}
+
+/// `[method.fsl]`: feature similarity loss, `weight · L_FS` added for every trained branch.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct FslConfig {
+    pub enabled: bool,
+    /// μ of the colour term.
+    pub mu: f64,
+    /// σ of the spatial kernel, in feature-map pixels.
+    pub sigma: f64,
+    pub weight: f64,
+    /// Pairs farther apart than this many feature-map pixels are skipped (the efficient form;
+    /// 3σ keeps every pair whose kernel is above 1% of its peak); 0 computes the exact sum over
+    /// all pairs (memory grows with (h·w)²).
+    pub window: f64,
+}
+
+impl Default for FslConfig {
+    fn default() -> Self {
+        FslConfig { enabled: false, mu: 2.5, sigma: 5.0, weight: 1.0, window: 15.0 }
+    }
+}
+
+/// `[method.amr]`: AMR's settings (used when `method.base = "amr"`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AmrConfig {
+    /// λ of the cross pseudo supervision.
+    pub lambda_cps: f64,
+    /// α of the recalibration `α · M_spot + (1−α) · M_comp` at inference (1: spotlight only,
+    /// 0: compensation only).
+    pub alpha: f64,
+    /// A trained CAM network to start the spotlight branch from: its model safetensors, or its
+    /// run directory (the latest checkpoint). "" starts it as `model.init` says.
+    pub spotlight_init: PathBuf,
+    /// Keep the spotlight branch as initialised (the reference recipe).
+    pub freeze_spotlight: bool,
+    /// Learning-rate multiplier of the compensation backbone (its AMMs included).
+    pub compensation_lr_mult: f64,
+}
+
+impl Default for AmrConfig {
+    fn default() -> Self {
+        AmrConfig { lambda_cps: 0.05, alpha: 0.5, spotlight_init: PathBuf::new(), freeze_spotlight: true, compensation_lr_mult: 10.0 }
+    }
+}
+
+impl MethodConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let (isl, fsl, amr) = (&self.isl, &self.fsl, &self.amr);
+        if isl.samples < 1 {
+            return invalid("method.isl.samples", "must be at least 1");
+        }
+        if !(0.0..=1.0).contains(&isl.weight) {
+            return invalid("method.isl.weight", "must lie in [0, 1]");
+        }
+        if !(fsl.sigma > 0.0 && fsl.sigma.is_finite()) {
+            return invalid("method.fsl.sigma", "must be a positive number");
+        }
+        if !(fsl.weight >= 0.0 && fsl.weight.is_finite()) || !fsl.mu.is_finite() {
+            return invalid("method.fsl", "weight must be >= 0 and mu finite");
+        }
+        if !(fsl.window >= 0.0 && fsl.window.is_finite()) {
+            return invalid("method.fsl.window", "must be >= 0 (0: the exact pair sum)");
+        }
+        if !(0.0..=1.0).contains(&amr.alpha) {
+            return invalid("method.amr.alpha", "must lie in [0, 1]");
+        }
+        if !(amr.lambda_cps >= 0.0 && amr.lambda_cps.is_finite()) || !(amr.compensation_lr_mult > 0.0) {
+            return invalid("method.amr", "lambda_cps must be >= 0 and compensation_lr_mult > 0");
+        }
+        if self.base == Base::Amr && amr.freeze_spotlight && amr.spotlight_init.as_os_str().is_empty() {
+            return invalid("method.amr.freeze_spotlight", "a frozen spotlight branch needs method.amr.spotlight_init (a trained CAM run or checkpoint); set freeze_spotlight = false to train it");
+        }
+        Ok(())
     }
 }
 
@@ -449,6 +557,7 @@ impl Config {
         self.train.validate()?;
         self.cam.validate()?;
         self.eval.validate()?;
+        self.method.validate()?;
         if self.model.strides.iter().any(|s| !(1..=2).contains(s)) {
             return Err(ConfigError::Invalid { key: "model.strides".into(), message: "every stride must be 1 or 2".into() });
         }

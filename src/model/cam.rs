@@ -1,42 +1,27 @@
 //! The CAM network (METHODS.md §1): a ResNet backbone and a 1×1 classifier without bias.
 //! Training logits are `z = W · GAP(F)`; class activation maps are `A_c = ReLU(W_c · F)`.
 
-use tch::nn::{self, Module};
+use tch::nn;
 use tch::{Kind, Tensor};
 
-use super::resnet::{Depth, ResNet, Strides};
-use crate::optim::ParamGroup;
+use super::resnet::{Depth, Mode, ResNet, Strides};
 
-/// Name prefix of the layers that are new on top of the torchvision backbone (they train with
-/// the head learning-rate multiplier and are absent from ImageNet weights).
-pub const HEAD_PREFIX: &str = "classifier.";
+/// Name of the classifier layer, new on top of the torchvision backbone (it trains with the
+/// head learning-rate multiplier and is absent from ImageNet weights).
+pub const CLASSIFIER: &str = "classifier";
 
-/// A CAM network with the variable store that owns its tensors.
-pub struct CamModel {
-    pub vs: nn::VarStore,
-    pub net: CamNet,
+/// One CAM branch's outputs on a batch.
+pub struct BranchOutput {
+    /// z = W · GAP(F): [N, C].
+    pub logits: Tensor,
+    /// Z = W · F, the class logit maps (no ReLU): [N, C, h, w].
+    pub logit_maps: Tensor,
 }
 
-impl CamModel {
-    pub fn new(depth: Depth, strides: Strides, num_classes: i64, device: tch::Device) -> CamModel {
-        let vs = nn::VarStore::new(device);
-        let net = CamNet::new(&vs.root(), depth, strides, num_classes);
-        CamModel { vs, net }
-    }
-
-    /// Backbone parameters at the base learning rate, the new classifier at `head_lr_mult`
-    /// times it (IRNet). Frozen tensors (stem, BatchNorm) are in neither.
-    pub fn param_groups(&self, head_lr_mult: f64) -> Vec<ParamGroup> {
-        let (head, backbone): (Vec<_>, Vec<_>) =
-            self.vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).partition(|(name, _)| name.starts_with(HEAD_PREFIX));
-        let sorted = |mut params: Vec<(String, Tensor)>| {
-            params.sort_by(|a, b| a.0.cmp(&b.0));
-            params
-        };
-        vec![
-            ParamGroup { name: "backbone".into(), lr_mult: 1.0, params: sorted(backbone) },
-            ParamGroup { name: "head".into(), lr_mult: head_lr_mult, params: sorted(head) },
-        ]
+impl BranchOutput {
+    /// A = ReLU(Z), the training-time CAMs: [N, C, h, w].
+    pub fn cams(&self) -> Tensor {
+        self.logit_maps.relu()
     }
 }
 
@@ -50,12 +35,20 @@ pub struct CamNet {
 impl CamNet {
     /// Builds the network under `vs` (the root, for torchvision's names plus `classifier.weight`).
     pub fn new(vs: &nn::Path, depth: Depth, strides: Strides, num_classes: i64) -> CamNet {
-        let backbone = ResNet::new(vs, depth, strides);
+        CamNet::with_backbone(vs, ResNet::new(vs, depth, strides), num_classes)
+    }
+
+    /// The same network with an AMM in every backbone block: AMR's compensation branch.
+    pub fn with_amm(vs: &nn::Path, depth: Depth, strides: Strides, num_classes: i64) -> CamNet {
+        CamNet::with_backbone(vs, ResNet::with_amm(vs, depth, strides), num_classes)
+    }
+
+    fn with_backbone(vs: &nn::Path, backbone: ResNet, num_classes: i64) -> CamNet {
         let d = backbone.out_channels();
         // PyTorch's default for a fresh Conv2d (kaiming_uniform with a = √5): U(±1/√fan_in).
         let bound = 1.0 / (d as f64).sqrt();
         let init = Tensor::empty([num_classes, d, 1, 1], (Kind::Float, vs.device())).uniform_(-bound, bound);
-        let classifier = (vs / "classifier").add("weight", init, true);
+        let classifier = (vs / CLASSIFIER).add("weight", init, true);
         CamNet { backbone, classifier }
     }
 
@@ -70,14 +63,25 @@ impl CamNet {
 
     /// Backbone features F in f32, computed in `compute` precision (f32, or bf16 for
     /// mixed-precision training: convolutions run in bf16, the head and the loss stay f32).
-    pub fn features(&self, images: &Tensor, compute: Kind) -> Tensor {
-        self.backbone.forward(&images.to_kind(compute)).to_kind(Kind::Float)
+    pub fn features(&self, images: &Tensor, compute: Kind, mode: Mode) -> Tensor {
+        self.backbone.run(&images.to_kind(compute), mode).to_kind(Kind::Float)
+    }
+
+    /// Logits and logit maps of a batch of normalised images [N, 3, H, W].
+    pub fn forward(&self, images: &Tensor, compute: Kind, mode: Mode) -> BranchOutput {
+        let features = self.features(images, compute, mode);
+        BranchOutput { logits: self.logits(&features), logit_maps: self.logit_maps(&features) }
     }
 
     /// z = W · GAP(F): [N, C] logits.
     pub fn logits(&self, features: &Tensor) -> Tensor {
         let pooled = features.mean_dim([2, 3].as_slice(), true, Kind::Float);
         pooled.conv2d(&self.classifier, None::<Tensor>, [1, 1], [0, 0], [1, 1], 1).flatten(1, -1)
+    }
+
+    /// Z = W · F: [N, C, h, w].
+    pub fn logit_maps(&self, features: &Tensor) -> Tensor {
+        features.conv2d(&self.classifier, None::<Tensor>, [1, 1], [0, 0], [1, 1], 1)
     }
 
     /// A_c = ReLU(W_c · F) for the classes `classes` (0-based columns of W): [N, |classes|, h, w].
@@ -104,7 +108,7 @@ impl CamNet {
         let device = self.classifier.device();
         let image = image.to_device(device).unsqueeze(0);
         let index = Tensor::from_slice(classes).to_device(device);
-        let logits = self.logits(&self.features(&image, Kind::Float)).squeeze_dim(0).index_select(0, &index);
+        let logits = self.logits(&self.features(&image, Kind::Float, Mode::Eval)).squeeze_dim(0).index_select(0, &index);
         let mut sum = Tensor::zeros([classes.len() as i64, grid[0], grid[1]], (Kind::Float, device));
         if classes.is_empty() {
             return (sum, logits);
@@ -113,7 +117,7 @@ impl CamNet {
             let size = [((h as f64) * scale).round().max(1.0) as i64, ((w as f64) * scale).round().max(1.0) as i64];
             let scaled = if size == [h, w] { image.shallow_clone() } else { image.upsample_bilinear2d(size, false, None, None) };
             let input = if flip { Tensor::cat(&[&scaled, &scaled.flip([3])], 0) } else { scaled };
-            let maps = self.cams(&self.features(&input, Kind::Float), classes);
+            let maps = self.cams(&self.features(&input, Kind::Float, Mode::Eval), classes);
             let maps = if flip { maps.get(0) + maps.get(1).flip([2]) } else { maps.get(0) };
             sum += maps.unsqueeze(0).upsample_bilinear2d(grid, false, None, None).squeeze_dim(0);
         }
@@ -160,7 +164,7 @@ mod tests {
         let vs = VarStore::new(Device::Cpu);
         let mut net = CamNet::new(&vs.root(), Depth::Resnet18, [2, 2, 2, 1], 3);
         let image = Tensor::randn([3, 70, 45], (Kind::Float, Device::Cpu));
-        let features = tch::no_grad(|| net.features(&image.unsqueeze(0), Kind::Float));
+        let features = tch::no_grad(|| net.features(&image.unsqueeze(0), Kind::Float, Mode::Eval));
         // The most active channel, so that the maps are not all zero.
         let c = features.get(0).amax([1, 2].as_slice(), false).argmax(0, false).int64_value(&[]) as usize;
         let channel = features.get(0).get(c as i64);
@@ -184,7 +188,7 @@ mod tests {
         let vs = VarStore::new(Device::Cpu);
         let net = CamNet::new(&vs.root(), Depth::Resnet18, [2, 2, 2, 1], 3);
         let images = Tensor::randn([2, 3, 32, 32], (Kind::Float, Device::Cpu));
-        let features = net.features(&images, Kind::BFloat16);
+        let features = net.features(&images, Kind::BFloat16, Mode::Train);
         assert_eq!(features.kind(), Kind::Float);
         net.logits(&features).sum(Kind::Float).backward();
         let grad = vs.variables()["layer1.0.conv1.weight"].grad();

@@ -8,6 +8,8 @@ use serde::{Deserialize, Serialize};
 use tch::nn::{self, Module};
 use tch::{Kind, Tensor};
 
+use super::amm::Amm;
+
 /// Which ResNet.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
@@ -34,46 +36,64 @@ impl Depth {
 /// IRNet's default (2, 2, 2, 1) gives output stride 16.
 pub type Strides = [i64; 4];
 
-/// BatchNorm with fixed statistics and affine parameters (eval-mode BN, never trained).
+/// How a forward pass runs the BatchNorms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Inference: running statistics everywhere.
+    Eval,
+    /// Training: frozen BatchNorms keep their statistics; trainable ones (AMR's attention
+    /// modules) normalise with the batch's and update their running statistics, as PyTorch's
+    /// `BatchNorm2d` in `train()` mode.
+    Train,
+    /// Data-dependent initialisation: every BatchNorm first takes the batch's per-channel mean
+    /// and (biased) variance as its statistics, then runs as in `Eval`. For networks without
+    /// pretrained weights, whose unit statistics would leave activations unnormalised.
+    Calibrate,
+}
+
+/// A BatchNorm. Frozen (the backbone's: eval statistics, affine parameters not trained), or
+/// trainable (affine parameters trained, batch statistics in `Mode::Train`).
 #[derive(Debug)]
-pub struct FrozenBatchNorm {
+pub struct BatchNorm {
     weight: Tensor,
     bias: Tensor,
     running_mean: Tensor,
     running_var: Tensor,
+    trainable: bool,
 }
 
 /// torchvision's BatchNorm epsilon.
 const BN_EPS: f64 = 1e-5;
+/// PyTorch's default running-statistics momentum.
+const BN_MOMENTUM: f64 = 0.1;
 
-impl FrozenBatchNorm {
-    fn new(vs: &nn::Path, channels: i64) -> FrozenBatchNorm {
-        FrozenBatchNorm {
-            weight: vs.ones_no_train("weight", &[channels]),
-            bias: vs.zeros_no_train("bias", &[channels]),
-            running_mean: vs.zeros_no_train("running_mean", &[channels]),
-            running_var: vs.ones_no_train("running_var", &[channels]),
+impl BatchNorm {
+    pub fn new(vs: &nn::Path, channels: i64, trainable: bool) -> BatchNorm {
+        let (weight, bias) = if trainable {
+            (vs.ones("weight", &[channels]), vs.zeros("bias", &[channels]))
+        } else {
+            (vs.ones_no_train("weight", &[channels]), vs.zeros_no_train("bias", &[channels]))
+        };
+        BatchNorm { weight, bias, running_mean: vs.zeros_no_train("running_mean", &[channels]), running_var: vs.ones_no_train("running_var", &[channels]), trainable }
+    }
+
+    pub fn run(&self, xs: &Tensor, mode: Mode) -> Tensor {
+        match mode {
+            Mode::Train if self.trainable => xs.batch_norm(Some(&self.weight), Some(&self.bias), Some(&self.running_mean), Some(&self.running_var), true, BN_MOMENTUM, BN_EPS, true),
+            Mode::Calibrate => {
+                tch::no_grad(|| {
+                    let dims = [0i64, 2, 3];
+                    self.running_mean.shallow_clone().copy_(&xs.mean_dim(dims.as_slice(), false, Kind::Float));
+                    self.running_var.shallow_clone().copy_(&xs.var_correction(dims.as_slice(), 0, false));
+                });
+                self.forward(xs)
+            }
+            _ => self.forward(xs),
         }
     }
 }
 
-impl FrozenBatchNorm {
-    /// With `calibrate`, first sets the statistics to the batch's per-channel mean and
-    /// (biased) variance: a data-dependent initialisation for networks without pretrained
-    /// weights, whose unit statistics would leave activations unnormalised and training unstable.
-    fn run(&self, xs: &Tensor, calibrate: bool) -> Tensor {
-        if calibrate {
-            tch::no_grad(|| {
-                let dims = [0i64, 2, 3];
-                self.running_mean.shallow_clone().copy_(&xs.mean_dim(dims.as_slice(), false, Kind::Float));
-                self.running_var.shallow_clone().copy_(&xs.var_correction(dims.as_slice(), 0, false));
-            });
-        }
-        self.forward(xs)
-    }
-}
-
-impl Module for FrozenBatchNorm {
+impl Module for BatchNorm {
     /// y = (x − mean) / sqrt(var + eps) · weight + bias, per channel: libtorch's inference-mode
     /// batch norm (one fused kernel, as PyTorch runs a frozen BN; bf16 inputs keep f32 statistics).
     fn forward(&self, xs: &Tensor) -> Tensor {
@@ -106,15 +126,17 @@ fn conv(vs: &nn::Path, name: &str, c_in: i64, c_out: i64, k: i64, stride: i64, t
     Conv { weight: (vs / name).add("weight", init, trainable), stride }
 }
 
-/// One residual block: basic (two 3×3) or bottleneck (1×1, 3×3 with the stride, 1×1 ×4).
+/// One residual block: basic (two 3×3) or bottleneck (1×1, 3×3 with the stride, 1×1 ×4),
+/// optionally with an AMM on its residual branch (AMR's compensation branch).
 #[derive(Debug)]
 struct Block {
-    convs: Vec<(Conv, FrozenBatchNorm)>,
-    downsample: Option<(Conv, FrozenBatchNorm)>,
+    convs: Vec<(Conv, BatchNorm)>,
+    downsample: Option<(Conv, BatchNorm)>,
+    amm: Option<Amm>,
 }
 
 impl Block {
-    fn new(vs: &nn::Path, c_in: i64, width: i64, stride: i64, bottleneck: bool) -> (Block, i64) {
+    fn new(vs: &nn::Path, c_in: i64, width: i64, stride: i64, bottleneck: bool, with_amm: bool) -> (Block, i64) {
         let specs: Vec<(i64, i64, i64, i64)> = if bottleneck {
             vec![(c_in, width, 1, 1), (width, width, 3, stride), (width, 4 * width, 1, 1)]
         } else {
@@ -124,25 +146,32 @@ impl Block {
         let convs = specs
             .iter()
             .enumerate()
-            .map(|(i, &(ci, co, k, s))| (conv(vs, &format!("conv{}", i + 1), ci, co, k, s, true), FrozenBatchNorm::new(&(vs / format!("bn{}", i + 1)), co)))
+            .map(|(i, &(ci, co, k, s))| (conv(vs, &format!("conv{}", i + 1), ci, co, k, s, true), BatchNorm::new(&(vs / format!("bn{}", i + 1)), co, false)))
             .collect();
         let downsample = (stride != 1 || c_in != c_out).then(|| {
             let path = vs / "downsample";
-            (conv(&path, "0", c_in, c_out, 1, stride, true), FrozenBatchNorm::new(&(&path / "1"), c_out))
+            (conv(&path, "0", c_in, c_out, 1, stride, true), BatchNorm::new(&(&path / "1"), c_out, false))
         });
-        (Block { convs, downsample }, c_out)
+        let amm = with_amm.then(|| Amm::new(&(vs / "amm"), c_out));
+        (Block { convs, downsample, amm }, c_out)
     }
 }
 
 impl Block {
-    fn run(&self, xs: &Tensor, calibrate: bool) -> Tensor {
+    /// The AMM modulates the residual branch after its last conv + BN, before the shortcut
+    /// is added (METHODS.md §2).
+    fn run(&self, xs: &Tensor, mode: Mode) -> Tensor {
         let last = self.convs.len() - 1;
         let residual = self.convs.iter().enumerate().fold(xs.shallow_clone(), |h, (i, (conv, bn))| {
-            let h = bn.run(&conv.forward(&h), calibrate);
+            let h = bn.run(&conv.forward(&h), mode);
             if i < last { h.relu() } else { h }
         });
+        let residual = match &self.amm {
+            Some(amm) => amm.forward(&residual, mode),
+            None => residual,
+        };
         let shortcut = match &self.downsample {
-            Some((conv, bn)) => bn.run(&conv.forward(xs), calibrate),
+            Some((conv, bn)) => bn.run(&conv.forward(xs), mode),
             None => xs.shallow_clone(),
         };
         (residual + shortcut).relu()
@@ -153,7 +182,7 @@ impl Block {
 #[derive(Debug)]
 pub struct ResNet {
     conv1: Conv,
-    bn1: FrozenBatchNorm,
+    bn1: BatchNorm,
     layers: Vec<Vec<Block>>,
     out_channels: i64,
     output_stride: i64,
@@ -162,9 +191,19 @@ pub struct ResNet {
 impl ResNet {
     /// Builds the network under `vs` (pass the root for torchvision's names).
     pub fn new(vs: &nn::Path, depth: Depth, strides: Strides) -> ResNet {
+        ResNet::build(vs, depth, strides, false)
+    }
+
+    /// The same network with an AMM in every block (`layerL.B.amm.*`, METHODS.md §2): AMR's
+    /// compensation backbone. torchvision weights fit it with the `amm.` keys left new.
+    pub fn with_amm(vs: &nn::Path, depth: Depth, strides: Strides) -> ResNet {
+        ResNet::build(vs, depth, strides, true)
+    }
+
+    fn build(vs: &nn::Path, depth: Depth, strides: Strides, with_amm: bool) -> ResNet {
         let (blocks, bottleneck) = depth.layout();
         let conv1 = conv(vs, "conv1", 3, 64, 7, strides[0], false);
-        let bn1 = FrozenBatchNorm::new(&(vs / "bn1"), 64);
+        let bn1 = BatchNorm::new(&(vs / "bn1"), 64, false);
         let stage_strides = [1, strides[1], strides[2], strides[3]];
         let mut c_in = 64;
         let mut layers = Vec::new();
@@ -173,7 +212,7 @@ impl ResNet {
             let path = vs / format!("layer{}", stage + 1);
             let mut layer = Vec::new();
             for b in 0..n {
-                let (block, c_out) = Block::new(&(&path / b), c_in, width, if b == 0 { stride } else { 1 }, bottleneck);
+                let (block, c_out) = Block::new(&(&path / b), c_in, width, if b == 0 { stride } else { 1 }, bottleneck, with_amm);
                 layer.push(block);
                 c_in = c_out;
             }
@@ -196,19 +235,20 @@ impl ResNet {
     /// already normalised by the layers before it): the initialisation of a network trained
     /// without pretrained weights.
     pub fn calibrate_batch_norm(&self, xs: &Tensor) {
-        let _ = tch::no_grad(|| self.run(xs, true));
+        let _ = tch::no_grad(|| self.run(xs, Mode::Calibrate));
     }
 
-    fn run(&self, xs: &Tensor, calibrate: bool) -> Tensor {
-        let stem = self.bn1.run(&self.conv1.forward(xs), calibrate).relu().max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false);
-        self.layers.iter().flatten().fold(stem, |h, block| block.run(&h, calibrate))
+    /// [N, 3, H, W] normalised images → [N, D, ⌈H/os⌉, ⌈W/os⌉] features (os = output_stride).
+    pub fn run(&self, xs: &Tensor, mode: Mode) -> Tensor {
+        let stem = self.bn1.run(&self.conv1.forward(xs), mode).relu().max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false);
+        self.layers.iter().flatten().fold(stem, |h, block| block.run(&h, mode))
     }
 }
 
 impl Module for ResNet {
-    /// [N, 3, H, W] normalised images → [N, D, ⌈H/os⌉, ⌈W/os⌉] features (os = output_stride).
+    /// Inference ([`Mode::Eval`]).
     fn forward(&self, xs: &Tensor) -> Tensor {
-        self.run(xs, false)
+        self.run(xs, Mode::Eval)
     }
 }
 
@@ -278,7 +318,7 @@ mod tests {
     #[test]
     fn frozen_batch_norm_is_the_eval_formula() {
         let vs = VarStore::new(Device::Cpu);
-        let mut bn = FrozenBatchNorm::new(&vs.root(), 2);
+        let mut bn = BatchNorm::new(&vs.root(), 2, false);
         tch::no_grad(|| {
             bn.weight.copy_(&Tensor::from_slice(&[2.0f32, 0.5]));
             bn.bias.copy_(&Tensor::from_slice(&[1.0f32, -1.0]));

@@ -53,7 +53,9 @@ fn list_mismatch(m: &KeyMismatch) -> String {
 
 /// Which keys may legitimately not match when importing pretrained weights.
 pub struct ImportRules<'a> {
-    /// Prefixes of model keys that the file may lack (layers new on top of the backbone).
+    /// Names of layers that the file may lack (new on top of the backbone): a model key is new
+    /// when one of its dot-separated parts is one of these (`classifier.weight`,
+    /// `layer1.0.amm.spatial.conv.weight`).
     pub new_layers: &'a [&'a str],
     /// Prefixes or suffixes of file keys to skip (the ImageNet `fc.` head, BN
     /// `num_batches_tracked` counters).
@@ -61,10 +63,10 @@ pub struct ImportRules<'a> {
     pub ignored_suffixes: &'a [&'a str],
 }
 
-/// torchvision ResNet weights into a CAM network: `classifier.` is new, `fc.` and the BN
-/// step counters are not ours.
+/// torchvision ResNet weights into a CAM network: the classifier and AMR's attention modules
+/// are new, `fc.` and the BN step counters are not ours.
 pub const TORCHVISION_BACKBONE: ImportRules<'static> = ImportRules {
-    new_layers: &[super::cam::HEAD_PREFIX],
+    new_layers: &[super::cam::CLASSIFIER, "amm"],
     ignored_prefixes: &["fc."],
     ignored_suffixes: &["num_batches_tracked"],
 };
@@ -83,19 +85,29 @@ fn read(path: &Path) -> Result<Vec<(String, Tensor)>, WeightError> {
     Tensor::read_safetensors(path).map_err(|e| WeightError::Read { path: path.into(), message: e.to_string() })
 }
 
+/// No key may differ: a complete state of the same network (a trained checkpoint).
+pub const EXACT: ImportRules<'static> = ImportRules { new_layers: &[], ignored_prefixes: &[], ignored_suffixes: &[] };
+
 /// Copies the tensors of `path` into `vs` (converting dtypes), checking every key against
 /// `rules`: anything missing, unexpected or mis-shaped beyond what they allow is one error
 /// that lists all of it, and nothing is copied.
 pub fn import(vs: &VarStore, path: &Path, rules: &ImportRules) -> Result<ImportReport, WeightError> {
+    import_under(vs, "", path, rules)
+}
+
+/// [`import`] into the model keys under `prefix` (e.g. `"compensation."`), with the prefix
+/// removed before matching the file's keys; other model keys are left alone.
+pub fn import_under(vs: &VarStore, prefix: &str, path: &Path, rules: &ImportRules) -> Result<ImportReport, WeightError> {
     let file: BTreeMap<String, Tensor> = read(path)?.into_iter().collect();
-    let model: BTreeMap<String, Tensor> = vs.variables().into_iter().collect();
+    let model: BTreeMap<String, Tensor> =
+        vs.variables().into_iter().filter_map(|(name, var)| name.strip_prefix(prefix).map(|n| (n.to_string(), var))).collect();
     let mut mismatch = KeyMismatch::default();
     let mut report = ImportReport::default();
     for (name, var) in &model {
         match file.get(name) {
             Some(t) if t.size() != var.size() => mismatch.misshaped.push((name.clone(), var.size(), t.size())),
             Some(_) => report.loaded += 1,
-            None if rules.new_layers.iter().any(|p| name.starts_with(p)) => report.kept_init.push(name.clone()),
+            None if name.split('.').any(|part| rules.new_layers.contains(&part)) => report.kept_init.push(name.clone()),
             None => mismatch.missing.push(name.clone()),
         }
     }

@@ -1,5 +1,6 @@
-//! `wsss-dist cam --config F`: CAM inference (METHODS.md §1) over the images of `cam.split`
-//! with the run's latest checkpoint (or `cam.checkpoint`), written as a CAM dataset
+//! `wsss-dist cam --config F`: CAM inference (METHODS.md §1; for AMR checkpoints both branches
+//! and the recalibration `α·M_spot + (1−α)·M_comp` of §2, α = `method.amr.alpha`) over the
+//! images of `cam.split` with the run's latest checkpoint (or `cam.checkpoint`), written as a CAM dataset
 //! (`cam.out`, default `<run dir>/cams/<split>`): f16 maps at stride 4 for the classes of each
 //! image's labels, plus the classifier's logits of those classes.
 //!
@@ -17,7 +18,7 @@ use tch::{Device, Kind, Tensor};
 use tracing::{info, warn};
 
 use super::{progress_bar, Summary};
-use crate::checkpoint::Checkpoints;
+use crate::checkpoint::model_in;
 use crate::config::Config;
 use crate::data::codec::decode_row_image;
 use crate::data::importer::{replace_dir, staging_dir};
@@ -26,16 +27,15 @@ use crate::data::shard::{shard_file_name, write_shard, ShardLayout};
 use crate::data::{CamRow, Dataset, DatasetKind, ImageRow, Manifest};
 use crate::dist::comm::all_gather_text;
 use crate::dist::{self, Backend, World};
-use crate::model::cam::{CamModel, CamNet};
-use crate::model::weights;
+use crate::model::{weights, Base, Model};
 
 pub fn run(config: &Config, world: &World) -> anyhow::Result<Summary> {
     let device = super::compute_device(config, world)?;
     let input_dir = config.dataset(config.cam.split);
     let input: Dataset = Dataset::open(input_dir).with_context(|| format!("the images of cam.split ({})", input_dir.display()))?;
     let checkpoint = checkpoint_path(config)?;
-    let model = CamModel::new(config.model.depth, config.model.strides, input.manifest().num_classes() as i64, device);
-    weights::restore(&model.vs, &checkpoint).context("loading the CAM model (do [model] and the dataset's classes match the training run?)")?;
+    let model = Model::new(config.method.base, config.model.depth, config.model.strides, input.manifest().num_classes() as i64, device);
+    weights::restore(&model.vs, &checkpoint).context("loading the CAM model (do [model], method.base and the dataset's classes match the training run?)")?;
     let out = config.cam_dir();
     // Coordination only (paths, shard records): CPU tensors whatever the compute device.
     let comm = dist::connect(world, Backend::Mpi, Device::Cpu)?;
@@ -54,7 +54,7 @@ pub fn run(config: &Config, world: &World) -> anyhow::Result<Summary> {
         let mut rows = Vec::with_capacity(reader.num_rows());
         for group in 0..reader.num_row_groups() {
             for (i, image) in reader.read_row_group(group)?.into_iter().enumerate() {
-                match cam_row(&model.net, &image, &normalise, config) {
+                match cam_row(&model, &image, &normalise, config) {
                     Ok(row) => rows.push(row),
                     Err(reason) => {
                         let what = format!("{} row group {group} item {i} id {}: {reason}", input.manifest().shards[shard].file, image.id);
@@ -89,7 +89,7 @@ pub fn run(config: &Config, world: &World) -> anyhow::Result<Summary> {
         classes: input.manifest().classes.clone(),
         rows,
         shards,
-        source: format!("wsss-dist cam of {} with {} (scales {:?}, flip {})", input_dir.display(), checkpoint.display(), config.cam.scales, config.cam.flip),
+        source: format!("wsss-dist cam of {} with {} ({}, scales {:?}, flip {})", input_dir.display(), checkpoint.display(), method_summary(config), config.cam.scales, config.cam.flip),
     };
     manifest.write(&staging)?;
     replace_dir(&staging, &out)?;
@@ -103,11 +103,9 @@ fn checkpoint_path(config: &Config) -> anyhow::Result<PathBuf> {
     if !config.cam.checkpoint.as_os_str().is_empty() {
         return Ok(config.cam.checkpoint.clone());
     }
-    let checkpoints = Checkpoints::new(config.run_dir().join("checkpoints"));
-    let meta = checkpoints.latest()?.with_context(|| {
-        format!("no checkpoint in {}: run `wsss-dist train cam` first, or set cam.checkpoint", checkpoints.dir().display())
-    })?;
-    Ok(checkpoints.model_path(&meta))
+    model_in(&config.run_dir())?.with_context(|| {
+        format!("no checkpoint in {}/checkpoints: run `wsss-dist train cam` first, or set cam.checkpoint", config.run_dir().display())
+    })
 }
 
 /// The loader's normalisation, `(x/255 − mean)/std`, as tensors on the device.
@@ -130,15 +128,24 @@ impl Normalise {
 }
 
 /// The CAM row of one image; an error is the reason to skip it.
-fn cam_row(net: &CamNet, image: &ImageRow, normalise: &Normalise, config: &Config) -> Result<CamRow, String> {
+fn cam_row(model: &Model, image: &ImageRow, normalise: &Normalise, config: &Config) -> Result<CamRow, String> {
     let rgb = decode_row_image(image)?;
     let classes: Vec<i64> = image.labels.iter().map(|&c| c as i64 - 1).collect();
     let (cams, logits) = tch::no_grad(|| {
-        net.multiscale_cams(&normalise.apply(&rgb.pixels, rgb.width, rgb.height), &classes, &config.cam.scales, config.cam.flip, CAM_STRIDE as i64)
+        let image = normalise.apply(&rgb.pixels, rgb.width, rgb.height);
+        model.multiscale_cams(&image, &classes, &config.cam.scales, config.cam.flip, CAM_STRIDE as i64, config.method.amr.alpha)
     });
     let half = cams.to_kind(Kind::Half).to_device(Device::Cpu).contiguous();
     let mut cam = vec![0u8; half.numel() * 2];
     half.copy_data_u8(&mut cam, half.numel());
     let scores = Vec::<f32>::try_from(logits.to_device(Device::Cpu)).map_err(|e| e.to_string())?;
     Ok(CamRow { id: image.id.clone(), classes: image.labels.clone(), scores, cam, height: rgb.height, width: rgb.width })
+}
+
+/// How the CAMs were computed, for the manifest's `source`.
+fn method_summary(config: &Config) -> String {
+    match config.method.base {
+        Base::Cam => "CAM".into(),
+        Base::Amr => format!("AMR, recalibrated with alpha {}", config.method.amr.alpha),
+    }
 }

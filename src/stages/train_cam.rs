@@ -1,5 +1,6 @@
-//! `wsss-dist train cam --config F [--resume]`: trains the CAM classifier (METHODS.md §1) on
-//! `data.train` and writes the run directory: the resolved `config.toml`, `metrics.jsonl` (one
+//! `wsss-dist train cam --config F [--resume]`: trains the classifier of `[method]` (the CAM
+//! network of METHODS.md §1 or AMR's two branches of §2, with HFPL's ISL/FSL add-ons of §3: see
+//! `loss::objective`) on `data.train` and writes the run directory: the resolved `config.toml`, `metrics.jsonl` (one
 //! object per logged step), `checkpoints/` (model + optimiser safetensors and a JSON sidecar)
 //! every `train.checkpoint_every` steps and at the end, and `summary.json`.
 //!
@@ -20,22 +21,25 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{bail, ensure, Context};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 use serde_json::json;
 use tch::{Device, Kind, Tensor};
 use tracing::{info, warn};
 
 use super::{progress_bar, Summary};
-use crate::checkpoint::{CheckpointMeta, Checkpoints, RngState};
+use crate::checkpoint::{model_in, CheckpointMeta, Checkpoints, RngState};
 use crate::config::{Config, OnNonFinite};
 use crate::data::loader::{Batch, Loader, LoaderSpec};
-use crate::data::sampler::{Cursor, Sampler};
+use crate::data::sampler::{mix_seed, Cursor, Sampler};
 use crate::data::{atomic_write, Dataset};
 use crate::dist::comm::sum_values;
 use crate::dist::{self, Communicator, GradientBuckets, World};
-use crate::loss::multilabel::multilabel_soft_margin;
-use crate::model::cam::CamModel;
-use crate::model::weights;
+use crate::loss::Objective;
+use crate::model::amr::{COMPENSATION, SPOTLIGHT};
+use crate::model::cam::CamNet;
+use crate::model::{weights, Base, Model, Network};
 use crate::optim::{Sgd, SgdSettings};
 
 /// One line of `metrics.jsonl`.
@@ -70,7 +74,11 @@ pub fn run(config: &Config, world: &World, resume: bool) -> anyhow::Result<Summa
     let loader = Loader::new(dataset.clone(), sampler.clone(), config.loader.spec(config.run.seed))?;
 
     tch::manual_seed(config.run.seed as i64);
-    let model = CamModel::new(config.model.depth, config.model.strides, num_classes, device);
+    let model = Model::new(config.method.base, config.model.depth, config.model.strides, num_classes, device);
+    let amr = &config.method.amr;
+    if config.method.base == Base::Amr && amr.freeze_spotlight {
+        model.freeze(&format!("{SPOTLIGHT}."));
+    }
     let settings = SgdSettings {
         lr: config.train.lr,
         momentum: config.train.momentum,
@@ -78,7 +86,8 @@ pub fn run(config: &Config, world: &World, resume: bool) -> anyhow::Result<Summa
         poly_power: config.train.poly_power,
         total_steps: schedule.total_steps,
     };
-    let mut sgd = Sgd::new(settings, model.param_groups(config.train.head_lr_mult));
+    let backbone_lr_mult = |branch: &str| if branch == COMPENSATION { amr.compensation_lr_mult } else { 1.0 };
+    let mut sgd = Sgd::new(settings, model.param_groups(config.train.head_lr_mult, backbone_lr_mult));
 
     let run_dir = config.run_dir();
     let checkpoints = Checkpoints::new(run_dir.join("checkpoints"));
@@ -106,6 +115,9 @@ pub fn run(config: &Config, world: &World, resume: bool) -> anyhow::Result<Summa
         comm,
         device,
         compute: if config.train.bf16 { Kind::BFloat16 } else { Kind::Float },
+        objective: Objective::new(&config.method, config.loader.mean, config.loader.std),
+        seed: config.run.seed,
+        rank: world.rank,
     };
     info!(
         "{} rank(s) ({}, {} gradient bucket(s) of at most {} MiB); global batch {} = {} per rank x {} rank(s) x {} micro-batch(es); {} steps per epoch",
@@ -267,14 +279,18 @@ struct StepInput {
     compute_s: f64,
 }
 
-/// The model, the optimiser and the gradient buckets of one rank.
+/// The model, its loss, the optimiser and the gradient buckets of one rank.
 struct Trainer {
-    model: CamModel,
+    model: Model,
     sgd: Sgd,
     buckets: GradientBuckets,
     comm: Box<dyn Communicator>,
     device: Device,
     compute: Kind,
+    objective: Objective,
+    /// With the step, the rank and the micro-batch, what ISL's draw is seeded from.
+    seed: u64,
+    rank: usize,
 }
 
 /// What one step did. A skipped step still advances the schedule.
@@ -298,8 +314,8 @@ impl Trainer {
         }
         let images = batch.images.to_device(self.device);
         let labels = batch.labels.to_device(self.device);
-        let logits = self.model.net.logits(&self.model.net.features(&images, self.compute));
-        let loss_sum = multilabel_soft_margin(&logits, &labels) * batch.indices.len() as f64;
+        let mut generator = ChaCha8Rng::seed_from_u64(mix_seed(&[self.seed, self.sgd.step_count(), self.rank as u64, input.micro_batches]));
+        let loss_sum = self.objective.loss(&self.model.net, &images, &labels, self.compute, &mut generator) * batch.indices.len() as f64;
         let value = loss_sum.double_value(&[]);
         input.images += batch.indices.len() as f64;
         if !value.is_finite() {
@@ -337,7 +353,7 @@ impl Trainer {
 }
 
 /// Rank 0's parameters and buffers to every rank, so that all start from the same state.
-fn broadcast_state(comm: &dyn Communicator, model: &CamModel) -> anyhow::Result<()> {
+fn broadcast_state(comm: &dyn Communicator, model: &Model) -> anyhow::Result<()> {
     if comm.size() == 1 {
         return Ok(());
     }
@@ -347,21 +363,47 @@ fn broadcast_state(comm: &dyn Communicator, model: &CamModel) -> anyhow::Result<
     Ok(())
 }
 
-/// Starts from `model.init` (torchvision weights), or from a random initialisation whose
-/// frozen BatchNorm statistics are calibrated on the first batch of epoch 0 as one rank sees
-/// the whole dataset (`calibration`), so that every rank calibrates identically. Warns that a
-/// random start will not give good CAMs on real photos.
-fn initialise(config: &Config, model: &CamModel, calibration: Loader, device: Device) -> anyhow::Result<()> {
-    if config.model.init.as_os_str().is_empty() {
-        warn!("model.init is not set: training from a random initialisation. CAMs on real photos need ImageNet weights (tools/pth_to_safetensors.py converts torchvision's)");
-        let batch = calibration.epoch(Cursor::default()).next().context("no batch to calibrate BatchNorm on")?.context("reading the BatchNorm calibration batch")?;
-        model.net.calibrate_batch_norm(&batch.images.to_device(device));
-        info!("frozen BatchNorm statistics calibrated on {} images", batch.indices.len());
+/// Starts each branch from its initialisation: AMR's spotlight from `method.amr.spotlight_init`
+/// when set (a trained CAM network, every key must match); every other branch from
+/// `model.init` (torchvision weights), or from a random initialisation whose frozen BatchNorm
+/// statistics are calibrated on the first batch of epoch 0 as one rank sees the whole dataset
+/// (`calibration`), so that every rank calibrates identically. Warns that a random start will
+/// not give good CAMs on real photos.
+fn initialise(config: &Config, model: &Model, calibration: Loader, device: Device) -> anyhow::Result<()> {
+    let branches: Vec<(&str, &CamNet)> = match &model.net {
+        Network::Cam(net) => vec![("", net)],
+        Network::Amr(net) => vec![(SPOTLIGHT, &net.spotlight), (COMPENSATION, &net.compensation)],
+    };
+    let mut calibrate = Vec::new();
+    for (branch, net) in branches {
+        let prefix = if branch.is_empty() { String::new() } else { format!("{branch}.") };
+        let spotlight_init = &config.method.amr.spotlight_init;
+        if branch == SPOTLIGHT && !spotlight_init.as_os_str().is_empty() {
+            let path = model_in(spotlight_init)?.with_context(|| format!("config key `method.amr.spotlight_init`: no checkpoint in {}/checkpoints", spotlight_init.display()))?;
+            let report = weights::import_under(&model.vs, &prefix, &path, &weights::EXACT).context("config key `method.amr.spotlight_init` (a CAM network of the same model.depth and classes)")?;
+            info!("spotlight branch: loaded {} tensors from {}", report.loaded, path.display());
+        } else if config.model.init.as_os_str().is_empty() {
+            calibrate.push((branch, net));
+        } else {
+            let report = weights::import_under(&model.vs, &prefix, &config.model.init, &weights::TORCHVISION_BACKBONE).context("config key `model.init`")?;
+            info!("{}loaded {} tensors from {} (new: {}; ignored: {} key(s))", branch_label(branch), report.loaded, config.model.init.display(), report.kept_init.join(", "), report.ignored.len());
+        }
+    }
+    if calibrate.is_empty() {
         return Ok(());
     }
-    let report = weights::import(&model.vs, &config.model.init, &weights::TORCHVISION_BACKBONE).context("config key `model.init`")?;
-    info!("loaded {} tensors from {} (new: {}; ignored: {} key(s))", report.loaded, config.model.init.display(), report.kept_init.join(", "), report.ignored.len());
+    warn!("model.init is not set: training from a random initialisation. CAMs on real photos need ImageNet weights (tools/pth_to_safetensors.py converts torchvision's)");
+    let batch = calibration.epoch(Cursor::default()).next().context("no batch to calibrate BatchNorm on")?.context("reading the BatchNorm calibration batch")?;
+    for (branch, net) in calibrate {
+        net.calibrate_batch_norm(&batch.images.to_device(device));
+        info!("{}BatchNorm statistics calibrated on {} images", branch_label(branch), batch.indices.len());
+    }
     Ok(())
+}
+
+/// "spotlight branch: " for log lines, "" for the single CAM network.
+fn branch_label(branch: &str) -> String {
+    if branch.is_empty() { String::new() } else { format!("{branch} branch: ") }
 }
 
 fn save_checkpoint(config: &Config, world: &World, checkpoints: &Checkpoints, trainer: &Trainer, cursor: Cursor, losses: &mut Vec<f64>) -> anyhow::Result<()> {
@@ -400,7 +442,7 @@ fn save_checkpoint(config: &Config, world: &World, checkpoints: &Checkpoints, tr
 /// position per rank (a few samples are then seen twice); the step counter is renumbered to
 /// the new steps per epoch, so the learning-rate schedule continues at the same fraction of
 /// the training; the global batch is the new per-rank batch × ranks × micro-batches.
-fn restore(config: &Config, world: &World, schedule: &Schedule, checkpoints: &Checkpoints, meta: &CheckpointMeta, model: &CamModel, sgd: &mut Sgd) -> anyhow::Result<Cursor> {
+fn restore(config: &Config, world: &World, schedule: &Schedule, checkpoints: &Checkpoints, meta: &CheckpointMeta, model: &Model, sgd: &mut Sgd) -> anyhow::Result<Cursor> {
     let (cursor, step) = if meta.world_size == world.size {
         (meta.cursor, meta.step)
     } else {
