@@ -748,4 +748,31 @@ mod tests {
         assert_eq!(again.data.source, DataSource::Imported);
         assert_eq!(c.hash().len(), 16);
     }
+
+    #[test]
+    fn every_shipped_config_loads() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs");
+        let mut bases = Vec::new();
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let config = Config::load(Some(&path), &[]).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            bases.push((path.file_name().unwrap().to_string_lossy().into_owned(), config.method));
+        }
+        bases.sort_by(|a, b| a.0.cmp(&b.0));
+        let voc_amr_hfpl = &bases.iter().find(|(name, _)| name == "voc_amr_hfpl.toml").unwrap().1;
+        assert!(voc_amr_hfpl.base == Base::Amr && voc_amr_hfpl.isl.enabled && voc_amr_hfpl.fsl.enabled && voc_amr_hfpl.amr.freeze_spotlight);
+    }
+
+    #[test]
+    fn method_combinations_and_their_errors() {
+        for set in [vec![], vec!["method.isl.enabled=true"], vec!["method.fsl.enabled=true", "method.fsl.window=0"], vec!["method.base=amr", "method.amr.freeze_spotlight=false", "method.isl.enabled=true", "method.fsl.enabled=true"]] {
+            load_str("", &set).unwrap();
+        }
+        let err = load_str("", &["method.base=amr"]).unwrap_err().to_string();
+        assert!(err.contains("method.amr.freeze_spotlight") && err.contains("spotlight_init"), "{err}");
+        for (set, key) in [("method.isl.weight=1.5", "method.isl.weight"), ("method.isl.samples=0", "method.isl.samples"), ("method.fsl.sigma=0", "method.fsl.sigma"), ("method.fsl.window=-1", "method.fsl.window"), ("method.amr.alpha=2", "method.amr.alpha"), ("method.base=deeplab", "method.base")] {
+            let err = load_str("", &[set]).unwrap_err().to_string();
+            assert!(err.contains(key), "{set}: {err}");
+        }
+    }
 }

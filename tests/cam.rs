@@ -185,3 +185,37 @@ fn voc_mini_runs_end_to_end() {
     assert_eq!(eval["images"].as_u64(), Some(val_images as u64));
     assert_eq!(eval["missing"].as_array().unwrap().len(), 0);
 }
+
+/// AMR with ISL and FSL: the spotlight branch starts from a trained baseline run and stays
+/// frozen, so the AMR checkpoint's CAMs at α = 1 are the baseline's CAMs byte for byte; at the
+/// default α = 0.5 the compensation branch changes them, and `eval cam` scores them.
+#[test]
+fn amr_with_hfpl_trains_on_a_frozen_baseline_and_recalibrates() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = write_config(tmp.path(), &format!("{TINY}[cam]\nsplit = \"val\"\nscales = [1.0, 0.5]\n"));
+    wsss_ok(tmp.path(), &["run", "--config", &config, "--set", "run.name=base"]);
+    let amr = ["--set", "run.name=amr", "--set", "method.base=amr", "--set", "method.amr.spotlight_init=runs/base", "--set", "method.isl.enabled=true", "--set", "method.fsl.enabled=true"];
+    let err = wsss_fails(tmp.path(), &[&["train", "cam", "--config", &config][..], &amr[..4]].concat(), 2);
+    assert!(err.contains("method.amr.freeze_spotlight") && err.contains("spotlight_init"), "{err}");
+    wsss_ok(tmp.path(), &[&["train", "cam", "--config", &config][..], &amr[..]].concat());
+    let summary = json(&tmp.path().join("runs/amr/summary.json"));
+    assert_eq!(summary["steps"], 12);
+
+    let shards = |dir: &str| -> Vec<Vec<u8>> {
+        let mut files: Vec<_> = std::fs::read_dir(tmp.path().join(dir)).unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|e| e == "parquet")).collect();
+        files.sort();
+        files.iter().map(|f| std::fs::read(f).unwrap()).collect()
+    };
+    let cam_at = |alpha: &str, out: &str| {
+        wsss_ok(tmp.path(), &[&["cam", "--config", &config][..], &amr[..], &["--set", &format!("method.amr.alpha={alpha}"), "--set", &format!("cam.out={out}")][..]].concat());
+    };
+    cam_at("1.0", "cams_spotlight");
+    assert!(shards("cams_spotlight") == shards("runs/base/cams/val"), "α = 1 gives the frozen spotlight's (the baseline's) CAMs");
+    cam_at("0.5", "cams_recalibrated");
+    assert!(shards("cams_recalibrated") != shards("runs/base/cams/val"));
+    let manifest = json(&tmp.path().join("cams_recalibrated/manifest.json"));
+    assert!(manifest["source"].as_str().unwrap().contains("AMR, recalibrated with alpha 0.5"), "{manifest}");
+    wsss_ok(tmp.path(), &[&["eval", "cam", "--config", &config][..], &amr[..], &["--set", "cam.out=cams_recalibrated"][..]].concat());
+    let report = &json(&tmp.path().join("runs/amr/eval/cam.json"))["report"];
+    assert!(report["best"]["miou"].as_f64().unwrap() > 0.0);
+}
