@@ -81,3 +81,17 @@ for ranks in 1 2; do
   printf '%s rank(s) wsss-dist %6.1f img/s  pytorch %6.1f img/s  ratio %.2fx   (runs: wsss-dist %s | pytorch %s)\n' \
     "$ranks" "$o" "$t" "$(awk -v a="$o" -v b="$t" 'BEGIN {print a / b}')" "${ours[*]}" "${theirs[*]}"
 done
+
+echo "== method variants: training step time relative to the CAM baseline (ResNet-18, batch 16, 128 px, 2 threads; AMR with its spotlight frozen as the reference trains it); median of 5 steps after 2 warm-up, variants alternated in each repeat"
+variants=("" "--isl" "--fsl" "--isl --fsl" "--base amr" "--base amr --isl --fsl")
+declare -A times
+for _ in $(seq "$repeats"); do
+  for v in "${variants[@]}"; do
+    times[$v]+="$("$step" --depth resnet18 --batch 16 --size 128 --steps 5 --threads 2 $v | field median_step_s) "
+  done
+done
+base=$(printf '%s\n' ${times[""]} | median)
+for v in "${variants[@]}"; do
+  m=$(printf '%s\n' ${times[$v]} | median)
+  printf '%-22s %.3f s/step  vs baseline %.2fx   (runs: %s)\n' "cam ${v:-(baseline)}" "$m" "$(awk -v a="$m" -v b="$base" 'BEGIN {print a / b}')" "${times[$v]}"
+done
