@@ -68,6 +68,7 @@ impl Model {
         };
         let mut trainable: Vec<(String, Tensor)> = self.vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect();
         trainable.sort_by(|a, b| a.0.cmp(&b.0));
+        let head = format!("{}.", cam::CLASSIFIER);
         let mut groups = Vec::new();
         for &branch in branches {
             let prefix = if branch.is_empty() { String::new() } else { format!("{branch}.") };
@@ -75,7 +76,7 @@ impl Model {
                 .iter()
                 .filter(|(name, _)| name.starts_with(&prefix))
                 .map(|(name, t)| (name.clone(), t.shallow_clone()))
-                .partition(|(name, _)| name[prefix.len()..].starts_with(&format!("{}.", cam::CLASSIFIER)));
+                .partition(|(name, _)| name[prefix.len()..].starts_with(&head));
             for (part, lr_mult, params) in [("backbone", backbone_lr_mult(branch), backbone), ("head", head_lr_mult, head)] {
                 if !params.is_empty() {
                     groups.push(ParamGroup { name: format!("{prefix}{part}"), lr_mult, params });
