@@ -28,8 +28,15 @@ pub enum Command {
         #[command(subcommand)]
         command: TrainCommand,
     },
-    /// CAM inference over a split: writes a CAM dataset.
-    Cam(ConfigArgs),
+    /// CAM inference over a split (map phase): writes a CAM dataset.
+    Cam(MapArgs),
+    /// Refinement of the CAMs into pseudo-labels (map phase): writes a pseudo-label dataset.
+    PseudoLabel(MapArgs),
+    /// Export a dataset's masks for other frameworks.
+    Export {
+        #[command(subcommand)]
+        command: ExportCommand,
+    },
     /// Evaluate against the ground-truth masks (mIoU, per-class IoU; JSON + Markdown).
     Eval {
         #[command(subcommand)]
@@ -144,6 +151,31 @@ pub enum TrainCommand {
 pub enum EvalCommand {
     /// The CAM dataset of cam.split: τ sweep, best τ, per-class IoU, image-label baseline.
     Cam(ConfigArgs),
+    /// The pseudo-labels of cam.split: mIoU (255 ignored), per-class IoU, share of pixels labelled.
+    Pseudo(ConfigArgs),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ExportCommand {
+    /// Palette PNGs (VOC colours, 255 white) named <id>.png, as SegmentationClass folders hold them.
+    Png {
+        /// A pseudo-label dataset, or an image dataset (its ground-truth masks).
+        #[arg(long)]
+        labels: PathBuf,
+        /// Output folder (created; existing files of the same names are replaced).
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+/// A map-phase stage's arguments.
+#[derive(Args, Debug, Clone)]
+pub struct MapArgs {
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// Redo every task, also those an earlier run finished.
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Subcommand, Debug)]

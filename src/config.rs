@@ -15,6 +15,8 @@ use crate::data::sampler::Uneven;
 use crate::dist::Backend;
 use crate::model::resnet::{Depth, Strides};
 use crate::model::Base;
+use crate::refine::crf::CrfParams;
+use crate::refine::pseudo::{PseudoMethod, PseudoParams};
 
 /// A configuration error: names the file or the key at fault.
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +46,7 @@ pub struct Config {
     pub eval: EvalConfig,
     pub dist: DistConfig,
     pub method: MethodConfig,
+    pub pseudo_label: PseudoLabelConfig,
 }
 
 /// `[run]`: where a run writes and the seed every random choice derives from.
@@ -295,6 +298,80 @@ pub struct CamConfig {
 impl Default for CamConfig {
     fn default() -> Self {
         CamConfig { split: Split::Train, scales: vec![1.0, 0.5, 1.5, 2.0], flip: true, checkpoint: PathBuf::new(), out: PathBuf::new() }
+    }
+}
+
+/// `[pseudo_label]`: refinement of the CAMs of `cam.split` into pseudo-labels (METHODS.md §1, §4).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct PseudoLabelConfig {
+    /// "threshold", "crf" or "irn_seeds".
+    pub method: PseudoMethod,
+    /// τ of `threshold`.
+    pub tau: f32,
+    /// α of `crf`: background probability (1 − max_c A_c)^α.
+    pub bg_power: f32,
+    /// `irn_seeds`: the foreground and background thresholds and the label unary's certainty.
+    pub fg_threshold: f32,
+    pub bg_threshold: f32,
+    pub gt_prob: f32,
+    /// Refinement threads per rank; 0 = one per core.
+    pub threads: usize,
+    /// Output pseudo-label dataset; "" is `<run dir>/pseudo_labels/<split>`.
+    pub out: PathBuf,
+    /// The dense CRF (IRNet's settings by default; SEAM/HFPL use appearance_sxy 80, appearance_srgb 13).
+    pub crf: CrfParams,
+}
+
+impl Default for PseudoLabelConfig {
+    fn default() -> Self {
+        PseudoLabelConfig {
+            method: PseudoMethod::IrnSeeds,
+            tau: 0.15,
+            bg_power: 8.0,
+            fg_threshold: 0.30,
+            bg_threshold: 0.05,
+            gt_prob: 0.7,
+            threads: 0,
+            out: PathBuf::new(),
+            crf: CrfParams::default(),
+        }
+    }
+}
+
+impl PseudoLabelConfig {
+    /// The library's parameters.
+    pub fn params(&self) -> PseudoParams {
+        PseudoParams {
+            method: self.method,
+            tau: self.tau,
+            bg_power: self.bg_power,
+            fg_threshold: self.fg_threshold,
+            bg_threshold: self.bg_threshold,
+            gt_prob: self.gt_prob,
+            crf: self.crf,
+        }
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        for (key, value) in [("tau", self.tau), ("fg_threshold", self.fg_threshold), ("bg_threshold", self.bg_threshold)] {
+            if !(0.0..=1.0).contains(&value) {
+                return invalid(&format!("pseudo_label.{key}"), "must lie in [0, 1]");
+            }
+        }
+        if !(self.gt_prob > 0.0 && self.gt_prob < 1.0) {
+            return invalid("pseudo_label.gt_prob", "must lie in (0, 1)");
+        }
+        if !(self.bg_power > 0.0 && self.bg_power.is_finite()) {
+            return invalid("pseudo_label.bg_power", "must be a positive number");
+        }
+        if self.crf.iterations == 0 {
+            return invalid("pseudo_label.crf.iterations", "must be at least 1");
+        }
+        self.crf.check().map_err(|message| {
+            let key = message.split_whitespace().next().unwrap_or_default();
+            ConfigError::Invalid { key: format!("pseudo_label.crf.{key}"), message }
+        })
     }
 }
 
@@ -558,6 +635,7 @@ impl Config {
         self.cam.validate()?;
         self.eval.validate()?;
         self.method.validate()?;
+        self.pseudo_label.validate()?;
         if self.model.strides.iter().any(|s| !(1..=2).contains(s)) {
             return Err(ConfigError::Invalid { key: "model.strides".into(), message: "every stride must be 1 or 2".into() });
         }
@@ -586,11 +664,24 @@ impl Config {
     /// Where the CAM stage writes (and the evaluation reads) the CAM dataset.
     pub fn cam_dir(&self) -> PathBuf {
         if self.cam.out.as_os_str().is_empty() {
-            let split = if self.cam.split == Split::Train { "train" } else { "val" };
-            self.run_dir().join("cams").join(split)
+            self.run_dir().join("cams").join(self.split_name())
         } else {
             self.cam.out.clone()
         }
+    }
+
+    /// Where `pseudo-label` writes (and `eval pseudo` reads) the pseudo-label dataset.
+    pub fn pseudo_dir(&self) -> PathBuf {
+        if self.pseudo_label.out.as_os_str().is_empty() {
+            self.run_dir().join("pseudo_labels").join(self.split_name())
+        } else {
+            self.pseudo_label.out.clone()
+        }
+    }
+
+    /// "train" or "val": the name of `cam.split`.
+    pub fn split_name(&self) -> &'static str {
+        if self.cam.split == Split::Train { "train" } else { "val" }
     }
 
     /// The resolved config as TOML text (what `config show` prints and runs store).

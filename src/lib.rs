@@ -12,4 +12,5 @@ pub mod loss;
 pub mod metrics;
 pub mod model;
 pub mod optim;
+pub mod refine;
 pub mod stages;

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
-use wsss_dist::cli::{Cli, Command, ConfigArgs, ConfigCommand, DataCommand, EvalCommand, TrainCommand};
+use wsss_dist::cli::{Cli, Command, ConfigArgs, ConfigCommand, DataCommand, EvalCommand, ExportCommand, TrainCommand};
 use wsss_dist::config::Config;
 use wsss_dist::dist::World;
 use wsss_dist::stages::{self, Summary};
@@ -62,8 +62,11 @@ fn dispatch(command: &Command, world: &World) -> anyhow::Result<Summary> {
             Ok(Summary::ok(serde_json::Value::Null))
         }
         Command::Train { command: TrainCommand::Cam { config, resume } } => stages::train_cam::run(&load(config)?, world, *resume),
-        Command::Cam(args) => stages::cam::run(&load(args)?, world),
+        Command::Cam(args) => stages::cam::run(&load(&args.config)?, world, args.force),
+        Command::PseudoLabel(args) => stages::pseudo_label::run(&load(&args.config)?, world, args.force),
+        Command::Export { command: ExportCommand::Png { labels, out } } => stages::export::run_png(labels, out),
         Command::Eval { command: EvalCommand::Cam(args) } => stages::eval::run_cam(&load(args)?, world),
+        Command::Eval { command: EvalCommand::Pseudo(args) } => stages::eval::run_pseudo(&load(args)?, world),
         Command::Run(args) => stages::run::run(&load(args)?, world),
         Command::Info => stages::info::run(),
     }

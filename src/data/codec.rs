@@ -66,9 +66,16 @@ pub fn decode_mask(bytes: &[u8]) -> Result<(u32, u32, Vec<u8>), String> {
 /// well, and the slower levels spend most of their time initialising a large deflate state
 /// per image (measured: a fifth of synthetic import time).
 fn encode_png(width: u32, height: u32, color: png::ColorType, data: &[u8]) -> Vec<u8> {
+    encode_png_with(width, height, color, data, None)
+}
+
+fn encode_png_with(width: u32, height: u32, color: png::ColorType, data: &[u8], palette: Option<Vec<u8>>) -> Vec<u8> {
     let mut out = Vec::new();
     let mut encoder = png::Encoder::new(&mut out, width, height);
     encoder.set_color(color);
+    if let Some(palette) = palette {
+        encoder.set_palette(palette);
+    }
     encoder.set_depth(png::BitDepth::Eight);
     encoder.set_compression(png::Compression::Fast);
     let mut writer = encoder.write_header().expect("writing to a Vec cannot fail");
@@ -81,6 +88,14 @@ fn encode_png(width: u32, height: u32, color: png::ColorType, data: &[u8]) -> Ve
 pub fn encode_mask(width: u32, height: u32, ids: &[u8]) -> Vec<u8> {
     assert_eq!(ids.len(), (width * height) as usize, "mask buffer size");
     encode_png(width, height, png::ColorType::Grayscale, ids)
+}
+
+/// Encodes class ids as a palette PNG with the VOC colours (index 255 is the devkit's
+/// (224, 224, 192)): what VOC's `SegmentationClass/` files are, readable as ids by any tool.
+pub fn encode_voc_palette_png(width: u32, height: u32, ids: &[u8]) -> Vec<u8> {
+    assert_eq!(ids.len(), (width * height) as usize, "mask buffer size");
+    let palette: Vec<u8> = (0..=255u8).flat_map(super::voc::voc_color).collect();
+    encode_png_with(width, height, png::ColorType::Indexed, ids, Some(palette))
 }
 
 /// Encodes an RGB image as PNG (synthetic images: lossless, so colour edges stay exact).

@@ -20,7 +20,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 pub use dataset::Dataset;
-pub use schema::{CamRow, DatasetKind, ImageRow, Manifest, ShardInfo, ShardRow};
+pub use schema::{CamRow, DatasetKind, ImageRow, Manifest, PseudoRow, ShardInfo, ShardRow};
 
 /// Everything that can go wrong reading or writing a dataset.
 #[derive(Debug, thiserror::Error)]

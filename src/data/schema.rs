@@ -139,10 +139,15 @@ pub trait ShardRow: Sized + Clone + Send + Sync + 'static {
     fn to_batch(rows: &[Self]) -> Result<RecordBatch, DataError>;
     /// Reads the rows of a record batch, checking its columns; `file` names the shard in errors.
     fn from_batch(batch: &RecordBatch, file: &Path) -> Result<Vec<Self>, DataError>;
+    /// The image id of the row (map-phase outputs are sorted by it).
+    fn id(&self) -> &str;
 }
 
 impl ShardRow for ImageRow {
     const KIND: DatasetKind = DatasetKind::Images;
+    fn id(&self) -> &str {
+        &self.id
+    }
     fn schema() -> SchemaRef {
         image_schema()
     }
@@ -255,6 +260,9 @@ pub fn cam_schema() -> SchemaRef {
 
 impl ShardRow for CamRow {
     const KIND: DatasetKind = DatasetKind::Cams;
+    fn id(&self) -> &str {
+        &self.id
+    }
     fn schema() -> SchemaRef {
         cam_schema()
     }
@@ -301,6 +309,62 @@ impl ShardRow for CamRow {
                 height: height.value(i),
                 width: width.value(i),
             })
+            .collect())
+    }
+}
+
+/// The column names of a pseudo-label row.
+pub mod pseudo_col {
+    pub const ID: &str = "id";
+    pub const MASK: &str = "mask";
+    pub const METHOD: &str = "method";
+}
+
+/// The pseudo-label of one image (DESIGN.md "Formats").
+#[derive(Debug, Clone, PartialEq)]
+pub struct PseudoRow {
+    pub id: String,
+    /// 8-bit grayscale PNG at the image size: 0 background, 1..=C classes, 255 uncertain.
+    pub mask: Vec<u8>,
+    /// The method that made it (`threshold`, `crf`, `irn_seeds`).
+    pub method: String,
+}
+
+/// The Arrow schema of a pseudo-label dataset shard.
+pub fn pseudo_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new(pseudo_col::ID, DataType::Utf8, false),
+        Field::new(pseudo_col::MASK, DataType::Binary, false),
+        Field::new(pseudo_col::METHOD, DataType::Utf8, false),
+    ]))
+}
+
+impl ShardRow for PseudoRow {
+    const KIND: DatasetKind = DatasetKind::PseudoLabels;
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn schema() -> SchemaRef {
+        pseudo_schema()
+    }
+
+    const BLOB_COLUMNS: &'static [&'static str] = &[pseudo_col::MASK];
+
+    fn to_batch(rows: &[PseudoRow]) -> Result<RecordBatch, DataError> {
+        let ids: StringArray = rows.iter().map(|r| Some(r.id.as_str())).collect();
+        let methods: StringArray = rows.iter().map(|r| Some(r.method.as_str())).collect();
+        let mut masks = BinaryBuilder::with_capacity(rows.len(), rows.iter().map(|r| r.mask.len()).sum());
+        rows.iter().for_each(|r| masks.append_value(&r.mask));
+        let columns: Vec<ArrayRef> = vec![Arc::new(ids), Arc::new(masks.finish()), Arc::new(methods)];
+        Ok(RecordBatch::try_new(pseudo_schema(), columns)?)
+    }
+
+    fn from_batch(batch: &RecordBatch, file: &Path) -> Result<Vec<PseudoRow>, DataError> {
+        let id: &StringArray = column(batch, pseudo_col::ID, file)?;
+        let mask: &BinaryArray = column(batch, pseudo_col::MASK, file)?;
+        let method: &StringArray = column(batch, pseudo_col::METHOD, file)?;
+        Ok((0..batch.num_rows())
+            .map(|i| PseudoRow { id: id.value(i).to_string(), mask: mask.value(i).to_vec(), method: method.value(i).to_string() })
             .collect())
     }
 }
@@ -365,6 +429,8 @@ mod tests {
         assert!(cams.iter().all(|c| c.check(&c.id).is_ok()));
         let batch = CamRow::to_batch(&cams).unwrap();
         assert_eq!(CamRow::from_batch(&batch, Path::new("x")).unwrap(), cams);
+        let labels = vec![PseudoRow { id: "a".into(), mask: vec![137, 80], method: "irn_seeds".into() }];
+        assert_eq!(PseudoRow::from_batch(&PseudoRow::to_batch(&labels).unwrap(), Path::new("x")).unwrap(), labels);
         let short = CamRow { cam: vec![0; 6], ..cams[0].clone() };
         let err = short.check("part-00000.parquet row 0 id a").unwrap_err().to_string();
         assert!(err.contains("id a") && err.contains("expected 8 bytes (f16 [2, 1, 2])"), "{err}");

@@ -5,6 +5,7 @@
 pub mod comm;
 pub mod ddp;
 pub mod device;
+pub mod map;
 pub mod world;
 
 pub use comm::{connect, Backend, CommError, Communicator};

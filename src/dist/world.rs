@@ -34,7 +34,11 @@ impl World {
         if !LAUNCHER_VARS.iter().any(|v| std::env::var_os(v).is_some()) {
             return Ok(World::single());
         }
-        let universe = mpi::initialize().ok_or("MPI was already initialised in this process")?;
+        // Serialized: the map phase's coordinator thread talks MPI while the main thread computes.
+        let (universe, threading) = mpi::initialize_with_threading(mpi::Threading::Serialized).ok_or("MPI was already initialised in this process")?;
+        if threading < mpi::Threading::Serialized {
+            return Err(format!("the MPI library offers thread level {threading:?}; wsss-dist needs Serialized"));
+        }
         let comm = universe.world();
         let local_rank = comm.split_shared(comm.rank()).rank() as usize;
         Ok(World { rank: comm.rank() as usize, size: comm.size() as usize, local_rank, mpi: Some(MpiWorld { _universe: universe, comm }) })

@@ -1,6 +1,29 @@
 //! Markdown tables of evaluation reports, for people (JSON is for programs).
 
+use serde::Serialize;
+
 use super::cam_eval::CamReport;
+
+/// What `eval pseudo` reports: scores over the labelled pixels, and how many are labelled.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct PseudoReport {
+    pub classes: Vec<String>,
+    pub miou: f64,
+    pub iou: Vec<Option<f64>>,
+    pub pixel_accuracy: f64,
+    /// Share of all pixels that are not 255 (uncertain).
+    pub labelled: f64,
+}
+
+/// Per-class IoU (in %) of pseudo-labels, their mIoU and the share of pixels labelled.
+pub fn pseudo_markdown(report: &PseudoReport) -> String {
+    let mut text = "| class | IoU |\n|---|---:|\n".to_string();
+    for (c, name) in report.classes.iter().enumerate() {
+        text += &format!("| {name} | {} |\n", percent(report.iou[c]));
+    }
+    text += &format!("| **mIoU** | **{}** |\n\npixels labelled (not 255): {:.1}%\n", percent(Some(report.miou)), 100.0 * report.labelled);
+    text
+}
 
 fn percent(iou: Option<f64>) -> String {
     iou.map_or_else(|| "–".to_string(), |v| format!("{:.1}", 100.0 * v))
@@ -50,5 +73,12 @@ mod tests {
         assert!(text.contains("| cat | – | – | – |"), "{text}");
         assert!(text.contains("| **mIoU** | **50.0** | **25.0** | **12.5** |"), "{text}");
         assert!(text.contains("| mIoU | 25.0 | 50.0 |"), "{text}");
+    }
+
+    #[test]
+    fn pseudo_report_lists_classes_and_coverage() {
+        let report = PseudoReport { classes: vec!["background".into(), "cat".into()], miou: 0.625, iou: vec![Some(0.75), Some(0.5)], pixel_accuracy: 0.9, labelled: 0.8 };
+        let text = pseudo_markdown(&report);
+        assert!(text.contains("| cat | 50.0 |") && text.contains("**62.5**") && text.contains("80.0%"), "{text}");
     }
 }

@@ -4,98 +4,86 @@
 //! (`cam.out`, default `<run dir>/cams/<split>`): f16 maps at stride 4 for the classes of each
 //! image's labels, plus the classifier's logits of those classes.
 //!
-//! The unit of work is one input shard → one output shard of the same number; under `mpirun`
-//! rank r takes every size-th shard. The dataset is built in a hidden staging directory and
-//! renamed into place with its manifest by rank 0 once every rank's shards are written. An image that
-//! does not decode is skipped with a warning and counted; its row is absent from the output.
+//! A map phase (`stages::map_phase`): task t = input shard t → output shard t (rows sorted by
+//! id), scheduled dynamically over the ranks, resumable task by task; the same bytes for any
+//! number of ranks. An image that does not decode is skipped with a warning and counted; its
+//! row is absent from the output.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::Context;
 use serde_json::json;
 use tch::{Device, Kind, Tensor};
-use tracing::{info, warn};
+use tracing::warn;
 
-use super::{progress_bar, Summary};
+use super::map_phase::{execute, MapJob, TaskOutput};
+use super::pseudo_label::fingerprint;
+use super::Summary;
 use crate::checkpoint::model_in;
 use crate::config::Config;
 use crate::data::codec::decode_row_image;
-use crate::data::importer::{replace_dir, staging_dir};
-use crate::data::schema::{ShardInfo, CAM_STRIDE, FORMAT_VERSION};
-use crate::data::shard::{shard_file_name, write_shard, ShardLayout};
-use crate::data::{CamRow, Dataset, DatasetKind, ImageRow, Manifest};
-use crate::dist::comm::all_gather_text;
-use crate::dist::{self, Backend, World};
+use crate::data::schema::CAM_STRIDE;
+use crate::data::shard::file_sha256;
+use crate::data::{CamRow, Dataset, DatasetKind, ImageRow};
+use crate::dist::World;
 use crate::model::{weights, Base, Model};
 
-pub fn run(config: &Config, world: &World) -> anyhow::Result<Summary> {
+pub fn run(config: &Config, world: &World, force: bool) -> anyhow::Result<Summary> {
     let device = super::compute_device(config, world)?;
     let input_dir = config.dataset(config.cam.split);
     let input: Dataset = Dataset::open(input_dir).with_context(|| format!("the images of cam.split ({})", input_dir.display()))?;
     let checkpoint = checkpoint_path(config)?;
     let model = Model::new(config.method.base, config.model.depth, config.model.strides, input.manifest().num_classes() as i64, device);
     weights::restore(&model.vs, &checkpoint).context("loading the CAM model (do [model], method.base and the dataset's classes match the training run?)")?;
-    let out = config.cam_dir();
-    // Coordination only (paths, shard records): CPU tensors whatever the compute device.
-    let comm = dist::connect(world, Backend::Mpi, Device::Cpu)?;
-    info!("CAMs of {} ({} images) with {} on {} rank(s) → {}", input_dir.display(), input.len(), checkpoint.display(), world.size, out.display());
-    let started = Instant::now();
-    let staging = if world.is_root() { staging_dir(&out)?.display().to_string() } else { String::new() };
-    let staging = PathBuf::from(&all_gather_text(comm.as_ref(), &staging, Device::Cpu)?[0]);
     let normalise = Normalise::new(config.loader.mean, config.loader.std, device);
-    // Rank r writes every size-th shard (the dynamic map phase of issue 6 will balance this).
-    let my_shards: Vec<usize> = (0..input.num_shards()).filter(|s| s % world.size == world.rank).collect();
-    let bar = progress_bar(world, my_shards.iter().map(|&s| input.manifest().shards[s].rows).sum(), "cam");
-    let mut written = Vec::new();
-    let mut skipped = Vec::new();
-    for shard in my_shards {
+    // What shapes the CAMs: the weights, the network, the scales, the normalisation.
+    let settings = serde_json::to_string(&json!({
+        "checkpoint": file_sha256(&checkpoint)?,
+        "model": config.model, "base": config.method.base, "alpha": config.method.amr.alpha,
+        "scales": config.cam.scales, "flip": config.cam.flip, "mean": config.loader.mean, "std": config.loader.std,
+    }))?;
+    let job = MapJob {
+        what: "cam",
+        out: config.cam_dir(),
+        fingerprint: fingerprint(&[input.manifest()], &settings),
+        task_images: input.manifest().shards.iter().map(|s| s.rows).collect(),
+        kind: DatasetKind::Cams,
+        split: input.manifest().split.clone(),
+        classes: input.manifest().classes.clone(),
+        source: format!("wsss-dist cam of {} with {} ({}, scales {:?}, flip {})", input_dir.display(), checkpoint.display(), method_summary(config), config.cam.scales, config.cam.flip),
+    };
+    let details = execute(world, &job, force, |shard, bar| {
         let reader = input.shard(shard)?;
+        let file = &input.manifest().shards[shard].file;
         let mut rows = Vec::with_capacity(reader.num_rows());
+        let mut skipped = Vec::new();
+        let (mut read_seconds, mut inference_seconds) = (0.0, 0.0);
         for group in 0..reader.num_row_groups() {
-            for (i, image) in reader.read_row_group(group)?.into_iter().enumerate() {
+            let read = Instant::now();
+            let images = reader.read_row_group(group)?;
+            read_seconds += read.elapsed().as_secs_f64();
+            let inference = Instant::now();
+            for (i, image) in images.into_iter().enumerate() {
                 match cam_row(&model, &image, &normalise, config) {
                     Ok(row) => rows.push(row),
                     Err(reason) => {
-                        let what = format!("{} row group {group} item {i} id {}: {reason}", input.manifest().shards[shard].file, image.id);
+                        let what = format!("{file} row group {group} item {i} id {}: {reason}", image.id);
                         warn!("skipped {what}");
                         skipped.push(what);
                     }
                 }
-                bar.inc(1);
+                if world.is_root() {
+                    bar.inc(1);
+                }
             }
+            inference_seconds += inference.elapsed().as_secs_f64();
         }
-        written.push((shard, write_shard(&staging.join(shard_file_name(shard)), &rows, ShardLayout::default())?));
-    }
-    bar.finish_and_clear();
-    let mine = serde_json::to_string(&(written, skipped))?;
-    let mut shards = Vec::new();
-    let mut skipped: Vec<String> = Vec::new();
-    for text in all_gather_text(comm.as_ref(), &mine, Device::Cpu)? {
-        let (written, rank_skipped): (Vec<(usize, ShardInfo)>, Vec<String>) = serde_json::from_str(&text).context("reading another rank's shard records")?;
-        shards.extend(written);
-        skipped.extend(rank_skipped);
-    }
-    if !world.is_root() {
-        return Ok(Summary::ok(json!({ "rank": world.rank, "written_by": "rank 0" })));
-    }
-    shards.sort_by_key(|(index, _)| *index);
-    let shards: Vec<ShardInfo> = shards.into_iter().map(|(_, info)| info).collect();
-    let rows = shards.iter().map(|s| s.rows).sum();
-    let manifest = Manifest {
-        format_version: FORMAT_VERSION,
-        kind: DatasetKind::Cams,
-        split: input.manifest().split.clone(),
-        classes: input.manifest().classes.clone(),
-        rows,
-        shards,
-        source: format!("wsss-dist cam of {} with {} ({}, scales {:?}, flip {})", input_dir.display(), checkpoint.display(), method_summary(config), config.cam.scales, config.cam.flip),
-    };
-    manifest.write(&staging)?;
-    replace_dir(&staging, &out)?;
-    let seconds = started.elapsed().as_secs_f64();
-    info!("wrote {rows} CAM rows to {} in {seconds:.1} s ({:.1} images/s); skipped {}", out.display(), rows as f64 / seconds.max(1e-9), skipped.len());
-    Ok(Summary::ok(json!({ "out": out, "rows": rows, "skipped": skipped.len(), "skipped_items": skipped, "seconds": seconds, "checkpoint": checkpoint })))
+        let seconds = BTreeMap::from([("read".to_string(), read_seconds), ("inference".to_string(), inference_seconds)]);
+        Ok(TaskOutput { rows, skipped, seconds })
+    })?;
+    Ok(Summary::ok(json!({ "checkpoint": checkpoint, "map": details })))
 }
 
 /// `cam.checkpoint`, or the model of the run's newest checkpoint.

@@ -17,11 +17,13 @@ use tracing::{info, warn};
 use super::{progress_bar, Summary};
 use crate::config::Config;
 use crate::data::codec::decode_mask;
-use crate::data::{CamRow, Dataset};
+use crate::data::{CamRow, Dataset, PseudoRow};
 use crate::dist::comm::all_gather_text;
 use crate::dist::{self, Backend, Communicator, World};
-use crate::metrics::report::cam_markdown;
+use crate::metrics::confusion::ConfusionMatrix;
+use crate::metrics::report::{cam_markdown, pseudo_markdown, PseudoReport};
 use crate::metrics::CamSweep;
+use crate::refine::pseudo::UNCERTAIN;
 
 pub fn run_cam(config: &Config, world: &World) -> anyhow::Result<Summary> {
     let comm = dist::connect(world, Backend::Mpi, Device::Cpu)?;
@@ -91,19 +93,96 @@ pub fn run_cam(config: &Config, world: &World) -> anyhow::Result<Summary> {
 
 /// Sums the sweep's confusion matrices over the ranks (exact: integer counts).
 fn sum_matrices(comm: &dyn Communicator, sweep: &mut CamSweep) -> anyhow::Result<()> {
+    let mut counts: Vec<u64> = sweep.matrices_mut().flat_map(|m| m.counts_mut().to_vec()).collect();
+    sum_over_ranks(comm, &mut counts)?;
+    let mut summed = counts.into_iter();
+    for matrix in sweep.matrices_mut() {
+        matrix.counts_mut().iter_mut().zip(&mut summed).for_each(|(count, total)| *count = total);
+    }
+    Ok(())
+}
+
+/// Sums integer counts over the ranks, in place.
+fn sum_over_ranks(comm: &dyn Communicator, counts: &mut [u64]) -> anyhow::Result<()> {
     if comm.size() == 1 {
         return Ok(());
     }
-    let counts: Vec<i64> = sweep.matrices_mut().flat_map(|m| m.counts_mut().iter().map(|&c| c as i64).collect::<Vec<_>>()).collect();
-    let mut tensor = Tensor::from_slice(&counts);
+    let values: Vec<i64> = counts.iter().map(|&c| c as i64).collect();
+    let mut tensor = Tensor::from_slice(&values);
     comm.all_reduce_sum(&mut tensor)?;
-    let mut summed = Vec::<i64>::try_from(&tensor).expect("an i64 tensor converts").into_iter();
-    for matrix in sweep.matrices_mut() {
-        for (count, total) in matrix.counts_mut().iter_mut().zip(&mut summed) {
-            *count = total as u64;
+    let summed = Vec::<i64>::try_from(&tensor).expect("an i64 tensor converts");
+    counts.iter_mut().zip(summed).for_each(|(c, s)| *c = s as u64);
+    Ok(())
+}
+
+/// `wsss-dist eval pseudo --config F`: the pseudo-labels of `cam.split` against the ground
+/// truth: one confusion matrix over the split of the pixels the pseudo-labels label (not 255)
+/// where the ground truth is not 255; per-class IoU, mIoU, and the share of pixels labelled.
+/// Written to `<run dir>/eval/pseudo.{json,md}` and printed.
+pub fn run_pseudo(config: &Config, world: &World) -> anyhow::Result<Summary> {
+    let comm = dist::connect(world, Backend::Mpi, Device::Cpu)?;
+    let gt_dir = config.dataset(config.cam.split);
+    let gt: Dataset = Dataset::open(gt_dir).with_context(|| format!("the ground truth of cam.split ({})", gt_dir.display()))?;
+    let pseudo_dir = config.pseudo_dir();
+    let pseudo: Dataset<PseudoRow> = Dataset::open_as(&pseudo_dir).with_context(|| format!("the pseudo-labels ({}; run `wsss-dist pseudo-label` first)", pseudo_dir.display()))?;
+    ensure!(pseudo.manifest().classes == gt.manifest().classes, "{} and {} have different class lists", pseudo_dir.display(), gt_dir.display());
+    ensure!(pseudo.num_shards() == gt.num_shards(), "{} has {} shards but {} has {}", pseudo_dir.display(), pseudo.num_shards(), gt_dir.display(), gt.num_shards());
+    let mut matrix = ConfusionMatrix::new(gt.manifest().classes.len());
+    // [labelled pixels, all pixels]
+    let mut coverage = [0u64; 2];
+    let mut missing = Vec::new();
+    let my_shards: Vec<usize> = (0..gt.num_shards()).filter(|s| s % world.size == world.rank).collect();
+    let bar = progress_bar(world, my_shards.iter().map(|&s| gt.manifest().shards[s].rows).sum(), "eval pseudo");
+    for shard in my_shards {
+        let mut by_id: HashMap<String, PseudoRow> = pseudo.shard(shard)?.read_all()?.into_iter().map(|r| (r.id.clone(), r)).collect();
+        let reader = gt.shard(shard)?;
+        for group in 0..reader.num_row_groups() {
+            for image in reader.read_row_group(group)? {
+                let what = format!("{} id {}", gt.manifest().shards[shard].file, image.id);
+                let Some(mask) = &image.mask else {
+                    bail!("{what}: no ground-truth mask, so the split cannot be evaluated");
+                };
+                let (w, h, gt_pixels) = decode_mask(mask).map_err(|e| anyhow::anyhow!("{what}: {e}"))?;
+                match by_id.remove(&image.id) {
+                    Some(row) => {
+                        let (pw, ph, labels) = decode_mask(&row.mask).map_err(|e| anyhow::anyhow!("{}: pseudo-label of {}: {e}", pseudo_dir.display(), image.id))?;
+                        ensure!((pw, ph) == (w, h), "{what}: the pseudo-label is {pw}x{ph}, the mask is {w}x{h}");
+                        let (g, p): (Vec<u8>, Vec<u8>) = gt_pixels.iter().zip(&labels).filter(|(_, &p)| p != UNCERTAIN).map(|(&g, &p)| (g, p)).unzip();
+                        matrix.add(&g, &p).with_context(|| what.clone())?;
+                        coverage[0] += p.len() as u64;
+                        coverage[1] += labels.len() as u64;
+                    }
+                    None => missing.push(image.id.clone()),
+                }
+                bar.inc(1);
+            }
+        }
+        if let Some(extra) = by_id.keys().next() {
+            bail!("{}: pseudo-label of image {extra}, which is not in shard {} of {}", pseudo_dir.display(), gt.manifest().shards[shard].file, gt_dir.display());
         }
     }
-    Ok(())
+    bar.finish_and_clear();
+    sum_over_ranks(comm.as_ref(), matrix.counts_mut())?;
+    sum_over_ranks(comm.as_ref(), &mut coverage)?;
+    let mut missing: Vec<String> = all_gather_text(comm.as_ref(), &missing.join("\n"), Device::Cpu)?.iter().flat_map(|t| t.lines().map(String::from).collect::<Vec<_>>()).collect();
+    missing.sort();
+    if !world.is_root() {
+        return Ok(Summary::ok(json!({ "rank": world.rank, "evaluated_shards_of": gt.num_shards() })));
+    }
+    if !missing.is_empty() {
+        warn!("{} image(s) have no pseudo-label (skipped by `pseudo-label`) and are left out: {}", missing.len(), missing.join(", "));
+    }
+    let labelled = coverage[0] as f64 / coverage[1].max(1) as f64;
+    let report = PseudoReport { classes: gt.manifest().classes.clone(), miou: matrix.miou(), iou: matrix.iou(), pixel_accuracy: matrix.pixel_accuracy(), labelled };
+    let markdown = pseudo_markdown(&report);
+    println!("Pseudo-label evaluation of {} ({} images, {} without a pseudo-label)\n\n{markdown}", pseudo_dir.display(), gt.len() - missing.len(), missing.len());
+    let out = config.run_dir().join("eval");
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    let details = json!({ "images": gt.len() - missing.len(), "missing": missing, "method": pseudo.manifest().source, "report": report });
+    crate::data::atomic_write(&out.join("pseudo.json"), serde_json::to_string_pretty(&details)?.as_bytes())?;
+    crate::data::atomic_write(&out.join("pseudo.md"), markdown.as_bytes())?;
+    info!("pseudo-labels: mIoU {:.1} on the {:.1}% of pixels labelled; written to {}", 100.0 * report.miou, 100.0 * labelled, out.display());
+    Ok(Summary::ok(details))
 }
 
 /// The stride-4 f16 maps of a row resized (bilinear) to the image size: [K, H, W] flattened.

@@ -3,9 +3,12 @@
 
 pub mod cam;
 pub mod eval;
+pub mod export;
 pub mod import;
 pub mod info;
 pub mod inspect;
+pub mod map_phase;
+pub mod pseudo_label;
 pub mod run;
 pub mod train_cam;
 pub mod verify;

@@ -1,0 +1,11 @@
+//! Refinement of CAMs into pseudo-labels (METHODS.md §1, §4): the permutohedral lattice, the
+//! dense CRF built on it, and the pseudo-label methods (threshold, CRF, IRNet's confident
+//! seeds). Library code: pure functions of their inputs, no printing.
+
+pub mod crf;
+pub mod permutohedral;
+pub mod pseudo;
+pub mod resize;
+
+pub use crf::{CrfParams, DenseCrf};
+pub use permutohedral::Lattice;

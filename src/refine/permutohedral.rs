@@ -1,0 +1,313 @@
+//! The permutohedral lattice (Adams, Baek & Davis 2010): Gaussian filtering of values attached
+//! to points of a d-dimensional feature space in time linear in the number of points. Each
+//! point is splatted onto the d+1 vertices of its enclosing simplex with barycentric weights,
+//! the lattice is blurred with a [½ 1 ½] kernel along each of its d+1 axes, and the result is
+//! sliced back with the same weights.
+//!
+//! The arithmetic follows Krähenbühl's densecrf `Permutohedral` (the code pydensecrf wraps)
+//! step for step in f32, including its scale factors and the slicing constant 1/(1+2^-d), so
+//! that a dense CRF built on it gives that implementation's label maps.
+
+/// Lattice vertex index of "no neighbour": slot 0 of the value buffers, kept at zero.
+const NONE: u32 = 0;
+
+/// A lattice built for one set of points; [`Lattice::filter`] applies it to any values.
+#[derive(Debug, Clone)]
+pub struct Lattice {
+    dim: usize,
+    points: usize,
+    vertices: usize,
+    /// Per point, its d+1 vertices (1-based: 0 is [`NONE`]).
+    offsets: Vec<u32>,
+    /// Per point, the barycentric weights of those vertices.
+    weights: Vec<f32>,
+    /// Per axis j and vertex v (1-based), the vertex's two neighbours along j.
+    neighbours: Vec<[u32; 2]>,
+}
+
+impl Lattice {
+    /// Builds the lattice of `features`: `points` rows of `dim` values (row-major), already
+    /// divided by the kernel's standard deviations. `dim` must be at least 1.
+    pub fn new(features: &[f32], dim: usize) -> Lattice {
+        assert!(dim >= 1 && features.len() % dim == 0, "features must be points × dim");
+        let points = features.len() / dim;
+        let d = dim;
+        let mut keys = KeyTable::new(d, points * (d + 1) / 2 + 16);
+        let mut offsets = Vec::with_capacity(points * (d + 1));
+        let mut weights = Vec::with_capacity(points * (d + 1));
+
+        // canonical[r][i]: the offset of coordinate i of remainder-r vertex of the simplex.
+        let canonical: Vec<Vec<i32>> = (0..=d as i32)
+            .map(|r| (0..=d as i32).map(|j| if j <= d as i32 - r { r } else { r - (d as i32 + 1) }).collect())
+            .collect();
+        // The expected standard deviation of the filter (p. 6 of the paper) and E's diagonal.
+        let inv_std_dev = (2.0f32 / 3.0).sqrt() * (d as f32 + 1.0);
+        let scale: Vec<f32> = (0..d).map(|i| (1.0 / (((i + 2) * (i + 1)) as f64).sqrt()) as f32 * inv_std_dev).collect();
+        let down = 1.0f32 / (d as f32 + 1.0);
+        let up = d as f32 + 1.0;
+
+        let mut elevated = vec![0f32; d + 1];
+        let mut rem0 = vec![0f32; d + 1];
+        let mut rank = vec![0i32; d + 1];
+        let mut barycentric = vec![0f32; d + 2];
+        let mut key = vec![0i16; d];
+        for f in features.chunks_exact(d) {
+            // Elevate onto the hyperplane: y = E·f.
+            let mut sum_scaled = 0f32;
+            for j in (1..=d).rev() {
+                let cf = f[j - 1] * scale[j - 1];
+                elevated[j] = sum_scaled - j as f32 * cf;
+                sum_scaled += cf;
+            }
+            elevated[0] = sum_scaled;
+            // The nearest 0-coloured lattice point, by rounding each coordinate.
+            let mut sum = 0i32;
+            for i in 0..=d {
+                let v = down * elevated[i];
+                let up_v = v.ceil() * up;
+                let down_v = v.floor() * up;
+                let rounded = if up_v - elevated[i] < elevated[i] - down_v { up_v } else { down_v };
+                rem0[i] = rounded;
+                sum += (rounded * down) as i32;
+            }
+            // The simplex: the rank of each coordinate's remainder in sorted order.
+            rank.iter_mut().for_each(|r| *r = 0);
+            for i in 0..d {
+                let di = elevated[i] - rem0[i];
+                for j in i + 1..=d {
+                    if di < elevated[j] - rem0[j] {
+                        rank[i] += 1;
+                    } else {
+                        rank[j] += 1;
+                    }
+                }
+            }
+            // Bring the point back onto the plane if the rounding left it (sum != 0).
+            for i in 0..=d {
+                rank[i] += sum;
+                if rank[i] < 0 {
+                    rank[i] += d as i32 + 1;
+                    rem0[i] += d as f32 + 1.0;
+                } else if rank[i] > d as i32 {
+                    rank[i] -= d as i32 + 1;
+                    rem0[i] -= d as f32 + 1.0;
+                }
+            }
+            // Barycentric coordinates (p. 10 of the paper).
+            barycentric.iter_mut().for_each(|b| *b = 0.0);
+            for i in 0..=d {
+                let v = (elevated[i] - rem0[i]) * down;
+                barycentric[d - rank[i] as usize] += v;
+                barycentric[d - rank[i] as usize + 1] -= v;
+            }
+            barycentric[0] += 1.0 + barycentric[d + 1];
+            for remainder in 0..=d {
+                for i in 0..d {
+                    key[i] = (rem0[i] as i32 + canonical[remainder][rank[i] as usize]) as i16;
+                }
+                offsets.push(keys.insert(&key));
+                weights.push(barycentric[remainder]);
+            }
+        }
+
+        let vertices = keys.len();
+        let mut neighbours = vec![[NONE; 2]; (d + 1) * (vertices + 1)];
+        let mut n1 = vec![0i16; d];
+        let mut n2 = vec![0i16; d];
+        for j in 0..=d {
+            for v in 0..vertices {
+                let k = keys.key(v as u32 + 1);
+                for i in 0..d {
+                    n1[i] = k[i] - 1;
+                    n2[i] = k[i] + 1;
+                }
+                // Along axis d every stored coordinate moves; along j < d coordinate j moves by d.
+                if j < d {
+                    n1[j] = k[j] + d as i16;
+                    n2[j] = k[j] - d as i16;
+                }
+                neighbours[j * (vertices + 1) + v + 1] = [keys.find(&n1), keys.find(&n2)];
+            }
+        }
+        Lattice { dim, points, vertices, offsets, weights, neighbours }
+    }
+
+    /// Number of points the lattice was built for.
+    pub fn points(&self) -> usize {
+        self.points
+    }
+
+    /// Number of lattice vertices (at most points × (dim + 1)).
+    pub fn vertices(&self) -> usize {
+        self.vertices
+    }
+
+    /// Filters `input` (points × `channels`, row-major) into `out` (same shape):
+    /// `out_i ≈ Σ_j exp(−½‖f_i − f_j‖²) · input_j`, up to densecrf's constant factor.
+    pub fn filter(&self, input: &[f32], channels: usize, out: &mut [f32]) {
+        assert_eq!(input.len(), self.points * channels, "input must be points × channels");
+        assert_eq!(out.len(), input.len(), "out must be points × channels");
+        let d = self.dim;
+        let slots = (self.vertices + 1) * channels;
+        let mut values = vec![0f32; slots];
+        let mut blurred = vec![0f32; slots];
+        for (p, value) in input.chunks_exact(channels).enumerate() {
+            for r in 0..=d {
+                let o = self.offsets[p * (d + 1) + r] as usize * channels;
+                let w = self.weights[p * (d + 1) + r];
+                for (acc, &x) in values[o..o + channels].iter_mut().zip(value) {
+                    *acc += w * x;
+                }
+            }
+        }
+        for j in 0..=d {
+            let axis = &self.neighbours[j * (self.vertices + 1)..(j + 1) * (self.vertices + 1)];
+            for v in 1..=self.vertices {
+                let [a, b] = axis[v];
+                let (a, b, o) = (a as usize * channels, b as usize * channels, v * channels);
+                for c in 0..channels {
+                    blurred[o + c] = values[o + c] + 0.5 * (values[a + c] + values[b + c]);
+                }
+            }
+            std::mem::swap(&mut values, &mut blurred);
+        }
+        let alpha = 1.0f32 / (1.0 + 2f32.powi(-(d as i32)));
+        for (p, result) in out.chunks_exact_mut(channels).enumerate() {
+            result.iter_mut().for_each(|x| *x = 0.0);
+            for r in 0..=d {
+                let o = self.offsets[p * (d + 1) + r] as usize * channels;
+                let w = self.weights[p * (d + 1) + r];
+                for (acc, &x) in result.iter_mut().zip(&values[o..o + channels]) {
+                    *acc += w * x * alpha;
+                }
+            }
+        }
+    }
+}
+
+/// Open-addressing hash table from lattice keys (d coordinates) to 1-based vertex numbers, with
+/// the keys stored flat: the lattice's hot loop, so no allocation per look-up.
+struct KeyTable {
+    dim: usize,
+    keys: Vec<i16>,
+    /// 0 = empty, else the vertex number.
+    slots: Vec<u32>,
+}
+
+impl KeyTable {
+    fn new(dim: usize, expected: usize) -> KeyTable {
+        KeyTable { dim, keys: Vec::with_capacity(expected * dim), slots: vec![0; (2 * expected).next_power_of_two()] }
+    }
+
+    fn len(&self) -> usize {
+        self.keys.len() / self.dim
+    }
+
+    fn key(&self, vertex: u32) -> &[i16] {
+        let start = (vertex as usize - 1) * self.dim;
+        &self.keys[start..start + self.dim]
+    }
+
+    /// densecrf's hash of a key.
+    fn hash(key: &[i16]) -> usize {
+        key.iter().fold(0usize, |k, &x| k.wrapping_add(x as isize as usize).wrapping_mul(2531011))
+    }
+
+    /// The slot holding `key`, or the empty slot where it belongs.
+    fn slot(&self, key: &[i16]) -> usize {
+        let mask = self.slots.len() - 1;
+        let mut s = Self::hash(key) & mask;
+        loop {
+            let vertex = self.slots[s];
+            if vertex == 0 || self.key(vertex) == key {
+                return s;
+            }
+            s = (s + 1) & mask;
+        }
+    }
+
+    fn find(&self, key: &[i16]) -> u32 {
+        self.slots[self.slot(key)]
+    }
+
+    fn insert(&mut self, key: &[i16]) -> u32 {
+        if 2 * (self.len() + 1) > self.slots.len() {
+            self.grow();
+        }
+        let s = self.slot(key);
+        if self.slots[s] == 0 {
+            self.keys.extend_from_slice(key);
+            self.slots[s] = self.len() as u32;
+        }
+        self.slots[s]
+    }
+
+    fn grow(&mut self) {
+        self.slots = vec![0; self.slots.len() * 2];
+        for vertex in 1..=self.len() as u32 {
+            let s = self.slot(self.key(vertex));
+            self.slots[s] = vertex;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Exact Gaussian filtering, Σ_j exp(−½‖f_i − f_j‖²) v_j.
+    fn exact(features: &[f32], dim: usize, values: &[f32]) -> Vec<f32> {
+        let n = features.len() / dim;
+        (0..n)
+            .map(|i| {
+                (0..n)
+                    .map(|j| {
+                        let d2: f32 = (0..dim).map(|k| (features[i * dim + k] - features[j * dim + k]).powi(2)).sum();
+                        (-0.5 * d2).exp() * values[j]
+                    })
+                    .sum()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn barycentric_weights_of_every_point_sum_to_one() {
+        let features: Vec<f32> = (0..60).map(|i| ((i * 37) % 17) as f32 * 0.31 - 2.0).collect();
+        for dim in [1, 2, 3, 5] {
+            let lattice = Lattice::new(&features[..features.len() / dim * dim], dim);
+            for w in lattice.weights.chunks_exact(dim + 1) {
+                assert!((w.iter().sum::<f32>() - 1.0).abs() < 1e-5, "{w:?}");
+                assert!(w.iter().all(|&x| x >= -1e-6), "{w:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn one_point_filters_to_a_constant_multiple_of_itself() {
+        // A lone point sees only itself: out = c·in for the lattice's constant c (same per dim).
+        for dim in [2, 5] {
+            let lattice = Lattice::new(&vec![0.3; dim], dim);
+            let mut out = vec![0.0; 2];
+            lattice.filter(&[1.0, -2.0], 2, &mut out);
+            assert!(out[0] > 0.0 && (out[1] / out[0] + 2.0).abs() < 1e-6, "{out:?}");
+        }
+    }
+
+    #[test]
+    fn filtering_is_close_to_the_exact_gaussian_up_to_one_constant() {
+        // A 2-D grid of 12×12 points at spacing 1/3 (σ = 3 pixels) and a 5-D bilateral set.
+        let grid: Vec<f32> = (0..144).flat_map(|p| [(p % 12) as f32 / 3.0, (p / 12) as f32 / 3.0]).collect();
+        let values: Vec<f32> = (0..144).map(|p| ((p * 7919) % 13) as f32 / 13.0).collect();
+        for (features, dim) in [(grid.clone(), 2), ((0..144 * 5).map(|i| ((i * 2654435761u64 as usize) % 97) as f32 / 40.0).collect::<Vec<_>>(), 5)] {
+            let lattice = Lattice::new(&features, dim);
+            let mut approx = vec![0.0; 144];
+            lattice.filter(&values, 1, &mut approx);
+            let reference = exact(&features, dim, &values);
+            // One global constant relates the two; fit it and check the relative error.
+            let c = approx.iter().zip(&reference).map(|(a, r)| a * r).sum::<f32>() / reference.iter().map(|r| r * r).sum::<f32>();
+            let err = approx.iter().zip(&reference).map(|(a, r)| (a - c * r).abs()).sum::<f32>() / reference.iter().map(|r| (c * r).abs()).sum::<f32>();
+            assert!(err < 0.25, "dim {dim}: mean relative error {err}");
+            assert!(c > 0.0);
+        }
+    }
+}

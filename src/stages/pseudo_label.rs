@@ -1,0 +1,130 @@
+//! `wsss-dist pseudo-label --config F [--force]`: the refinement map phase. Reads the CAM
+//! dataset of `cam.split` (written by `cam`) and its images, turns each image's CAMs into a
+//! pseudo-label map with `pseudo_label.method` (threshold, crf, irn_seeds; `refine::pseudo`),
+//! and writes a pseudo-label dataset (`pseudo_label.out`, default
+//! `<run dir>/pseudo_labels/<split>`): shard k holds the labels of image shard k, rows sorted
+//! by id, masks as 8-bit PNGs (255 = uncertain).
+//!
+//! Task t = image shard t with CAM shard t (map phase: `stages::map_phase`). Within a rank the
+//! images of each row group are refined in parallel on `pseudo_label.threads` threads. An
+//! image that does not decode or has no CAM is skipped with a warning and counted.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Instant;
+
+use anyhow::{ensure, Context};
+use rayon::prelude::*;
+use serde_json::json;
+use sha2::Digest;
+use tracing::warn;
+
+use super::map_phase::{execute, MapJob, TaskOutput};
+use super::Summary;
+use crate::config::Config;
+use crate::data::codec::{decode_row_image, encode_mask};
+use crate::data::schema::CAM_STRIDE;
+use crate::data::{CamRow, Dataset, DatasetKind, ImageRow, PseudoRow};
+use crate::dist::World;
+use crate::refine::pseudo::{pseudo_label, PseudoInput, PseudoParams};
+use crate::refine::resize::resize_bilinear;
+
+pub fn run(config: &Config, world: &World, force: bool) -> anyhow::Result<Summary> {
+    let images_dir = config.dataset(config.cam.split);
+    let images: Dataset = Dataset::open(images_dir).with_context(|| format!("the images of cam.split ({})", images_dir.display()))?;
+    let cam_dir = config.cam_dir();
+    let cams: Dataset<CamRow> = Dataset::open_as(&cam_dir).with_context(|| format!("the CAMs ({}; run `wsss-dist cam` first)", cam_dir.display()))?;
+    ensure!(cams.manifest().classes == images.manifest().classes, "{} and {} have different class lists", cam_dir.display(), images_dir.display());
+    ensure!(cams.num_shards() == images.num_shards(), "{} has {} shards but {} has {}: CAM shard k holds the CAMs of image shard k", cam_dir.display(), cams.num_shards(), images_dir.display(), images.num_shards());
+    let settings = &config.pseudo_label;
+    let params = settings.params();
+    let job = MapJob {
+        what: "pseudo-label",
+        out: config.pseudo_dir(),
+        fingerprint: fingerprint(&[images.manifest(), cams.manifest()], &serde_json::to_string(settings)?),
+        task_images: images.manifest().shards.iter().map(|s| s.rows).collect(),
+        kind: DatasetKind::PseudoLabels,
+        split: images.manifest().split.clone(),
+        classes: images.manifest().classes.clone(),
+        source: format!("wsss-dist pseudo-label ({}) of {} with the CAMs of {}", settings.method.name(), images_dir.display(), cam_dir.display()),
+    };
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(settings.threads).build().context("starting the refinement threads")?;
+    let details = execute(world, &job, force, |task, bar| {
+        let mut seconds = BTreeMap::new();
+        let read = Instant::now();
+        let mut by_id: HashMap<String, CamRow> = cams.shard(task)?.read_all()?.into_iter().map(|r| (r.id.clone(), r)).collect();
+        let reader = images.shard(task)?;
+        let file = &images.manifest().shards[task].file;
+        let mut rows = Vec::with_capacity(reader.num_rows());
+        let mut skipped = Vec::new();
+        let mut read_seconds = read.elapsed().as_secs_f64();
+        let mut refine_seconds = 0.0;
+        for group in 0..reader.num_row_groups() {
+            let read = Instant::now();
+            let batch: Vec<(ImageRow, Option<CamRow>)> = reader.read_row_group(group)?.into_iter().map(|image| {
+                let cam = by_id.remove(&image.id);
+                (image, cam)
+            }).collect();
+            read_seconds += read.elapsed().as_secs_f64();
+            let refine = Instant::now();
+            let results: Vec<Result<PseudoRow, String>> = pool.install(|| batch.par_iter().map(|(image, cam)| label_image(image, cam.as_ref(), &params)).collect());
+            refine_seconds += refine.elapsed().as_secs_f64();
+            for ((image, _), result) in batch.iter().zip(results) {
+                match result {
+                    Ok(row) => rows.push(row),
+                    Err(reason) => {
+                        let what = format!("{file} row group {group} id {}: {reason}", image.id);
+                        warn!("skipped {what}");
+                        skipped.push(what);
+                    }
+                }
+            }
+            if world.is_root() {
+                bar.inc(batch.len() as u64);
+            }
+        }
+        ensure!(by_id.is_empty(), "{}: CAMs of images that are not in {file} of {}: {:?}", cam_dir.display(), images_dir.display(), by_id.keys().take(3).collect::<Vec<_>>());
+        seconds.insert("read".into(), read_seconds);
+        seconds.insert("refine".into(), refine_seconds);
+        Ok(TaskOutput { rows, skipped, seconds })
+    })?;
+    Ok(Summary::ok(json!({ "method": settings.method.name(), "map": details })))
+}
+
+/// The pseudo-label row of one image; an error is the reason to skip it.
+fn label_image(image: &ImageRow, cam: Option<&CamRow>, params: &PseudoParams) -> Result<PseudoRow, String> {
+    let cam = cam.ok_or("no CAM for this image (skipped by `cam`?)")?;
+    cam.check(&image.id).map_err(|e| e.to_string())?;
+    if (cam.width, cam.height) != (image.width, image.height) {
+        return Err(format!("the CAM is for {}x{}, the image is {}x{}", cam.width, cam.height, image.width, image.height));
+    }
+    let rgb = decode_row_image(image)?;
+    let (w, h) = (rgb.width as usize, rgb.height as usize);
+    let cams = full_resolution(cam);
+    let input = PseudoInput { classes: &cam.classes, cams: &cams, width: w, height: h, rgb: &rgb.pixels };
+    let labels = pseudo_label(&input, params);
+    Ok(PseudoRow { id: image.id.clone(), mask: encode_mask(rgb.width, rgb.height, &labels), method: params.method.name().into() })
+}
+
+/// The row's stride-4 f16 maps resized (bilinear) to the image: [K, H, W] f32.
+pub fn full_resolution(cam: &CamRow) -> Vec<f32> {
+    if cam.classes.is_empty() {
+        return Vec::new();
+    }
+    let (h4, w4) = cam.map_size();
+    let maps: Vec<f32> = cam.cam.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect();
+    debug_assert_eq!(CAM_STRIDE, 4);
+    resize_bilinear(&maps, h4 as usize, w4 as usize, cam.height as usize, cam.width as usize)
+}
+
+/// SHA-256 over the input manifests' shard checksums and the settings.
+pub fn fingerprint(inputs: &[&crate::data::Manifest], settings: &str) -> String {
+    let mut hasher = sha2::Sha256::new();
+    for manifest in inputs {
+        for shard in &manifest.shards {
+            hasher.update(shard.sha256.as_bytes());
+        }
+        hasher.update(b"|");
+    }
+    hasher.update(settings.as_bytes());
+    hex::encode(hasher.finalize())
+}
