@@ -45,7 +45,7 @@ fi
 # Python used only by tests and benchmarks as an independent reference.
 py=$deps/pyenv
 if [ ! -x "$py/bin/python" ] || ! "$py/bin/python" -c 'import pyarrow, pycocotools, PIL' 2>/dev/null; then
-  echo "setup: creating test venv (pyarrow, pycocotools, pillow)" >&2
+  echo "setup: creating test venv (pyarrow, pycocotools, pillow, pydensecrf2)" >&2
   python3 -m venv "$py"
-  "$py/bin/pip" install -q pyarrow pycocotools numpy pillow
+  "$py/bin/pip" install -q pyarrow pycocotools numpy pillow pydensecrf2
 fi

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{s, wsss_ok};
+use common::{as_str, launcher, mpirun, mpirun_ok, rank_process, s, wait_for, wsss_ok};
 use tch::{Device, Kind, Tensor};
 use wsss_dist::dist::comm::{all_gather_text, sum_values};
 use wsss_dist::dist::{connect, Backend, GradientBuckets, World};
@@ -40,23 +40,6 @@ keep_checkpoints = 20
 split = "val"
 scales = [1.0, 0.5]
 "#;
-
-fn launcher() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("launch/mpirun.sh")
-}
-
-fn mpirun(dir: &Path, ranks: usize, args: &[&str]) -> Command {
-    let mut command = Command::new("bash");
-    command.arg(launcher()).arg(ranks.to_string()).arg(env!("CARGO_BIN_EXE_wsss-dist")).args(args).current_dir(dir);
-    command
-}
-
-fn mpirun_ok(dir: &Path, ranks: usize, args: &[&str]) -> String {
-    let out: Output = mpirun(dir, ranks, args).output().expect("mpirun runs");
-    let log = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(out.status.success(), "mpirun -n {ranks} wsss-dist {args:?} failed:\n{log}");
-    log
-}
 
 /// A tiny dataset pair and the config in a fresh directory.
 fn setup() -> (tempfile::TempDir, String) {
@@ -216,14 +199,7 @@ fn a_killed_two_rank_run_resumes() {
     }
     let rank = rank_process(job.id()).expect("a wsss-dist rank under mpirun");
     unsafe { libc::kill(rank as i32, libc::SIGKILL) };
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let status = loop {
-        if let Some(status) = job.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "the job did not end within 60 s of a rank being killed");
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status = wait_for(&mut job, Duration::from_secs(60));
     assert!(!status.success(), "a killed rank must fail the job");
     let done: Vec<u64> = std::fs::read_dir(checkpoints(dir, "killed")).unwrap().filter_map(|e| e.unwrap().file_name().to_str()?.strip_suffix(".json")?.strip_prefix("step-")?.parse().ok()).collect();
     let last = *done.iter().max().unwrap();
@@ -240,30 +216,6 @@ fn a_killed_two_rank_run_resumes() {
     assert!(log.contains(&format!("step {last} becomes step {}", 2 * last)), "{log}");
     let summary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("runs/one_rank/summary.json")).unwrap()).unwrap();
     assert_eq!((summary["steps"].as_u64(), summary["finished"].as_bool(), summary["world_size"].as_u64()), (Some(48), Some(true), Some(1)));
-}
-
-/// A `wsss-dist` process among the descendants of `pid` (mpirun forks its local ranks).
-fn rank_process(pid: u32) -> Option<u32> {
-    let mut frontier = vec![pid];
-    while let Some(parent) = frontier.pop() {
-        for entry in std::fs::read_dir("/proc").ok()?.flatten() {
-            let Ok(child) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
-            let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else { continue };
-            // pid (comm) state ppid ...
-            let (comm, rest) = stat.split_once(") ").map(|(a, b)| (a.split_once(" (").map_or("", |x| x.1), b)).unwrap_or(("", ""));
-            if rest.split_whitespace().nth(1).and_then(|p| p.parse::<u32>().ok()) == Some(parent) {
-                if comm == "wsss-dist" {
-                    return Some(child);
-                }
-                frontier.push(child);
-            }
-        }
-    }
-    None
-}
-
-fn as_str(args: &[String]) -> Vec<&str> {
-    args.iter().map(String::as_str).collect()
 }
 
 fn copy_dir(from: &Path, to: &Path) {

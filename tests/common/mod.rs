@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::time::{Duration, Instant};
 
 /// Runs the wsss-dist binary with `args` in `dir`.
 pub fn wsss(dir: &Path, args: &[&str]) -> Output {
@@ -49,4 +50,60 @@ pub fn voc_mini() -> PathBuf {
 
 pub fn s(p: &Path) -> &str {
     p.to_str().unwrap()
+}
+
+/// `launch/mpirun.sh`: mpirun with the flags this machine needs.
+pub fn launcher() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("launch/mpirun.sh")
+}
+
+/// `mpirun -n ranks wsss-dist args...` in `dir`, not started yet.
+pub fn mpirun(dir: &Path, ranks: usize, args: &[&str]) -> Command {
+    let mut command = Command::new("bash");
+    command.arg(launcher()).arg(ranks.to_string()).arg(env!("CARGO_BIN_EXE_wsss-dist")).args(args).current_dir(dir);
+    command
+}
+
+/// Runs [`mpirun`], asserting success; returns stderr (the ranks' logs).
+pub fn mpirun_ok(dir: &Path, ranks: usize, args: &[&str]) -> String {
+    let out: Output = mpirun(dir, ranks, args).output().expect("mpirun runs");
+    let log = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "mpirun -n {ranks} wsss-dist {args:?} failed:\n{log}");
+    log
+}
+
+/// A `wsss-dist` process among the descendants of `pid` (mpirun forks its local ranks).
+pub fn rank_process(pid: u32) -> Option<u32> {
+    let mut frontier = vec![pid];
+    while let Some(parent) = frontier.pop() {
+        for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+            let Ok(child) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else { continue };
+            // pid (comm) state ppid ...
+            let (comm, rest) = stat.split_once(") ").map(|(a, b)| (a.split_once(" (").map_or("", |x| x.1), b)).unwrap_or(("", ""));
+            if rest.split_whitespace().nth(1).and_then(|p| p.parse::<u32>().ok()) == Some(parent) {
+                if comm == "wsss-dist" {
+                    return Some(child);
+                }
+                frontier.push(child);
+            }
+        }
+    }
+    None
+}
+
+/// Waits for `job` to end (at most `limit`), asserting it does.
+pub fn wait_for(job: &mut std::process::Child, limit: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = job.try_wait().unwrap() {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "the job did not end within {limit:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+pub fn as_str(args: &[String]) -> Vec<&str> {
+    args.iter().map(String::as_str).collect()
 }
