@@ -2,7 +2,7 @@
 # One-time, idempotent set-up of everything the build and the tests need on a fresh
 # Debian machine: Open MPI + libclang (apt), a CPU libtorch 2.11.0 (unless LIBTORCH names
 # one), and a small Python venv with pyarrow/pycocotools/pillow that the tests use as independent
-# readers. Prints `export` lines nowhere: the Makefile derives paths itself.
+# readers (and pydensecrf2, the reference dense CRF). Prints `export` lines nowhere: the Makefile derives paths itself.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 deps=${WSSS_DEPS:-$here/.deps}

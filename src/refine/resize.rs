@@ -1,6 +1,18 @@
 //! Bilinear resizing of stacked maps with PyTorch's `interpolate(mode="bilinear",
 //! align_corners=False)` semantics, in plain Rust so that refinement threads need no libtorch.
 
+use crate::data::CamRow;
+
+/// A CAM row's stride-4 f16 maps resized to the image: [K, H, W] f32 (empty without classes).
+pub fn full_resolution(cam: &CamRow) -> Vec<f32> {
+    if cam.classes.is_empty() {
+        return Vec::new();
+    }
+    let (h4, w4) = cam.map_size();
+    let maps: Vec<f32> = cam.cam.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect();
+    resize_bilinear(&maps, h4 as usize, w4 as usize, cam.height as usize, cam.width as usize)
+}
+
 /// Resizes `maps` ([K, h, w] row-major) to [K, height, width].
 pub fn resize_bilinear(maps: &[f32], h: usize, w: usize, height: usize, width: usize) -> Vec<f32> {
     assert!(h > 0 && w > 0 && maps.len() % (h * w) == 0, "maps must be K × h × w");

@@ -8,43 +8,84 @@
 //! are summed, so the figures equal a single process's exactly.
 
 use std::collections::HashMap;
+use std::path::Path;
 
 use anyhow::{bail, ensure, Context};
 use serde_json::json;
-use tch::{Device, Kind, Tensor};
+use tch::{Device, Tensor};
 use tracing::{info, warn};
 
 use super::{progress_bar, Summary};
 use crate::config::Config;
 use crate::data::codec::decode_mask;
-use crate::data::{CamRow, Dataset, PseudoRow};
+use crate::data::{CamRow, Dataset, PseudoRow, ShardRow};
 use crate::dist::comm::all_gather_text;
 use crate::dist::{self, Backend, Communicator, World};
 use crate::metrics::confusion::ConfusionMatrix;
 use crate::metrics::report::{cam_markdown, pseudo_markdown, PseudoReport};
 use crate::metrics::CamSweep;
 use crate::refine::pseudo::UNCERTAIN;
+use crate::refine::resize::full_resolution;
 
 pub fn run_cam(config: &Config, world: &World) -> anyhow::Result<Summary> {
     let comm = dist::connect(world, Backend::Mpi, Device::Cpu)?;
-    let gt_dir = config.dataset(config.cam.split);
-    let gt: Dataset = Dataset::open(gt_dir).with_context(|| format!("the ground truth of cam.split ({})", gt_dir.display()))?;
-    let cam_dir = config.cam_dir();
-    let cams: Dataset<CamRow> = Dataset::open_as(&cam_dir).with_context(|| format!("the CAMs ({}; run `wsss-dist cam` first)", cam_dir.display()))?;
-    ensure!(cams.manifest().classes == gt.manifest().classes, "{} and {} have different class lists", cam_dir.display(), gt_dir.display());
-    ensure!(cams.num_shards() == gt.num_shards(), "{} has {} shards but {} has {}: CAM shard k holds the CAMs of image shard k", cam_dir.display(), cams.num_shards(), gt_dir.display(), gt.num_shards());
-
     let mut thresholds = config.eval.thresholds.clone();
     thresholds.push(config.eval.tau);
     thresholds.sort_by(f32::total_cmp);
     thresholds.dedup();
-    let mut sweep = CamSweep::new(gt.manifest().classes.len(), &thresholds);
-    // Each rank evaluates its share of the shards; the confusion matrices are summed after.
+    let classes = Dataset::open(config.dataset(config.cam.split))?.manifest().classes.len();
+    let mut sweep = CamSweep::new(classes, &thresholds);
+    let cam_dir = config.cam_dir();
+    let (gt, missing) = walk_with_gt(config, world, comm.as_ref(), &cam_dir, "CAMs", "cam", |what, (w, h), gt_pixels, cam: CamRow| {
+        cam.check(what)?;
+        ensure!((cam.width, cam.height) == (w, h), "{what}: the CAM row is for {}x{}, the mask is {w}x{h}", cam.width, cam.height);
+        sweep.add_image(gt_pixels, &full_resolution(&cam), &cam.classes, &cam.scores).with_context(|| what.to_string())?;
+        Ok(())
+    })?;
+    sum_matrices(comm.as_ref(), &mut sweep)?;
+    if !world.is_root() {
+        return Ok(Summary::ok(json!({ "rank": world.rank, "evaluated_shards_of": gt.num_shards() })));
+    }
+    if !missing.is_empty() {
+        warn!("{} image(s) have no CAM (skipped by `cam`) and are left out of the scores: {}", missing.len(), missing.join(", "));
+    }
+    let report = sweep.report(gt.manifest().classes.clone(), config.eval.tau);
+    let markdown = cam_markdown(&report);
+    println!("CAM evaluation of {} ({} images, {} without a CAM)\n\n{markdown}", gt.dir().display(), gt.len() - missing.len(), missing.len());
+    let out = config.run_dir().join("eval");
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    let details = json!({ "images": gt.len() - missing.len(), "missing": missing, "report": report });
+    crate::data::atomic_write(&out.join("cam.json"), serde_json::to_string_pretty(&details)?.as_bytes())?;
+    crate::data::atomic_write(&out.join("cam.md"), markdown.as_bytes())?;
+    info!("best τ {:.2}: mIoU {:.1}; τ {:.2}: {:.1}; image-label baseline {:.1}; written to {}", report.best_tau, 100.0 * report.best.miou, report.tau, 100.0 * report.at_tau.miou, 100.0 * report.baseline.miou, out.display());
+    Ok(Summary::ok(details))
+}
+
+/// Walks this rank's share of the shards of `cam.split`'s ground truth together with the
+/// rows of the dataset at `dir` (shard k holds the rows of image shard k): `visit(what, (w, h),
+/// gt, row)` for every image with a row. Returns the ground truth and, gathered from every
+/// rank and sorted, the ids of the images without a row. `what` names the rows in errors,
+/// `stage` the stage that writes them.
+fn walk_with_gt<R: ShardRow>(
+    config: &Config,
+    world: &World,
+    comm: &dyn Communicator,
+    dir: &Path,
+    what: &str,
+    stage: &str,
+    mut visit: impl FnMut(&str, (u32, u32), &[u8], R) -> anyhow::Result<()>,
+) -> anyhow::Result<(Dataset, Vec<String>)> {
+    let gt_dir = config.dataset(config.cam.split);
+    let gt: Dataset = Dataset::open(gt_dir).with_context(|| format!("the ground truth of cam.split ({})", gt_dir.display()))?;
+    let rows: Dataset<R> = Dataset::open_as(dir).with_context(|| format!("the {what} ({}; run `wsss-dist {stage}` first)", dir.display()))?;
+    ensure!(rows.manifest().classes == gt.manifest().classes, "{} and {} have different class lists", dir.display(), gt_dir.display());
+    ensure!(rows.num_shards() == gt.num_shards(), "{} has {} shards but {} has {}: shard k holds the {what} of image shard k", dir.display(), rows.num_shards(), gt_dir.display(), gt.num_shards());
+    // Each rank evaluates its share of the shards; the counts are summed after.
     let my_shards: Vec<usize> = (0..gt.num_shards()).filter(|s| s % world.size == world.rank).collect();
-    let bar = progress_bar(world, my_shards.iter().map(|&s| gt.manifest().shards[s].rows as u64).sum(), "eval cam");
+    let bar = progress_bar(world, my_shards.iter().map(|&s| gt.manifest().shards[s].rows).sum(), &format!("eval {stage}"));
     let mut missing = Vec::new();
     for shard in my_shards {
-        let mut by_id: HashMap<String, CamRow> = cams.shard(shard)?.read_all()?.into_iter().map(|r| (r.id.clone(), r)).collect();
+        let mut by_id: HashMap<String, R> = rows.shard(shard)?.read_all()?.into_iter().map(|r| (r.id().to_string(), r)).collect();
         let reader = gt.shard(shard)?;
         for group in 0..reader.num_row_groups() {
             for image in reader.read_row_group(group)? {
@@ -54,41 +95,20 @@ pub fn run_cam(config: &Config, world: &World) -> anyhow::Result<Summary> {
                 };
                 let (w, h, gt_pixels) = decode_mask(mask).map_err(|e| anyhow::anyhow!("{what}: {e}"))?;
                 match by_id.remove(&image.id) {
-                    Some(cam) => {
-                        cam.check(&what)?;
-                        ensure!((cam.width, cam.height) == (w, h), "{what}: the CAM row is for {}x{}, the mask is {w}x{h}", cam.width, cam.height);
-                        let full = full_resolution(&cam);
-                        sweep.add_image(&gt_pixels, &full, &cam.classes, &cam.scores).with_context(|| what.clone())?;
-                    }
+                    Some(row) => visit(&what, (w, h), &gt_pixels, row)?,
                     None => missing.push(image.id.clone()),
                 }
                 bar.inc(1);
             }
         }
         if let Some(extra) = by_id.keys().next() {
-            bail!("{}: CAM of image {extra}, which is not in shard {} of {}", cam_dir.display(), gt.manifest().shards[shard].file, gt_dir.display());
+            bail!("{}: {what} of image {extra}, which is not in shard {} of {}", dir.display(), gt.manifest().shards[shard].file, gt_dir.display());
         }
     }
     bar.finish_and_clear();
-    sum_matrices(comm.as_ref(), &mut sweep)?;
-    let mut missing: Vec<String> = all_gather_text(comm.as_ref(), &missing.join("\n"), Device::Cpu)?.iter().flat_map(|t| t.lines().map(String::from).collect::<Vec<_>>()).collect();
+    let mut missing: Vec<String> = all_gather_text(comm, &missing.join("\n"), Device::Cpu)?.iter().flat_map(|t| t.lines().map(String::from).collect::<Vec<_>>()).collect();
     missing.sort();
-    if !world.is_root() {
-        return Ok(Summary::ok(json!({ "rank": world.rank, "evaluated_shards_of": gt.num_shards() })));
-    }
-    if !missing.is_empty() {
-        warn!("{} image(s) have no CAM (skipped by `cam`) and are left out of the scores: {}", missing.len(), missing.join(", "));
-    }
-    let report = sweep.report(gt.manifest().classes.clone(), config.eval.tau);
-    let markdown = cam_markdown(&report);
-    println!("CAM evaluation of {} ({} images, {} without a CAM)\n\n{markdown}", gt_dir.display(), gt.len() - missing.len(), missing.len());
-    let out = config.run_dir().join("eval");
-    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
-    let details = json!({ "images": gt.len() - missing.len(), "missing": missing, "report": report });
-    crate::data::atomic_write(&out.join("cam.json"), serde_json::to_string_pretty(&details)?.as_bytes())?;
-    crate::data::atomic_write(&out.join("cam.md"), markdown.as_bytes())?;
-    info!("best τ {:.2}: mIoU {:.1}; τ {:.2}: {:.1}; image-label baseline {:.1}; written to {}", report.best_tau, 100.0 * report.best.miou, report.tau, 100.0 * report.at_tau.miou, 100.0 * report.baseline.miou, out.display());
-    Ok(Summary::ok(details))
+    Ok((gt, missing))
 }
 
 /// Sums the sweep's confusion matrices over the ranks (exact: integer counts).
@@ -121,51 +141,22 @@ fn sum_over_ranks(comm: &dyn Communicator, counts: &mut [u64]) -> anyhow::Result
 /// Written to `<run dir>/eval/pseudo.{json,md}` and printed.
 pub fn run_pseudo(config: &Config, world: &World) -> anyhow::Result<Summary> {
     let comm = dist::connect(world, Backend::Mpi, Device::Cpu)?;
-    let gt_dir = config.dataset(config.cam.split);
-    let gt: Dataset = Dataset::open(gt_dir).with_context(|| format!("the ground truth of cam.split ({})", gt_dir.display()))?;
-    let pseudo_dir = config.pseudo_dir();
-    let pseudo: Dataset<PseudoRow> = Dataset::open_as(&pseudo_dir).with_context(|| format!("the pseudo-labels ({}; run `wsss-dist pseudo-label` first)", pseudo_dir.display()))?;
-    ensure!(pseudo.manifest().classes == gt.manifest().classes, "{} and {} have different class lists", pseudo_dir.display(), gt_dir.display());
-    ensure!(pseudo.num_shards() == gt.num_shards(), "{} has {} shards but {} has {}", pseudo_dir.display(), pseudo.num_shards(), gt_dir.display(), gt.num_shards());
-    let mut matrix = ConfusionMatrix::new(gt.manifest().classes.len());
+    let classes = Dataset::open(config.dataset(config.cam.split))?.manifest().classes.len();
+    let mut matrix = ConfusionMatrix::new(classes);
     // [labelled pixels, all pixels]
     let mut coverage = [0u64; 2];
-    let mut missing = Vec::new();
-    let my_shards: Vec<usize> = (0..gt.num_shards()).filter(|s| s % world.size == world.rank).collect();
-    let bar = progress_bar(world, my_shards.iter().map(|&s| gt.manifest().shards[s].rows).sum(), "eval pseudo");
-    for shard in my_shards {
-        let mut by_id: HashMap<String, PseudoRow> = pseudo.shard(shard)?.read_all()?.into_iter().map(|r| (r.id.clone(), r)).collect();
-        let reader = gt.shard(shard)?;
-        for group in 0..reader.num_row_groups() {
-            for image in reader.read_row_group(group)? {
-                let what = format!("{} id {}", gt.manifest().shards[shard].file, image.id);
-                let Some(mask) = &image.mask else {
-                    bail!("{what}: no ground-truth mask, so the split cannot be evaluated");
-                };
-                let (w, h, gt_pixels) = decode_mask(mask).map_err(|e| anyhow::anyhow!("{what}: {e}"))?;
-                match by_id.remove(&image.id) {
-                    Some(row) => {
-                        let (pw, ph, labels) = decode_mask(&row.mask).map_err(|e| anyhow::anyhow!("{}: pseudo-label of {}: {e}", pseudo_dir.display(), image.id))?;
-                        ensure!((pw, ph) == (w, h), "{what}: the pseudo-label is {pw}x{ph}, the mask is {w}x{h}");
-                        let (g, p): (Vec<u8>, Vec<u8>) = gt_pixels.iter().zip(&labels).filter(|(_, &p)| p != UNCERTAIN).map(|(&g, &p)| (g, p)).unzip();
-                        matrix.add(&g, &p).with_context(|| what.clone())?;
-                        coverage[0] += p.len() as u64;
-                        coverage[1] += labels.len() as u64;
-                    }
-                    None => missing.push(image.id.clone()),
-                }
-                bar.inc(1);
-            }
-        }
-        if let Some(extra) = by_id.keys().next() {
-            bail!("{}: pseudo-label of image {extra}, which is not in shard {} of {}", pseudo_dir.display(), gt.manifest().shards[shard].file, gt_dir.display());
-        }
-    }
-    bar.finish_and_clear();
+    let pseudo_dir = config.pseudo_dir();
+    let (gt, missing) = walk_with_gt(config, world, comm.as_ref(), &pseudo_dir, "pseudo-labels", "pseudo-label", |what, (w, h), gt_pixels, row: PseudoRow| {
+        let (pw, ph, labels) = decode_mask(&row.mask).map_err(|e| anyhow::anyhow!("{what}: its pseudo-label: {e}"))?;
+        ensure!((pw, ph) == (w, h), "{what}: the pseudo-label is {pw}x{ph}, the mask is {w}x{h}");
+        let (g, p): (Vec<u8>, Vec<u8>) = gt_pixels.iter().zip(&labels).filter(|(_, &p)| p != UNCERTAIN).map(|(&g, &p)| (g, p)).unzip();
+        matrix.add(&g, &p).with_context(|| what.to_string())?;
+        coverage[0] += p.len() as u64;
+        coverage[1] += labels.len() as u64;
+        Ok(())
+    })?;
     sum_over_ranks(comm.as_ref(), matrix.counts_mut())?;
     sum_over_ranks(comm.as_ref(), &mut coverage)?;
-    let mut missing: Vec<String> = all_gather_text(comm.as_ref(), &missing.join("\n"), Device::Cpu)?.iter().flat_map(|t| t.lines().map(String::from).collect::<Vec<_>>()).collect();
-    missing.sort();
     if !world.is_root() {
         return Ok(Summary::ok(json!({ "rank": world.rank, "evaluated_shards_of": gt.num_shards() })));
     }
@@ -178,20 +169,9 @@ pub fn run_pseudo(config: &Config, world: &World) -> anyhow::Result<Summary> {
     println!("Pseudo-label evaluation of {} ({} images, {} without a pseudo-label)\n\n{markdown}", pseudo_dir.display(), gt.len() - missing.len(), missing.len());
     let out = config.run_dir().join("eval");
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
-    let details = json!({ "images": gt.len() - missing.len(), "missing": missing, "method": pseudo.manifest().source, "report": report });
+    let details = json!({ "images": gt.len() - missing.len(), "missing": missing, "method": Dataset::<PseudoRow>::open_as(&pseudo_dir)?.manifest().source, "report": report });
     crate::data::atomic_write(&out.join("pseudo.json"), serde_json::to_string_pretty(&details)?.as_bytes())?;
     crate::data::atomic_write(&out.join("pseudo.md"), markdown.as_bytes())?;
     info!("pseudo-labels: mIoU {:.1} on the {:.1}% of pixels labelled; written to {}", 100.0 * report.miou, 100.0 * labelled, out.display());
     Ok(Summary::ok(details))
-}
-
-/// The stride-4 f16 maps of a row resized (bilinear) to the image size: [K, H, W] flattened.
-fn full_resolution(cam: &CamRow) -> Vec<f32> {
-    if cam.classes.is_empty() {
-        return Vec::new();
-    }
-    let (h4, w4) = cam.map_size();
-    let maps = Tensor::from_data_size(&cam.cam, &[1, cam.classes.len() as i64, h4 as i64, w4 as i64], Kind::Half).to_kind(Kind::Float);
-    let full = maps.upsample_bilinear2d([cam.height as i64, cam.width as i64], false, None, None);
-    Vec::<f32>::try_from(full.flatten(0, -1)).expect("a float tensor converts")
 }

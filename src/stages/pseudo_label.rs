@@ -22,11 +22,10 @@ use super::map_phase::{execute, MapJob, TaskOutput};
 use super::Summary;
 use crate::config::Config;
 use crate::data::codec::{decode_row_image, encode_mask};
-use crate::data::schema::CAM_STRIDE;
 use crate::data::{CamRow, Dataset, DatasetKind, ImageRow, PseudoRow};
 use crate::dist::World;
 use crate::refine::pseudo::{pseudo_label, PseudoInput, PseudoParams};
-use crate::refine::resize::resize_bilinear;
+use crate::refine::resize::full_resolution;
 
 pub fn run(config: &Config, world: &World, force: bool) -> anyhow::Result<Summary> {
     let images_dir = config.dataset(config.cam.split);
@@ -103,17 +102,6 @@ fn label_image(image: &ImageRow, cam: Option<&CamRow>, params: &PseudoParams) ->
     let input = PseudoInput { classes: &cam.classes, cams: &cams, width: w, height: h, rgb: &rgb.pixels };
     let labels = pseudo_label(&input, params);
     Ok(PseudoRow { id: image.id.clone(), mask: encode_mask(rgb.width, rgb.height, &labels), method: params.method.name().into() })
-}
-
-/// The row's stride-4 f16 maps resized (bilinear) to the image: [K, H, W] f32.
-pub fn full_resolution(cam: &CamRow) -> Vec<f32> {
-    if cam.classes.is_empty() {
-        return Vec::new();
-    }
-    let (h4, w4) = cam.map_size();
-    let maps: Vec<f32> = cam.cam.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect();
-    debug_assert_eq!(CAM_STRIDE, 4);
-    resize_bilinear(&maps, h4 as usize, w4 as usize, cam.height as usize, cam.width as usize)
 }
 
 /// SHA-256 over the input manifests' shard checksums and the settings.
