@@ -9,7 +9,7 @@
 //! and [`DenseCrf::inference`] runs several independent problems ("groups") in one pass over
 //! the lattices: IRNet's two CRFs per image (foreground and background seeds) cost one.
 
-use super::permutohedral::Lattice;
+use super::permutohedral::{FilterScratch, Lattice};
 
 /// Kernel settings (METHODS.md §4). The default is IRNet's, for CAM seeds.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -80,16 +80,24 @@ impl Kernel {
     }
 
     /// `acc += w · D^-½ K D^-½ q` (q and acc: points × channels).
-    fn add_message(&self, q: &[f32], channels: usize, scaled: &mut [f32], filtered: &mut [f32], acc: &mut [f32]) {
+    fn add_message(&self, q: &[f32], channels: usize, buffers: &mut Buffers, acc: &mut [f32]) {
+        let Buffers { scaled, filtered, scratch } = buffers;
         for ((s, q), &n) in scaled.chunks_exact_mut(channels).zip(q.chunks_exact(channels)).zip(&self.norm) {
             s.iter_mut().zip(q).for_each(|(s, &x)| *s = x * n);
         }
-        self.lattice.filter(scaled, channels, filtered);
+        self.lattice.filter_with(scaled, channels, filtered, scratch);
         for ((a, f), &n) in acc.chunks_exact_mut(channels).zip(filtered.chunks_exact(channels)).zip(&self.norm) {
             // densecrf: tmp −= Potts(−w · x), i.e. tmp += w · x.
             a.iter_mut().zip(f).for_each(|(a, &f)| *a += self.weight * (f * n));
         }
     }
+}
+
+/// Per-inference buffers of the message passing.
+struct Buffers {
+    scaled: Vec<f32>,
+    filtered: Vec<f32>,
+    scratch: FilterScratch,
 }
 
 /// A dense CRF over the pixels of one RGB image.
@@ -129,12 +137,11 @@ impl DenseCrf {
         let mut q = negated.clone();
         softmax_groups(&mut q, labels);
         let mut acc = vec![0f32; unary.len()];
-        let mut scaled = vec![0f32; unary.len()];
-        let mut filtered = vec![0f32; unary.len()];
+        let mut buffers = Buffers { scaled: vec![0f32; unary.len()], filtered: vec![0f32; unary.len()], scratch: FilterScratch::default() };
         for _ in 0..self.iterations {
             acc.copy_from_slice(&negated);
             for kernel in &self.kernels {
-                kernel.add_message(&q, channels, &mut scaled, &mut filtered, &mut acc);
+                kernel.add_message(&q, channels, &mut buffers, &mut acc);
             }
             q.copy_from_slice(&acc);
             softmax_groups(&mut q, labels);

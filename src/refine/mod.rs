@@ -8,4 +8,4 @@ pub mod pseudo;
 pub mod resize;
 
 pub use crf::{CrfParams, DenseCrf};
-pub use permutohedral::Lattice;
+pub use permutohedral::{FilterScratch, Lattice};

@@ -114,9 +114,10 @@ impl Lattice {
         let mut neighbours = vec![[NONE; 2]; (d + 1) * (vertices + 1)];
         let mut n1 = vec![0i16; d];
         let mut n2 = vec![0i16; d];
+        let mut k = vec![0i16; d];
         for j in 0..=d {
             for v in 0..vertices {
-                let k = keys.key(v as u32 + 1);
+                unpack(keys.key(v as u32 + 1), &mut k);
                 for i in 0..d {
                     n1[i] = k[i] - 1;
                     n2[i] = k[i] + 1;
@@ -145,18 +146,34 @@ impl Lattice {
     /// Filters `input` (points × `channels`, row-major) into `out` (same shape):
     /// `out_i ≈ Σ_j exp(−½‖f_i − f_j‖²) · input_j`, up to densecrf's constant factor.
     pub fn filter(&self, input: &[f32], channels: usize, out: &mut [f32]) {
-        assert_eq!(input.len(), self.points * channels, "input must be points × channels");
+        self.filter_with(input, channels, out, &mut FilterScratch::default());
+    }
+
+    /// [`Lattice::filter`] with caller-owned buffers, for repeated filtering (mean field).
+    pub fn filter_with(&self, input: &[f32], channels: usize, out: &mut [f32], scratch: &mut FilterScratch) {
+        assert!(channels >= 1 && input.len() == self.points * channels, "input must be points × channels");
         assert_eq!(out.len(), input.len(), "out must be points × channels");
         let d = self.dim;
-        let slots = (self.vertices + 1) * channels;
-        let mut values = vec![0f32; slots];
-        let mut blurred = vec![0f32; slots];
+        // Values are kept in 4-wide lanes (channels padded with zeros) so that every inner loop
+        // has a fixed width the compiler vectorises; the arithmetic per channel is unchanged.
+        let width = channels.div_ceil(LANE);
+        let slots = (self.vertices + 1) * width;
+        scratch.values.clear();
+        scratch.values.resize(slots, [0.0; LANE]);
+        scratch.blurred.resize(slots, [0.0; LANE]);
+        scratch.point.resize(width, [0.0; LANE]);
+        let FilterScratch { values, blurred, point } = scratch;
         for (p, value) in input.chunks_exact(channels).enumerate() {
+            for (c, &x) in value.iter().enumerate() {
+                point[c / LANE][c % LANE] = x;
+            }
             for r in 0..=d {
-                let o = self.offsets[p * (d + 1) + r] as usize * channels;
+                let o = self.offsets[p * (d + 1) + r] as usize * width;
                 let w = self.weights[p * (d + 1) + r];
-                for (acc, &x) in values[o..o + channels].iter_mut().zip(value) {
-                    *acc += w * x;
+                for (acc, x) in values[o..o + width].iter_mut().zip(point.iter()) {
+                    for k in 0..LANE {
+                        acc[k] += w * x[k];
+                    }
                 }
             }
         }
@@ -164,57 +181,89 @@ impl Lattice {
             let axis = &self.neighbours[j * (self.vertices + 1)..(j + 1) * (self.vertices + 1)];
             for v in 1..=self.vertices {
                 let [a, b] = axis[v];
-                let (a, b, o) = (a as usize * channels, b as usize * channels, v * channels);
-                for c in 0..channels {
-                    blurred[o + c] = values[o + c] + 0.5 * (values[a + c] + values[b + c]);
+                let (a, b, o) = (a as usize * width, b as usize * width, v * width);
+                for l in 0..width {
+                    let (old, na, nb) = (values[o + l], values[a + l], values[b + l]);
+                    let new = &mut blurred[o + l];
+                    for k in 0..LANE {
+                        new[k] = old[k] + 0.5 * (na[k] + nb[k]);
+                    }
                 }
             }
-            std::mem::swap(&mut values, &mut blurred);
+            std::mem::swap(values, blurred);
         }
         let alpha = 1.0f32 / (1.0 + 2f32.powi(-(d as i32)));
         for (p, result) in out.chunks_exact_mut(channels).enumerate() {
-            result.iter_mut().for_each(|x| *x = 0.0);
+            point.iter_mut().for_each(|lane| *lane = [0.0; LANE]);
             for r in 0..=d {
-                let o = self.offsets[p * (d + 1) + r] as usize * channels;
+                let o = self.offsets[p * (d + 1) + r] as usize * width;
                 let w = self.weights[p * (d + 1) + r];
-                for (acc, &x) in result.iter_mut().zip(&values[o..o + channels]) {
-                    *acc += w * x * alpha;
+                for (acc, x) in point.iter_mut().zip(&values[o..o + width]) {
+                    for k in 0..LANE {
+                        acc[k] += w * x[k] * alpha;
+                    }
                 }
+            }
+            for (c, y) in result.iter_mut().enumerate() {
+                *y = point[c / LANE][c % LANE];
             }
         }
     }
 }
 
-/// Open-addressing hash table from lattice keys (d coordinates) to 1-based vertex numbers, with
-/// the keys stored flat: the lattice's hot loop, so no allocation per look-up.
+/// Width of the value lanes of [`Lattice::filter_with`].
+const LANE: usize = 4;
+
+/// Buffers of [`Lattice::filter_with`], kept between calls.
+#[derive(Debug, Default)]
+pub struct FilterScratch {
+    values: Vec<[f32; LANE]>,
+    blurred: Vec<[f32; LANE]>,
+    point: Vec<[f32; LANE]>,
+}
+
+/// Open-addressing hash table from lattice keys (d ≤ 8 coordinates, packed 16 bits each into a
+/// u128) to 1-based vertex numbers: the lattice's hot loop, so one integer compare per probe.
 struct KeyTable {
-    dim: usize,
-    keys: Vec<i16>,
+    keys: Vec<u128>,
     /// 0 = empty, else the vertex number.
     slots: Vec<u32>,
 }
 
+/// A key's coordinates packed into one integer.
+fn pack(key: &[i16]) -> u128 {
+    key.iter().enumerate().fold(0u128, |packed, (i, &k)| packed | (k as u16 as u128) << (16 * i))
+}
+
+/// The coordinates of a packed key.
+fn unpack(packed: u128, key: &mut [i16]) {
+    for (i, k) in key.iter_mut().enumerate() {
+        *k = (packed >> (16 * i)) as u16 as i16;
+    }
+}
+
 impl KeyTable {
     fn new(dim: usize, expected: usize) -> KeyTable {
-        KeyTable { dim, keys: Vec::with_capacity(expected * dim), slots: vec![0; (2 * expected).next_power_of_two()] }
+        assert!(dim <= 8, "lattice keys hold at most 8 coordinates");
+        KeyTable { keys: Vec::with_capacity(expected), slots: vec![0; (2 * expected).next_power_of_two()] }
     }
 
     fn len(&self) -> usize {
-        self.keys.len() / self.dim
+        self.keys.len()
     }
 
-    fn key(&self, vertex: u32) -> &[i16] {
-        let start = (vertex as usize - 1) * self.dim;
-        &self.keys[start..start + self.dim]
+    fn key(&self, vertex: u32) -> u128 {
+        self.keys[vertex as usize - 1]
     }
 
-    /// densecrf's hash of a key.
-    fn hash(key: &[i16]) -> usize {
-        key.iter().fold(0usize, |k, &x| k.wrapping_add(x as isize as usize).wrapping_mul(2531011))
+    fn hash(key: u128) -> usize {
+        // Fibonacci hashing of the folded key.
+        let folded = (key as u64) ^ ((key >> 64) as u64).rotate_left(29);
+        (folded.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 20) as usize
     }
 
     /// The slot holding `key`, or the empty slot where it belongs.
-    fn slot(&self, key: &[i16]) -> usize {
+    fn slot(&self, key: u128) -> usize {
         let mask = self.slots.len() - 1;
         let mut s = Self::hash(key) & mask;
         loop {
@@ -227,16 +276,17 @@ impl KeyTable {
     }
 
     fn find(&self, key: &[i16]) -> u32 {
-        self.slots[self.slot(key)]
+        self.slots[self.slot(pack(key))]
     }
 
     fn insert(&mut self, key: &[i16]) -> u32 {
         if 2 * (self.len() + 1) > self.slots.len() {
             self.grow();
         }
-        let s = self.slot(key);
+        let packed = pack(key);
+        let s = self.slot(packed);
         if self.slots[s] == 0 {
-            self.keys.extend_from_slice(key);
+            self.keys.push(packed);
             self.slots[s] = self.len() as u32;
         }
         self.slots[s]
