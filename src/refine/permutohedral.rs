@@ -32,7 +32,9 @@ impl Lattice {
         assert!(dim >= 1 && features.len() % dim == 0, "features must be points × dim");
         let points = features.len() / dim;
         let d = dim;
-        let mut keys = KeyTable::new(d, points * (d + 1) / 2 + 16);
+        // Points of an image share vertices (a 500×375 photo: 64k for 1.1M incidences): start
+        // small, so that the table stays in cache, and let it grow.
+        let mut keys = KeyTable::new(d, points / 16 + 64);
         let mut offsets = Vec::with_capacity(points * (d + 1));
         let mut weights = Vec::with_capacity(points * (d + 1));
 
@@ -153,73 +155,103 @@ impl Lattice {
     pub fn filter_with(&self, input: &[f32], channels: usize, out: &mut [f32], scratch: &mut FilterScratch) {
         assert!(channels >= 1 && input.len() == self.points * channels, "input must be points × channels");
         assert_eq!(out.len(), input.len(), "out must be points × channels");
+        // Values travel in blocks of up to BLOCK channels, as 1..=4 lanes of 4: every inner loop
+        // then has a fixed width the compiler vectorises, and the arithmetic per channel is
+        // unchanged (padding lanes are zero).
+        let mut first = 0;
+        while first < channels {
+            let block = (channels - first).min(BLOCK);
+            match block.div_ceil(LANE) {
+                1 => self.filter_block::<1>(input, channels, first, block, out, scratch),
+                2 => self.filter_block::<2>(input, channels, first, block, out, scratch),
+                3 => self.filter_block::<3>(input, channels, first, block, out, scratch),
+                _ => self.filter_block::<4>(input, channels, first, block, out, scratch),
+            }
+            first += block;
+        }
+    }
+
+    /// Filters channels `first..first + block` of `input` into the same channels of `out`,
+    /// in `W` lanes.
+    fn filter_block<const W: usize>(&self, input: &[f32], channels: usize, first: usize, block: usize, out: &mut [f32], scratch: &mut FilterScratch) {
         let d = self.dim;
-        // Values are kept in 4-wide lanes (channels padded with zeros) so that every inner loop
-        // has a fixed width the compiler vectorises; the arithmetic per channel is unchanged.
-        let width = channels.div_ceil(LANE);
-        let slots = (self.vertices + 1) * width;
-        scratch.values.clear();
-        scratch.values.resize(slots, [0.0; LANE]);
-        scratch.blurred.resize(slots, [0.0; LANE]);
-        scratch.point.resize(width, [0.0; LANE]);
-        let FilterScratch { values, blurred, point } = scratch;
-        for (p, value) in input.chunks_exact(channels).enumerate() {
-            for (c, &x) in value.iter().enumerate() {
+        let slots = self.vertices + 1;
+        let values = scratch.values.lanes::<W>(slots);
+        for ((value, offsets), weights) in input.chunks_exact(channels).zip(self.offsets.chunks_exact(d + 1)).zip(self.weights.chunks_exact(d + 1)) {
+            let mut point = [[0f32; LANE]; W];
+            for (c, &x) in value[first..first + block].iter().enumerate() {
                 point[c / LANE][c % LANE] = x;
             }
-            for r in 0..=d {
-                let o = self.offsets[p * (d + 1) + r] as usize * width;
-                let w = self.weights[p * (d + 1) + r];
-                for (acc, x) in values[o..o + width].iter_mut().zip(point.iter()) {
+            for (&o, &w) in offsets.iter().zip(weights) {
+                let acc = &mut values[o as usize];
+                for l in 0..W {
                     for k in 0..LANE {
-                        acc[k] += w * x[k];
+                        acc[l][k] += w * point[l][k];
                     }
                 }
             }
         }
+        let blurred = scratch.blurred.lanes::<W>(slots);
+        let (mut from, mut to) = (values, blurred);
         for j in 0..=d {
-            let axis = &self.neighbours[j * (self.vertices + 1)..(j + 1) * (self.vertices + 1)];
-            for v in 1..=self.vertices {
+            let axis = &self.neighbours[j * slots..(j + 1) * slots];
+            for v in 1..slots {
                 let [a, b] = axis[v];
-                let (a, b, o) = (a as usize * width, b as usize * width, v * width);
-                for l in 0..width {
-                    let (old, na, nb) = (values[o + l], values[a + l], values[b + l]);
-                    let new = &mut blurred[o + l];
+                let (old, na, nb) = (from[v], from[a as usize], from[b as usize]);
+                for l in 0..W {
                     for k in 0..LANE {
-                        new[k] = old[k] + 0.5 * (na[k] + nb[k]);
+                        to[v][l][k] = old[l][k] + 0.5 * (na[l][k] + nb[l][k]);
                     }
                 }
             }
-            std::mem::swap(values, blurred);
+            std::mem::swap(&mut from, &mut to);
         }
         let alpha = 1.0f32 / (1.0 + 2f32.powi(-(d as i32)));
-        for (p, result) in out.chunks_exact_mut(channels).enumerate() {
-            point.iter_mut().for_each(|lane| *lane = [0.0; LANE]);
-            for r in 0..=d {
-                let o = self.offsets[p * (d + 1) + r] as usize * width;
-                let w = self.weights[p * (d + 1) + r];
-                for (acc, x) in point.iter_mut().zip(&values[o..o + width]) {
+        for ((result, offsets), weights) in out.chunks_exact_mut(channels).zip(self.offsets.chunks_exact(d + 1)).zip(self.weights.chunks_exact(d + 1)) {
+            let mut point = [[0f32; LANE]; W];
+            for (&o, &w) in offsets.iter().zip(weights) {
+                let x = &from[o as usize];
+                for l in 0..W {
                     for k in 0..LANE {
-                        acc[k] += w * x[k] * alpha;
+                        point[l][k] += w * x[l][k] * alpha;
                     }
                 }
             }
-            for (c, y) in result.iter_mut().enumerate() {
+            for (c, y) in result[first..first + block].iter_mut().enumerate() {
                 *y = point[c / LANE][c % LANE];
             }
         }
     }
 }
 
-/// Width of the value lanes of [`Lattice::filter_with`].
+/// Width of a value lane of [`Lattice::filter_with`].
 const LANE: usize = 4;
+/// Channels filtered in one traversal: at most 4 lanes.
+const BLOCK: usize = 4 * LANE;
 
 /// Buffers of [`Lattice::filter_with`], kept between calls.
 #[derive(Debug, Default)]
 pub struct FilterScratch {
-    values: Vec<[f32; LANE]>,
-    blurred: Vec<[f32; LANE]>,
-    point: Vec<[f32; LANE]>,
+    values: LaneBuffer,
+    blurred: LaneBuffer,
+}
+
+/// A buffer reused as `[[f32; 4]; W]` entries of any width W ≤ 4.
+#[derive(Debug, Default)]
+struct LaneBuffer(Vec<[[f32; LANE]; 4]>);
+
+impl LaneBuffer {
+    /// `slots` zeroed entries of W lanes.
+    fn lanes<const W: usize>(&mut self, slots: usize) -> &mut [[[f32; LANE]; W]] {
+        const { assert!(W >= 1 && W <= 4) };
+        let floats = slots * W * LANE;
+        self.0.clear();
+        self.0.resize(floats.div_ceil(4 * LANE), [[0.0; LANE]; 4]);
+        let flat: &mut [f32] = &mut self.0.as_flattened_mut().as_flattened_mut()[..floats];
+        let (entries, rest) = flat.as_chunks_mut::<LANE>();
+        debug_assert!(rest.is_empty());
+        entries.as_chunks_mut::<W>().0
+    }
 }
 
 /// Open-addressing hash table from lattice keys (d ≤ 8 coordinates, packed 16 bits each into a
@@ -257,15 +289,16 @@ impl KeyTable {
     }
 
     fn hash(key: u128) -> usize {
-        // Fibonacci hashing of the folded key.
+        // Fibonacci hashing of the folded key; the high bits of the product depend on every
+        // input bit, so the slot is taken from them.
         let folded = (key as u64) ^ ((key >> 64) as u64).rotate_left(29);
-        (folded.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 20) as usize
+        folded.wrapping_mul(0x9E37_79B9_7F4A_7C15) as usize
     }
 
     /// The slot holding `key`, or the empty slot where it belongs.
     fn slot(&self, key: u128) -> usize {
         let mask = self.slots.len() - 1;
-        let mut s = Self::hash(key) & mask;
+        let mut s = Self::hash(key) >> (usize::BITS - self.slots.len().trailing_zeros());
         loop {
             let vertex = self.slots[s];
             if vertex == 0 || self.key(vertex) == key {
