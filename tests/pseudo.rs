@@ -10,9 +10,10 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::{mpirun, mpirun_ok, rank_process, run_python, s, voc_mini, wait_for, wsss_ok};
-use wsss_dist::data::codec::decode_rgb;
-use wsss_dist::data::shard::{write_shard, ShardLayout, ShardReader};
-use wsss_dist::data::ImageRow;
+use wsss_dist::data::codec::{decode_mask, decode_rgb};
+use wsss_dist::data::schema::FORMAT_VERSION;
+use wsss_dist::data::shard::{shard_file_name, write_shard, ShardLayout, ShardReader};
+use wsss_dist::data::{CamRow, Dataset, DatasetKind, ImageRow, Manifest};
 use wsss_dist::refine::crf::{argmax_groups, unary_from_labels};
 use wsss_dist::refine::{CrfParams, DenseCrf};
 
@@ -197,4 +198,70 @@ fn dense_crf_agrees_with_pydensecrf_on_voc_photos() {
         agree += same;
     }
     assert!(agree as f64 >= 0.9999 * total as f64, "agreement {:.4}%", 100.0 * agree as f64 / total as f64);
+}
+
+/// A CAM dataset for `images` made from their ground-truth masks (each class's map is its mask
+/// sampled at stride 4, softened), so that refinement can run without a trained model.
+fn cams_from_masks(images: &Path, out: &Path) {
+    let dataset = Dataset::open(images).unwrap();
+    std::fs::create_dir_all(out).unwrap();
+    let mut shards = Vec::new();
+    for shard in 0..dataset.num_shards() {
+        let rows: Vec<CamRow> = dataset.shard(shard).unwrap().read_all().unwrap().iter().map(|image| {
+            let (w, h, mask) = decode_mask(image.mask.as_ref().unwrap()).unwrap();
+            let (w4, h4) = (w.div_ceil(4) as usize, h.div_ceil(4) as usize);
+            let mask = &mask;
+            let cam: Vec<u8> = image.labels.iter().flat_map(|&c| {
+                (0..w4 * h4).flat_map(move |p| {
+                    let (x, y) = ((p % w4) * 4, (p / w4) * 4);
+                    let on = mask[y.min(h as usize - 1) * w as usize + x.min(w as usize - 1)] == c as u8;
+                    half::f16::from_f32(if on { 0.8 } else { 0.1 }).to_le_bytes()
+                })
+            }).collect();
+            CamRow { id: image.id.clone(), classes: image.labels.clone(), scores: vec![1.0; image.labels.len()], cam, height: h, width: w }
+        }).collect();
+        shards.push(write_shard(&out.join(shard_file_name(shard)), &rows, ShardLayout::default()).unwrap());
+    }
+    let m = dataset.manifest();
+    Manifest { format_version: FORMAT_VERSION, kind: DatasetKind::Cams, split: m.split.clone(), classes: m.classes.clone(), rows: m.rows, shards, source: "test: CAMs from masks".into() }.write(out).unwrap();
+}
+
+/// Peak RSS in KiB of `wsss-dist args` run to completion in `dir` (its own, via wait4).
+fn peak_rss_kib(dir: &Path, args: &[&str]) -> i64 {
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_wsss-dist")).args(args).current_dir(dir).stderr(Stdio::null()).spawn().unwrap();
+    let mut status = 0;
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let pid = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
+    assert_eq!(pid, child.id() as i32);
+    assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "wsss-dist {args:?} failed");
+    usage.ru_maxrss
+}
+
+/// Memory per rank is bounded by a shard, not by the dataset: pseudo-labelling (irn_seeds)
+/// 20,000 images (40 shards) peaks at about the memory of 2,000 (4 shards).
+#[test]
+fn memory_is_bounded_by_the_shard_not_the_dataset() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let mut peaks = Vec::new();
+    for images in [2000, 20000] {
+        let (data, cams, out) = (format!("data{images}"), format!("cams{images}"), format!("pseudo{images}"));
+        wsss_ok(dir, &["data", "import", "synthetic", "--out", &data, "--images", &images.to_string(), "--size", "32", "--shard-rows", "500"]);
+        cams_from_masks(&dir.join(&data), &dir.join(&cams));
+        let set = |kv: String| ["--set".to_string(), kv];
+        let args: Vec<String> = ["pseudo-label".to_string()]
+            .into_iter()
+            .chain(set(format!("data.train={data}")))
+            .chain(set(format!("cam.out={cams}")))
+            .chain(set(format!("pseudo_label.out={out}")))
+            .chain(set("pseudo_label.method=irn_seeds".into()))
+            .chain(set("pseudo_label.threads=2".into()))
+            .collect();
+        let peak = peak_rss_kib(dir, &common::as_str(&args));
+        let rows = json(&dir.join(&out).join("manifest.json"))["rows"].as_u64().unwrap();
+        assert_eq!(rows, images as u64);
+        println!("{images} images: peak RSS {peak} KiB");
+        peaks.push(peak);
+    }
+    assert!(peaks[1] < peaks[0] + peaks[0] / 4, "peak RSS grew with the dataset: {peaks:?} KiB");
 }

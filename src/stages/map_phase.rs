@@ -110,6 +110,7 @@ where
     let manifest = Manifest { format_version: FORMAT_VERSION, kind: job.kind, split: job.split.clone(), classes: job.classes.clone(), rows, shards, source: job.source.clone() };
     manifest.write(&job.out)?;
     let details = summary(job, &all, records.len(), &records, started);
+    crate::data::atomic_write(&job.out.join(".map/summary.json"), serde_json::to_string_pretty(&details)?.as_bytes())?;
     let skipped = all.iter().map(|r| r.skipped.len()).sum::<usize>();
     if skipped > 0 {
         warn!("{}: {skipped} input(s) skipped (listed in the summary)", job.what);
