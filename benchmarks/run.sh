@@ -13,8 +13,7 @@ cargo bench --bench loader --bench train_step --bench allreduce --no-run -q 2>/d
 bench_exe() { cargo bench --bench "$1" --no-run --message-format=json 2>/dev/null | "$py" -c "import json,sys; print([m['executable'] for m in map(json.loads, sys.stdin) if m.get('executable') and m['target']['name'] == '$1'][0])"; }
 uptime >&2
 
-median() { sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
-field() { "$py" -c "import json,sys; print(json.loads(sys.stdin.read().strip().splitlines()[-1])['$1'])"; }
+source benchmarks/lib.sh
 
 echo "== loader: read + decode + augment + batch, 2 threads/workers, batch 16, voc-mini train_aug (96 photos), 3 epochs after warm-up"
 for mode in augment decode; do
@@ -96,22 +95,4 @@ for v in "${variants[@]}"; do
   printf '%-22s %.3f s/step  vs baseline %.2fx   (runs: %s)\n' "cam ${v:-(baseline)}" "$m" "$(awk -v a="$m" -v b="$base" 'BEGIN {print a / b}')" "${times[$v]}"
 done
 
-echo "== refinement: pseudo-label --method irn_seeds from stored CAMs, voc-mini train_aug (96 photos), 1 thread, vs IRNet's step (cam_to_ir_label.py) with pydensecrf on the same CAMs and images; images/s per core and pixel agreement (target: >= 5x at >= 99%)"
-refine=data/bench/refine
-bin=$PWD/target/release/wsss-dist
-voc_args=(--config configs/voc_cam.toml --set run.dir="$refine/runs" --set run.name=voc --set run.threads=1
-  --set data.train="$data" --set data.val="$data" --set model.depth=resnet18 --set model.init=""
-  --set train.epochs=1 --set loader.batch_size=8 --set loader.threads=2 --set "loader.resize_long=[160, 320]" --set loader.crop=256
-  --set train.lr=0.01 --set "cam.scales=[1.0]" --set pseudo_label.threads=1)
-[ -e "$refine/runs/voc/cams/train/manifest.json" ] || { "$bin" train cam "${voc_args[@]}" && "$bin" cam "${voc_args[@]}"; } 2>/dev/null
-ours=(); theirs=(); agreement=()
-for _ in $(seq "$repeats"); do
-  start=$(date +%s.%N)
-  "$bin" pseudo-label "${voc_args[@]}" --force 2>/dev/null
-  ours+=("$(awk -v s="$start" -v e="$(date +%s.%N)" 'BEGIN {print 96 / (e - s)}')")
-  line=$(OMP_NUM_THREADS=1 "$deps/pyenv/bin/python" benchmarks/irn_seeds_ref.py "$data" "$refine/runs/voc/cams/train" "$refine/runs/voc/pseudo_labels/train")
-  theirs+=("$(echo "$line" | field images_per_second)"); agreement+=("$(echo "$line" | field agreement)")
-done
-o=$(printf '%s\n' "${ours[@]}" | median); t=$(printf '%s\n' "${theirs[@]}" | median)
-printf 'irn_seeds wsss-dist %6.2f img/s (whole stage: read, decode, refine, encode, write)  IRNet+pydensecrf %6.2f img/s (the step alone)  ratio %.2fx  agreement %s   (runs: wsss-dist %s | python %s)\n' \
-  "$o" "$t" "$(awk -v a="$o" -v b="$t" 'BEGIN {print a / b}')" "${agreement[0]}" "${ours[*]}" "${theirs[*]}"
+bash benchmarks/refine.sh

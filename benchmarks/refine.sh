@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Refinement benchmark (part of `make bench`; alone: `make build && bash benchmarks/refine.sh`):
+# `pseudo-label --method irn_seeds` from stored CAMs on the voc-mini photos, one thread, against
+# IRNet's step with pydensecrf (benchmarks/irn_seeds_ref.py, in the test venv) on the same CAMs
+# and images, alternating over BENCH_REPEATS runs. The CAMs come from a ResNet-18 trained for
+# one epoch from a random start (made once; the CAMs' quality does not matter for the timing).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source benchmarks/lib.sh
+deps=${WSSS_DEPS:-.deps}
+repeats=${BENCH_REPEATS:-3}
+voc=../shared/data/voc-mini/VOC2012
+data=data/bench/voc-mini-train
+[ -e "$data/manifest.json" ] || target/release/wsss-dist data import voc --root "$voc" --split train_aug --out "$data"
+echo "== refinement: pseudo-label --method irn_seeds from stored CAMs, voc-mini train_aug (96 photos), 1 thread, vs IRNet's step (cam_to_ir_label.py) with pydensecrf on the same CAMs and images; images/s per core and pixel agreement (target: >= 5x at >= 99%)"
+refine=data/bench/refine
+bin=$PWD/target/release/wsss-dist
+voc_args=(--config configs/voc_cam.toml --set run.dir="$refine/runs" --set run.name=voc --set run.threads=1
+  --set data.train="$data" --set data.val="$data" --set model.depth=resnet18 --set model.init=""
+  --set train.epochs=1 --set loader.batch_size=8 --set loader.threads=2 --set "loader.resize_long=[160, 320]" --set loader.crop=256
+  --set train.lr=0.01 --set "cam.scales=[1.0]" --set pseudo_label.threads=1)
+[ -e "$refine/runs/voc/cams/train/manifest.json" ] || { "$bin" train cam "${voc_args[@]}" && "$bin" cam "${voc_args[@]}"; } 2>/dev/null
+ours=(); theirs=(); agreement=()
+for _ in $(seq "$repeats"); do
+  start=$(date +%s.%N)
+  "$bin" pseudo-label "${voc_args[@]}" --force 2>/dev/null
+  ours+=("$(awk -v s="$start" -v e="$(date +%s.%N)" 'BEGIN {print 96 / (e - s)}')")
+  line=$(OMP_NUM_THREADS=1 "$deps/pyenv/bin/python" benchmarks/irn_seeds_ref.py "$data" "$refine/runs/voc/cams/train" "$refine/runs/voc/pseudo_labels/train")
+  theirs+=("$(echo "$line" | field images_per_second)"); agreement+=("$(echo "$line" | field agreement)")
+done
+o=$(printf '%s\n' "${ours[@]}" | median); t=$(printf '%s\n' "${theirs[@]}" | median)
+printf 'irn_seeds wsss-dist %6.2f img/s (whole stage: read, decode, refine, encode, write)  IRNet+pydensecrf %6.2f img/s (the step alone)  ratio %.2fx  agreement %s   (runs: wsss-dist %s | python %s)\n' \
+  "$o" "$t" "$(awk -v a="$o" -v b="$t" 'BEGIN {print a / b}')" "${agreement[0]}" "${ours[*]}" "${theirs[*]}"
+python3 -c "import json,sys; s = json.load(open(sys.argv[1])); print('wsss-dist seconds by phase (last run):', {k: round(v, 2) for k, v in s['seconds_by_phase'].items()})" "$refine/runs/voc/pseudo_labels/train/.map/summary.json"
