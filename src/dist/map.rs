@@ -20,7 +20,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use mpi::point_to_point::{Destination, Source};
+use mpi::point_to_point::{Destination, MatchedReceiveVec, Source};
 use mpi::topology::Communicator as _;
 use serde::{Deserialize, Serialize};
 
@@ -37,6 +37,8 @@ const TAG_REQUEST: i32 = 7101;
 const TAG_TASK: i32 = 7102;
 /// The reply that says "no task left".
 const NO_TASK: i64 = -1;
+/// How often rank 0's coordinator looks for requests.
+const POLL_INTERVAL: std::time::Duration = std::time::Duration::from_millis(2);
 
 #[derive(Debug, thiserror::Error)]
 pub enum MapError {
@@ -230,7 +232,13 @@ where
 fn coordinate(comm: &mpi::topology::SimpleCommunicator, remotes: usize, next: &dyn Fn() -> Option<usize>, finish: &dyn Fn(TaskRecord)) -> Result<(), MapError> {
     let mut finished = 0;
     while finished < remotes {
-        let (message, status) = comm.any_process().receive_vec_with_tag::<u8>(TAG_REQUEST);
+        // Poll and sleep rather than block: a blocking receive spins a core in MPI's progress
+        // loop, which rank 0's own worker needs.
+        let Some(probed) = comm.any_process().immediate_matched_probe_with_tag(TAG_REQUEST) else {
+            std::thread::sleep(POLL_INTERVAL);
+            continue;
+        };
+        let (message, status) = probed.matched_receive_vec::<u8>();
         let source = status.source_rank();
         if !message.is_empty() {
             let record: TaskRecord = serde_json::from_slice(&message).map_err(|e| MapError::Protocol(format!("a request from rank {source}: {e}")))?;
