@@ -786,6 +786,7 @@ fn nearest_hint(key: &str, known: &[(String, bool)]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::refine::pseudo::PseudoMethod;
 
     fn load_str(text: &str, overrides: &[&str]) -> Result<Config, ConfigError> {
         let dir = tempfile::tempdir().unwrap();
@@ -862,6 +863,23 @@ mod tests {
         let err = load_str("", &["method.base=amr"]).unwrap_err().to_string();
         assert!(err.contains("method.amr.freeze_spotlight") && err.contains("spotlight_init"), "{err}");
         for (set, key) in [("method.isl.weight=1.5", "method.isl.weight"), ("method.isl.samples=0", "method.isl.samples"), ("method.fsl.sigma=0", "method.fsl.sigma"), ("method.fsl.window=-1", "method.fsl.window"), ("method.amr.alpha=2", "method.amr.alpha"), ("method.base=deeplab", "method.base")] {
+            let err = load_str("", &[set]).unwrap_err().to_string();
+            assert!(err.contains(key), "{set}: {err}");
+        }
+    }
+    #[test]
+    fn pseudo_label_settings_and_their_errors() {
+        let config = load_str("[pseudo_label]\nmethod = \"crf\"\nthreads = 3\n[pseudo_label.crf]\nappearance_sxy = 80.0\n", &[]).unwrap();
+        assert_eq!((config.pseudo_label.method, config.pseudo_label.threads), (PseudoMethod::Crf, 3));
+        assert_eq!((config.pseudo_label.crf.appearance_sxy, config.pseudo_label.crf.appearance_srgb), (80.0, 5.0));
+        assert_eq!(config.pseudo_label.fg_threshold, 0.30);
+        // The resolved config lists the flattened keys, and reads back as itself.
+        let text = config.to_toml();
+        assert!(text.contains("[pseudo_label]") && text.contains("method = \"crf\"") && text.contains("[pseudo_label.crf]"), "{text}");
+        assert_eq!(load_str(&text, &[]).unwrap(), config);
+        let err = load_str("", &["pseudo_label.methd=crf"]).unwrap_err().to_string();
+        assert!(err.contains("pseudo_label.method"), "{err}");
+        for (set, key) in [("pseudo_label.tau=1.5", "pseudo_label.tau"), ("pseudo_label.gt_prob=1", "pseudo_label.gt_prob"), ("pseudo_label.crf.appearance_srgb=0", "pseudo_label.crf.appearance_srgb"), ("pseudo_label.crf.iterations=0", "pseudo_label.crf.iterations"), ("pseudo_label.method=random_walk", "pseudo_label.method")] {
             let err = load_str("", &[set]).unwrap_err().to_string();
             assert!(err.contains(key), "{set}: {err}");
         }
