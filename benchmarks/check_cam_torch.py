@@ -5,9 +5,11 @@ BatchNorm statistics, plus a random 1x1 classifier; saves them as a wsss-dist mo
 runs `wsss-dist cam` with it on a dataset of PNG images (lossless, so both sides see the
 same pixels); recomputes every CAM here in PyTorch following METHODS.md §1 as wsss-dist
 documents it (bilinear image rescale, flip, ReLU(W·F), flip back, bilinear resize to the
-stride-4 grid, sum over scales, divide by max + 1e-5) and prints the largest difference.
+stride-4 grid, sum over scales, divide by max + 1e-5) and prints the largest difference,
+and the inference time of both on the same images with the same threads (wsss-dist's from its
+map summary, PyTorch's around `cams`): on JPEG datasets the difference also holds decoding.
 
-    python benchmarks/check_cam_torch.py --wsss target/release/wsss-dist --images DIR --work DIR
+    python benchmarks/check_cam_torch.py --wsss target/release/wsss-dist --images DIR --work DIR [--threads N]
 """
 import argparse
 import glob
@@ -15,6 +17,7 @@ import io
 import json
 import os
 import subprocess
+import time
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -70,7 +73,9 @@ def main():
     p.add_argument("--images", required=True, help="an image dataset of PNG images with labels")
     p.add_argument("--work", required=True)
     p.add_argument("--depth", default="resnet18")
+    p.add_argument("--threads", type=int, default=1)
     args = p.parse_args()
+    torch.set_num_threads(args.threads)
     os.makedirs(args.work, exist_ok=True)
     manifest = json.load(open(os.path.join(args.images, "manifest.json")))
     classes = len(manifest["classes"]) - 1
@@ -81,9 +86,11 @@ def main():
     out = os.path.join(args.work, "cams")
     config = os.path.join(args.work, "config.toml")
     with open(config, "w") as f:
-        f.write(f'[run]\nname = "check"\ndir = "{args.work}"\ndevice = "cpu"\n[data]\nsource = "imported"\ntrain = "{args.images}"\nval = "{args.images}"\n'
+        f.write(f'[run]\nname = "check"\ndir = "{args.work}"\ndevice = "cpu"\nthreads = {args.threads}\n[data]\nsource = "imported"\ntrain = "{args.images}"\nval = "{args.images}"\n'
                 f'[model]\ndepth = "{args.depth}"\n[cam]\nsplit = "val"\ncheckpoint = "{model}"\nout = "{out}"\nscales = {scales}\n')
-    subprocess.run([args.wsss, "cam", "--config", config], check=True, capture_output=True)
+    subprocess.run([args.wsss, "cam", "--config", config, "--force"], check=True, capture_output=True)
+    ours_seconds = json.load(open(os.path.join(out, ".map", "summary.json")))["seconds_by_phase"]["inference"]
+    torch_seconds = 0.0
     images = {r["id"]: r for r in pq.read_table(sorted(glob.glob(args.images + "/*.parquet"))).to_pylist()}
     worst, worst_scores, count = 0.0, 0.0, 0
     for row in pq.read_table(sorted(glob.glob(out + "/*.parquet"))).to_pylist():
@@ -91,14 +98,17 @@ def main():
             continue
         pixels = torch.from_numpy(np.array(Image.open(io.BytesIO(images[row["id"]]["image"])).convert("RGB"))).permute(2, 0, 1)
         ours = np.frombuffer(row["cam"], dtype="<f2").astype(np.float32).reshape(len(row["classes"]), -(-row["height"] // 4), -(-row["width"] // 4))
+        start = time.perf_counter()
         theirs = cams(backbone, classifier, pixels, [c - 1 for c in row["classes"]], scales).numpy()
+        torch_seconds += time.perf_counter() - start
         worst = max(worst, float(np.abs(ours - theirs).max()))
         with torch.no_grad():
             x = ((pixels.float() / 255 - MEAN) / STD).unsqueeze(0)
             logits = F.conv2d(backbone(x).mean(dim=(2, 3), keepdim=True), classifier).flatten()
         worst_scores = max(worst_scores, float(np.abs(np.array(row["scores"]) - logits[[c - 1 for c in row["classes"]]].numpy()).max()))
         count += 1
-    print(json.dumps({"images": count, "max_abs_cam_difference": worst, "max_abs_score_difference": worst_scores}))
+    print(json.dumps({"images": count, "max_abs_cam_difference": worst, "max_abs_score_difference": worst_scores,
+                      "wsss_inference_s": ours_seconds, "torch_inference_s": torch_seconds, "time_ratio": ours_seconds / torch_seconds}))
 
 
 if __name__ == "__main__":
