@@ -108,19 +108,27 @@ impl CamNet {
         let device = self.classifier.device();
         let image = image.to_device(device).unsqueeze(0);
         let index = Tensor::from_slice(classes).to_device(device);
-        let logits = self.logits(&self.features(&image, Kind::Float, Mode::Eval)).squeeze_dim(0).index_select(0, &index);
+        let logits_of = |features: &Tensor| self.logits(features).get(0).index_select(0, &index);
         let mut sum = Tensor::zeros([classes.len() as i64, grid[0], grid[1]], (Kind::Float, device));
+        // The scale-1 logits come from the scale-1 pass when there is one (frozen BN: the image's
+        // features do not depend on its flip being in the batch), else from a pass of their own.
+        let mut logits = None;
         if classes.is_empty() {
-            return (sum, logits);
+            return (sum, logits_of(&self.features(&image, Kind::Float, Mode::Eval)));
         }
         for &scale in scales {
             let size = [((h as f64) * scale).round().max(1.0) as i64, ((w as f64) * scale).round().max(1.0) as i64];
             let scaled = if size == [h, w] { image.shallow_clone() } else { image.upsample_bilinear2d(size, false, None, None) };
             let input = if flip { Tensor::cat(&[&scaled, &scaled.flip([3])], 0) } else { scaled };
-            let maps = self.cams(&self.features(&input, Kind::Float, Mode::Eval), classes);
+            let features = self.features(&input, Kind::Float, Mode::Eval);
+            if size == [h, w] && logits.is_none() {
+                logits = Some(logits_of(&features));
+            }
+            let maps = self.cams(&features, classes);
             let maps = if flip { maps.get(0) + maps.get(1).flip([2]) } else { maps.get(0) };
             sum += maps.unsqueeze(0).upsample_bilinear2d(grid, false, None, None).squeeze_dim(0);
         }
+        let logits = logits.unwrap_or_else(|| logits_of(&self.features(&image, Kind::Float, Mode::Eval)));
         let max = sum.amax([1, 2].as_slice(), true);
         (sum / (max + NORM_EPS), logits)
     }
