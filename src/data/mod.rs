@@ -68,5 +68,13 @@ pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<(), DataError> {
 /// `dir/.name.tmp-<pid>`: hidden, unique per process, never mistaken for the real file.
 pub fn temp_name(path: &Path) -> PathBuf {
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
+    path.with_file_name(format!(".{name}{TEMP_MARK}{}", std::process::id()))
+}
+
+/// What [`temp_name`] puts between the name and the process id.
+const TEMP_MARK: &str = ".tmp-";
+
+/// Whether `path` is a [`temp_name`] (e.g. one a killed writer left behind).
+pub fn is_temp_name(path: &Path) -> bool {
+    path.file_name().map(|n| n.to_string_lossy()).is_some_and(|n| n.starts_with('.') && n.contains(TEMP_MARK))
 }

@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 use super::World;
 use crate::data::schema::{ShardInfo, MANIFEST_FILE};
 use crate::data::shard::{file_sha256, shard_file_name};
-use crate::data::{atomic_write, DataError};
+use crate::data::{atomic_write, is_temp_name, DataError};
 
 /// Hidden folder of the map's bookkeeping inside the output directory.
 const MAP_DIR: &str = ".map";
@@ -93,10 +93,6 @@ impl MapOutput {
         MapOutput { dir: dir.to_path_buf(), tasks, fingerprint }
     }
 
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
     /// The final path of task `task`'s shard.
     pub fn shard_path(&self, task: usize) -> PathBuf {
         self.dir.join(shard_file_name(task))
@@ -142,8 +138,7 @@ impl MapOutput {
         for dir in [self.dir.clone(), self.dir.join(MAP_DIR)] {
             for entry in std::fs::read_dir(&dir).map_err(|e| DataError::io(&dir, e))? {
                 let path = entry.map_err(|e| DataError::io(&dir, e))?.path();
-                let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-                if name.starts_with('.') && name.contains(".tmp-") {
+                if is_temp_name(&path) {
                     std::fs::remove_file(&path).map_err(|e| DataError::io(&path, e))?;
                 }
             }

@@ -18,8 +18,7 @@ use serde_json::json;
 use tch::{Device, Kind, Tensor};
 use tracing::warn;
 
-use super::map_phase::{execute, MapJob, TaskOutput};
-use super::pseudo_label::fingerprint;
+use super::map_phase::{execute, fingerprint, MapJob, TaskOutput};
 use super::Summary;
 use crate::checkpoint::model_in;
 use crate::config::Config;

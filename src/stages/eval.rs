@@ -33,10 +33,9 @@ pub fn run_cam(config: &Config, world: &World) -> anyhow::Result<Summary> {
     thresholds.push(config.eval.tau);
     thresholds.sort_by(f32::total_cmp);
     thresholds.dedup();
-    let classes = Dataset::open(config.dataset(config.cam.split))?.manifest().classes.len();
-    let mut sweep = CamSweep::new(classes, &thresholds);
-    let cam_dir = config.cam_dir();
-    let (gt, missing) = walk_with_gt(config, world, comm.as_ref(), &cam_dir, "CAMs", "cam", |what, (w, h), gt_pixels, cam: CamRow| {
+    let (gt, cams) = open_with_gt::<CamRow>(config, &config.cam_dir(), "CAMs", "cam")?;
+    let mut sweep = CamSweep::new(gt.manifest().classes.len(), &thresholds);
+    let missing = walk_with_gt(world, comm.as_ref(), &gt, &cams, "eval cam", |what, (w, h), gt_pixels, cam| {
         cam.check(what)?;
         ensure!((cam.width, cam.height) == (w, h), "{what}: the CAM row is for {}x{}, the mask is {w}x{h}", cam.width, cam.height);
         sweep.add_image(gt_pixels, &full_resolution(&cam), &cam.classes, &cam.scores).with_context(|| what.to_string())?;
@@ -52,37 +51,38 @@ pub fn run_cam(config: &Config, world: &World) -> anyhow::Result<Summary> {
     let report = sweep.report(gt.manifest().classes.clone(), config.eval.tau);
     let markdown = cam_markdown(&report);
     println!("CAM evaluation of {} ({} images, {} without a CAM)\n\n{markdown}", gt.dir().display(), gt.len() - missing.len(), missing.len());
-    let out = config.run_dir().join("eval");
-    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     let details = json!({ "images": gt.len() - missing.len(), "missing": missing, "report": report });
-    crate::data::atomic_write(&out.join("cam.json"), serde_json::to_string_pretty(&details)?.as_bytes())?;
-    crate::data::atomic_write(&out.join("cam.md"), markdown.as_bytes())?;
+    let out = write_report(config, "cam", &details, &markdown)?;
     info!("best τ {:.2}: mIoU {:.1}; τ {:.2}: {:.1}; image-label baseline {:.1}; written to {}", report.best_tau, 100.0 * report.best.miou, report.tau, 100.0 * report.at_tau.miou, 100.0 * report.baseline.miou, out.display());
     Ok(Summary::ok(details))
 }
 
-/// Walks this rank's share of the shards of `cam.split`'s ground truth together with the
-/// rows of the dataset at `dir` (shard k holds the rows of image shard k): `visit(what, (w, h),
-/// gt, row)` for every image with a row. Returns the ground truth and, gathered from every
-/// rank and sorted, the ids of the images without a row. `what` names the rows in errors,
-/// `stage` the stage that writes them.
-fn walk_with_gt<R: ShardRow>(
-    config: &Config,
-    world: &World,
-    comm: &dyn Communicator,
-    dir: &Path,
-    what: &str,
-    stage: &str,
-    mut visit: impl FnMut(&str, (u32, u32), &[u8], R) -> anyhow::Result<()>,
-) -> anyhow::Result<(Dataset, Vec<String>)> {
+/// The ground truth of `cam.split` and the dataset at `dir` whose shard k holds the rows of
+/// image shard k, checked to fit together. `what` names the rows in errors, `stage` the stage
+/// that writes them.
+fn open_with_gt<R: ShardRow>(config: &Config, dir: &Path, what: &str, stage: &str) -> anyhow::Result<(Dataset, Dataset<R>)> {
     let gt_dir = config.dataset(config.cam.split);
     let gt: Dataset = Dataset::open(gt_dir).with_context(|| format!("the ground truth of cam.split ({})", gt_dir.display()))?;
     let rows: Dataset<R> = Dataset::open_as(dir).with_context(|| format!("the {what} ({}; run `wsss-dist {stage}` first)", dir.display()))?;
     ensure!(rows.manifest().classes == gt.manifest().classes, "{} and {} have different class lists", dir.display(), gt_dir.display());
     ensure!(rows.num_shards() == gt.num_shards(), "{} has {} shards but {} has {}: shard k holds the {what} of image shard k", dir.display(), rows.num_shards(), gt_dir.display(), gt.num_shards());
+    Ok((gt, rows))
+}
+
+/// Walks this rank's share of the shards of `gt` together with those of `rows`:
+/// `visit(what, (w, h), gt, row)` for every image with a row. Returns, gathered from every
+/// rank and sorted, the ids of the images without a row. `bar_label` names the progress bar.
+fn walk_with_gt<R: ShardRow>(
+    world: &World,
+    comm: &dyn Communicator,
+    gt: &Dataset,
+    rows: &Dataset<R>,
+    bar_label: &str,
+    mut visit: impl FnMut(&str, (u32, u32), &[u8], R) -> anyhow::Result<()>,
+) -> anyhow::Result<Vec<String>> {
     // Each rank evaluates its share of the shards; the counts are summed after.
     let my_shards: Vec<usize> = (0..gt.num_shards()).filter(|s| s % world.size == world.rank).collect();
-    let bar = progress_bar(world, my_shards.iter().map(|&s| gt.manifest().shards[s].rows).sum(), &format!("eval {stage}"));
+    let bar = progress_bar(world, my_shards.iter().map(|&s| gt.manifest().shards[s].rows).sum(), bar_label);
     let mut missing = Vec::new();
     for shard in my_shards {
         let mut by_id: HashMap<String, R> = rows.shard(shard)?.read_all()?.into_iter().map(|r| (r.id().to_string(), r)).collect();
@@ -102,13 +102,22 @@ fn walk_with_gt<R: ShardRow>(
             }
         }
         if let Some(extra) = by_id.keys().next() {
-            bail!("{}: {what} of image {extra}, which is not in shard {} of {}", dir.display(), gt.manifest().shards[shard].file, gt_dir.display());
+            bail!("{}: a row for image {extra}, which is not in shard {} of {}", rows.dir().display(), gt.manifest().shards[shard].file, gt.dir().display());
         }
     }
     bar.finish_and_clear();
     let mut missing: Vec<String> = all_gather_text(comm, &missing.join("\n"), Device::Cpu)?.iter().flat_map(|t| t.lines().map(String::from).collect::<Vec<_>>()).collect();
     missing.sort();
-    Ok((gt, missing))
+    Ok(missing)
+}
+
+/// Writes `<run dir>/eval/<name>.json` and `.md`; returns the folder.
+fn write_report(config: &Config, name: &str, details: &serde_json::Value, markdown: &str) -> anyhow::Result<std::path::PathBuf> {
+    let out = config.run_dir().join("eval");
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    crate::data::atomic_write(&out.join(format!("{name}.json")), serde_json::to_string_pretty(details)?.as_bytes())?;
+    crate::data::atomic_write(&out.join(format!("{name}.md")), markdown.as_bytes())?;
+    Ok(out)
 }
 
 /// Sums the sweep's confusion matrices over the ranks (exact: integer counts).
@@ -141,12 +150,12 @@ fn sum_over_ranks(comm: &dyn Communicator, counts: &mut [u64]) -> anyhow::Result
 /// Written to `<run dir>/eval/pseudo.{json,md}` and printed.
 pub fn run_pseudo(config: &Config, world: &World) -> anyhow::Result<Summary> {
     let comm = dist::connect(world, Backend::Mpi, Device::Cpu)?;
-    let classes = Dataset::open(config.dataset(config.cam.split))?.manifest().classes.len();
-    let mut matrix = ConfusionMatrix::new(classes);
+    let pseudo_dir = config.pseudo_dir();
+    let (gt, pseudo) = open_with_gt::<PseudoRow>(config, &pseudo_dir, "pseudo-labels", "pseudo-label")?;
+    let mut matrix = ConfusionMatrix::new(gt.manifest().classes.len());
     // [labelled pixels, all pixels]
     let mut coverage = [0u64; 2];
-    let pseudo_dir = config.pseudo_dir();
-    let (gt, missing) = walk_with_gt(config, world, comm.as_ref(), &pseudo_dir, "pseudo-labels", "pseudo-label", |what, (w, h), gt_pixels, row: PseudoRow| {
+    let missing = walk_with_gt(world, comm.as_ref(), &gt, &pseudo, "eval pseudo", |what, (w, h), gt_pixels, row| {
         let (pw, ph, labels) = decode_mask(&row.mask).map_err(|e| anyhow::anyhow!("{what}: its pseudo-label: {e}"))?;
         ensure!((pw, ph) == (w, h), "{what}: the pseudo-label is {pw}x{ph}, the mask is {w}x{h}");
         let (g, p): (Vec<u8>, Vec<u8>) = gt_pixels.iter().zip(&labels).filter(|(_, &p)| p != UNCERTAIN).map(|(&g, &p)| (g, p)).unzip();
@@ -167,11 +176,8 @@ pub fn run_pseudo(config: &Config, world: &World) -> anyhow::Result<Summary> {
     let report = PseudoReport { classes: gt.manifest().classes.clone(), miou: matrix.miou(), iou: matrix.iou(), pixel_accuracy: matrix.pixel_accuracy(), labelled };
     let markdown = pseudo_markdown(&report);
     println!("Pseudo-label evaluation of {} ({} images, {} without a pseudo-label)\n\n{markdown}", pseudo_dir.display(), gt.len() - missing.len(), missing.len());
-    let out = config.run_dir().join("eval");
-    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
-    let details = json!({ "images": gt.len() - missing.len(), "missing": missing, "method": Dataset::<PseudoRow>::open_as(&pseudo_dir)?.manifest().source, "report": report });
-    crate::data::atomic_write(&out.join("pseudo.json"), serde_json::to_string_pretty(&details)?.as_bytes())?;
-    crate::data::atomic_write(&out.join("pseudo.md"), markdown.as_bytes())?;
+    let details = json!({ "images": gt.len() - missing.len(), "missing": missing, "method": pseudo.manifest().source, "report": report });
+    let out = write_report(config, "pseudo", &details, &markdown)?;
     info!("pseudo-labels: mIoU {:.1} on the {:.1}% of pixels labelled; written to {}", 100.0 * report.miou, 100.0 * labelled, out.display());
     Ok(Summary::ok(details))
 }

@@ -89,8 +89,7 @@ where
             let started = Instant::now();
             let out = work(task, &bar).map_err(|e| MapError::Task(format!("{e:#}")))?;
             let write_started = Instant::now();
-            let record = write_task(&output, world.rank, task, out, job.task_images[task])?;
-            let mut record = record;
+            let mut record = write_task(&output, world.rank, task, out, job.task_images[task])?;
             record.seconds.insert("write".into(), write_started.elapsed().as_secs_f64());
             record.seconds.insert("total".into(), started.elapsed().as_secs_f64());
             output.commit(&record)?;
@@ -167,4 +166,18 @@ fn summary(job: &MapJob, all: &[TaskRecord], computed: usize, this_run: &[TaskRe
         "seconds_by_phase": phases,
         "ranks": ranks,
     })
+}
+
+/// SHA-256 over the input manifests' shard checksums and the settings.
+pub fn fingerprint(inputs: &[&Manifest], settings: &str) -> String {
+    use sha2::Digest;
+    let mut hasher = sha2::Sha256::new();
+    for manifest in inputs {
+        for shard in &manifest.shards {
+            hasher.update(shard.sha256.as_bytes());
+        }
+        hasher.update(b"|");
+    }
+    hasher.update(settings.as_bytes());
+    hex::encode(hasher.finalize())
 }

@@ -15,10 +15,9 @@ use std::time::Instant;
 use anyhow::{ensure, Context};
 use rayon::prelude::*;
 use serde_json::json;
-use sha2::Digest;
 use tracing::warn;
 
-use super::map_phase::{execute, MapJob, TaskOutput};
+use super::map_phase::{execute, fingerprint, MapJob, TaskOutput};
 use super::Summary;
 use crate::config::Config;
 use crate::data::codec::{decode_row_image, encode_mask};
@@ -102,17 +101,4 @@ fn label_image(image: &ImageRow, cam: Option<&CamRow>, params: &PseudoParams) ->
     let input = PseudoInput { classes: &cam.classes, cams: &cams, width: w, height: h, rgb: &rgb.pixels };
     let labels = pseudo_label(&input, params);
     Ok(PseudoRow { id: image.id.clone(), mask: encode_mask(rgb.width, rgb.height, &labels), method: params.method.name().into() })
-}
-
-/// SHA-256 over the input manifests' shard checksums and the settings.
-pub fn fingerprint(inputs: &[&crate::data::Manifest], settings: &str) -> String {
-    let mut hasher = sha2::Sha256::new();
-    for manifest in inputs {
-        for shard in &manifest.shards {
-            hasher.update(shard.sha256.as_bytes());
-        }
-        hasher.update(b"|");
-    }
-    hasher.update(settings.as_bytes());
-    hex::encode(hasher.finalize())
 }
