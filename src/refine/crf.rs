@@ -80,24 +80,9 @@ impl Kernel {
     }
 
     /// `acc += w · D^-½ K D^-½ q` (q and acc: points × channels).
-    fn add_message(&self, q: &[f32], channels: usize, buffers: &mut Buffers, acc: &mut [f32]) {
-        let Buffers { scaled, filtered, scratch } = buffers;
-        for ((s, q), &n) in scaled.chunks_exact_mut(channels).zip(q.chunks_exact(channels)).zip(&self.norm) {
-            s.iter_mut().zip(q).for_each(|(s, &x)| *s = x * n);
-        }
-        self.lattice.filter_with(scaled, channels, filtered, scratch);
-        for ((a, f), &n) in acc.chunks_exact_mut(channels).zip(filtered.chunks_exact(channels)).zip(&self.norm) {
-            // densecrf: tmp −= Potts(−w · x), i.e. tmp += w · x.
-            a.iter_mut().zip(f).for_each(|(a, &f)| *a += self.weight * (f * n));
-        }
+    fn add_message(&self, q: &[f32], channels: usize, scratch: &mut FilterScratch, acc: &mut [f32]) {
+        self.lattice.add_filtered(q, channels, &self.norm, self.weight, acc, scratch);
     }
-}
-
-/// Per-inference buffers of the message passing.
-struct Buffers {
-    scaled: Vec<f32>,
-    filtered: Vec<f32>,
-    scratch: FilterScratch,
 }
 
 /// A dense CRF over the pixels of one RGB image.
@@ -137,11 +122,11 @@ impl DenseCrf {
         let mut q = negated.clone();
         softmax_groups(&mut q, labels);
         let mut acc = vec![0f32; unary.len()];
-        let mut buffers = Buffers { scaled: vec![0f32; unary.len()], filtered: vec![0f32; unary.len()], scratch: FilterScratch::default() };
+        let mut scratch = FilterScratch::default();
         for _ in 0..self.iterations {
             acc.copy_from_slice(&negated);
             for kernel in &self.kernels {
-                kernel.add_message(&q, channels, &mut buffers, &mut acc);
+                kernel.add_message(&q, channels, &mut scratch, &mut acc);
             }
             q.copy_from_slice(&acc);
             softmax_groups(&mut q, labels);
@@ -152,15 +137,31 @@ impl DenseCrf {
 
 /// In place: each run of `labels` values becomes its softmax (densecrf's expAndNormalize).
 fn softmax_groups(values: &mut [f32], labels: usize) {
-    for group in values.chunks_exact_mut(labels) {
-        let max = group.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let mut sum = 0f32;
-        for v in group.iter_mut() {
-            *v = (*v - max).exp();
-            sum += *v;
-        }
-        group.iter_mut().for_each(|v| *v /= sum);
+    // A fixed group length for the usual label counts lets the compiler unroll each group.
+    match labels {
+        1 => softmax_fixed::<1>(values),
+        2 => softmax_fixed::<2>(values),
+        3 => softmax_fixed::<3>(values),
+        4 => softmax_fixed::<4>(values),
+        5 => softmax_fixed::<5>(values),
+        6 => softmax_fixed::<6>(values),
+        _ => values.chunks_exact_mut(labels).for_each(softmax),
     }
+}
+
+fn softmax_fixed<const L: usize>(values: &mut [f32]) {
+    values.as_chunks_mut::<L>().0.iter_mut().for_each(|group| softmax(group));
+}
+
+#[inline(always)]
+fn softmax(group: &mut [f32]) {
+    let max = group.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0f32;
+    for v in group.iter_mut() {
+        *v = (*v - max).exp();
+        sum += *v;
+    }
+    group.iter_mut().for_each(|v| *v /= sum);
 }
 
 /// pydensecrf's `unary_from_labels(labels, n, gt_prob, zero_unsure=False)`: energy `−ln p` on

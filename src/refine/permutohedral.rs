@@ -27,112 +27,22 @@ pub struct Lattice {
 
 impl Lattice {
     /// Builds the lattice of `features`: `points` rows of `dim` values (row-major), already
-    /// divided by the kernel's standard deviations. `dim` must be at least 1.
+    /// divided by the kernel's standard deviations. `dim` must be 1 to 8 and the features finite.
     pub fn new(features: &[f32], dim: usize) -> Lattice {
         assert!(dim >= 1 && features.len() % dim == 0, "features must be points × dim");
-        let points = features.len() / dim;
-        let d = dim;
-        // Points of an image share vertices (a 500×375 photo: 64k for 1.1M incidences): start
-        // small, so that the table stays in cache, and let it grow.
-        let mut keys = KeyTable::new(d, points / 16 + 64);
-        let mut offsets = Vec::with_capacity(points * (d + 1));
-        let mut weights = Vec::with_capacity(points * (d + 1));
-
-        // canonical[r][i]: the offset of coordinate i of remainder-r vertex of the simplex.
-        let canonical: Vec<Vec<i32>> = (0..=d as i32)
-            .map(|r| (0..=d as i32).map(|j| if j <= d as i32 - r { r } else { r - (d as i32 + 1) }).collect())
-            .collect();
-        // The expected standard deviation of the filter (p. 6 of the paper) and E's diagonal.
-        let inv_std_dev = (2.0f32 / 3.0).sqrt() * (d as f32 + 1.0);
-        let scale: Vec<f32> = (0..d).map(|i| (1.0 / (((i + 2) * (i + 1)) as f64).sqrt()) as f32 * inv_std_dev).collect();
-        let down = 1.0f32 / (d as f32 + 1.0);
-        let up = d as f32 + 1.0;
-
-        let mut elevated = vec![0f32; d + 1];
-        let mut rem0 = vec![0f32; d + 1];
-        let mut rank = vec![0i32; d + 1];
-        let mut barycentric = vec![0f32; d + 2];
-        let mut key = vec![0i16; d];
-        for f in features.chunks_exact(d) {
-            // Elevate onto the hyperplane: y = E·f.
-            let mut sum_scaled = 0f32;
-            for j in (1..=d).rev() {
-                let cf = f[j - 1] * scale[j - 1];
-                elevated[j] = sum_scaled - j as f32 * cf;
-                sum_scaled += cf;
-            }
-            elevated[0] = sum_scaled;
-            // The nearest 0-coloured lattice point, by rounding each coordinate.
-            let mut sum = 0i32;
-            for i in 0..=d {
-                let v = down * elevated[i];
-                let up_v = v.ceil() * up;
-                let down_v = v.floor() * up;
-                let rounded = if up_v - elevated[i] < elevated[i] - down_v { up_v } else { down_v };
-                rem0[i] = rounded;
-                sum += (rounded * down) as i32;
-            }
-            // The simplex: the rank of each coordinate's remainder in sorted order.
-            rank.iter_mut().for_each(|r| *r = 0);
-            for i in 0..d {
-                let di = elevated[i] - rem0[i];
-                for j in i + 1..=d {
-                    if di < elevated[j] - rem0[j] {
-                        rank[i] += 1;
-                    } else {
-                        rank[j] += 1;
-                    }
-                }
-            }
-            // Bring the point back onto the plane if the rounding left it (sum != 0).
-            for i in 0..=d {
-                rank[i] += sum;
-                if rank[i] < 0 {
-                    rank[i] += d as i32 + 1;
-                    rem0[i] += d as f32 + 1.0;
-                } else if rank[i] > d as i32 {
-                    rank[i] -= d as i32 + 1;
-                    rem0[i] -= d as f32 + 1.0;
-                }
-            }
-            // Barycentric coordinates (p. 10 of the paper).
-            barycentric.iter_mut().for_each(|b| *b = 0.0);
-            for i in 0..=d {
-                let v = (elevated[i] - rem0[i]) * down;
-                barycentric[d - rank[i] as usize] += v;
-                barycentric[d - rank[i] as usize + 1] -= v;
-            }
-            barycentric[0] += 1.0 + barycentric[d + 1];
-            for remainder in 0..=d {
-                for i in 0..d {
-                    key[i] = (rem0[i] as i32 + canonical[remainder][rank[i] as usize]) as i16;
-                }
-                offsets.push(keys.insert(&key));
-                weights.push(barycentric[remainder]);
-            }
+        assert!(features.iter().all(|f| f.is_finite()), "lattice features must be finite");
+        // One instance per dimension, so that every per-point loop has a fixed length.
+        match dim {
+            1 => build::<1, 2>(features),
+            2 => build::<2, 3>(features),
+            3 => build::<3, 4>(features),
+            4 => build::<4, 5>(features),
+            5 => build::<5, 6>(features),
+            6 => build::<6, 7>(features),
+            7 => build::<7, 8>(features),
+            8 => build::<8, 9>(features),
+            _ => panic!("a lattice takes 1 to 8 feature dimensions, not {dim}"),
         }
-
-        let vertices = keys.len();
-        let mut neighbours = vec![[NONE; 2]; (d + 1) * (vertices + 1)];
-        let mut n1 = vec![0i16; d];
-        let mut n2 = vec![0i16; d];
-        let mut k = vec![0i16; d];
-        for j in 0..=d {
-            for v in 0..vertices {
-                unpack(keys.key(v as u32 + 1), &mut k);
-                for i in 0..d {
-                    n1[i] = k[i] - 1;
-                    n2[i] = k[i] + 1;
-                }
-                // Along axis d every stored coordinate moves; along j < d coordinate j moves by d.
-                if j < d {
-                    n1[j] = k[j] + d as i16;
-                    n2[j] = k[j] - d as i16;
-                }
-                neighbours[j * (vertices + 1) + v + 1] = [keys.find(&n1), keys.find(&n2)];
-            }
-        }
-        Lattice { dim, points, vertices, offsets, weights, neighbours }
     }
 
     /// Number of points the lattice was built for.
@@ -148,11 +58,19 @@ impl Lattice {
     /// Filters `input` (points × `channels`, row-major) into `out` (same shape):
     /// `out_i ≈ Σ_j exp(−½‖f_i − f_j‖²) · input_j`, up to densecrf's constant factor.
     pub fn filter(&self, input: &[f32], channels: usize, out: &mut [f32]) {
-        self.filter_with(input, channels, out, &mut FilterScratch::default());
+        self.filter_blocks(input, channels, None, out, &mut FilterScratch::default());
     }
 
-    /// [`Lattice::filter`] with caller-owned buffers, for repeated filtering (mean field).
-    pub fn filter_with(&self, input: &[f32], channels: usize, out: &mut [f32], scratch: &mut FilterScratch) {
+    /// A normalised message of the mean field, with caller-owned buffers:
+    /// `acc_i += weight · s_i · Σ_j k(f_i, f_j) · s_j · input_j` (s = `scale`, one per point),
+    /// in the same floating-point steps as scaling, filtering and accumulating one by one.
+    pub fn add_filtered(&self, input: &[f32], channels: usize, scale: &[f32], weight: f32, acc: &mut [f32], scratch: &mut FilterScratch) {
+        assert_eq!(scale.len(), self.points, "one scale per point");
+        self.filter_blocks(input, channels, Some((scale, weight)), acc, scratch);
+    }
+
+    /// [`Lattice::filter`] or, with `scaling`, [`Lattice::add_filtered`].
+    fn filter_blocks(&self, input: &[f32], channels: usize, scaling: Option<(&[f32], f32)>, out: &mut [f32], scratch: &mut FilterScratch) {
         assert!(channels >= 1 && input.len() == self.points * channels, "input must be points × channels");
         assert_eq!(out.len(), input.len(), "out must be points × channels");
         // Values travel in blocks of up to BLOCK channels, as 1..=4 lanes of 4: every inner loop
@@ -161,11 +79,12 @@ impl Lattice {
         let mut first = 0;
         while first < channels {
             let block = (channels - first).min(BLOCK);
+            let channels = Channels { all: channels, first, block };
             match block.div_ceil(LANE) {
-                1 => self.filter_block::<1>(input, channels, first, block, out, scratch),
-                2 => self.filter_block::<2>(input, channels, first, block, out, scratch),
-                3 => self.filter_block::<3>(input, channels, first, block, out, scratch),
-                _ => self.filter_block::<4>(input, channels, first, block, out, scratch),
+                1 => self.filter_block::<1>(input, channels, scaling, out, scratch),
+                2 => self.filter_block::<2>(input, channels, scaling, out, scratch),
+                3 => self.filter_block::<3>(input, channels, scaling, out, scratch),
+                _ => self.filter_block::<4>(input, channels, scaling, out, scratch),
             }
             first += block;
         }
@@ -173,14 +92,16 @@ impl Lattice {
 
     /// Filters channels `first..first + block` of `input` into the same channels of `out`,
     /// in `W` lanes.
-    fn filter_block<const W: usize>(&self, input: &[f32], channels: usize, first: usize, block: usize, out: &mut [f32], scratch: &mut FilterScratch) {
+    fn filter_block<const W: usize>(&self, input: &[f32], channels: Channels, scaling: Option<(&[f32], f32)>, out: &mut [f32], scratch: &mut FilterScratch) {
+        let Channels { all: channels, first, block } = channels;
         let d = self.dim;
         let slots = self.vertices + 1;
         let values = scratch.values.lanes::<W>(slots);
-        for ((value, offsets), weights) in input.chunks_exact(channels).zip(self.offsets.chunks_exact(d + 1)).zip(self.weights.chunks_exact(d + 1)) {
+        for (p, ((value, offsets), weights)) in input.chunks_exact(channels).zip(self.offsets.chunks_exact(d + 1)).zip(self.weights.chunks_exact(d + 1)).enumerate() {
             let mut point = [[0f32; LANE]; W];
+            let s = scaling.map_or(1.0, |(scale, _)| scale[p]);
             for (c, &x) in value[first..first + block].iter().enumerate() {
-                point[c / LANE][c % LANE] = x;
+                point[c / LANE][c % LANE] = x * s;
             }
             for (&o, &w) in offsets.iter().zip(weights) {
                 let acc = &mut values[o as usize];
@@ -207,7 +128,7 @@ impl Lattice {
             std::mem::swap(&mut from, &mut to);
         }
         let alpha = 1.0f32 / (1.0 + 2f32.powi(-(d as i32)));
-        for ((result, offsets), weights) in out.chunks_exact_mut(channels).zip(self.offsets.chunks_exact(d + 1)).zip(self.weights.chunks_exact(d + 1)) {
+        for (p, ((result, offsets), weights)) in out.chunks_exact_mut(channels).zip(self.offsets.chunks_exact(d + 1)).zip(self.weights.chunks_exact(d + 1)).enumerate() {
             let mut point = [[0f32; LANE]; W];
             for (&o, &w) in offsets.iter().zip(weights) {
                 let x = &from[o as usize];
@@ -217,19 +138,30 @@ impl Lattice {
                     }
                 }
             }
-            for (c, y) in result[first..first + block].iter_mut().enumerate() {
-                *y = point[c / LANE][c % LANE];
+            let result = result[first..first + block].iter_mut().enumerate();
+            match scaling {
+                // densecrf: tmp −= Potts(−w · x), i.e. tmp += w · x.
+                Some((scale, weight)) => result.for_each(|(c, y)| *y += weight * (point[c / LANE][c % LANE] * scale[p])),
+                None => result.for_each(|(c, y)| *y = point[c / LANE][c % LANE]),
             }
         }
     }
 }
 
-/// Width of a value lane of [`Lattice::filter_with`].
+/// Which channels one traversal of the lattice filters.
+#[derive(Debug, Clone, Copy)]
+struct Channels {
+    all: usize,
+    first: usize,
+    block: usize,
+}
+
+/// Width of a value lane of [`Lattice::filter_blocks`].
 const LANE: usize = 4;
 /// Channels filtered in one traversal: at most 4 lanes.
 const BLOCK: usize = 4 * LANE;
 
-/// Buffers of [`Lattice::filter_with`], kept between calls.
+/// Buffers of [`Lattice::add_filtered`], kept between calls.
 #[derive(Debug, Default)]
 pub struct FilterScratch {
     values: LaneBuffer,
@@ -254,29 +186,228 @@ impl LaneBuffer {
     }
 }
 
-/// Open-addressing hash table from lattice keys (d ≤ 8 coordinates, packed 16 bits each into a
-/// u128) to 1-based vertex numbers: the lattice's hot loop, so one integer compare per probe.
-struct KeyTable {
-    keys: Vec<u128>,
+/// The factors densecrf scales feature i by before elevating it: E's diagonal times the
+/// expected standard deviation of the filter (p. 6 of the paper).
+fn elevation_scale<const D: usize>() -> [f32; D] {
+    let inv_std_dev = (2.0f32 / 3.0).sqrt() * (D as f32 + 1.0);
+    std::array::from_fn(|i| (1.0 / (((i + 2) * (i + 1)) as f64).sqrt()) as f32 * inv_std_dev)
+}
+
+/// A point elevated onto the lattice's hyperplane, y = E·f, in densecrf's order of operations.
+#[inline(always)]
+fn elevate<const D: usize, const D1: usize>(f: &[f32], scale: &[f32; D]) -> [f32; D1] {
+    let mut elevated = [0f32; D1];
+    let mut sum_scaled = 0f32;
+    for j in (1..=D).rev() {
+        let cf = f[j - 1] * scale[j - 1];
+        elevated[j] = sum_scaled - j as f32 * cf;
+        sum_scaled += cf;
+    }
+    elevated[0] = sum_scaled;
+    elevated
+}
+
+/// `v.floor()` for |v| < 2³¹ without a libm call (the x86-64 baseline has no rounding
+/// instruction, and this sits in the lattice's hottest loop).
+#[inline(always)]
+fn floor(v: f32) -> f32 {
+    let t = v as i32 as f32;
+    if t > v { t - 1.0 } else { t }
+}
+
+/// `v.ceil()` for |v| < 2³¹, as [`floor`].
+#[inline(always)]
+fn ceil(v: f32) -> f32 {
+    -floor(-v)
+}
+
+fn build<const D: usize, const D1: usize>(features: &[f32]) -> Lattice {
+    const { assert!(D1 == D + 1) };
+    let scale = elevation_scale::<D>();
+    let packing = Packing::<D>::of::<D1>(features, &scale);
+    if packing.bits * D as u32 <= u64::BITS {
+        link::<D, D1, u64>(features, &scale, &packing)
+    } else {
+        assert!(packing.bits * D as u32 <= u128::BITS, "lattice coordinates span 2^{} values: features too spread to pack", packing.bits);
+        link::<D, D1, u128>(features, &scale, &packing)
+    }
+}
+
+/// Splats every point onto its simplex (vertex numbers and barycentric weights), then links
+/// each vertex to its two neighbours along each axis.
+fn link<const D: usize, const D1: usize, K: PackedKey>(features: &[f32], scale: &[f32; D], packing: &Packing<D>) -> Lattice {
+    let points = features.len() / D;
+    // Points of an image share vertices (a 500×375 photo: 64k for 1.1M incidences): start
+    // small, so that the table stays in cache, and let it grow.
+    let mut keys = KeyTable::<K>::new(points / 16 + 64);
+    let mut offsets = Vec::with_capacity(points * D1);
+    let mut weights = Vec::with_capacity(points * D1);
+    let down = 1.0f32 / (D as f32 + 1.0);
+    let up = D as f32 + 1.0;
+    // Moving a packed key along a lattice axis: every coordinate +1 (`ones`), and coordinate
+    // i −(d+1) (`steps[i]`; the last coordinate is implied, so its step is 0).
+    let ones = K::from_wide((0..D).map(|i| 1u128 << (packing.bits * i as u32)).sum());
+    let steps: [K; D1] = std::array::from_fn(|i| K::from_wide(if i < D { (D as u128 + 1) << (packing.bits * i as u32) } else { 0 }));
+
+    for f in features.chunks_exact(D) {
+        let elevated = elevate::<D, D1>(f, scale);
+        // The nearest 0-coloured lattice point, by rounding each coordinate.
+        let mut rem0 = [0f32; D1];
+        let mut sum = 0i32;
+        for i in 0..D1 {
+            let v = down * elevated[i];
+            let up_v = ceil(v) * up;
+            let down_v = floor(v) * up;
+            let rounded = if up_v - elevated[i] < elevated[i] - down_v { up_v } else { down_v };
+            rem0[i] = rounded;
+            sum += (rounded * down) as i32;
+        }
+        // The simplex: the rank of each coordinate's remainder in sorted order.
+        let mut rank = [0i32; D1];
+        for i in 0..D {
+            let di = elevated[i] - rem0[i];
+            for j in i + 1..D1 {
+                if di < elevated[j] - rem0[j] {
+                    rank[i] += 1;
+                } else {
+                    rank[j] += 1;
+                }
+            }
+        }
+        // Bring the point back onto the plane if the rounding left it (sum != 0).
+        for i in 0..D1 {
+            rank[i] += sum;
+            if rank[i] < 0 {
+                rank[i] += D1 as i32;
+                rem0[i] += up;
+            } else if rank[i] > D as i32 {
+                rank[i] -= D1 as i32;
+                rem0[i] -= up;
+            }
+        }
+        // Barycentric coordinates (p. 10 of the paper); `beyond` is densecrf's entry d+1.
+        let mut barycentric = [0f32; D1];
+        let mut beyond = 0f32;
+        let mut by_rank = [0usize; D1];
+        for i in 0..D1 {
+            let v = (elevated[i] - rem0[i]) * down;
+            let r = rank[i] as usize;
+            barycentric[D - r] += v;
+            if r == 0 {
+                beyond -= v;
+            } else {
+                barycentric[D - r + 1] -= v;
+            }
+            by_rank[r] = i;
+        }
+        barycentric[0] += 1.0 + beyond;
+        // Vertex r of the simplex is rem0 plus the canonical offsets of remainder r: from one
+        // remainder to the next every coordinate gains 1 but the one ranked d − r loses d.
+        let mut key = K::from_wide(packing.pack(&rem0[..D]));
+        for remainder in 0..D1 {
+            if remainder > 0 {
+                key = key.plus(ones).minus(steps[by_rank[D1 - remainder]]);
+            }
+            offsets.push(keys.insert(key));
+            weights.push(barycentric[remainder]);
+        }
+    }
+
+    let vertices = keys.len();
+    let mut neighbours = vec![[NONE; 2]; D1 * (vertices + 1)];
+    for (j, &step) in steps.iter().enumerate() {
+        for v in 1..=vertices {
+            let key = keys.key(v as u32);
+            neighbours[j * (vertices + 1) + v] = [keys.find(key.minus(ones).plus(step)), keys.find(key.plus(ones).minus(step))];
+        }
+    }
+    Lattice { dim: D, points, vertices, offsets, weights, neighbours }
+}
+
+/// How the d integer coordinates of a vertex pack into one integer: each less its lowest
+/// possible value, in `bits` bits. The range leaves room for the moves to neighbours, so that
+/// adding and subtracting packed moves never carries from one coordinate into the next.
+struct Packing<const D: usize> {
+    low: [i64; D],
+    bits: u32,
+}
+
+impl<const D: usize> Packing<D> {
+    fn of<const D1: usize>(features: &[f32], scale: &[f32; D]) -> Packing<D> {
+        let (mut lo, mut hi) = ([f32::INFINITY; D], [f32::NEG_INFINITY; D]);
+        for f in features.chunks_exact(D) {
+            let elevated = elevate::<D, D1>(f, scale);
+            for i in 0..D {
+                lo[i] = lo[i].min(elevated[i]);
+                hi[i] = hi[i].max(elevated[i]);
+            }
+        }
+        if features.is_empty() {
+            return Packing { low: [0; D], bits: 1 };
+        }
+        // A vertex lies within 2.5(d+1) of its point's elevation (rounding, the correction,
+        // the canonical offset) and its neighbours within d more.
+        let margin = 4 * (D as i64 + 1);
+        let low: [i64; D] = std::array::from_fn(|i| lo[i].floor() as i64 - margin);
+        let span = (0..D).map(|i| hi[i].ceil() as i64 + margin - low[i]).max().unwrap_or(0);
+        Packing { low, bits: u64::BITS - (span as u64).leading_zeros() }
+    }
+
+    fn pack(&self, coordinates: &[f32]) -> u128 {
+        coordinates.iter().zip(&self.low).enumerate().map(|(i, (&c, &low))| ((c as i64 - low) as u128) << (self.bits * i as u32)).sum()
+    }
+}
+
+/// An integer holding a packed vertex key: u64 when the coordinates fit, else u128.
+trait PackedKey: Copy + Eq + std::fmt::Debug {
+    /// The low bits of `wide`.
+    fn from_wide(wide: u128) -> Self;
+    fn plus(self, other: Self) -> Self;
+    fn minus(self, other: Self) -> Self;
+    /// 64 bits that depend on every bit of the key, for hashing.
+    fn fold(self) -> u64;
+}
+
+impl PackedKey for u64 {
+    fn from_wide(wide: u128) -> u64 {
+        wide as u64
+    }
+    fn plus(self, other: u64) -> u64 {
+        self.wrapping_add(other)
+    }
+    fn minus(self, other: u64) -> u64 {
+        self.wrapping_sub(other)
+    }
+    fn fold(self) -> u64 {
+        self
+    }
+}
+
+impl PackedKey for u128 {
+    fn from_wide(wide: u128) -> u128 {
+        wide
+    }
+    fn plus(self, other: u128) -> u128 {
+        self.wrapping_add(other)
+    }
+    fn minus(self, other: u128) -> u128 {
+        self.wrapping_sub(other)
+    }
+    fn fold(self) -> u64 {
+        (self as u64) ^ ((self >> 64) as u64).rotate_left(29)
+    }
+}
+
+/// Open-addressing hash table from packed lattice keys to 1-based vertex numbers: the
+/// lattice's hot loop, so one integer compare per probe.
+struct KeyTable<K> {
+    keys: Vec<K>,
     /// 0 = empty, else the vertex number.
     slots: Vec<u32>,
 }
 
-/// A key's coordinates packed into one integer.
-fn pack(key: &[i16]) -> u128 {
-    key.iter().enumerate().fold(0u128, |packed, (i, &k)| packed | (k as u16 as u128) << (16 * i))
-}
-
-/// The coordinates of a packed key.
-fn unpack(packed: u128, key: &mut [i16]) {
-    for (i, k) in key.iter_mut().enumerate() {
-        *k = (packed >> (16 * i)) as u16 as i16;
-    }
-}
-
-impl KeyTable {
-    fn new(dim: usize, expected: usize) -> KeyTable {
-        assert!(dim <= 8, "lattice keys hold at most 8 coordinates");
+impl<K: PackedKey> KeyTable<K> {
+    fn new(expected: usize) -> KeyTable<K> {
         KeyTable { keys: Vec::with_capacity(expected), slots: vec![0; (2 * expected).next_power_of_two()] }
     }
 
@@ -284,21 +415,15 @@ impl KeyTable {
         self.keys.len()
     }
 
-    fn key(&self, vertex: u32) -> u128 {
+    fn key(&self, vertex: u32) -> K {
         self.keys[vertex as usize - 1]
     }
 
-    fn hash(key: u128) -> usize {
-        // Fibonacci hashing of the folded key; the high bits of the product depend on every
-        // input bit, so the slot is taken from them.
-        let folded = (key as u64) ^ ((key >> 64) as u64).rotate_left(29);
-        folded.wrapping_mul(0x9E37_79B9_7F4A_7C15) as usize
-    }
-
     /// The slot holding `key`, or the empty slot where it belongs.
-    fn slot(&self, key: u128) -> usize {
+    fn slot(&self, key: K) -> usize {
         let mask = self.slots.len() - 1;
-        let mut s = Self::hash(key) >> (usize::BITS - self.slots.len().trailing_zeros());
+        // Fibonacci hashing: the high bits of the product depend on every input bit.
+        let mut s = (key.fold().wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (u64::BITS - self.slots.len().trailing_zeros())) as usize;
         loop {
             let vertex = self.slots[s];
             if vertex == 0 || self.key(vertex) == key {
@@ -308,18 +433,18 @@ impl KeyTable {
         }
     }
 
-    fn find(&self, key: &[i16]) -> u32 {
-        self.slots[self.slot(pack(key))]
+    /// The vertex of `key`, or [`NONE`].
+    fn find(&self, key: K) -> u32 {
+        self.slots[self.slot(key)]
     }
 
-    fn insert(&mut self, key: &[i16]) -> u32 {
+    fn insert(&mut self, key: K) -> u32 {
         if 2 * (self.len() + 1) > self.slots.len() {
             self.grow();
         }
-        let packed = pack(key);
-        let s = self.slot(packed);
+        let s = self.slot(key);
         if self.slots[s] == 0 {
-            self.keys.push(packed);
+            self.keys.push(key);
             self.slots[s] = self.len() as u32;
         }
         self.slots[s]
@@ -333,7 +458,6 @@ impl KeyTable {
         }
     }
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -374,6 +498,26 @@ mod tests {
             lattice.filter(&[1.0, -2.0], 2, &mut out);
             assert!(out[0] > 0.0 && (out[1] / out[0] + 2.0).abs() < 1e-6, "{out:?}");
         }
+    }
+
+    #[test]
+    fn a_far_cluster_does_not_change_the_filtering_of_another() {
+        // Cluster A alone packs its keys into a u64; with a cluster 5000σ away the coordinates
+        // span too much for 5 × 12 bits and the keys go into a u128. A's results must not move.
+        let near: Vec<f32> = (0..40 * 5).map(|i| ((i * 7919) % 31) as f32 / 9.0).collect();
+        let far: Vec<f32> = near.iter().map(|f| f + 5000.0).collect();
+        let values: Vec<f32> = (0..40).map(|p| ((p * 13) % 7) as f32).collect();
+        let alone = Lattice::new(&near, 5);
+        assert!(Packing::<5>::of::<6>(&near, &elevation_scale::<5>()).bits * 5 <= 64);
+        let both_features = [near.clone(), far.clone()].concat();
+        assert!(Packing::<5>::of::<6>(&both_features, &elevation_scale::<5>()).bits * 5 > 64);
+        let both = Lattice::new(&both_features, 5);
+        let (mut a, mut f, mut b) = (vec![0.0; 40], vec![0.0; 40], vec![0.0; 80]);
+        alone.filter(&values, 1, &mut a);
+        Lattice::new(&far, 5).filter(&values, 1, &mut f);
+        both.filter(&[values.clone(), values.clone()].concat(), 1, &mut b);
+        assert_eq!(a, b[..40]);
+        assert_eq!(f, b[40..]);
     }
 
     #[test]
