@@ -29,7 +29,14 @@ pub enum Command {
         command: TrainCommand,
     },
     /// CAM inference over a split (map phase): writes a CAM dataset.
-    Cam(MapArgs),
+    Cam {
+        #[command(flatten)]
+        args: MapArgs,
+        /// Refine each CAM into its pseudo-label in the same pass (inference and refinement
+        /// overlap): also writes the pseudo-label dataset.
+        #[arg(long)]
+        pseudo_labels: bool,
+    },
     /// Refinement of the CAMs into pseudo-labels (map phase): writes a pseudo-label dataset.
     PseudoLabel(MapArgs),
     /// Export a dataset's masks for other frameworks.

@@ -99,6 +99,12 @@ fn map_phases_are_rank_count_independent_and_resume_after_a_kill() {
     let log = mpirun_ok(dir, 2, &["pseudo-label", "--config", &config, "--set", "pseudo_label.out=pseudo2"]);
     assert!(shards(&dir.join("pseudo2")) == shards(&one), "pseudo-label on 2 ranks = 1 rank");
     assert!(log.contains("rank 0:") && log.contains("rank 1:") && log.contains("images/s"), "per-rank rates in the summary:\n{log}");
+    // The fused pass (inference feeding refinement) on 2 ranks: the bytes of `run`'s.
+    mpirun_ok(dir, 2, &["cam", "--pseudo-labels", "--config", &config, "--set", "cam.out=cams3", "--set", "pseudo_label.out=pseudo3"]);
+    assert!(shards(&dir.join("cams3")) == shards(&dir.join("runs/tiny/cams/val")), "fused cam on 2 ranks = run's");
+    assert!(shards(&dir.join("pseudo3")) == shards(&one), "fused pseudo-labels on 2 ranks = run's");
+    let phases = json(&dir.join("pseudo3/.map/summary.json"))["seconds_by_phase"].clone();
+    assert!(phases["inference"].as_f64().unwrap() > 0.0 && phases["refine"].as_f64().unwrap() > 0.0, "{phases}");
     // A rerun finds the output complete and computes nothing.
     let log = String::from_utf8_lossy(&common::wsss(dir, &["pseudo-label", "--config", &config, "--set", "pseudo_label.out=pseudo2"]).stderr).into_owned();
     assert!(log.contains("is complete for these inputs and settings"), "{log}");
@@ -161,6 +167,14 @@ fn a_corrupt_image_is_skipped_and_counted() {
     let manifest = json(&dir.join("runs/tiny/pseudo_labels/val/manifest.json"));
     assert_eq!(manifest["rows"], 39);
     assert_eq!(manifest["shards"][2]["rows"], 4);
+    // The fused pass skips it in both outputs and says so in both summaries.
+    let out = common::wsss(dir, &["cam", "--pseudo-labels", "--config", &config, "--set", "cam.out=cams_fused", "--set", "pseudo_label.out=fused"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for output in ["cams_fused", "fused"] {
+        let summary = json(&dir.join(output).join(".map/summary.json"));
+        assert_eq!((summary["rows"].as_u64(), summary["skipped"].as_u64()), (Some(39), Some(1)), "{output}: {summary}");
+        assert!(summary["skipped_items"][0].as_str().unwrap().contains("part-00002.parquet row group 0 item 0 id syn_0000010"), "{summary}");
+    }
 }
 
 /// Our dense CRF and pydensecrf (IRNet's call) give the same label maps on real photos.

@@ -77,6 +77,12 @@ pub struct MapOutput {
     fingerprint: String,
 }
 
+/// The fingerprint of the job that wrote `dir`, if a map job did.
+pub fn job_fingerprint(dir: &Path) -> Option<String> {
+    let bytes = std::fs::read(dir.join(MAP_DIR).join(JOB_FILE)).ok()?;
+    serde_json::from_slice::<JobFile>(&bytes).ok().map(|job| job.fingerprint)
+}
+
 /// Where a job stands before it runs.
 #[derive(Debug, Clone, PartialEq)]
 pub struct MapPlan {
@@ -173,12 +179,13 @@ struct Lent<'a>(&'a mpi::topology::SimpleCommunicator);
 unsafe impl Send for Lent<'_> {}
 
 /// Runs `work` on every task of `pending` across the ranks (every rank calls this with the
-/// same `pending`). `on_done` sees each finished record on rank 0, as it arrives (for the
-/// progress bar). Returns, on rank 0, the records of every task of this run; on the other
-/// ranks their own.
-pub fn schedule<W>(world: &World, pending: &[usize], mut work: W, on_done: &(dyn Fn(&TaskRecord) + Sync)) -> Result<Vec<TaskRecord>, MapError>
+/// same `pending`). `on_done` sees each finished task's report (`R`: its records) on rank 0,
+/// as it arrives (for the progress bar). Returns, on rank 0, the reports of every task of
+/// this run; on the other ranks their own.
+pub fn schedule<R, W>(world: &World, pending: &[usize], mut work: W, on_done: &(dyn Fn(&R) + Sync)) -> Result<Vec<R>, MapError>
 where
-    W: FnMut(usize) -> Result<TaskRecord, MapError>,
+    R: Serialize + serde::de::DeserializeOwned + Send,
+    W: FnMut(usize) -> Result<R, MapError>,
 {
     let Some(comm) = world.mpi_communicator().filter(|_| world.size > 1) else {
         let mut records = Vec::with_capacity(pending.len());
@@ -195,7 +202,7 @@ where
     let queue = Mutex::new(pending.iter().copied().collect::<VecDeque<usize>>());
     let records = Mutex::new(Vec::new());
     let next = || queue.lock().expect("the queue lock is never poisoned").pop_front();
-    let finish = |record: TaskRecord| {
+    let finish = |record: R| {
         on_done(&record);
         records.lock().expect("the records lock is never poisoned").push(record);
     };
@@ -224,7 +231,7 @@ where
 }
 
 /// Rank 0's coordinator: answers requests until every other rank has been told "no task".
-fn coordinate(comm: &mpi::topology::SimpleCommunicator, remotes: usize, next: &dyn Fn() -> Option<usize>, finish: &dyn Fn(TaskRecord)) -> Result<(), MapError> {
+fn coordinate<R: serde::de::DeserializeOwned>(comm: &mpi::topology::SimpleCommunicator, remotes: usize, next: &dyn Fn() -> Option<usize>, finish: &dyn Fn(R)) -> Result<(), MapError> {
     let mut finished = 0;
     while finished < remotes {
         // Poll and sleep rather than block: a blocking receive spins a core in MPI's progress
@@ -236,7 +243,7 @@ fn coordinate(comm: &mpi::topology::SimpleCommunicator, remotes: usize, next: &d
         let (message, status) = probed.matched_receive_vec::<u8>();
         let source = status.source_rank();
         if !message.is_empty() {
-            let record: TaskRecord = serde_json::from_slice(&message).map_err(|e| MapError::Protocol(format!("a request from rank {source}: {e}")))?;
+            let record: R = serde_json::from_slice(&message).map_err(|e| MapError::Protocol(format!("a request from rank {source}: {e}")))?;
             finish(record);
         }
         let reply = next().map_or(NO_TASK, |t| t as i64);
@@ -250,14 +257,14 @@ fn coordinate(comm: &mpi::topology::SimpleCommunicator, remotes: usize, next: &d
 
 /// A rank other than 0: asks for a task (reporting the previous one), does it, until told
 /// there is none left.
-fn serve_remote<W>(comm: &mpi::topology::SimpleCommunicator, mut work: W) -> Result<Vec<TaskRecord>, MapError>
+fn serve_remote<R: Serialize, W>(comm: &mpi::topology::SimpleCommunicator, mut work: W) -> Result<Vec<R>, MapError>
 where
-    W: FnMut(usize) -> Result<TaskRecord, MapError>,
+    W: FnMut(usize) -> Result<R, MapError>,
 {
     let root = comm.process_at_rank(0);
-    let mut records: Vec<TaskRecord> = Vec::new();
+    let mut records: Vec<R> = Vec::new();
     loop {
-        let report = records.last().map(|r| serde_json::to_vec(r).expect("a task record serialises")).unwrap_or_default();
+        let report = records.last().map(|r| serde_json::to_vec(r).expect("a task report serialises")).unwrap_or_default();
         root.send_with_tag(&report[..], TAG_REQUEST);
         let (task, _) = root.receive_with_tag::<i64>(TAG_TASK);
         if task == NO_TASK {
@@ -314,7 +321,7 @@ mod tests {
             &World::single(),
             &[2, 0, 5],
             |task| Ok(TaskRecord { task, shard: ShardInfo { file: String::new(), rows: 0, sha256: String::new() }, rank: 0, images: 0, skipped: vec![], seconds: BTreeMap::new() }),
-            &|r| seen.lock().unwrap().push(r.task),
+            &|r: &TaskRecord| seen.lock().unwrap().push(r.task),
         )
         .unwrap();
         assert_eq!(records.iter().map(|r| r.task).collect::<Vec<_>>(), vec![2, 0, 5]);

@@ -14,6 +14,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::Context;
+use indicatif::ProgressBar;
 use serde_json::json;
 use tch::{Device, Kind, Tensor};
 use tracing::warn;
@@ -30,45 +31,75 @@ use crate::dist::World;
 use crate::model::{weights, Base, Model};
 
 pub fn run(config: &Config, world: &World, force: bool) -> anyhow::Result<Summary> {
-    let device = super::compute_device(config, world)?;
-    let input_dir = config.dataset(config.cam.split);
-    let input: Dataset = Dataset::open(input_dir).with_context(|| format!("the images of cam.split ({})", input_dir.display()))?;
-    let checkpoint = checkpoint_path(config)?;
-    let model = Model::new(config.method.base, config.model.depth, config.model.strides, input.manifest().num_classes() as i64, device);
-    weights::restore(&model.vs, &checkpoint).context("loading the CAM model (do [model], method.base and the dataset's classes match the training run?)")?;
-    let normalise = Normalise::new(config.loader.mean, config.loader.std, device);
-    // What shapes the CAMs: the weights, the network, the scales, the normalisation.
-    let settings = serde_json::to_string(&json!({
-        "checkpoint": file_sha256(&checkpoint)?,
-        "model": config.model, "base": config.method.base, "alpha": config.method.amr.alpha,
-        "scales": config.cam.scales, "flip": config.cam.flip, "mean": config.loader.mean, "std": config.loader.std,
-    }))?;
-    let job = MapJob {
-        what: "cam",
-        out: config.cam_dir(),
-        fingerprint: fingerprint(&[input.manifest()], &settings),
-        task_images: input.manifest().shards.iter().map(|s| s.rows).collect(),
-        kind: DatasetKind::Cams,
-        split: input.manifest().split.clone(),
-        classes: input.manifest().classes.clone(),
-        source: format!("wsss-dist cam of {} with {} ({}, scales {:?}, flip {})", input_dir.display(), checkpoint.display(), method_summary(config), config.cam.scales, config.cam.flip),
-    };
-    let details = execute(world, &job, force, |shard, bar| {
-        let reader = input.shard(shard)?;
-        let file = &input.manifest().shards[shard].file;
-        let mut rows = Vec::with_capacity(reader.num_rows());
+    let inference = CamInference::new(config, world)?;
+    let details = execute(world, std::slice::from_ref(&inference.job), force, |task, bar| {
+        let mut rows = Vec::new();
+        let (skipped, seconds) = inference.task(task, world, bar, |_, _, cam| rows.push(cam))?;
+        Ok(TaskOutput::single(rows, skipped, seconds))
+    })?;
+    Ok(Summary::ok(json!({ "checkpoint": inference.checkpoint, "map": details[0] })))
+}
+
+/// What CAM inference over `cam.split` needs: the images, the model and the map job; shared
+/// by `cam` and the map phase of `run`, which refines each CAM as it comes.
+pub(super) struct CamInference<'a> {
+    config: &'a Config,
+    pub input: Dataset,
+    pub checkpoint: PathBuf,
+    model: Model,
+    normalise: Normalise,
+    pub job: MapJob,
+}
+
+impl<'a> CamInference<'a> {
+    pub fn new(config: &'a Config, world: &World) -> anyhow::Result<CamInference<'a>> {
+        let device = super::compute_device(config, world)?;
+        let input_dir = config.dataset(config.cam.split);
+        let input: Dataset = Dataset::open(input_dir).with_context(|| format!("the images of cam.split ({})", input_dir.display()))?;
+        let checkpoint = checkpoint_path(config)?;
+        let model = Model::new(config.method.base, config.model.depth, config.model.strides, input.manifest().num_classes() as i64, device);
+        weights::restore(&model.vs, &checkpoint).context("loading the CAM model (do [model], method.base and the dataset's classes match the training run?)")?;
+        let normalise = Normalise::new(config.loader.mean, config.loader.std, device);
+        // What shapes the CAMs: the weights, the network, the scales, the normalisation.
+        let settings = serde_json::to_string(&json!({
+            "checkpoint": file_sha256(&checkpoint)?,
+            "model": config.model, "base": config.method.base, "alpha": config.method.amr.alpha,
+            "scales": config.cam.scales, "flip": config.cam.flip, "mean": config.loader.mean, "std": config.loader.std,
+        }))?;
+        let job = MapJob {
+            what: "cam",
+            out: config.cam_dir(),
+            fingerprint: fingerprint(&[input.manifest()], &settings),
+            task_images: input.manifest().shards.iter().map(|s| s.rows).collect(),
+            kind: DatasetKind::Cams,
+            split: input.manifest().split.clone(),
+            classes: input.manifest().classes.clone(),
+            source: format!("wsss-dist cam of {} with {} ({}, scales {:?}, flip {})", input_dir.display(), checkpoint.display(), method_summary(config), config.cam.scales, config.cam.flip),
+        };
+        Ok(CamInference { config, input, checkpoint, model, normalise, job })
+    }
+
+    /// The CAMs of task `task`'s images, in order, each handed to `each(where, image, cam)`
+    /// (`where`: file and row group, for messages). Returns the skipped images and the
+    /// seconds by phase.
+    pub fn task(&self, task: usize, world: &World, bar: &ProgressBar, mut each: impl FnMut(&str, ImageRow, CamRow)) -> anyhow::Result<(Vec<String>, BTreeMap<String, f64>)> {
+        let reader = self.input.shard(task)?;
+        let file = &self.input.manifest().shards[task].file;
         let mut skipped = Vec::new();
         let (mut read_seconds, mut inference_seconds) = (0.0, 0.0);
         for group in 0..reader.num_row_groups() {
             let read = Instant::now();
             let images = reader.read_row_group(group)?;
             read_seconds += read.elapsed().as_secs_f64();
-            let inference = Instant::now();
+            let place = format!("{file} row group {group}");
             for (i, image) in images.into_iter().enumerate() {
-                match cam_row(&model, &image, &normalise, config) {
-                    Ok(row) => rows.push(row),
+                let inference = Instant::now();
+                let row = cam_row(&self.model, &image, &self.normalise, self.config);
+                inference_seconds += inference.elapsed().as_secs_f64();
+                match row {
+                    Ok(row) => each(&place, image, row),
                     Err(reason) => {
-                        let what = format!("{file} row group {group} item {i} id {}: {reason}", image.id);
+                        let what = format!("{place} item {i} id {}: {reason}", image.id);
                         warn!("skipped {what}");
                         skipped.push(what);
                     }
@@ -77,12 +108,9 @@ pub fn run(config: &Config, world: &World, force: bool) -> anyhow::Result<Summar
                     bar.inc(1);
                 }
             }
-            inference_seconds += inference.elapsed().as_secs_f64();
         }
-        let seconds = BTreeMap::from([("read".to_string(), read_seconds), ("inference".to_string(), inference_seconds)]);
-        Ok(TaskOutput { rows, skipped, seconds })
-    })?;
-    Ok(Summary::ok(json!({ "checkpoint": checkpoint, "map": details })))
+        Ok((skipped, BTreeMap::from([("read".to_string(), read_seconds), ("inference".to_string(), inference_seconds)])))
+    }
 }
 
 /// `cam.checkpoint`, or the model of the run's newest checkpoint.

@@ -21,10 +21,11 @@ use crate::data::schema::{Manifest, ShardInfo, FORMAT_VERSION};
 use crate::data::shard::{write_shard, ShardLayout, ShardReader};
 use crate::data::{DatasetKind, ShardRow};
 use crate::dist::comm::all_gather_text;
-use crate::dist::map::{schedule, MapError, MapOutput, TaskRecord};
+use crate::dist::map::{schedule, MapError, MapOutput, MapPlan, TaskRecord};
 use crate::dist::{self, Backend, World};
 
 /// What the stage describes of its job.
+#[derive(Clone)]
 pub struct MapJob {
     /// The stage's name, for logs and the bar ("cam", "pseudo-label").
     pub what: &'static str,
@@ -40,68 +41,156 @@ pub struct MapJob {
     pub source: String,
 }
 
-/// What a task's work produces; the driver sorts the rows by id and writes the shard.
-pub struct TaskOutput<R> {
-    pub rows: Vec<R>,
-    pub skipped: Vec<String>,
+/// What a task's work produces: one shard for each output of the job (in the order of
+/// [`execute`]'s jobs); the driver sorts each shard's rows by id and writes it.
+pub struct TaskOutput {
+    pub shards: Vec<ShardOutput>,
     /// Seconds by phase.
     pub seconds: BTreeMap<String, f64>,
 }
 
-/// Runs the job; `work(task, bar)` computes one task (and may tick the bar per image).
-/// Returns the summary details (the same on every rank for what all ranks know).
-pub fn execute<R, W>(world: &World, job: &MapJob, force: bool, mut work: W) -> anyhow::Result<serde_json::Value>
+impl TaskOutput {
+    /// The output of a job with one output.
+    pub fn single<R: ShardRow + 'static>(rows: Vec<R>, skipped: Vec<String>, seconds: BTreeMap<String, f64>) -> TaskOutput {
+        TaskOutput { shards: vec![ShardOutput::new(rows, skipped)], seconds }
+    }
+}
+
+/// One output shard of a task: its rows and the inputs it skipped.
+pub struct ShardOutput {
+    rows: Box<dyn TaskRows>,
+    skipped: Vec<String>,
+}
+
+impl ShardOutput {
+    pub fn new<R: ShardRow + 'static>(rows: Vec<R>, skipped: Vec<String>) -> ShardOutput {
+        ShardOutput { rows: Box::new(rows), skipped }
+    }
+}
+
+/// The rows of one shard, whatever their type, so that one task can fill several outputs.
+trait TaskRows {
+    /// Sorts the rows by id, writes the shard of `task` and reads it back.
+    fn write(self: Box<Self>, output: &MapOutput, task: usize) -> Result<ShardInfo, MapError>;
+}
+
+impl<R: ShardRow> TaskRows for Vec<R> {
+    fn write(mut self: Box<Self>, output: &MapOutput, task: usize) -> Result<ShardInfo, MapError> {
+        self.sort_by(|a, b| a.id().cmp(b.id()));
+        if let Some(pair) = self.windows(2).find(|w| w[0].id() == w[1].id()) {
+            return Err(MapError::Task(format!("task {task}: image id {} appears twice", pair[0].id())));
+        }
+        let path = output.shard_path(task);
+        let shard = write_shard(&path, &self, ShardLayout::default())?;
+        let reader = ShardReader::<R>::open(&path)?;
+        if reader.num_rows() as u64 != shard.rows {
+            return Err(MapError::Task(format!("{}: read back {} rows, wrote {}", path.display(), reader.num_rows(), shard.rows)));
+        }
+        Ok(shard)
+    }
+}
+
+/// Where a job with several outputs stands: a task is done only where every output has it.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Plan {
+    pending: Vec<usize>,
+    /// Per done task, its record in each output.
+    done: Vec<Vec<TaskRecord>>,
+    complete: bool,
+}
+
+impl Plan {
+    fn merge(plans: Vec<MapPlan>, tasks: usize) -> Plan {
+        let outputs = plans.len();
+        let complete = plans.iter().all(|p| p.complete);
+        let mut by_task: Vec<Vec<TaskRecord>> = vec![Vec::new(); tasks];
+        for record in plans.into_iter().flat_map(|p| p.done) {
+            by_task[record.task].push(record);
+        }
+        let pending = (0..tasks).filter(|&t| by_task[t].len() < outputs).collect();
+        Plan { pending, done: by_task.into_iter().filter(|r| r.len() == outputs).collect(), complete }
+    }
+}
+
+/// Runs a map job whose tasks fill every one of `jobs`' outputs (the jobs share their tasks);
+/// `work(task, bar)` computes one task (and may tick the bar per image). Returns each job's
+/// summary details (the same on every rank for what all ranks know).
+pub fn execute<W>(world: &World, jobs: &[MapJob], force: bool, mut work: W) -> anyhow::Result<Vec<serde_json::Value>>
 where
-    R: ShardRow,
-    W: FnMut(usize, &ProgressBar) -> anyhow::Result<TaskOutput<R>>,
+    W: FnMut(usize, &ProgressBar) -> anyhow::Result<TaskOutput>,
 {
     let started = Instant::now();
+    let task_images = &jobs[0].task_images;
+    ensure!(jobs.iter().all(|j| &j.task_images == task_images), "the outputs of one map job must share its tasks");
+    let what = jobs.iter().map(|j| j.what).collect::<Vec<_>>().join(" + ");
     let comm = dist::connect(world, Backend::Mpi, Device::Cpu)?;
-    let output = MapOutput::new(&job.out, job.task_images.len(), job.fingerprint.clone());
+    let outputs: Vec<MapOutput> = jobs.iter().map(|j| MapOutput::new(&j.out, task_images.len(), j.fingerprint.clone())).collect();
     let plan_text = if world.is_root() {
-        let plan = output.prepare(force).with_context(|| format!("preparing {}", job.out.display()))?;
-        serde_json::to_string(&(plan.pending, plan.done, plan.complete))?
+        let plans = outputs.iter().zip(jobs).map(|(o, j)| o.prepare(force).with_context(|| format!("preparing {}", j.out.display()))).collect::<anyhow::Result<Vec<_>>>()?;
+        serde_json::to_string(&Plan::merge(plans, task_images.len()))?
     } else {
         String::new()
     };
     let plan_text = all_gather_text(comm.as_ref(), &plan_text, Device::Cpu)?.swap_remove(0);
-    let (pending, done, complete): (Vec<usize>, Vec<TaskRecord>, bool) = serde_json::from_str(&plan_text).context("reading rank 0's plan")?;
-    if complete {
-        info!("{}: {} is complete for these inputs and settings ({} tasks; --force redoes them)", job.what, job.out.display(), done.len());
-        return Ok(summary(job, &done, 0, &[], started));
+    let plan: Plan = serde_json::from_str(&plan_text).context("reading rank 0's plan")?;
+    let done_in = |i: usize| plan.done.iter().map(|records| records[i].clone()).collect::<Vec<_>>();
+    if plan.complete {
+        for job in jobs {
+            info!("{}: {} is complete for these inputs and settings ({} tasks; --force redoes them)", job.what, job.out.display(), plan.done.len());
+        }
+        return Ok(jobs.iter().enumerate().map(|(i, job)| summary(job, &done_in(i), 0, &[], started)).collect());
     }
-    info!("{}: {} task(s) to do, {} done by an earlier run, on {} rank(s) → {}", job.what, pending.len(), done.len(), world.size, job.out.display());
+    let pending = &plan.pending;
+    let outs = jobs.iter().map(|j| j.out.display().to_string()).collect::<Vec<_>>().join(", ");
+    info!("{what}: {} task(s) to do, {} done by an earlier run, on {} rank(s) → {outs}", pending.len(), plan.done.len(), world.size);
 
-    let bar = progress_bar(world, pending.iter().map(|&t| job.task_images[t]).sum(), job.what);
+    let bar = progress_bar(world, pending.iter().map(|&t| task_images[t]).sum(), &what);
     let tasks_done = std::sync::atomic::AtomicUsize::new(0);
-    let on_done = |record: &TaskRecord| {
+    let on_done = |records: &Vec<TaskRecord>| {
         // Rank 0 ticks its own images as it goes; other ranks' arrive with their records.
-        if record.rank != 0 {
-            bar.inc(record.images);
+        if records[0].rank != 0 {
+            bar.inc(records[0].images);
         }
         let n = tasks_done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-        bar.set_message(format!("{} {n}/{}", job.what, pending.len()));
+        bar.set_message(format!("{what} {n}/{}", pending.len()));
     };
-    let records = schedule(
+    let reports = schedule(
         world,
-        &pending,
+        pending,
         |task| {
             let started = Instant::now();
             let out = work(task, &bar).map_err(|e| MapError::Task(format!("{e:#}")))?;
+            if out.shards.len() != outputs.len() {
+                return Err(MapError::Task(format!("task {task} made {} shard(s) for {} output(s)", out.shards.len(), outputs.len())));
+            }
             let write_started = Instant::now();
-            let mut record = write_task(&output, world.rank, task, out, job.task_images[task])?;
-            record.seconds.insert("write".into(), write_started.elapsed().as_secs_f64());
-            record.seconds.insert("total".into(), started.elapsed().as_secs_f64());
-            output.commit(&record)?;
-            Ok(record)
+            let mut records = Vec::with_capacity(outputs.len());
+            for (output, shard) in outputs.iter().zip(out.shards) {
+                let info = shard.rows.write(output, task)?;
+                records.push(TaskRecord { task, shard: info, rank: world.rank, images: task_images[task], skipped: shard.skipped, seconds: out.seconds.clone() });
+            }
+            for record in &mut records {
+                record.seconds.insert("write".into(), write_started.elapsed().as_secs_f64());
+                record.seconds.insert("total".into(), started.elapsed().as_secs_f64());
+            }
+            // The shards are all in place before any record goes in.
+            for (output, record) in outputs.iter().zip(&records) {
+                output.commit(record)?;
+            }
+            Ok(records)
         },
         &on_done,
     )?;
     bar.finish_and_clear();
     if !world.is_root() {
-        return Ok(json!({ "rank": world.rank, "tasks": records.len(), "written_by": "rank 0" }));
+        return Ok(jobs.iter().map(|_| json!({ "rank": world.rank, "tasks": reports.len(), "written_by": "rank 0" })).collect());
     }
-    let mut all: Vec<TaskRecord> = done.iter().cloned().chain(records.iter().cloned()).collect();
+    jobs.iter().enumerate().map(|(i, job)| finish_job(job, done_in(i), reports.iter().map(|r| r[i].clone()).collect(), started)).collect()
+}
+
+/// Rank 0, once every task is done: the manifest and summary of one output, and its logs.
+fn finish_job(job: &MapJob, done: Vec<TaskRecord>, records: Vec<TaskRecord>, started: Instant) -> anyhow::Result<serde_json::Value> {
+    let mut all: Vec<TaskRecord> = done.into_iter().chain(records.iter().cloned()).collect();
     all.sort_by_key(|r| r.task);
     ensure!(all.iter().map(|r| r.task).eq(0..job.task_images.len()), "{}: the tasks done do not cover every input shard", job.what);
     let shards: Vec<ShardInfo> = all.iter().map(|r| r.shard.clone()).collect();
@@ -114,26 +203,11 @@ where
     if skipped > 0 {
         warn!("{}: {skipped} input(s) skipped (listed in the summary)", job.what);
     }
-    info!("{}: wrote {rows} rows to {} in {:.1} s: {} task(s) computed, {} reused; {skipped} skipped", job.what, job.out.display(), started.elapsed().as_secs_f64(), records.len(), done.len());
+    info!("{}: wrote {rows} rows to {} in {:.1} s: {} task(s) computed, {} reused; {skipped} skipped", job.what, job.out.display(), started.elapsed().as_secs_f64(), records.len(), all.len() - records.len());
     for rank in details["ranks"].as_array().into_iter().flatten() {
         info!("{}: rank {}: {} images in {} task(s), {:.2} images/s", job.what, rank["rank"], rank["images"], rank["tasks"], rank["images_per_second"].as_f64().unwrap_or(0.0));
     }
     Ok(details)
-}
-
-/// Sorts, writes and reads back one task's shard; the record is not committed yet.
-fn write_task<R: ShardRow>(output: &MapOutput, rank: usize, task: usize, mut out: TaskOutput<R>, images: u64) -> Result<TaskRecord, MapError> {
-    out.rows.sort_by(|a, b| a.id().cmp(b.id()));
-    if let Some(pair) = out.rows.windows(2).find(|w| w[0].id() == w[1].id()) {
-        return Err(MapError::Task(format!("task {task}: image id {} appears twice", pair[0].id())));
-    }
-    let path = output.shard_path(task);
-    let shard = write_shard(&path, &out.rows, ShardLayout::default())?;
-    let reader = ShardReader::<R>::open(&path)?;
-    if reader.num_rows() as u64 != shard.rows {
-        return Err(MapError::Task(format!("{}: read back {} rows, wrote {}", path.display(), reader.num_rows(), shard.rows)));
-    }
-    Ok(TaskRecord { task, shard, rank, images, skipped: out.skipped, seconds: out.seconds })
 }
 
 /// The job's summary: counts, skipped inputs, and per rank of this run its images/s.

@@ -2,6 +2,7 @@
 //! printed; the library modules they call return errors and never print.
 
 pub mod cam;
+pub mod cam_and_labels;
 pub mod eval;
 pub mod export;
 pub mod import;

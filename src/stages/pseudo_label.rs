@@ -21,7 +21,9 @@ use super::map_phase::{execute, fingerprint, MapJob, TaskOutput};
 use super::Summary;
 use crate::config::Config;
 use crate::data::codec::{decode_row_image, encode_mask};
+use crate::data::schema::Manifest;
 use crate::data::{CamRow, Dataset, DatasetKind, ImageRow, PseudoRow};
+use crate::dist::map::job_fingerprint;
 use crate::dist::World;
 use crate::refine::pseudo::{pseudo_label, PseudoInput, PseudoParams};
 use crate::refine::resize::full_resolution;
@@ -33,20 +35,10 @@ pub fn run(config: &Config, world: &World, force: bool) -> anyhow::Result<Summar
     let cams: Dataset<CamRow> = Dataset::open_as(&cam_dir).with_context(|| format!("the CAMs ({}; run `wsss-dist cam` first)", cam_dir.display()))?;
     ensure!(cams.manifest().classes == images.manifest().classes, "{} and {} have different class lists", cam_dir.display(), images_dir.display());
     ensure!(cams.num_shards() == images.num_shards(), "{} has {} shards but {} has {}: CAM shard k holds the CAMs of image shard k", cam_dir.display(), cams.num_shards(), images_dir.display(), images.num_shards());
-    let settings = &config.pseudo_label;
-    let params = settings.params();
-    let job = MapJob {
-        what: "pseudo-label",
-        out: config.pseudo_dir(),
-        fingerprint: fingerprint(&[images.manifest(), cams.manifest()], &serde_json::to_string(settings)?),
-        task_images: images.manifest().shards.iter().map(|s| s.rows).collect(),
-        kind: DatasetKind::PseudoLabels,
-        split: images.manifest().split.clone(),
-        classes: images.manifest().classes.clone(),
-        source: format!("wsss-dist pseudo-label ({}) of {} with the CAMs of {}", settings.method.name(), images_dir.display(), cam_dir.display()),
-    };
-    let pool = rayon::ThreadPoolBuilder::new().num_threads(settings.threads).build().context("starting the refinement threads")?;
-    let details = execute(world, &job, force, |task, bar| {
+    // CAMs written by `cam` are named by its job's fingerprint; others by their checksums.
+    let cam_identity = job_fingerprint(&cam_dir).unwrap_or_else(|| fingerprint(&[cams.manifest()], ""));
+    let labelling = Labelling::new(config, images.manifest(), &cam_identity)?;
+    let details = execute(world, std::slice::from_ref(&labelling.job), force, |task, bar| {
         let mut seconds = BTreeMap::new();
         let read = Instant::now();
         let mut by_id: HashMap<String, CamRow> = cams.shard(task)?.read_all()?.into_iter().map(|r| (r.id.clone(), r)).collect();
@@ -64,17 +56,10 @@ pub fn run(config: &Config, world: &World, force: bool) -> anyhow::Result<Summar
             }).collect();
             read_seconds += read.elapsed().as_secs_f64();
             let refine = Instant::now();
-            let results: Vec<Result<PseudoRow, String>> = pool.install(|| batch.par_iter().map(|(image, cam)| label_image(image, cam.as_ref(), &params)).collect());
+            let results: Vec<Result<PseudoRow, String>> = labelling.pool.install(|| batch.par_iter().map(|(image, cam)| labelling.label(image, cam.as_ref())).collect());
             refine_seconds += refine.elapsed().as_secs_f64();
             for ((image, _), result) in batch.iter().zip(results) {
-                match result {
-                    Ok(row) => rows.push(row),
-                    Err(reason) => {
-                        let what = format!("{file} row group {group} id {}: {reason}", image.id);
-                        warn!("skipped {what}");
-                        skipped.push(what);
-                    }
-                }
+                keep(result, &format!("{file} row group {group}"), &image.id, &mut rows, &mut skipped);
             }
             if world.is_root() {
                 bar.inc(batch.len() as u64);
@@ -83,9 +68,53 @@ pub fn run(config: &Config, world: &World, force: bool) -> anyhow::Result<Summar
         ensure!(by_id.is_empty(), "{}: CAMs of images that are not in {file} of {}: {:?}", cam_dir.display(), images_dir.display(), by_id.keys().take(3).collect::<Vec<_>>());
         seconds.insert("read".into(), read_seconds);
         seconds.insert("refine".into(), refine_seconds);
-        Ok(TaskOutput { rows, skipped, seconds })
+        Ok(TaskOutput::single(rows, skipped, seconds))
     })?;
-    Ok(Summary::ok(json!({ "method": settings.method.name(), "map": details })))
+    Ok(Summary::ok(json!({ "method": config.pseudo_label.method.name(), "map": details[0] })))
+}
+
+/// What refinement needs: the map job, the method's parameters and the thread pool; shared by
+/// `pseudo-label` and the map phase of `run`.
+pub(super) struct Labelling {
+    pub job: MapJob,
+    params: PseudoParams,
+    pub pool: rayon::ThreadPool,
+}
+
+impl Labelling {
+    /// `cam_identity` names the CAMs: the fingerprint of the `cam` job that makes them.
+    pub fn new(config: &Config, images: &Manifest, cam_identity: &str) -> anyhow::Result<Labelling> {
+        let settings = &config.pseudo_label;
+        let job = MapJob {
+            what: "pseudo-label",
+            out: config.pseudo_dir(),
+            fingerprint: fingerprint(&[images], &format!("{cam_identity}|{}", serde_json::to_string(settings)?)),
+            task_images: images.shards.iter().map(|s| s.rows).collect(),
+            kind: DatasetKind::PseudoLabels,
+            split: images.split.clone(),
+            classes: images.classes.clone(),
+            source: format!("wsss-dist pseudo-label ({}) of {} with the CAMs of {}", settings.method.name(), config.dataset(config.cam.split).display(), config.cam_dir().display()),
+        };
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(settings.threads).build().context("starting the refinement threads")?;
+        Ok(Labelling { job, params: settings.params(), pool })
+    }
+
+    /// The pseudo-label row of one image; an error is the reason to skip it.
+    pub fn label(&self, image: &ImageRow, cam: Option<&CamRow>) -> Result<PseudoRow, String> {
+        label_image(image, cam, &self.params)
+    }
+}
+
+/// Keeps a labelled row, or records (and warns about) the skipped image at `place`.
+pub(super) fn keep(result: Result<PseudoRow, String>, place: &str, id: &str, rows: &mut Vec<PseudoRow>, skipped: &mut Vec<String>) {
+    match result {
+        Ok(row) => rows.push(row),
+        Err(reason) => {
+            let what = format!("{place} id {id}: {reason}");
+            warn!("skipped {what}");
+            skipped.push(what);
+        }
+    }
 }
 
 /// The pseudo-label row of one image; an error is the reason to skip it.

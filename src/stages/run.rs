@@ -1,8 +1,8 @@
 //! `wsss-dist run --config F`: the whole pipeline of a config: make sure the datasets exist
 //! (generating the synthetic default when `data.source = "synthetic"`), train the CAM
 //! classifier (continuing the run's checkpoints if there are any), make the CAMs of
-//! `cam.split`, evaluate them, refine them into pseudo-labels and evaluate those. The map
-//! phases skip what an earlier run finished. The segmenter joins here when it lands.
+//! `cam.split` and refine them into pseudo-labels in one map phase (`cam_and_labels`), then
+//! evaluate both. The map phase skips what an earlier run finished. The segmenter joins here when it lands.
 
 use std::path::Path;
 
@@ -10,7 +10,7 @@ use anyhow::{bail, Context};
 use serde_json::json;
 use tracing::info;
 
-use super::{cam, eval, import::import_source, pseudo_label, train_cam, Summary};
+use super::{cam_and_labels, eval, import::import_source, train_cam, Summary};
 use crate::config::{Config, DataSource};
 use crate::data::importer::ImportOptions;
 use crate::data::synthetic::{SyntheticParams, SyntheticSource};
@@ -32,9 +32,10 @@ pub fn run(config: &Config, world: &World) -> anyhow::Result<Summary> {
         info!("{split}: {} images in {} ({} classes)", dataset.len(), dir.display(), dataset.manifest().num_classes());
     }
     details["train"] = train_cam::run(config, world, true)?.details;
-    details["cam"] = cam::run(config, world, false)?.details;
+    let (cams, labels) = cam_and_labels::run(config, world, false)?;
+    details["cam"] = cams.details;
     details["eval_cam"] = eval::run_cam(config, world)?.details;
-    details["pseudo_label"] = pseudo_label::run(config, world, false)?.details;
+    details["pseudo_label"] = labels.details;
     details["eval_pseudo"] = eval::run_pseudo(config, world)?.details;
     if world.is_root() {
         atomic_write(&run_dir.join("summary.json"), serde_json::to_string_pretty(&details)?.as_bytes())?;
