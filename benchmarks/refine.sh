@@ -33,23 +33,30 @@ printf 'irn_seeds wsss-dist %6.2f img/s (whole stage: read, decode, refine, enco
   "$o" "$t" "$(awk -v a="$o" -v b="$t" 'BEGIN {print a / b}')" "${agreement[0]}" "${ours[*]}" "${theirs[*]}"
 python3 -c "import json,sys; s = json.load(open(sys.argv[1])); print('wsss-dist seconds by phase (last run):', {k: round(v, 2) for k, v in s['seconds_by_phase'].items()})" "$refine/runs/voc/pseudo_labels/train/.map/summary.json"
 
-echo "== whole map phase: cam (scale 1.0 + flip) then pseudo-label (irn_seeds) of voc-mini train_aug in 8 shards of 12, 1 rank x 2 threads vs 2 ranks x 1 thread; images/s and seconds by phase (summed over ranks)"
+echo "== whole map phase: cam (scale 1.0 + flip) then pseudo-label (irn_seeds) of voc-mini train_aug in 8 shards of 12, as two passes (1 rank x 2 threads, 2 ranks x 1 thread) and as one (cam --pseudo-labels: refinement fed by inference, 1 inference + 1 refinement thread per rank); images/s and seconds by phase (summed over ranks)"
 sharded=data/bench/voc-mini-sharded
 [ -e "$sharded/manifest.json" ] || "$bin" data import voc --root "$voc" --split train_aug --out "$sharded" --shard-rows 12 2>/dev/null
 for ranks in 1 2; do
   threads=$((2 / ranks))
   map_args=("${voc_args[@]}" --set data.train="$sharded" --set run.threads=$threads --set pseudo_label.threads=$threads
     --set cam.out="$refine/map$ranks/cams" --set pseudo_label.out="$refine/map$ranks/pseudo")
+  # One pass: inference and refinement share the cores, one thread each per rank.
+  fused_args=("${map_args[@]}" --set cam.out="$refine/fused$ranks/cams" --set pseudo_label.out="$refine/fused$ranks/pseudo" --set run.threads=1 --set pseudo_label.threads=1)
   start=$(date +%s.%N)
   bash launch/mpirun.sh "$ranks" "$bin" cam "${map_args[@]}" --force 2>/dev/null
   middle=$(date +%s.%N)
   bash launch/mpirun.sh "$ranks" "$bin" pseudo-label "${map_args[@]}" --force 2>/dev/null
   end=$(date +%s.%N)
-  python3 - "$ranks" "$start" "$middle" "$end" "$refine/map$ranks" <<'PY'
+  bash launch/mpirun.sh "$ranks" "$bin" cam --pseudo-labels "${fused_args[@]}" --force 2>/dev/null
+  fused_end=$(date +%s.%N)
+  python3 - "$ranks" "$start" "$middle" "$end" "$fused_end" "$refine" <<'PY'
 import json, sys
-ranks, start, middle, end, out = int(sys.argv[1]), *map(float, sys.argv[2:5]), sys.argv[5]
-phases = lambda stage: {k: round(v, 1) for k, v in json.load(open(f"{out}/{stage}/.map/summary.json"))["seconds_by_phase"].items() if k != "total"}
-print(f"{ranks} rank(s): cam {96 / (middle - start):.2f} img/s {phases('cams')}, pseudo-label {96 / (end - middle):.2f} img/s {phases('pseudo')}, both {96 / (end - start):.2f} img/s")
+ranks, start, middle, end, fused_end, out = int(sys.argv[1]), *map(float, sys.argv[2:6]), sys.argv[6]
+phases = lambda d: {k: round(v, 1) for k, v in json.load(open(f"{out}/{d}/.map/summary.json"))["seconds_by_phase"].items() if k != "total"}
+print(f"{ranks} rank(s), two passes: cam {96 / (middle - start):.2f} img/s {phases(f'map{ranks}/cams')}, pseudo-label {96 / (end - middle):.2f} img/s {phases(f'map{ranks}/pseudo')}, both {96 / (end - start):.2f} img/s")
+print(f"{ranks} rank(s), one pass:   {96 / (fused_end - end):.2f} img/s {phases(f'fused{ranks}/pseudo')}")
 PY
 done
-cmp -s <(cat "$refine"/map1/pseudo/*.parquet) <(cat "$refine"/map2/pseudo/*.parquet) && echo "1 rank and 2 ranks: identical pseudo-label shards" || echo "1 rank and 2 ranks: pseudo-label shards DIFFER"
+same() { cmp -s <(cat "$1"/*.parquet) <(cat "$2"/*.parquet); }
+same "$refine/map1/pseudo" "$refine/map2/pseudo" && same "$refine/map1/pseudo" "$refine/fused2/pseudo" && same "$refine/map1/cams" "$refine/fused1/cams" \
+  && echo "1 rank and 2 ranks, one pass and two: identical shards" || echo "shards DIFFER between rank counts or passes"
