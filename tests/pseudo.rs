@@ -99,6 +99,9 @@ fn map_phases_are_rank_count_independent_and_resume_after_a_kill() {
     let log = mpirun_ok(dir, 2, &["pseudo-label", "--config", &config, "--set", "pseudo_label.out=pseudo2"]);
     assert!(shards(&dir.join("pseudo2")) == shards(&one), "pseudo-label on 2 ranks = 1 rank");
     assert!(log.contains("rank 0:") && log.contains("rank 1:") && log.contains("images/s"), "per-rank rates in the summary:\n{log}");
+    let summary = json(&dir.join("pseudo2/.map/summary.json"));
+    assert_eq!(summary["progress_images"], 40, "rank 0's bar heard of every image of both ranks: {summary}");
+    assert!(summary["ranks"][1]["images"].as_u64().unwrap() > 0, "{summary}");
     // The fused pass (inference feeding refinement) on 2 ranks: the bytes of `run`'s.
     mpirun_ok(dir, 2, &["cam", "--pseudo-labels", "--config", &config, "--set", "cam.out=cams3", "--set", "pseudo_label.out=pseudo3"]);
     assert!(shards(&dir.join("cams3")) == shards(&dir.join("runs/tiny/cams/val")), "fused cam on 2 ranks = run's");

@@ -39,6 +39,8 @@ const TAG_TASK: i32 = 7102;
 const NO_TASK: i64 = -1;
 /// How often rank 0's coordinator looks for requests.
 const POLL_INTERVAL: std::time::Duration = std::time::Duration::from_millis(2);
+/// How often the other ranks tell rank 0 how many images they have done.
+pub const PROGRESS_INTERVAL: std::time::Duration = std::time::Duration::from_millis(250);
 
 #[derive(Debug, thiserror::Error)]
 pub enum MapError {
@@ -178,19 +180,30 @@ impl MapOutput {
 struct Lent<'a>(&'a mpi::topology::SimpleCommunicator);
 unsafe impl Send for Lent<'_> {}
 
-/// Runs `work` on every task of `pending` across the ranks (every rank calls this with the
-/// same `pending`). `on_done` sees each finished task's report (`R`: its records) on rank 0,
-/// as it arrives (for the progress bar). Returns, on rank 0, the reports of every task of
-/// this run; on the other ranks their own.
-pub fn schedule<R, W>(world: &World, pending: &[usize], mut work: W, on_done: &(dyn Fn(&R) + Sync)) -> Result<Vec<R>, MapError>
+/// What rank 0 learns as the job runs, for its progress bar.
+pub struct Progress<'a, R> {
+    /// Images done, on any rank, as `work` reports them.
+    pub images: &'a (dyn Fn(u64) + Sync),
+    /// A finished task's report.
+    pub done: &'a (dyn Fn(&R) + Sync),
+}
+
+/// Runs `work(task, images_done)` on every task of `pending` across the ranks (every rank
+/// calls this with the same `pending`); `work` reports images as it finishes them through
+/// `images_done`, and those of every rank reach `progress.images` on rank 0 within about
+/// [`PROGRESS_INTERVAL`]. `progress.done` sees each finished task's report (`R`: its records)
+/// on rank 0 as it arrives. Returns, on rank 0, the reports of every task of this run; on the
+/// other ranks their own.
+pub fn schedule<R, W>(world: &World, pending: &[usize], mut work: W, progress: &Progress<R>) -> Result<Vec<R>, MapError>
 where
     R: Serialize + serde::de::DeserializeOwned + Send,
-    W: FnMut(usize) -> Result<R, MapError>,
+    W: FnMut(usize, &dyn Fn(u64)) -> Result<R, MapError>,
 {
+    let on_done = progress.done;
     let Some(comm) = world.mpi_communicator().filter(|_| world.size > 1) else {
         let mut records = Vec::with_capacity(pending.len());
         for &task in pending {
-            let record = work(task)?;
+            let record = work(task, progress.images)?;
             on_done(&record);
             records.push(record);
         }
@@ -199,6 +212,7 @@ where
     if !world.is_root() {
         return serve_remote(comm, work);
     }
+    let on_images = progress.images;
     let queue = Mutex::new(pending.iter().copied().collect::<VecDeque<usize>>());
     let records = Mutex::new(Vec::new());
     let next = || queue.lock().expect("the queue lock is never poisoned").pop_front();
@@ -211,11 +225,11 @@ where
     std::thread::scope(|scope| -> Result<(), MapError> {
         let coordinator = scope.spawn(|| {
             let lent = lent;
-            coordinate(lent.0, remotes, &next, &finish)
+            coordinate(lent.0, remotes, &next, &finish, on_images)
         });
         let mut local = Ok(());
         while let Some(task) = next() {
-            match work(task) {
+            match work(task, on_images) {
                 Ok(record) => finish(record),
                 Err(e) => {
                     // Stop taking tasks; the stage aborts the job (the others may wait on us).
@@ -230,8 +244,18 @@ where
     Ok(records.into_inner().expect("the records lock is never poisoned"))
 }
 
+/// What a rank other than 0 sends to rank 0. Both kinds travel with the same tag, so that MPI
+/// keeps them in order: a rank's last progress arrives before its last request.
+#[derive(Serialize, Deserialize)]
+enum Message<R> {
+    /// Images done since the last progress message.
+    Progress(u64),
+    /// The record of the task just finished (none on the first request); asks for the next.
+    Request(Option<R>),
+}
+
 /// Rank 0's coordinator: answers requests until every other rank has been told "no task".
-fn coordinate<R: serde::de::DeserializeOwned>(comm: &mpi::topology::SimpleCommunicator, remotes: usize, next: &dyn Fn() -> Option<usize>, finish: &dyn Fn(R)) -> Result<(), MapError> {
+fn coordinate<R: serde::de::DeserializeOwned>(comm: &mpi::topology::SimpleCommunicator, remotes: usize, next: &dyn Fn() -> Option<usize>, finish: &dyn Fn(R), on_images: &dyn Fn(u64)) -> Result<(), MapError> {
     let mut finished = 0;
     while finished < remotes {
         // Poll and sleep rather than block: a blocking receive spins a core in MPI's progress
@@ -242,9 +266,13 @@ fn coordinate<R: serde::de::DeserializeOwned>(comm: &mpi::topology::SimpleCommun
         };
         let (message, status) = probed.matched_receive_vec::<u8>();
         let source = status.source_rank();
-        if !message.is_empty() {
-            let record: R = serde_json::from_slice(&message).map_err(|e| MapError::Protocol(format!("a request from rank {source}: {e}")))?;
-            finish(record);
+        match serde_json::from_slice(&message).map_err(|e| MapError::Protocol(format!("a message from rank {source}: {e}")))? {
+            Message::Progress(images) => {
+                on_images(images);
+                continue;
+            }
+            Message::Request(Some(record)) => finish(record),
+            Message::Request(None) => {}
         }
         let reply = next().map_or(NO_TASK, |t| t as i64);
         comm.process_at_rank(source).send_with_tag(&reply, TAG_TASK);
@@ -256,21 +284,37 @@ fn coordinate<R: serde::de::DeserializeOwned>(comm: &mpi::topology::SimpleCommun
 }
 
 /// A rank other than 0: asks for a task (reporting the previous one), does it, until told
-/// there is none left.
+/// there is none left; passes on its images done every [`PROGRESS_INTERVAL`] and before each
+/// request.
 fn serve_remote<R: Serialize, W>(comm: &mpi::topology::SimpleCommunicator, mut work: W) -> Result<Vec<R>, MapError>
 where
-    W: FnMut(usize) -> Result<R, MapError>,
+    W: FnMut(usize, &dyn Fn(u64)) -> Result<R, MapError>,
 {
     let root = comm.process_at_rank(0);
+    let send = |message: &Message<&R>| root.send_with_tag(&serde_json::to_vec(message).expect("a map message serialises")[..], TAG_REQUEST);
+    let unsent = std::cell::Cell::new(0u64);
+    let sent_at = std::cell::Cell::new(std::time::Instant::now());
+    let flush = || {
+        if unsent.get() > 0 {
+            send(&Message::Progress(unsent.replace(0)));
+            sent_at.set(std::time::Instant::now());
+        }
+    };
+    let images_done = |images: u64| {
+        unsent.set(unsent.get() + images);
+        if sent_at.get().elapsed() >= PROGRESS_INTERVAL {
+            flush();
+        }
+    };
     let mut records: Vec<R> = Vec::new();
     loop {
-        let report = records.last().map(|r| serde_json::to_vec(r).expect("a task report serialises")).unwrap_or_default();
-        root.send_with_tag(&report[..], TAG_REQUEST);
+        flush();
+        send(&Message::Request(records.last()));
         let (task, _) = root.receive_with_tag::<i64>(TAG_TASK);
         if task == NO_TASK {
             return Ok(records);
         }
-        records.push(work(task as usize)?);
+        records.push(work(task as usize, &images_done)?);
     }
 }
 
@@ -317,14 +361,19 @@ mod tests {
     #[test]
     fn one_rank_runs_every_pending_task_in_order() {
         let seen = Mutex::new(Vec::new());
+        let images = std::sync::atomic::AtomicU64::new(0);
         let records = schedule(
             &World::single(),
             &[2, 0, 5],
-            |task| Ok(TaskRecord { task, shard: ShardInfo { file: String::new(), rows: 0, sha256: String::new() }, rank: 0, images: 0, skipped: vec![], seconds: BTreeMap::new() }),
-            &|r: &TaskRecord| seen.lock().unwrap().push(r.task),
+            |task, images_done| {
+                images_done(task as u64 + 1);
+                Ok(TaskRecord { task, shard: ShardInfo { file: String::new(), rows: 0, sha256: String::new() }, rank: 0, images: 0, skipped: vec![], seconds: BTreeMap::new() })
+            },
+            &Progress { images: &|n| _ = images.fetch_add(n, std::sync::atomic::Ordering::Relaxed), done: &|r: &TaskRecord| seen.lock().unwrap().push(r.task) },
         )
         .unwrap();
         assert_eq!(records.iter().map(|r| r.task).collect::<Vec<_>>(), vec![2, 0, 5]);
         assert_eq!(*seen.lock().unwrap(), vec![2, 0, 5]);
+        assert_eq!(images.into_inner(), 3 + 1 + 6);
     }
 }

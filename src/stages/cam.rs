@@ -14,7 +14,6 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::Context;
-use indicatif::ProgressBar;
 use serde_json::json;
 use tch::{Device, Kind, Tensor};
 use tracing::warn;
@@ -32,9 +31,9 @@ use crate::model::{weights, Base, Model};
 
 pub fn run(config: &Config, world: &World, force: bool) -> anyhow::Result<Summary> {
     let inference = CamInference::new(config, world)?;
-    let details = execute(world, std::slice::from_ref(&inference.job), force, |task, bar| {
+    let details = execute(world, std::slice::from_ref(&inference.job), force, |task, images_done| {
         let mut rows = Vec::new();
-        let (skipped, seconds) = inference.task(task, world, bar, |_, _, cam| rows.push(cam))?;
+        let (skipped, seconds) = inference.task(task, images_done, |_, _, cam| rows.push(cam))?;
         Ok(TaskOutput::single(rows, skipped, seconds))
     })?;
     Ok(Summary::ok(json!({ "checkpoint": inference.checkpoint, "map": details[0] })))
@@ -80,9 +79,9 @@ impl<'a> CamInference<'a> {
     }
 
     /// The CAMs of task `task`'s images, in order, each handed to `each(where, image, cam)`
-    /// (`where`: file and row group, for messages). Returns the skipped images and the
-    /// seconds by phase.
-    pub fn task(&self, task: usize, world: &World, bar: &ProgressBar, mut each: impl FnMut(&str, ImageRow, CamRow)) -> anyhow::Result<(Vec<String>, BTreeMap<String, f64>)> {
+    /// (`where`: file and row group, for messages) and counted to `images_done`. Returns the
+    /// skipped images and the seconds by phase.
+    pub fn task(&self, task: usize, images_done: &dyn Fn(u64), mut each: impl FnMut(&str, ImageRow, CamRow)) -> anyhow::Result<(Vec<String>, BTreeMap<String, f64>)> {
         let reader = self.input.shard(task)?;
         let file = &self.input.manifest().shards[task].file;
         let mut skipped = Vec::new();
@@ -104,9 +103,7 @@ impl<'a> CamInference<'a> {
                         skipped.push(what);
                     }
                 }
-                if world.is_root() {
-                    bar.inc(1);
-                }
+                images_done(1);
             }
         }
         Ok((skipped, BTreeMap::from([("read".to_string(), read_seconds), ("inference".to_string(), inference_seconds)])))

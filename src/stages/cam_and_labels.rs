@@ -34,14 +34,14 @@ pub fn run(config: &Config, world: &World, force: bool) -> anyhow::Result<(Summa
     let labelling = Labelling::new(config, inference.input.manifest(), &inference.job.fingerprint)?;
     let in_flight_limit = 2 * config.pseudo_label.threads.max(1);
     let jobs = [inference.job.clone(), labelling.job.clone()];
-    let details = execute(world, &jobs, force, |task, bar| {
+    let details = execute(world, &jobs, force, |task, images_done| {
         let mut cam_rows = Vec::new();
         let labelled: Mutex<Vec<Labelled>> = Mutex::new(Vec::new());
         // Each refinement signals its end, so that inference can wait for a free place.
         let (ended, end) = crossbeam_channel::unbounded::<()>();
         let (mut in_flight, mut waited) = (0usize, 0.0);
         let (outcome, inference_end) = labelling.pool.in_place_scope(|scope| {
-            let outcome = inference.task(task, world, bar, |place, image, cam| {
+            let outcome = inference.task(task, images_done, |place, image, cam| {
                 if in_flight == in_flight_limit {
                     let wait = Instant::now();
                     end.recv().expect("every refinement signals its end");

@@ -11,7 +11,6 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{ensure, Context};
-use indicatif::ProgressBar;
 use serde_json::json;
 use tch::Device;
 use tracing::{info, warn};
@@ -21,7 +20,7 @@ use crate::data::schema::{Manifest, ShardInfo, FORMAT_VERSION};
 use crate::data::shard::{write_shard, ShardLayout, ShardReader};
 use crate::data::{DatasetKind, ShardRow};
 use crate::dist::comm::all_gather_text;
-use crate::dist::map::{schedule, MapError, MapOutput, MapPlan, TaskRecord};
+use crate::dist::map::{schedule, MapError, MapOutput, MapPlan, Progress, TaskRecord};
 use crate::dist::{self, Backend, World};
 
 /// What the stage describes of its job.
@@ -113,11 +112,12 @@ impl Plan {
 }
 
 /// Runs a map job whose tasks fill every one of `jobs`' outputs (the jobs share their tasks);
-/// `work(task, bar)` computes one task (and may tick the bar per image). Returns each job's
-/// summary details (the same on every rank for what all ranks know).
+/// `work(task, images_done)` computes one task and reports its images (done or skipped) as
+/// it goes, for rank 0's bar. Returns each job's summary details (the same on every rank for
+/// what all ranks know).
 pub fn execute<W>(world: &World, jobs: &[MapJob], force: bool, mut work: W) -> anyhow::Result<Vec<serde_json::Value>>
 where
-    W: FnMut(usize, &ProgressBar) -> anyhow::Result<TaskOutput>,
+    W: FnMut(usize, &dyn Fn(u64)) -> anyhow::Result<TaskOutput>,
 {
     let started = Instant::now();
     let task_images = &jobs[0].task_images;
@@ -146,20 +146,17 @@ where
 
     let bar = progress_bar(world, pending.iter().map(|&t| task_images[t]).sum(), &what);
     let tasks_done = std::sync::atomic::AtomicUsize::new(0);
-    let on_done = |records: &Vec<TaskRecord>| {
-        // Rank 0 ticks its own images as it goes; other ranks' arrive with their records.
-        if records[0].rank != 0 {
-            bar.inc(records[0].images);
-        }
+    let on_done = |_: &Vec<TaskRecord>| {
         let n = tasks_done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
         bar.set_message(format!("{what} {n}/{}", pending.len()));
     };
+    let on_images = |images: u64| bar.inc(images);
     let reports = schedule(
         world,
         pending,
-        |task| {
+        |task, images_done| {
             let started = Instant::now();
-            let out = work(task, &bar).map_err(|e| MapError::Task(format!("{e:#}")))?;
+            let out = work(task, images_done).map_err(|e| MapError::Task(format!("{e:#}")))?;
             if out.shards.len() != outputs.len() {
                 return Err(MapError::Task(format!("task {task} made {} shard(s) for {} output(s)", out.shards.len(), outputs.len())));
             }
@@ -179,17 +176,19 @@ where
             }
             Ok(records)
         },
-        &on_done,
+        &Progress { images: &on_images, done: &on_done },
     )?;
     bar.finish_and_clear();
+    let images_seen = bar.position();
     if !world.is_root() {
         return Ok(jobs.iter().map(|_| json!({ "rank": world.rank, "tasks": reports.len(), "written_by": "rank 0" })).collect());
     }
-    jobs.iter().enumerate().map(|(i, job)| finish_job(job, done_in(i), reports.iter().map(|r| r[i].clone()).collect(), started)).collect()
+    jobs.iter().enumerate().map(|(i, job)| finish_job(job, done_in(i), reports.iter().map(|r| r[i].clone()).collect(), started, images_seen)).collect()
 }
 
 /// Rank 0, once every task is done: the manifest and summary of one output, and its logs.
-fn finish_job(job: &MapJob, done: Vec<TaskRecord>, records: Vec<TaskRecord>, started: Instant) -> anyhow::Result<serde_json::Value> {
+/// `images_seen`: what rank 0's bar counted, every image of this run, each rank's as it went.
+fn finish_job(job: &MapJob, done: Vec<TaskRecord>, records: Vec<TaskRecord>, started: Instant, images_seen: u64) -> anyhow::Result<serde_json::Value> {
     let mut all: Vec<TaskRecord> = done.into_iter().chain(records.iter().cloned()).collect();
     all.sort_by_key(|r| r.task);
     ensure!(all.iter().map(|r| r.task).eq(0..job.task_images.len()), "{}: the tasks done do not cover every input shard", job.what);
@@ -197,7 +196,8 @@ fn finish_job(job: &MapJob, done: Vec<TaskRecord>, records: Vec<TaskRecord>, sta
     let rows = shards.iter().map(|s| s.rows).sum();
     let manifest = Manifest { format_version: FORMAT_VERSION, kind: job.kind, split: job.split.clone(), classes: job.classes.clone(), rows, shards, source: job.source.clone() };
     manifest.write(&job.out)?;
-    let details = summary(job, &all, records.len(), &records, started);
+    let mut details = summary(job, &all, records.len(), &records, started);
+    details["progress_images"] = json!(images_seen);
     crate::data::atomic_write(&job.out.join(".map/summary.json"), serde_json::to_string_pretty(&details)?.as_bytes())?;
     let skipped = all.iter().map(|r| r.skipped.len()).sum::<usize>();
     if skipped > 0 {

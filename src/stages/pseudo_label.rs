@@ -38,7 +38,7 @@ pub fn run(config: &Config, world: &World, force: bool) -> anyhow::Result<Summar
     // CAMs written by `cam` are named by its job's fingerprint; others by their checksums.
     let cam_identity = job_fingerprint(&cam_dir).unwrap_or_else(|| fingerprint(&[cams.manifest()], ""));
     let labelling = Labelling::new(config, images.manifest(), &cam_identity)?;
-    let details = execute(world, std::slice::from_ref(&labelling.job), force, |task, bar| {
+    let details = execute(world, std::slice::from_ref(&labelling.job), force, |task, images_done| {
         let mut seconds = BTreeMap::new();
         let read = Instant::now();
         let mut by_id: HashMap<String, CamRow> = cams.shard(task)?.read_all()?.into_iter().map(|r| (r.id.clone(), r)).collect();
@@ -61,9 +61,7 @@ pub fn run(config: &Config, world: &World, force: bool) -> anyhow::Result<Summar
             for ((image, _), result) in batch.iter().zip(results) {
                 keep(result, &format!("{file} row group {group}"), &image.id, &mut rows, &mut skipped);
             }
-            if world.is_root() {
-                bar.inc(batch.len() as u64);
-            }
+            images_done(batch.len() as u64);
         }
         ensure!(by_id.is_empty(), "{}: CAMs of images that are not in {file} of {}: {:?}", cam_dir.display(), images_dir.display(), by_id.keys().take(3).collect::<Vec<_>>());
         seconds.insert("read".into(), read_seconds);
