@@ -1,9 +1,10 @@
-//! `wsss-dist cam --pseudo-labels` and the map phase of `run`: CAM inference and refinement in
-//! one pass. Task t = image shard t → CAM shard t and pseudo-label shard t, both written,
-//! read back and committed before the task counts as done (`stages::map_phase`). Each CAM
-//! goes to the refinement threads (`pseudo_label.threads`) as soon as it is made, so that
-//! inference (libtorch, `run.threads`, or the GPU) and refinement overlap: at most
-//! 2 × `pseudo_label.threads` images wait for or are in refinement, which bounds the memory.
+//! `wsss-dist cam --pseudo-labels` and the map phase of `run` on a GPU: CAM inference and
+//! refinement in one pass. Task t = image shard t → CAM shard t and pseudo-label shard t,
+//! both written, read back and committed before the task counts as done
+//! (`stages::map_phase`). Each CAM goes to the refinement threads (`pseudo_label.threads`) as
+//! soon as it is made, so that inference (libtorch, `run.threads`, or the GPU) and refinement
+//! overlap: at most 2 × `pseudo_label.threads` images wait for or are in refinement, which
+//! bounds the memory.
 //!
 //! The outputs are the bytes `cam` then `pseudo-label` write (the pseudo-labels' fingerprint
 //! names the CAMs by their job, not by their checksums, so either way gives the same one).
