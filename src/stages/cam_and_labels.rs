@@ -3,7 +3,7 @@
 //! both written, read back and committed before the task counts as done
 //! (`stages::map_phase`). Each CAM goes to the refinement threads (`pseudo_label.threads`) as
 //! soon as it is made, so that inference (libtorch, `run.threads`, or the GPU) and refinement
-//! overlap: at most 2 × `pseudo_label.threads` images wait for or are in refinement, which
+//! overlap: at most 2 × (refinement threads) images wait for or are in refinement, which
 //! bounds the memory.
 //!
 //! The outputs are the bytes `cam` then `pseudo-label` write (the pseudo-labels' fingerprint
@@ -33,7 +33,8 @@ pub fn run(config: &Config, world: &World, force: bool) -> anyhow::Result<(Summa
         return Ok((cam::run(config, world, false)?, pseudo_label::run(config, world, false)?));
     }
     let labelling = Labelling::new(config, inference.input.manifest(), &inference.job.fingerprint)?;
-    let in_flight_limit = 2 * config.pseudo_label.threads.max(1);
+    // pseudo_label.threads = 0 is one thread per core: count the pool's.
+    let in_flight_limit = 2 * labelling.pool.current_num_threads();
     let jobs = [inference.job.clone(), labelling.job.clone()];
     let details = execute(world, &jobs, force, |task, images_done| {
         let mut cam_rows = Vec::new();
