@@ -178,6 +178,10 @@ fn a_corrupt_image_is_skipped_and_counted() {
         assert_eq!((summary["rows"].as_u64(), summary["skipped"].as_u64()), (Some(39), Some(1)), "{output}: {summary}");
         assert!(summary["skipped_items"][0].as_str().unwrap().contains("part-00002.parquet row group 0 item 0 id syn_0000010"), "{summary}");
     }
+    // Rerun: the CAMs are complete, so only the (also complete) refinement is looked at.
+    let out = common::wsss(dir, &["cam", "--pseudo-labels", "--config", &config, "--set", "cam.out=cams_fused", "--set", "pseudo_label.out=fused"]);
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && log.matches("is complete for these inputs and settings").count() == 2, "{log}");
 }
 
 /// Our dense CRF and pydensecrf (IRNet's call) give the same label maps on real photos.

@@ -199,11 +199,11 @@ where
     R: Serialize + serde::de::DeserializeOwned + Send,
     W: FnMut(usize, &dyn Fn(u64)) -> Result<R, MapError>,
 {
-    let on_done = progress.done;
+    let (on_images, on_done) = (progress.images, progress.done);
     let Some(comm) = world.mpi_communicator().filter(|_| world.size > 1) else {
         let mut records = Vec::with_capacity(pending.len());
         for &task in pending {
-            let record = work(task, progress.images)?;
+            let record = work(task, on_images)?;
             on_done(&record);
             records.push(record);
         }
@@ -212,7 +212,6 @@ where
     if !world.is_root() {
         return serve_remote(comm, work);
     }
-    let on_images = progress.images;
     let queue = Mutex::new(pending.iter().copied().collect::<VecDeque<usize>>());
     let records = Mutex::new(Vec::new());
     let next = || queue.lock().expect("the queue lock is never poisoned").pop_front();

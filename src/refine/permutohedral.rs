@@ -458,6 +458,7 @@ impl<K: PackedKey> KeyTable<K> {
         }
     }
 }
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -30,7 +30,11 @@ use crate::dist::World;
 use crate::model::{weights, Base, Model};
 
 pub fn run(config: &Config, world: &World, force: bool) -> anyhow::Result<Summary> {
-    let inference = CamInference::new(config, world)?;
+    run_with(&CamInference::new(config, world)?, world, force)
+}
+
+/// `cam` with its model and job already set up.
+pub(super) fn run_with(inference: &CamInference, world: &World, force: bool) -> anyhow::Result<Summary> {
     let details = execute(world, std::slice::from_ref(&inference.job), force, |task, images_done| {
         let mut rows = Vec::new();
         let (skipped, seconds) = inference.task(task, images_done, |_, _, cam| rows.push(cam))?;

@@ -29,8 +29,7 @@ pub fn run(config: &Config, world: &World, force: bool) -> anyhow::Result<(Summa
     let inference = CamInference::new(config, world)?;
     let cams_done = config.cam_dir().join(crate::data::schema::MANIFEST_FILE).exists() && job_fingerprint(&config.cam_dir()).as_deref() == Some(&inference.job.fingerprint);
     if cams_done && !force {
-        drop(inference);
-        return Ok((cam::run(config, world, false)?, pseudo_label::run(config, world, false)?));
+        return Ok((cam::run_with(&inference, world, false)?, pseudo_label::run(config, world, false)?));
     }
     let labelling = Labelling::new(config, inference.input.manifest(), &inference.job.fingerprint)?;
     // pseudo_label.threads = 0 is one thread per core: count the pool's.

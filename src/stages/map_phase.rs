@@ -161,15 +161,14 @@ where
                 return Err(MapError::Task(format!("task {task} made {} shard(s) for {} output(s)", out.shards.len(), outputs.len())));
             }
             let write_started = Instant::now();
-            let mut records = Vec::with_capacity(outputs.len());
-            for (output, shard) in outputs.iter().zip(out.shards) {
-                let info = shard.rows.write(output, task)?;
-                records.push(TaskRecord { task, shard: info, rank: world.rank, images: task_images[task], skipped: shard.skipped, seconds: out.seconds.clone() });
-            }
-            for record in &mut records {
-                record.seconds.insert("write".into(), write_started.elapsed().as_secs_f64());
-                record.seconds.insert("total".into(), started.elapsed().as_secs_f64());
-            }
+            let written = outputs.iter().zip(out.shards).map(|(output, shard)| Ok((shard.rows.write(output, task)?, shard.skipped))).collect::<Result<Vec<_>, MapError>>()?;
+            let mut seconds = out.seconds;
+            seconds.insert("write".into(), write_started.elapsed().as_secs_f64());
+            seconds.insert("total".into(), started.elapsed().as_secs_f64());
+            let records: Vec<TaskRecord> = written
+                .into_iter()
+                .map(|(shard, skipped)| TaskRecord { task, shard, rank: world.rank, images: task_images[task], skipped, seconds: seconds.clone() })
+                .collect();
             // The shards are all in place before any record goes in.
             for (output, record) in outputs.iter().zip(&records) {
                 output.commit(record)?;

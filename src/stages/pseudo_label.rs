@@ -58,8 +58,9 @@ pub fn run(config: &Config, world: &World, force: bool) -> anyhow::Result<Summar
             let refine = Instant::now();
             let results: Vec<Result<PseudoRow, String>> = labelling.pool.install(|| batch.par_iter().map(|(image, cam)| labelling.label(image, cam.as_ref())).collect());
             refine_seconds += refine.elapsed().as_secs_f64();
+            let place = format!("{file} row group {group}");
             for ((image, _), result) in batch.iter().zip(results) {
-                keep(result, &format!("{file} row group {group}"), &image.id, &mut rows, &mut skipped);
+                keep(result, &place, &image.id, &mut rows, &mut skipped);
             }
             images_done(batch.len() as u64);
         }
