@@ -128,7 +128,8 @@ impl DenseCrf {
             for kernel in &self.kernels {
                 kernel.add_message(&q, channels, &mut scratch, &mut acc);
             }
-            q.copy_from_slice(&acc);
+            // The next iteration overwrites acc whole, so the old q can become it.
+            std::mem::swap(&mut q, &mut acc);
             softmax_groups(&mut q, labels);
         }
         q
@@ -137,31 +138,59 @@ impl DenseCrf {
 
 /// In place: each run of `labels` values becomes its softmax (densecrf's expAndNormalize).
 fn softmax_groups(values: &mut [f32], labels: usize) {
-    // A fixed group length for the usual label counts lets the compiler unroll each group.
+    // A constant group length for the usual label counts lets the compiler unroll each group.
     match labels {
-        1 => softmax_fixed::<1>(values),
-        2 => softmax_fixed::<2>(values),
-        3 => softmax_fixed::<3>(values),
-        4 => softmax_fixed::<4>(values),
-        5 => softmax_fixed::<5>(values),
-        6 => softmax_fixed::<6>(values),
-        _ => values.chunks_exact_mut(labels).for_each(softmax),
+        1 => softmax_blocks(values, 1),
+        2 => softmax_blocks(values, 2),
+        3 => softmax_blocks(values, 3),
+        4 => softmax_blocks(values, 4),
+        5 => softmax_blocks(values, 5),
+        6 => softmax_blocks(values, 6),
+        _ => softmax_blocks(values, labels),
     }
 }
 
-fn softmax_fixed<const L: usize>(values: &mut [f32]) {
-    values.as_chunks_mut::<L>().0.iter_mut().for_each(|group| softmax(group));
-}
-
+/// The softmax of every group, a block of groups at a time, in whole-block steps the compiler
+/// vectorises: each group's max and sum are spread over its values, so that subtracting and
+/// dividing run across groups (a scalar division per value, and a scalar `expf`, each took
+/// about a tenth of the refinement's time). A block stays in the L1 cache between the steps.
 #[inline(always)]
-fn softmax(group: &mut [f32]) {
-    let max = group.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0f32;
-    for v in group.iter_mut() {
-        *v = (*v - max).exp();
-        sum += *v;
+fn softmax_blocks(values: &mut [f32], labels: usize) {
+    let block_len = labels * (VALUES_PER_BLOCK / labels).max(1);
+    let mut spread = vec![0f32; block_len];
+    for block in values.chunks_mut(block_len) {
+        let spread = &mut spread[..block.len()];
+        spread_over_groups(block, labels, spread, |group| group.iter().copied().fold(f32::NEG_INFINITY, f32::max));
+        block.iter_mut().zip(spread.iter()).for_each(|(v, max)| *v -= max);
+        exp_in_place(block);
+        spread_over_groups(block, labels, spread, |group| group.iter().sum());
+        block.iter_mut().zip(spread.iter()).for_each(|(v, sum)| *v /= sum);
     }
-    group.iter_mut().for_each(|v| *v /= sum);
+}
+
+/// Values per block of [`softmax_blocks`] (a group larger than this is a block alone).
+const VALUES_PER_BLOCK: usize = 512;
+
+/// `spread[i] = of(the group of value i)`.
+#[inline(always)]
+fn spread_over_groups(values: &[f32], labels: usize, spread: &mut [f32], of: impl Fn(&[f32]) -> f32) {
+    for (group, out) in values.chunks_exact(labels).zip(spread.chunks_exact_mut(labels)) {
+        out.fill(of(group));
+    }
+}
+
+/// `v ← eᵛ` for every value, 8 at a time; a short tail goes through the same lanes, so that
+/// each result depends on its value only, not on its place.
+fn exp_in_place(values: &mut [f32]) {
+    let (lanes, tail) = values.as_chunks_mut::<8>();
+    for lane in lanes {
+        *lane = wide::f32x8::from(*lane).exp().to_array();
+    }
+    if !tail.is_empty() {
+        let mut lane = [0f32; 8];
+        lane[..tail.len()].copy_from_slice(tail);
+        tail.copy_from_slice(&wide::f32x8::from(lane).exp().to_array()[..tail.len()]);
+    }
 }
 
 /// pydensecrf's `unary_from_labels(labels, n, gt_prob, zero_unsure=False)`: energy `−ln p` on
@@ -239,6 +268,46 @@ mod tests {
             }
         }
         (rgb, w, h, labels)
+    }
+
+    #[test]
+    fn exponentials_are_within_two_ulps_of_the_exact_value() {
+        // −87.3 is about the least argument whose e^x is a normal f32; below −103.9 it is 0.
+        let mut values: Vec<f32> = (0..=20_000).map(|i| -87.3 + i as f32 * (87.3 + 20.0) / 20_000.0).collect();
+        values.extend([0.0, -0.0, 1.0, -110.0, -1e4, f32::NEG_INFINITY]);
+        let mut result = values.clone();
+        exp_in_place(&mut result);
+        for (&x, &y) in values.iter().zip(&result) {
+            let exact = (x as f64).exp();
+            let ulp = (exact as f32).abs().max(f32::MIN_POSITIVE) as f64 * f32::EPSILON as f64;
+            assert!((y as f64 - exact).abs() <= 2.0 * ulp, "e^{x}: {y} vs {exact}");
+        }
+        // The tail of a slice (here 3 of 11 values) goes through the same lanes as the rest.
+        let mut short = values[..11].to_vec();
+        exp_in_place(&mut short);
+        let mut alone = values[8..11].to_vec();
+        exp_in_place(&mut alone);
+        assert_eq!(short[8..], alone[..]);
+    }
+
+    #[test]
+    fn softmax_of_hand_computed_groups() {
+        // [0, ln 3] → [¼, ¾]; [5, 5, 5] → ⅓ each; [0, −1000] → [1, 0]; one label → 1.
+        let mut two = vec![0.0, 3f32.ln(), 0.0, -1000.0];
+        softmax_groups(&mut two, 2);
+        let mut three = vec![5.0f32; 3];
+        softmax_groups(&mut three, 3);
+        let mut one = vec![-7.0f32, 40.0];
+        softmax_groups(&mut one, 1);
+        for (got, want) in [(two, vec![0.25, 0.75, 1.0, 0.0]), (three, vec![1.0 / 3.0; 3]), (one, vec![1.0, 1.0])] {
+            assert!(got.iter().zip(&want).all(|(g, w)| (g - w).abs() < 1e-6), "{got:?} vs {want:?}");
+        }
+        // Nine labels (no unrolled instance): every group sums to 1 and keeps its order.
+        let mut nine: Vec<f32> = (0..27).map(|i| (i % 9) as f32 * 0.5 - (i / 9) as f32).collect();
+        softmax_groups(&mut nine, 9);
+        for group in nine.chunks(9) {
+            assert!((group.iter().sum::<f32>() - 1.0).abs() < 1e-6 && group.windows(2).all(|p| p[0] < p[1]), "{group:?}");
+        }
     }
 
     #[test]

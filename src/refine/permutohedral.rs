@@ -316,9 +316,14 @@ fn link<const D: usize, const D1: usize, K: PackedKey>(features: &[f32], scale: 
     let vertices = keys.len();
     let mut neighbours = vec![[NONE; 2]; D1 * (vertices + 1)];
     for (j, &step) in steps.iter().enumerate() {
-        for v in 1..=vertices {
-            let key = keys.key(v as u32);
-            neighbours[j * (vertices + 1) + v] = [keys.find(key.minus(ones).plus(step)), keys.find(key.plus(ones).minus(step))];
+        let axis = &mut neighbours[j * (vertices + 1)..(j + 1) * (vertices + 1)];
+        for v in 1..=vertices as u32 {
+            // Only the forward look-up: v is the backward neighbour of its forward neighbour.
+            let forward = keys.find(keys.key(v).plus(ones).minus(step));
+            axis[v as usize][1] = forward;
+            if forward != NONE {
+                axis[forward as usize][0] = v;
+            }
         }
     }
     Lattice { dim: D, points, vertices, offsets, weights, neighbours }
