@@ -9,6 +9,8 @@
 //! and [`DenseCrf::inference`] runs several independent problems ("groups") in one pass over
 //! the lattices: IRNet's two CRFs per image (foreground and background seeds) cost one.
 
+use std::sync::{Arc, Mutex};
+
 use super::permutohedral::{FilterScratch, Lattice};
 
 /// Kernel settings (METHODS.md §4). The default is IRNet's, for CAM seeds.
@@ -63,7 +65,7 @@ impl CrfParams {
 }
 
 /// One normalised kernel: its lattice, `D^-½` and its weight.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 struct Kernel {
     lattice: Lattice,
     norm: Vec<f32>,
@@ -89,7 +91,7 @@ impl Kernel {
 #[derive(Debug, Clone)]
 pub struct DenseCrf {
     pixels: usize,
-    kernels: Vec<Kernel>,
+    kernels: [Arc<Kernel>; 2],
     iterations: usize,
 }
 
@@ -97,19 +99,16 @@ impl DenseCrf {
     /// The CRF of an RGB image (`width × height × 3` bytes, row-major).
     pub fn new(rgb: &[u8], width: usize, height: usize, params: &CrfParams) -> DenseCrf {
         assert_eq!(rgb.len(), width * height * 3, "rgb must be width × height × 3 bytes");
-        let pixels = width * height;
-        let mut smoothness = Vec::with_capacity(pixels * 2);
-        let mut appearance = Vec::with_capacity(pixels * 5);
+        let mut appearance = Vec::with_capacity(width * height * 5);
         for y in 0..height {
             for x in 0..width {
-                smoothness.extend([x as f32 / params.smoothness_sxy, y as f32 / params.smoothness_sxy]);
                 let p = (y * width + x) * 3;
                 appearance.extend([x as f32 / params.appearance_sxy, y as f32 / params.appearance_sxy]);
                 appearance.extend(rgb[p..p + 3].iter().map(|&c| c as f32 / params.appearance_srgb));
             }
         }
-        let kernels = vec![Kernel::new(&smoothness, 2, params.smoothness_weight), Kernel::new(&appearance, 5, params.appearance_weight)];
-        DenseCrf { pixels, kernels, iterations: params.iterations }
+        let kernels = [smoothness_kernel(width, height, params), Arc::new(Kernel::new(&appearance, 5, params.appearance_weight))];
+        DenseCrf { pixels: width * height, kernels, iterations: params.iterations }
     }
 
     /// Mean-field marginals Q for the unary energies `unary` (pixels × (groups × labels),
@@ -134,6 +133,40 @@ impl DenseCrf {
         }
         q
     }
+}
+
+/// The smoothness kernels of the latest image sizes, shared by every thread: the kernel depends
+/// on the size and its settings only, and building it is ~12% of an image's refinement.
+/// Bounded: [`SMOOTHNESS_SIZES`] kernels (a 640×480 one holds ~11 MB).
+static SMOOTHNESS_KERNELS: Mutex<Vec<(SmoothnessKey, Arc<Kernel>)>> = Mutex::new(Vec::new());
+const SMOOTHNESS_SIZES: usize = 8;
+
+/// Width, height, and the bits of θ_γ and w₂.
+type SmoothnessKey = (usize, usize, u32, u32);
+
+/// The smoothness kernel of a `width × height` image, from [`SMOOTHNESS_KERNELS`] or built
+/// (and kept, in place of the least recently used).
+fn smoothness_kernel(width: usize, height: usize, params: &CrfParams) -> Arc<Kernel> {
+    let key = (width, height, params.smoothness_sxy.to_bits(), params.smoothness_weight.to_bits());
+    // A poisoned lock only means another thread panicked while it held it; the list is intact.
+    let kernels = || SMOOTHNESS_KERNELS.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    {
+        let mut kept = kernels();
+        if let Some(i) = kept.iter().position(|(k, _)| *k == key) {
+            let entry = kept.remove(i);
+            let kernel = entry.1.clone();
+            kept.insert(0, entry);
+            return kernel;
+        }
+    }
+    // Built outside the lock: two threads may build the same kernel once each, never wait.
+    let features: Vec<f32> = (0..height).flat_map(|y| (0..width).flat_map(move |x| [x as f32, y as f32])).map(|c| c / params.smoothness_sxy).collect();
+    let kernel = Arc::new(Kernel::new(&features, 2, params.smoothness_weight));
+    let mut kept = kernels();
+    kept.retain(|(k, _)| *k != key);
+    kept.insert(0, (key, kernel.clone()));
+    kept.truncate(SMOOTHNESS_SIZES);
+    kernel
 }
 
 /// In place: each run of `labels` values becomes its softmax (densecrf's expAndNormalize).
@@ -370,6 +403,22 @@ mod tests {
         for group in nine.chunks(9) {
             assert!((group.iter().sum::<f32>() - 1.0).abs() < 1e-6 && group.windows(2).all(|p| p[0] < p[1]), "{group:?}");
         }
+    }
+
+    #[test]
+    fn smoothness_kernels_are_kept_per_size_and_equal_a_fresh_build() {
+        // θ_γ = 2.5: no other test builds this key.
+        let params = CrfParams { smoothness_sxy: 2.5, ..CrfParams::default() };
+        let first = smoothness_kernel(13, 7, &params);
+        assert!(Arc::ptr_eq(&first, &smoothness_kernel(13, 7, &params)), "the second call is served from the cache");
+        let features: Vec<f32> = (0..7 * 13).flat_map(|p| [(p % 13) as f32 / 2.5, (p / 13) as f32 / 2.5]).collect();
+        assert_eq!(*first, Kernel::new(&features, 2, params.smoothness_weight));
+        let other = smoothness_kernel(13, 7, &CrfParams { smoothness_weight: 1.0, ..params });
+        assert!(!Arc::ptr_eq(&first, &other) && other.weight == 1.0, "the weight is part of the key");
+        for width in 1..=SMOOTHNESS_SIZES {
+            smoothness_kernel(100 + width, 3, &params);
+        }
+        assert!(!Arc::ptr_eq(&first, &smoothness_kernel(13, 7, &params)), "the least recently used size is dropped");
     }
 
     #[test]

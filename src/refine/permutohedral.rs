@@ -12,7 +12,7 @@
 const NONE: u32 = 0;
 
 /// A lattice built for one set of points; [`Lattice::filter`] applies it to any values.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Lattice {
     dim: usize,
     points: usize,
