@@ -50,9 +50,11 @@ impl CrfParams {
             ("appearance_sxy", self.appearance_sxy),
             ("appearance_srgb", self.appearance_srgb),
         ];
+        // The lattice takes features (pixels and levels over θ) under 10⁷: θ ≥ 0.01 keeps a
+        // 100k-pixel-wide image inside that.
         for (key, value) in positive {
-            if !(value > 0.0 && value.is_finite()) {
-                return Err(format!("{key} must be a positive number, not {value}"));
+            if !(value >= 0.01 && value.is_finite()) {
+                return Err(format!("{key} must be a number of at least 0.01, not {value}"));
             }
         }
         for (key, value) in [("smoothness_weight", self.smoothness_weight), ("appearance_weight", self.appearance_weight)] {

@@ -27,7 +27,8 @@ pub struct Lattice {
 
 impl Lattice {
     /// Builds the lattice of `features`: `points` rows of `dim` values (row-major), already
-    /// divided by the kernel's standard deviations. `dim` must be 1 to 8 and the features finite.
+    /// divided by the kernel's standard deviations. `dim` must be 1 to 8 and the features finite and
+    /// under 10⁷ in magnitude.
     pub fn new(features: &[f32], dim: usize) -> Lattice {
         assert!(dim >= 1 && features.len() % dim == 0, "features must be points × dim");
         assert!(features.iter().all(|f| f.is_finite()), "lattice features must be finite");
@@ -226,21 +227,52 @@ fn elevate<const D: usize, const D1: usize>(f: &[f32], scale: &[f32; D]) -> [f32
     elevated
 }
 
-/// `v.floor()` for |v| < 2³¹ without a libm call (the x86-64 baseline has no rounding
-/// instruction, and this sits in the lattice's hottest loop).
+/// The largest magnitude of an elevated coordinate the lattice takes: well inside i32, so that
+/// the conversions below are exact (checked by [`Packing::of`] before any of them runs).
+const MAX_ELEVATED: f32 = (1u32 << 30) as f32;
+
+/// `v` (|v| ≤ 2 · [`MAX_ELEVATED`]) truncated to an i32, in one instruction that vectorises
+/// (the checked `as` does not).
+#[inline(always)]
+fn to_int(v: f32) -> i32 {
+    debug_assert!(v.abs() <= 2.0 * MAX_ELEVATED);
+    // SAFETY: |v| ≤ 2³¹ − 2⁷ (Packing::of checks every elevated coordinate against 2³⁰, and
+    // what is converted stays within d + 1 of one, or is one divided by d + 1).
+    unsafe { v.to_int_unchecked() }
+}
+
+/// `v.floor()` for |v| ≤ [`MAX_ELEVATED`], without a libm call (the x86-64 baseline has no
+/// rounding instruction, and this sits in the lattice's hottest loop).
 #[inline(always)]
 fn floor(v: f32) -> f32 {
-    let t = v as i32 as f32;
+    let t = to_int(v) as f32;
     if t > v { t - 1.0 } else { t }
 }
 
-/// `v.ceil()` for |v| < 2³¹, as [`floor`].
+/// `v.ceil()`, as [`floor`].
 #[inline(always)]
 fn ceil(v: f32) -> f32 {
     -floor(-v)
 }
 
 fn build<const D: usize, const D1: usize>(features: &[f32]) -> Lattice {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") {
+        // SAFETY: this CPU has AVX2.
+        return unsafe { build_avx2::<D, D1>(features) };
+    }
+    build_lanes::<D, D1>(features)
+}
+
+/// [`build_lanes`] compiled for AVX2: the same IEEE operations per point.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn build_avx2<const D: usize, const D1: usize>(features: &[f32]) -> Lattice {
+    build_lanes::<D, D1>(features)
+}
+
+#[inline(always)]
+fn build_lanes<const D: usize, const D1: usize>(features: &[f32]) -> Lattice {
     const { assert!(D1 == D + 1) };
     let scale = elevation_scale::<D>();
     let packing = Packing::<D>::of::<D1>(features, &scale);
@@ -254,6 +286,7 @@ fn build<const D: usize, const D1: usize>(features: &[f32]) -> Lattice {
 
 /// Splats every point onto its simplex (vertex numbers and barycentric weights), then links
 /// each vertex to its two neighbours along each axis.
+#[inline(always)]
 fn link<const D: usize, const D1: usize, K: PackedKey>(features: &[f32], scale: &[f32; D], packing: &Packing<D>) -> Lattice {
     let points = features.len() / D;
     // Points of an image share vertices (a 500×375 photo: 64k for 1.1M incidences): start
@@ -261,74 +294,25 @@ fn link<const D: usize, const D1: usize, K: PackedKey>(features: &[f32], scale: 
     let mut keys = KeyTable::<K>::new(points / 16 + 64);
     let mut offsets = Vec::with_capacity(points * D1);
     let mut weights = Vec::with_capacity(points * D1);
-    let down = 1.0f32 / (D as f32 + 1.0);
-    let up = D as f32 + 1.0;
     // Moving a packed key along a lattice axis: every coordinate +1 (`ones`), and coordinate
     // i −(d+1) (`steps[i]`; the last coordinate is implied, so its step is 0).
     let ones = K::from_wide((0..D).map(|i| 1u128 << (packing.bits * i as u32)).sum());
     let steps: [K; D1] = std::array::from_fn(|i| K::from_wide(if i < D { (D as u128 + 1) << (packing.bits * i as u32) } else { 0 }));
 
-    for f in features.chunks_exact(D) {
-        let elevated = elevate::<D, D1>(f, scale);
-        // The nearest 0-coloured lattice point, by rounding each coordinate.
-        let mut rem0 = [0f32; D1];
-        let mut sum = 0i32;
-        for i in 0..D1 {
-            let v = down * elevated[i];
-            let up_v = ceil(v) * up;
-            let down_v = floor(v) * up;
-            let rounded = if up_v - elevated[i] < elevated[i] - down_v { up_v } else { down_v };
-            rem0[i] = rounded;
-            sum += (rounded * down) as i32;
-        }
-        // The simplex: the rank of each coordinate's remainder in sorted order.
-        let mut rank = [0i32; D1];
-        for i in 0..D {
-            let di = elevated[i] - rem0[i];
-            for j in i + 1..D1 {
-                if di < elevated[j] - rem0[j] {
-                    rank[i] += 1;
-                } else {
-                    rank[j] += 1;
+    for chunk in features.chunks(D * LANES) {
+        let simplices = Simplices::<D, D1>::of(chunk, scale);
+        for lane in 0..chunk.len() / D {
+            let (rem0, barycentric, by_rank) = simplices.point(lane);
+            // Vertex r of the simplex is rem0 plus the canonical offsets of remainder r: from
+            // one remainder to the next every coordinate gains 1 but the one ranked d − r loses d.
+            let mut key = K::from_wide(packing.pack(&rem0[..D]));
+            for remainder in 0..D1 {
+                if remainder > 0 {
+                    key = key.plus(ones).minus(steps[by_rank[D1 - remainder]]);
                 }
+                offsets.push(keys.insert(key));
+                weights.push(barycentric[remainder]);
             }
-        }
-        // Bring the point back onto the plane if the rounding left it (sum != 0).
-        for i in 0..D1 {
-            rank[i] += sum;
-            if rank[i] < 0 {
-                rank[i] += D1 as i32;
-                rem0[i] += up;
-            } else if rank[i] > D as i32 {
-                rank[i] -= D1 as i32;
-                rem0[i] -= up;
-            }
-        }
-        // Barycentric coordinates (p. 10 of the paper); `beyond` is densecrf's entry d+1.
-        let mut barycentric = [0f32; D1];
-        let mut beyond = 0f32;
-        let mut by_rank = [0usize; D1];
-        for i in 0..D1 {
-            let v = (elevated[i] - rem0[i]) * down;
-            let r = rank[i] as usize;
-            barycentric[D - r] += v;
-            if r == 0 {
-                beyond -= v;
-            } else {
-                barycentric[D - r + 1] -= v;
-            }
-            by_rank[r] = i;
-        }
-        barycentric[0] += 1.0 + beyond;
-        // Vertex r of the simplex is rem0 plus the canonical offsets of remainder r: from one
-        // remainder to the next every coordinate gains 1 but the one ranked d − r loses d.
-        let mut key = K::from_wide(packing.pack(&rem0[..D]));
-        for remainder in 0..D1 {
-            if remainder > 0 {
-                key = key.plus(ones).minus(steps[by_rank[D1 - remainder]]);
-            }
-            offsets.push(keys.insert(key));
-            weights.push(barycentric[remainder]);
         }
     }
 
@@ -348,6 +332,99 @@ fn link<const D: usize, const D1: usize, K: PackedKey>(features: &[f32], scale: 
     Lattice { dim: D, points, vertices, offsets, weights, neighbours }
 }
 
+/// Points whose simplices are found together, lane by lane, so that the arithmetic vectorises.
+const LANES: usize = 8;
+
+/// The enclosing simplices of up to [`LANES`] points, coordinate-major (`[coordinate][lane]`).
+/// Every step is densecrf's, in its order of operations, on each lane.
+struct Simplices<const D: usize, const D1: usize> {
+    elevated: [[f32; LANES]; D1],
+    /// The simplex's 0-remainder vertex.
+    rem0: [[f32; LANES]; D1],
+    /// Each coordinate's rank among the point's remainders.
+    rank: [[i32; LANES]; D1],
+}
+
+impl<const D: usize, const D1: usize> Simplices<D, D1> {
+    /// `chunk`: up to LANES points of D features (missing lanes repeat the first point).
+    #[inline(always)]
+    fn of(chunk: &[f32], scale: &[f32; D]) -> Self {
+        let mut elevated = [[0f32; LANES]; D1];
+        for (lane, point) in chunk.chunks_exact(D).chain(std::iter::repeat(&chunk[..D])).take(LANES).enumerate() {
+            for (i, e) in elevate::<D, D1>(point, scale).into_iter().enumerate() {
+                elevated[i][lane] = e;
+            }
+        }
+        // The nearest 0-coloured lattice point, by rounding each coordinate.
+        let down = 1.0f32 / (D as f32 + 1.0);
+        let up = D as f32 + 1.0;
+        let mut rem0 = [[0f32; LANES]; D1];
+        let mut sum = [0i32; LANES];
+        for i in 0..D1 {
+            for l in 0..LANES {
+                let e = elevated[i][l];
+                let v = down * e;
+                let (up_v, down_v) = (ceil(v) * up, floor(v) * up);
+                let rounded = if up_v - e < e - down_v { up_v } else { down_v };
+                rem0[i][l] = rounded;
+                sum[l] += to_int(rounded * down);
+            }
+        }
+        // The simplex: the rank of each coordinate's remainder in sorted order.
+        let mut remainder = [[0f32; LANES]; D1];
+        for i in 0..D1 {
+            for l in 0..LANES {
+                remainder[i][l] = elevated[i][l] - rem0[i][l];
+            }
+        }
+        let mut rank = [[0i32; LANES]; D1];
+        for i in 0..D {
+            for j in i + 1..D1 {
+                for l in 0..LANES {
+                    let less = (remainder[i][l] < remainder[j][l]) as i32;
+                    rank[i][l] += less;
+                    rank[j][l] += 1 - less;
+                }
+            }
+        }
+        // Bring the point back onto the plane if the rounding left it (sum != 0).
+        for i in 0..D1 {
+            for l in 0..LANES {
+                let r = rank[i][l] + sum[l];
+                let (below, above) = (r < 0, r > D as i32);
+                rank[i][l] = if below { r + D1 as i32 } else if above { r - D1 as i32 } else { r };
+                rem0[i][l] = if below { rem0[i][l] + up } else if above { rem0[i][l] - up } else { rem0[i][l] };
+            }
+        }
+        Simplices { elevated, rem0, rank }
+    }
+
+    /// Lane `lane`'s 0-remainder vertex, barycentric coordinates (p. 10 of the paper) and the
+    /// coordinate of each rank.
+    #[inline(always)]
+    fn point(&self, lane: usize) -> ([f32; D1], [f32; D1], [usize; D1]) {
+        let down = 1.0f32 / (D as f32 + 1.0);
+        let rem0: [f32; D1] = std::array::from_fn(|i| self.rem0[i][lane]);
+        let mut barycentric = [0f32; D1];
+        // densecrf's entry d+1.
+        let mut beyond = 0f32;
+        let mut by_rank = [0usize; D1];
+        for i in 0..D1 {
+            let v = (self.elevated[i][lane] - rem0[i]) * down;
+            let r = self.rank[i][lane] as usize;
+            barycentric[D - r] += v;
+            if r == 0 {
+                beyond -= v;
+            } else {
+                barycentric[D - r + 1] -= v;
+            }
+            by_rank[r] = i;
+        }
+        barycentric[0] += 1.0 + beyond;
+        (rem0, barycentric, by_rank)
+    }
+}
+
 /// How the d integer coordinates of a vertex pack into one integer: each less its lowest
 /// possible value, in `bits` bits. The range leaves room for the moves to neighbours, so that
 /// adding and subtracting packed moves never carries from one coordinate into the next.
@@ -359,13 +436,16 @@ struct Packing<const D: usize> {
 impl<const D: usize> Packing<D> {
     fn of<const D1: usize>(features: &[f32], scale: &[f32; D]) -> Packing<D> {
         let (mut lo, mut hi) = ([f32::INFINITY; D], [f32::NEG_INFINITY; D]);
+        let mut extreme = 0f32;
         for f in features.chunks_exact(D) {
             let elevated = elevate::<D, D1>(f, scale);
             for i in 0..D {
                 lo[i] = lo[i].min(elevated[i]);
                 hi[i] = hi[i].max(elevated[i]);
             }
+            extreme = elevated.iter().fold(extreme, |m, e| m.max(e.abs()));
         }
+        assert!(extreme <= MAX_ELEVATED, "lattice features too large: an elevated coordinate reaches {extreme}, over 2^30");
         if features.is_empty() {
             return Packing { low: [0; D], bits: 1 };
         }
@@ -515,6 +595,20 @@ mod tests {
     }
 
     #[test]
+    #[should_panic(expected = "lattice features too large")]
+    fn features_too_large_for_exact_rounding_are_refused() {
+        Lattice::new(&[0.0, 0.0, 1e9, 0.0], 2);
+    }
+
+    #[test]
+    fn points_of_a_chunk_tail_get_the_simplices_they_get_in_a_full_chunk() {
+        // 11 points: one chunk of 8 and a tail of 3; the same points as the head of 16.
+        let features: Vec<f32> = (0..16 * 5).map(|i| ((i * 7919) % 53) as f32 / 7.0).collect();
+        let (short, long) = (Lattice::new(&features[8 * 5..11 * 5], 5), Lattice::new(&features[8 * 5..], 5));
+        assert_eq!(short.weights, long.weights[..3 * 6]);
+    }
+
+    #[test]
     fn one_point_filters_to_a_constant_multiple_of_itself() {
         // A lone point sees only itself: out = c·in for the lattice's constant c (same per dim).
         for dim in [2, 5] {
@@ -547,12 +641,15 @@ mod tests {
 
     #[cfg(target_arch = "x86_64")]
     #[test]
-    fn filtering_gives_the_same_bits_with_avx2() {
+    fn lattice_and_filtering_give_the_same_bits_with_avx2() {
         if !std::is_x86_feature_detected!("avx2") {
             return;
         }
         let features: Vec<f32> = (0..300 * 5).map(|i| ((i * 2654435761u64 as usize) % 97) as f32 / 30.0).collect();
-        let lattice = Lattice::new(&features, 5);
+        // 300 points: 37 chunks of 8 lanes and a tail of 4.
+        let lattice = build_lanes::<5, 6>(&features);
+        // SAFETY: the CPU has AVX2 (checked above).
+        assert_eq!(lattice, unsafe { build_avx2::<5, 6>(&features) });
         let scale: Vec<f32> = (0..300).map(|p| 0.5 + (p % 7) as f32 / 7.0).collect();
         // 6 channels fill one and a half lanes; 19 take two blocks.
         for channels in [1, 6, 19] {
