@@ -12,6 +12,7 @@
 use std::sync::{Arc, Mutex};
 
 use super::permutohedral::{FilterScratch, Lattice};
+use super::rounding::{floor, to_int};
 
 /// Kernel settings (METHODS.md §4). The default is IRNet's, for CAM seeds.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -260,10 +261,7 @@ fn exp_lanes(x: [f32; 8]) -> [f32; 8] {
     for (y, x) in result.iter_mut().zip(x) {
         // max and min (unlike clamp) turn NaN into the bound.
         let x = x.max(-88.376_26).min(88.376_26);
-        let t = x * LOG2_E + 0.5;
-        // SAFETY: |t| < 128, so the conversion is exact; the checked `as` would not vectorise.
-        let truncated = unsafe { t.to_int_unchecked::<i32>() };
-        let whole = truncated - (truncated as f32 > t) as i32;
+        let whole = to_int(floor(x * LOG2_E + 0.5));
         let r = x - whole as f32 * LN2_HIGH - whole as f32 * LN2_LOW;
         let p = POLYNOMIAL.iter().fold(0.0, |p, &c| p * r + c);
         *y = (p * (r * r) + r + 1.0) * f32::from_bits(((whole + 127) << 23) as u32);

@@ -8,6 +8,8 @@
 //! step for step in f32, including its scale factors and the slicing constant 1/(1+2^-d), so
 //! that a dense CRF built on it gives that implementation's label maps.
 
+use super::rounding::{ceil, floor, to_int};
+
 /// Lattice vertex index of "no neighbour": slot 0 of the value buffers, kept at zero.
 const NONE: u32 = 0;
 
@@ -227,33 +229,9 @@ fn elevate<const D: usize, const D1: usize>(f: &[f32], scale: &[f32; D]) -> [f32
     elevated
 }
 
-/// The largest magnitude of an elevated coordinate the lattice takes: well inside i32, so that
-/// the conversions below are exact (checked by [`Packing::of`] before any of them runs).
+/// The largest magnitude of an elevated coordinate the lattice takes, so that the rounding and
+/// the conversions of its coordinates are exact (checked by [`Packing::of`]).
 const MAX_ELEVATED: f32 = (1u32 << 30) as f32;
-
-/// `v` (|v| ≤ 2 · [`MAX_ELEVATED`]) truncated to an i32, in one instruction that vectorises
-/// (the checked `as` does not).
-#[inline(always)]
-fn to_int(v: f32) -> i32 {
-    debug_assert!(v.abs() <= 2.0 * MAX_ELEVATED);
-    // SAFETY: |v| ≤ 2³¹ − 2⁷ (Packing::of checks every elevated coordinate against 2³⁰, and
-    // what is converted stays within d + 1 of one, or is one divided by d + 1).
-    unsafe { v.to_int_unchecked() }
-}
-
-/// `v.floor()` for |v| ≤ [`MAX_ELEVATED`], without a libm call (the x86-64 baseline has no
-/// rounding instruction, and this sits in the lattice's hottest loop).
-#[inline(always)]
-fn floor(v: f32) -> f32 {
-    let t = to_int(v) as f32;
-    if t > v { t - 1.0 } else { t }
-}
-
-/// `v.ceil()`, as [`floor`].
-#[inline(always)]
-fn ceil(v: f32) -> f32 {
-    -floor(-v)
-}
 
 fn build<const D: usize, const D1: usize>(features: &[f32]) -> Lattice {
     #[cfg(target_arch = "x86_64")]
