@@ -14,7 +14,7 @@ export WSSS_TEST_PYTHON ?= $(DEPS)/pyenv/bin/python
 CARGO ?= cargo
 BIN := target/release/wsss-dist
 
-.PHONY: all setup build test demo bench bench-setup clean
+.PHONY: all setup build weights test demo bench bench-setup clean
 all: build
 
 setup:
@@ -23,16 +23,20 @@ setup:
 build: setup
 	$(CARGO) build --release
 
+# torchvision's ImageNet MobileNetV2 as weights/mobilenet_v2.safetensors (docs/weights.md).
+weights:
+	@bash scripts/fetch-weights.sh
+
 test: setup
 	$(CARGO) test --no-fail-fast
 
-demo: build
+demo: build weights
 	$(BIN) run --config configs/synthetic_cam.toml
 
 bench-setup: setup
 	@bash scripts/setup-bench.sh
 
-bench: bench-setup build
+bench: bench-setup build weights
 	bash benchmarks/run.sh
 
 clean:

@@ -11,6 +11,7 @@ use clap::Parser;
 use tch::{Device, Kind, Tensor};
 use wsss_dist::dist::{connect, Backend, Communicator, GradientBuckets, World};
 use wsss_dist::model::{Base, Model};
+use wsss_dist::model::backbone::BackboneSpec;
 use wsss_dist::model::resnet::Depth;
 use wsss_dist::model::weights;
 
@@ -43,7 +44,7 @@ fn main() {
     let args = Args::parse();
     let world = World::from_env().expect("joins the MPI world");
     let comm = connect(&world, Backend::Mpi, Device::Cpu).expect("an MPI communicator");
-    let model = Model::new(Base::Cam, Depth::Resnet50, [2, 2, 2, 2], 1000, Device::Cpu);
+    let model = Model::new(Base::Cam, BackboneSpec::resnet(Depth::Resnet50, [2, 2, 2, 2]), 1000, Device::Cpu);
     let grads: Vec<Tensor> = weights::named(&model.vs)
         .into_iter()
         .filter(|(name, _)| !name.contains("running_"))

@@ -1,28 +1,72 @@
-"""The table of benchmarks/methods.sh: CAM mIoU at the best τ (mean ± std over seeds) and
-training images/s per method variant, from the runs' eval/cam.json and summary.json.
+"""The tables of benchmarks/methods.sh and benchmarks/voc.sh, from the runs' eval/*.json and
+summary.json: per method variant the CAM mIoU at the best τ (mean ± std over seeds), the
+pseudo-labels' mIoU and labelled share (the config's pseudo_label.method), and the cost
+(training images/s and seconds); then the τ sweep of the baseline; then, where
+eval/pseudo-METHOD.json files exist (benchmarks/voc.sh), each refinement method on the
+baseline's CAMs.
 
     python3 benchmarks/methods_table.py runs/evidence 0 1 2
 """
-import json, os, statistics, sys
-out, seeds = sys.argv[1], sys.argv[2:]
-variants = [("cam", "CAM baseline"), ("cam_isl", "CAM + ISL"), ("cam_fsl", "CAM + FSL"), ("cam_isl_fsl", "CAM + ISL + FSL"), ("amr", "AMR"), ("amr_isl_fsl", "AMR + ISL + FSL")]
-rows = []
-for key, label in variants:
-    miou, tau, speed, label_baseline = [], [], [], []
-    for s in seeds:
-        if not os.path.exists(f"{out}/{key}-s{s}/eval/cam.json"):
+import glob
+import json
+import os
+import statistics
+import sys
+
+VARIANTS = [("cam", "CAM baseline"), ("cam_isl", "CAM + ISL"), ("cam_fsl", "CAM + FSL"), ("cam_isl_fsl", "CAM + ISL + FSL"),
+            ("amr", "AMR"), ("amr_isl_fsl", "AMR + ISL + FSL")]
+
+
+def mean_std(values):
+    return f"{statistics.mean(values):.1f} ± {statistics.stdev(values) if len(values) > 1 else 0.0:.1f}"
+
+
+def per_seed(values, fmt="{:.1f}"):
+    return ", ".join(fmt.format(v) for v in values)
+
+
+def load(path):
+    with open(path) as f:
+        return json.load(f)
+
+
+def main():
+    out, seeds = sys.argv[1], sys.argv[2:]
+    rows, label_baseline, sweeps = [], [], {}
+    for key, label in VARIANTS:
+        runs = [f"{out}/{key}-s{s}" for s in seeds if os.path.exists(f"{out}/{key}-s{s}/summary.json")]
+        if not runs:
             continue
-        summary = json.load(open(f"{out}/{key}-s{s}/summary.json"))
-        report = json.load(open(f"{out}/{key}-s{s}/eval/cam.json"))["report"]
-        miou.append(100 * report["best"]["miou"])
-        tau.append(report["best_tau"])
-        speed.append(summary["train"]["images_per_s"])
-        label_baseline.append(100 * report["baseline"]["miou"])
-    mean = statistics.mean(miou)
-    std = statistics.stdev(miou) if len(miou) > 1 else 0.0
-    img_s = statistics.mean(speed)
-    rows.append(f"| {label} | {len(miou)} | {mean:.1f} ± {std:.1f} | {', '.join(f'{m:.1f}' for m in miou)} | {', '.join(f'{t:.2f}' for t in tau)} | {img_s:.1f} |")
-print("| variant | seeds | CAM mIoU (best τ), mean ± std | per seed | best τ per seed | train images/s (shared machine) |")
-print("|---|---|---|---|---|---|")
-print("\n".join(rows))
-print(f"\nImage-label baseline (every pixel of a present class, no localisation): {statistics.mean(label_baseline):.1f} mIoU.")
+        cam = [load(f"{r}/eval/cam.json")["report"] for r in runs]
+        pseudo = [load(f"{r}/eval/pseudo.json") for r in runs]
+        train = [load(f"{r}/summary.json")["train"] for r in runs]
+        miou = [100 * c["best"]["miou"] for c in cam]
+        rows.append(
+            f"| {label} | {len(runs)} | **{mean_std(miou)}** | {per_seed(miou)} | {per_seed([c['best_tau'] for c in cam], '{:.2f}')} "
+            f"| {mean_std([100 * p['report']['miou'] for p in pseudo])} ({pseudo[0]['method']}) | {100 * statistics.mean(p['report']['labelled'] for p in pseudo):.1f}% "
+            f"| {statistics.mean(t['images_per_s'] for t in train):.1f} | {statistics.mean(t['seconds'] for t in train):.0f} |")
+        label_baseline += [100 * c["baseline"]["miou"] for c in cam]
+        sweeps[label] = [[100 * p["miou"] for p in c["sweep"]] for c in cam]
+        taus = [p["tau"] for p in cam[0]["sweep"]]
+    print("| variant | seeds | CAM mIoU (best τ), mean ± std | per seed | best τ per seed | pseudo-label mIoU (method) | labelled | train images/s | train s |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    print("\n".join(rows))
+    print(f"\nImage-label baseline (every pixel of a present class, no localisation): {mean_std(label_baseline)} mIoU.")
+    print("\nCAM mIoU over τ (mean over seeds):\n")
+    print("| variant | " + " | ".join(f"{t:.2f}" for t in taus) + " |")
+    print("|---|" + "---:|" * len(taus))
+    for label, sweep in sweeps.items():
+        print(f"| {label} | " + " | ".join(f"{statistics.mean(col):.1f}" for col in zip(*sweep)) + " |")
+    methods = sorted({os.path.basename(p)[len("pseudo-"):-len(".json")] for p in glob.glob(f"{out}/cam-s*/eval/pseudo-*.json")})
+    if methods:
+        print("\nPseudo-labels of the CAM baseline's CAMs, by refinement method (mIoU on the labelled pixels):\n")
+        print("| method | seeds | mIoU, mean ± std | per seed | labelled |")
+        print("|---|---|---|---|---|")
+        for method in methods:
+            reports = [load(p)["report"] for s in seeds for p in [f"{out}/cam-s{s}/eval/pseudo-{method}.json"] if os.path.exists(p)]
+            miou = [100 * r["miou"] for r in reports]
+            print(f"| {method} | {len(reports)} | {mean_std(miou)} | {per_seed(miou)} | {100 * statistics.mean(r['labelled'] for r in reports):.1f}% |")
+
+
+if __name__ == "__main__":
+    main()

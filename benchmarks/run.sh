@@ -50,6 +50,9 @@ check=data/bench/check-cam
 [ -e "$check/images/manifest.json" ] || target/release/wsss-dist data import synthetic --out "$check/images" --images 12 --size 150 --split val 2>/dev/null
 "$py" benchmarks/check_cam_torch.py --wsss target/release/wsss-dist --images "$check/images" --work "$check/work"
 
+echo "== correctness against torchvision: MobileNetV2 with the ImageNet weights (features and logits, output stride 32/16/8; tolerance 1e-4)"
+"$py" benchmarks/check_mobilenet_torch.py --weights weights/mobilenet_v2.safetensors --work data/bench/check-mobilenet
+
 echo "== CAM inference time vs PyTorch: the same random ResNet-18, scales 1.0/0.5/1.5/2.0 + flips, the 96 voc-mini photos, 2 threads (wsss-dist's time includes JPEG decoding; target: ratio <= 1.05)"
 "$py" benchmarks/check_cam_torch.py --wsss target/release/wsss-dist --images "$data" --work data/bench/check-cam-voc --threads 2
 

@@ -17,7 +17,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use wsss_dist::config::MethodConfig;
 use wsss_dist::loss::Objective;
-use wsss_dist::model::resnet::Depth;
+use wsss_dist::model::backbone::BackboneSpec;
 use wsss_dist::model::{Base, Model};
 use wsss_dist::optim::{Sgd, SgdSettings};
 
@@ -53,11 +53,14 @@ fn main() {
     let args = Args::parse();
     tch::set_num_threads(args.threads);
     tch::manual_seed(0);
-    let depth: Depth = serde_json::from_value(serde_json::json!(args.depth)).expect("resnet18|34|50|101");
+    let spec = match args.depth.as_str() {
+        "mobilenet_v2" => BackboneSpec::mobilenet_v2([2, 2, 2, 1]),
+        depth => BackboneSpec::resnet(serde_json::from_value(serde_json::json!(depth)).expect("resnet18|34|50|101|mobilenet_v2"), [2, 2, 2, 1]),
+    };
     let base: Base = serde_json::from_value(serde_json::json!(args.base)).expect("cam|amr");
     let mut method = MethodConfig { base, ..Default::default() };
     (method.isl.enabled, method.fsl.enabled) = (args.isl, args.fsl);
-    let model = Model::new(base, depth, [2, 2, 2, 1], args.classes, Device::Cpu);
+    let model = Model::new(base, spec, args.classes, Device::Cpu);
     if base == Base::Amr {
         model.freeze("spotlight.");
     }

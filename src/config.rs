@@ -13,6 +13,8 @@ use crate::data::augment::{AugmentParams, ColorJitter, ResizeFilter};
 use crate::data::loader::LoaderSpec;
 use crate::data::sampler::Uneven;
 use crate::dist::Backend;
+use crate::model::backbone::{Arch, BackboneSpec};
+use crate::model::mobilenet;
 use crate::model::resnet::{Depth, Strides};
 use crate::model::Base;
 use crate::refine::crf::CrfParams;
@@ -73,8 +75,12 @@ impl Default for RunConfig {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct ModelConfig {
+    /// `resnet` (of `depth`) or `mobilenet_v2`.
+    pub arch: Arch,
     pub depth: Depth,
-    /// Strides of conv1, layer2, layer3, layer4; (2, 2, 2, 1) keeps output stride 16.
+    /// Strides of conv1, layer2, layer3, layer4 (MobileNetV2: of the stem and its 32-, 64- and
+    /// 160-channel stages, a stride of 1 there dilating instead); (2, 2, 2, 1) keeps output
+    /// stride 16.
     pub strides: Strides,
     /// torchvision weights as safetensors (tools/pth_to_safetensors.py); "" starts from a
     /// random initialisation.
@@ -83,7 +89,13 @@ pub struct ModelConfig {
 
 impl Default for ModelConfig {
     fn default() -> Self {
-        ModelConfig { depth: Depth::Resnet50, strides: [2, 2, 2, 1], init: PathBuf::new() }
+        ModelConfig { arch: Arch::Resnet, depth: Depth::Resnet50, strides: [2, 2, 2, 1], init: PathBuf::new() }
+    }
+}
+
+impl ModelConfig {
+    pub fn backbone(&self) -> BackboneSpec {
+        BackboneSpec { arch: self.arch, depth: self.depth, strides: self.strides }
     }
 }
 
@@ -638,6 +650,12 @@ impl Config {
         self.pseudo_label.validate()?;
         if self.model.strides.iter().any(|s| !(1..=2).contains(s)) {
             return Err(ConfigError::Invalid { key: "model.strides".into(), message: "every stride must be 1 or 2".into() });
+        }
+        if self.model.arch == Arch::MobilenetV2 && !mobilenet::VALID_STRIDES.contains(&self.model.strides) {
+            return Err(ConfigError::Invalid {
+                key: "model.strides".into(),
+                message: "MobileNetV2 takes [2, 2, 2, 2], [2, 2, 2, 1] or [2, 2, 1, 1] (output stride 32, 16, 8)".into(),
+            });
         }
         if !(self.dist.bucket_mb > 0.0 && self.dist.bucket_mb.is_finite()) {
             return Err(ConfigError::Invalid { key: "dist.bucket_mb".into(), message: "must be a positive number of MiB".into() });

@@ -20,7 +20,7 @@ use super::multilabel::multilabel_soft_margin;
 use crate::config::{FslConfig, MethodConfig};
 use crate::model::amr::cross_supervision;
 use crate::model::cam::BranchOutput;
-use crate::model::resnet::Mode;
+use crate::model::layers::Mode;
 use crate::model::Network;
 
 /// A method's loss, built from its config and the loader's normalisation (FSL compares colours
@@ -96,6 +96,7 @@ impl Objective {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::backbone::BackboneSpec;
     use crate::model::resnet::Depth;
     use crate::model::{Base, Model};
     use rand::SeedableRng;
@@ -125,7 +126,7 @@ mod tests {
     #[test]
     fn terms_add_up_for_every_combination() {
         let (images, labels) = batch();
-        let cam = Model::new(Base::Cam, Depth::Resnet18, [2, 2, 2, 1], 3, Device::Cpu);
+        let cam = Model::new(Base::Cam, BackboneSpec::resnet(Depth::Resnet18, [2, 2, 2, 1]), 3, Device::Cpu);
         let Network::Cam(net) = &cam.net else { unreachable!() };
         let out = tch::no_grad(|| net.forward(&images, Kind::Float, Mode::Train));
         let gap = multilabel_soft_margin(&out.logits, &labels).double_value(&[]);
@@ -137,7 +138,7 @@ mod tests {
         assert!(close(loss(&cam, &method(Base::Cam, false, true), &images, &labels), gap + fs));
         assert!(close(loss(&cam, &method(Base::Cam, true, true), &images, &labels), 0.8 * gap + 0.2 * is + fs));
 
-        let amr = Model::new(Base::Amr, Depth::Resnet18, [2, 2, 2, 1], 3, Device::Cpu);
+        let amr = Model::new(Base::Amr, BackboneSpec::resnet(Depth::Resnet18, [2, 2, 2, 1]), 3, Device::Cpu);
         let Network::Amr(net) = &amr.net else { unreachable!() };
         // Training-mode forward passes update the AMMs' running statistics but do not read
         // them, so the outputs below equal those inside the objective.
@@ -160,7 +161,7 @@ mod tests {
     #[test]
     fn a_frozen_spotlight_gets_no_gradient() {
         let (images, labels) = batch();
-        let amr = Model::new(Base::Amr, Depth::Resnet18, [2, 2, 2, 1], 3, Device::Cpu);
+        let amr = Model::new(Base::Amr, BackboneSpec::resnet(Depth::Resnet18, [2, 2, 2, 1]), 3, Device::Cpu);
         amr.freeze("spotlight.");
         let mut m = method(Base::Amr, true, true);
         m.amr.freeze_spotlight = true;

@@ -5,7 +5,7 @@
 use tch::nn;
 use tch::{Kind, Tensor};
 
-use super::resnet::{BatchNorm, Mode};
+use super::layers::{BatchNorm, Mode};
 
 /// Added to the standard deviation of [`gauss_modulation`] so that a constant input (all
 /// elements equal: s = 0) gives a finite output instead of a division by zero.

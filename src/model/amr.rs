@@ -11,7 +11,8 @@ use tch::nn;
 use tch::{Kind, Tensor};
 
 use super::cam::{BranchOutput, CamNet};
-use super::resnet::{Depth, Mode, Strides};
+use super::backbone::BackboneSpec;
+use super::layers::Mode;
 
 /// Path of the spotlight branch's parameters.
 pub const SPOTLIGHT: &str = "spotlight";
@@ -31,10 +32,10 @@ pub struct AmrOutput {
 }
 
 impl AmrNet {
-    pub fn new(vs: &nn::Path, depth: Depth, strides: Strides, num_classes: i64) -> AmrNet {
+    pub fn new(vs: &nn::Path, spec: BackboneSpec, num_classes: i64) -> AmrNet {
         AmrNet {
-            spotlight: CamNet::new(&(vs / SPOTLIGHT), depth, strides, num_classes),
-            compensation: CamNet::with_amm(&(vs / COMPENSATION), depth, strides, num_classes),
+            spotlight: CamNet::new(&(vs / SPOTLIGHT), spec, num_classes),
+            compensation: CamNet::with_amm(&(vs / COMPENSATION), spec, num_classes),
         }
     }
 
@@ -70,6 +71,7 @@ pub fn cross_supervision(spotlight_maps: &Tensor, compensation_maps: &Tensor) ->
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::resnet::Depth;
     use tch::{nn::VarStore, Device};
 
     #[test]
@@ -101,7 +103,7 @@ mod tests {
     fn two_branches_with_their_own_names_and_both_outputs() {
         tch::manual_seed(0);
         let vs = VarStore::new(Device::Cpu);
-        let net = AmrNet::new(&vs.root(), Depth::Resnet18, [2, 2, 2, 1], 3);
+        let net = AmrNet::new(&vs.root(), BackboneSpec::resnet(Depth::Resnet18, [2, 2, 2, 1]), 3);
         let vars = vs.variables();
         for name in ["spotlight.conv1.weight", "spotlight.classifier.weight", "compensation.layer4.1.conv2.weight", "compensation.layer1.0.amm.channel.0.weight", "compensation.classifier.weight"] {
             assert!(vars.contains_key(name), "{name}");
@@ -126,7 +128,7 @@ mod tests {
     fn inference_recalibrates_the_branch_cams() {
         tch::manual_seed(2);
         let vs = VarStore::new(Device::Cpu);
-        let net = AmrNet::new(&vs.root(), Depth::Resnet18, [2, 2, 2, 1], 3);
+        let net = AmrNet::new(&vs.root(), BackboneSpec::resnet(Depth::Resnet18, [2, 2, 2, 1]), 3);
         let image = Tensor::randn([3, 48, 40], (Kind::Float, Device::Cpu));
         let (cams, _) = tch::no_grad(|| net.multiscale_cams(&image, &[0, 2], &[1.0, 0.5], true, 4, 0.3));
         let (spot, _) = tch::no_grad(|| net.spotlight.multiscale_cams(&image, &[0, 2], &[1.0, 0.5], true, 4));

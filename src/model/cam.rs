@@ -4,7 +4,8 @@
 use tch::nn;
 use tch::{Kind, Tensor};
 
-use super::resnet::{Depth, Mode, ResNet, Strides};
+use super::backbone::{Backbone, BackboneSpec};
+use super::layers::Mode;
 
 /// Name of the classifier layer, new on top of the torchvision backbone (it trains with the
 /// head learning-rate multiplier and is absent from ImageNet weights).
@@ -27,23 +28,23 @@ impl BranchOutput {
 
 #[derive(Debug)]
 pub struct CamNet {
-    backbone: ResNet,
+    backbone: Backbone,
     /// [C, D, 1, 1]
     classifier: Tensor,
 }
 
 impl CamNet {
     /// Builds the network under `vs` (the root, for torchvision's names plus `classifier.weight`).
-    pub fn new(vs: &nn::Path, depth: Depth, strides: Strides, num_classes: i64) -> CamNet {
-        CamNet::with_backbone(vs, ResNet::new(vs, depth, strides), num_classes)
+    pub fn new(vs: &nn::Path, spec: BackboneSpec, num_classes: i64) -> CamNet {
+        CamNet::with_backbone(vs, Backbone::new(vs, spec, false), num_classes)
     }
 
     /// The same network with an AMM in every backbone block: AMR's compensation branch.
-    pub fn with_amm(vs: &nn::Path, depth: Depth, strides: Strides, num_classes: i64) -> CamNet {
-        CamNet::with_backbone(vs, ResNet::with_amm(vs, depth, strides), num_classes)
+    pub fn with_amm(vs: &nn::Path, spec: BackboneSpec, num_classes: i64) -> CamNet {
+        CamNet::with_backbone(vs, Backbone::new(vs, spec, true), num_classes)
     }
 
-    fn with_backbone(vs: &nn::Path, backbone: ResNet, num_classes: i64) -> CamNet {
+    fn with_backbone(vs: &nn::Path, backbone: Backbone, num_classes: i64) -> CamNet {
         let d = backbone.out_channels();
         // PyTorch's default for a fresh Conv2d (kaiming_uniform with a = √5): U(±1/√fan_in).
         let bound = 1.0 / (d as f64).sqrt();
@@ -56,7 +57,7 @@ impl CamNet {
         self.backbone.output_stride()
     }
 
-    /// See [`ResNet::calibrate_batch_norm`].
+    /// See [`Backbone::calibrate_batch_norm`].
     pub fn calibrate_batch_norm(&self, images: &Tensor) {
         self.backbone.calibrate_batch_norm(images)
     }
@@ -137,13 +138,14 @@ impl CamNet {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::resnet::Depth;
     use tch::{nn::VarStore, Device};
 
     /// With F and W set by hand: logits are W·mean(F) and CAMs ReLU(W·F) per pixel.
     #[test]
     fn logits_and_cams_follow_the_formulas() {
         let vs = VarStore::new(Device::Cpu);
-        let mut net = CamNet::new(&vs.root(), Depth::Resnet18, [2, 2, 2, 1], 2);
+        let mut net = CamNet::new(&vs.root(), BackboneSpec::resnet(Depth::Resnet18, [2, 2, 2, 1]), 2);
         // W: class 0 = (1, 0, 0, ...), class 1 = (−2, 1, 0, ...).
         let mut w = vec![0f32; 2 * 512];
         (w[0], w[512], w[513]) = (1.0, -2.0, 1.0);
@@ -170,7 +172,7 @@ mod tests {
     fn multiscale_cams_are_max_normalised_on_the_stride_grid() {
         tch::manual_seed(1);
         let vs = VarStore::new(Device::Cpu);
-        let mut net = CamNet::new(&vs.root(), Depth::Resnet18, [2, 2, 2, 1], 3);
+        let mut net = CamNet::new(&vs.root(), BackboneSpec::resnet(Depth::Resnet18, [2, 2, 2, 1]), 3);
         let image = Tensor::randn([3, 70, 45], (Kind::Float, Device::Cpu));
         let features = tch::no_grad(|| net.features(&image.unsqueeze(0), Kind::Float, Mode::Eval));
         // The most active channel, so that the maps are not all zero.
@@ -194,7 +196,7 @@ mod tests {
     #[test]
     fn bf16_compute_gives_f32_features_and_gradients() {
         let vs = VarStore::new(Device::Cpu);
-        let net = CamNet::new(&vs.root(), Depth::Resnet18, [2, 2, 2, 1], 3);
+        let net = CamNet::new(&vs.root(), BackboneSpec::resnet(Depth::Resnet18, [2, 2, 2, 1]), 3);
         let images = Tensor::randn([2, 3, 32, 32], (Kind::Float, Device::Cpu));
         let features = net.features(&images, Kind::BFloat16, Mode::Train);
         assert_eq!(features.kind(), Kind::Float);

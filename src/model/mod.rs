@@ -2,7 +2,10 @@
 
 pub mod amm;
 pub mod amr;
+pub mod backbone;
 pub mod cam;
+pub mod layers;
+pub mod mobilenet;
 pub mod resnet;
 pub mod weights;
 
@@ -13,7 +16,7 @@ use tch::{Device, Tensor};
 use crate::optim::ParamGroup;
 use amr::AmrNet;
 use cam::CamNet;
-use resnet::{Depth, Strides};
+use backbone::BackboneSpec;
 
 /// The base method a classifier trains with (`method.base`).
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
@@ -40,11 +43,11 @@ pub struct Model {
 }
 
 impl Model {
-    pub fn new(base: Base, depth: Depth, strides: Strides, num_classes: i64, device: Device) -> Model {
+    pub fn new(base: Base, spec: BackboneSpec, num_classes: i64, device: Device) -> Model {
         let vs = VarStore::new(device);
         let net = match base {
-            Base::Cam => Network::Cam(CamNet::new(&vs.root(), depth, strides, num_classes)),
-            Base::Amr => Network::Amr(AmrNet::new(&vs.root(), depth, strides, num_classes)),
+            Base::Cam => Network::Cam(CamNet::new(&vs.root(), spec, num_classes)),
+            Base::Amr => Network::Amr(AmrNet::new(&vs.root(), spec, num_classes)),
         };
         Model { vs, net }
     }
@@ -100,6 +103,7 @@ impl Model {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use resnet::Depth;
 
     fn group_names(groups: &[ParamGroup]) -> Vec<(String, f64, usize)> {
         groups.iter().map(|g| (g.name.clone(), g.lr_mult, g.params.len())).collect()
@@ -107,11 +111,11 @@ mod tests {
 
     #[test]
     fn groups_follow_branches_and_freezing() {
-        let cam = Model::new(Base::Cam, Depth::Resnet18, [2, 2, 2, 1], 3, Device::Cpu);
+        let cam = Model::new(Base::Cam, BackboneSpec::resnet(Depth::Resnet18, [2, 2, 2, 1]), 3, Device::Cpu);
         let groups = cam.param_groups(10.0, |_| 1.0);
         // ResNet-18: 19 trainable convs after the stem (see resnet's tests), one classifier.
         assert_eq!(group_names(&groups), [("backbone".into(), 1.0, 19), ("head".into(), 10.0, 1)]);
-        let amr = Model::new(Base::Amr, Depth::Resnet18, [2, 2, 2, 1], 3, Device::Cpu);
+        let amr = Model::new(Base::Amr, BackboneSpec::resnet(Depth::Resnet18, [2, 2, 2, 1]), 3, Device::Cpu);
         let comp_mult = |branch: &str| if branch == amr::COMPENSATION { 10.0 } else { 1.0 };
         // Each of the 8 blocks' AMMs adds 4 linear tensors, the 7×7 conv and the BN's affine pair.
         let names = group_names(&amr.param_groups(10.0, comp_mult));
@@ -124,6 +128,11 @@ mod tests {
                 ("compensation.head".into(), 10.0, 1)
             ]
         );
+        let mobilenet = Model::new(Base::Amr, BackboneSpec::mobilenet_v2([2, 2, 2, 1]), 3, Device::Cpu);
+        // MobileNetV2: 51 convs after the stem; each of the 17 blocks' AMMs adds 7 trainable tensors.
+        let names = group_names(&mobilenet.param_groups(10.0, comp_mult));
+        assert_eq!(names[0], ("spotlight.backbone".into(), 1.0, 51));
+        assert_eq!(names[2], ("compensation.backbone".into(), 10.0, 51 + 17 * 7));
         amr.freeze("spotlight.");
         let names = group_names(&amr.param_groups(10.0, comp_mult));
         assert_eq!(names.iter().map(|n| n.0.as_str()).collect::<Vec<_>>(), ["compensation.backbone", "compensation.head"]);

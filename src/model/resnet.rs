@@ -6,9 +6,10 @@
 
 use serde::{Deserialize, Serialize};
 use tch::nn::{self, Module};
-use tch::{Kind, Tensor};
+use tch::Tensor;
 
 use super::amm::Amm;
+use super::layers::{conv, BatchNorm, Conv, ConvSpec, Mode};
 
 /// Which ResNet.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -36,96 +37,6 @@ impl Depth {
 /// IRNet's default (2, 2, 2, 1) gives output stride 16.
 pub type Strides = [i64; 4];
 
-/// How a forward pass runs the BatchNorms.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
-    /// Inference: running statistics everywhere.
-    Eval,
-    /// Training: frozen BatchNorms keep their statistics; trainable ones (AMR's attention
-    /// modules) normalise with the batch's and update their running statistics, as PyTorch's
-    /// `BatchNorm2d` in `train()` mode.
-    Train,
-    /// Data-dependent initialisation: every BatchNorm first takes the batch's per-channel mean
-    /// and (biased) variance as its statistics, then runs as in `Eval`. For networks without
-    /// pretrained weights, whose unit statistics would leave activations unnormalised.
-    Calibrate,
-}
-
-/// A BatchNorm. Frozen (the backbone's: eval statistics, affine parameters not trained), or
-/// trainable (affine parameters trained, batch statistics in `Mode::Train`).
-#[derive(Debug)]
-pub struct BatchNorm {
-    weight: Tensor,
-    bias: Tensor,
-    running_mean: Tensor,
-    running_var: Tensor,
-    trainable: bool,
-}
-
-/// torchvision's BatchNorm epsilon.
-const BN_EPS: f64 = 1e-5;
-/// PyTorch's default running-statistics momentum.
-const BN_MOMENTUM: f64 = 0.1;
-
-impl BatchNorm {
-    pub fn new(vs: &nn::Path, channels: i64, trainable: bool) -> BatchNorm {
-        let (weight, bias) = if trainable {
-            (vs.ones("weight", &[channels]), vs.zeros("bias", &[channels]))
-        } else {
-            (vs.ones_no_train("weight", &[channels]), vs.zeros_no_train("bias", &[channels]))
-        };
-        BatchNorm { weight, bias, running_mean: vs.zeros_no_train("running_mean", &[channels]), running_var: vs.ones_no_train("running_var", &[channels]), trainable }
-    }
-
-    pub fn run(&self, xs: &Tensor, mode: Mode) -> Tensor {
-        match mode {
-            Mode::Train if self.trainable => xs.batch_norm(Some(&self.weight), Some(&self.bias), Some(&self.running_mean), Some(&self.running_var), true, BN_MOMENTUM, BN_EPS, true),
-            Mode::Calibrate => {
-                tch::no_grad(|| {
-                    let dims = [0i64, 2, 3];
-                    self.running_mean.shallow_clone().copy_(&xs.mean_dim(dims.as_slice(), false, Kind::Float));
-                    self.running_var.shallow_clone().copy_(&xs.var_correction(dims.as_slice(), 0, false));
-                });
-                self.forward(xs)
-            }
-            _ => self.forward(xs),
-        }
-    }
-}
-
-impl Module for BatchNorm {
-    /// y = (x − mean) / sqrt(var + eps) · weight + bias, per channel: libtorch's inference-mode
-    /// batch norm (one fused kernel, as PyTorch runs a frozen BN; bf16 inputs keep f32 statistics).
-    fn forward(&self, xs: &Tensor) -> Tensor {
-        xs.batch_norm(Some(&self.weight), Some(&self.bias), Some(&self.running_mean), Some(&self.running_var), false, 0.0, BN_EPS, true)
-    }
-}
-
-/// A bias-free k×k convolution with "same" padding.
-#[derive(Debug)]
-struct Conv {
-    weight: Tensor,
-    stride: i64,
-}
-
-impl Module for Conv {
-    /// Computes in the input's precision: a bf16 input casts the f32 weight (as autocast does),
-    /// and gradients flow back to the f32 weight through the cast.
-    fn forward(&self, xs: &Tensor) -> Tensor {
-        let pad = self.weight.size()[2] / 2;
-        let weight = if xs.kind() == self.weight.kind() { self.weight.shallow_clone() } else { self.weight.to_kind(xs.kind()) };
-        xs.conv2d(&weight, None::<Tensor>, [self.stride; 2], [pad; 2], [1, 1], 1)
-    }
-}
-
-/// Initialised as torchvision does (Kaiming normal, fan-out, ReLU); `trainable` false keeps
-/// it out of the optimiser (the stem).
-fn conv(vs: &nn::Path, name: &str, c_in: i64, c_out: i64, k: i64, stride: i64, trainable: bool) -> Conv {
-    let std = (2.0 / (c_out * k * k) as f64).sqrt();
-    let init = Tensor::randn([c_out, c_in, k, k], (Kind::Float, vs.device())) * std;
-    Conv { weight: (vs / name).add("weight", init, trainable), stride }
-}
-
 /// One residual block: basic (two 3×3) or bottleneck (1×1, 3×3 with the stride, 1×1 ×4),
 /// optionally with an AMM on its residual branch (AMR's compensation branch).
 #[derive(Debug)]
@@ -146,11 +57,11 @@ impl Block {
         let convs = specs
             .iter()
             .enumerate()
-            .map(|(i, &(ci, co, k, s))| (conv(vs, &format!("conv{}", i + 1), ci, co, k, s, true), BatchNorm::new(&(vs / format!("bn{}", i + 1)), co, false)))
+            .map(|(i, &(ci, co, k, s))| (conv(vs, &format!("conv{}", i + 1), ConvSpec::plain(ci, co, k, s), true), BatchNorm::new(&(vs / format!("bn{}", i + 1)), co, false)))
             .collect();
         let downsample = (stride != 1 || c_in != c_out).then(|| {
             let path = vs / "downsample";
-            (conv(&path, "0", c_in, c_out, 1, stride, true), BatchNorm::new(&(&path / "1"), c_out, false))
+            (conv(&path, "0", ConvSpec::plain(c_in, c_out, 1, stride), true), BatchNorm::new(&(&path / "1"), c_out, false))
         });
         let amm = with_amm.then(|| Amm::new(&(vs / "amm"), c_out));
         (Block { convs, downsample, amm }, c_out)
@@ -202,7 +113,7 @@ impl ResNet {
 
     fn build(vs: &nn::Path, depth: Depth, strides: Strides, with_amm: bool) -> ResNet {
         let (blocks, bottleneck) = depth.layout();
-        let conv1 = conv(vs, "conv1", 3, 64, 7, strides[0], false);
+        let conv1 = conv(vs, "conv1", ConvSpec::plain(3, 64, 7, strides[0]), false);
         let bn1 = BatchNorm::new(&(vs / "bn1"), 64, false);
         let stage_strides = [1, strides[1], strides[2], strides[3]];
         let mut c_in = 64;
@@ -231,13 +142,6 @@ impl ResNet {
         self.output_stride
     }
 
-    /// Sets every BatchNorm's statistics from one batch, layer after layer (each sees inputs
-    /// already normalised by the layers before it): the initialisation of a network trained
-    /// without pretrained weights.
-    pub fn calibrate_batch_norm(&self, xs: &Tensor) {
-        let _ = tch::no_grad(|| self.run(xs, Mode::Calibrate));
-    }
-
     /// [N, 3, H, W] normalised images → [N, D, ⌈H/os⌉, ⌈W/os⌉] features (os = output_stride).
     pub fn run(&self, xs: &Tensor, mode: Mode) -> Tensor {
         let stem = self.bn1.run(&self.conv1.forward(xs), mode).relu().max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false);
@@ -255,7 +159,7 @@ impl Module for ResNet {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tch::{nn::VarStore, Device};
+    use tch::{nn::VarStore, Device, Kind};
 
     fn numel(vars: impl Iterator<Item = Tensor>) -> i64 {
         vars.map(|t| t.numel() as i64).sum()
@@ -315,23 +219,6 @@ mod tests {
         assert_eq!(net.forward(&Tensor::zeros([1, 3, 64, 64], (Kind::Float, Device::Cpu))).size(), [1, 512, 2, 2]);
     }
 
-    #[test]
-    fn frozen_batch_norm_is_the_eval_formula() {
-        let vs = VarStore::new(Device::Cpu);
-        let mut bn = BatchNorm::new(&vs.root(), 2, false);
-        tch::no_grad(|| {
-            bn.weight.copy_(&Tensor::from_slice(&[2.0f32, 0.5]));
-            bn.bias.copy_(&Tensor::from_slice(&[1.0f32, -1.0]));
-            bn.running_mean.copy_(&Tensor::from_slice(&[3.0f32, 0.0]));
-            bn.running_var.copy_(&Tensor::from_slice(&[4.0f32, 0.25]));
-        });
-        let x = Tensor::from_slice(&[5.0f32, 1.0, 2.0, -2.0]).view([1, 2, 1, 2]);
-        let y: Vec<f32> = Vec::try_from(bn.forward(&x).flatten(0, -1)).unwrap();
-        // Channel 0: (x−3)/sqrt(4+1e-5)·2+1 → 5 ↦ ≈3, 1 ↦ ≈−1; channel 1: x/sqrt(0.25+1e-5)·0.5−1 → 2 ↦ ≈1, −2 ↦ ≈−3.
-        let expected = [3.0f32, -1.0, 1.0, -3.0];
-        assert!(y.iter().zip(expected).all(|(a, b)| (a - b).abs() < 1e-4), "{y:?}");
-    }
-
     /// After calibration on a batch, every BN of that batch's forward pass outputs zero mean
     /// and unit variance per channel (weight 1, bias 0).
     #[test]
@@ -340,7 +227,7 @@ mod tests {
         let vs = VarStore::new(Device::Cpu);
         let net = ResNet::new(&vs.root(), Depth::Resnet18, [2, 2, 2, 1]);
         let xs = Tensor::randn([4, 3, 48, 48], (Kind::Float, Device::Cpu)) * 3.0 + 1.0;
-        net.calibrate_batch_norm(&xs);
+        let _ = tch::no_grad(|| net.run(&xs, Mode::Calibrate));
         let stem = net.bn1.forward(&net.conv1.forward(&xs));
         let dims = [0i64, 2, 3];
         let mean = stem.mean_dim(dims.as_slice(), false, Kind::Float).abs().max().double_value(&[]);

@@ -63,11 +63,12 @@ pub struct ImportRules<'a> {
     pub ignored_suffixes: &'a [&'a str],
 }
 
-/// torchvision ResNet weights into a CAM network: the classifier and AMR's attention modules
-/// are new, `fc.` and the BN step counters are not ours.
+/// torchvision ResNet or MobileNetV2 weights into a CAM network: the classifier and AMR's
+/// attention modules are new; the ImageNet heads (ResNet's `fc.`, MobileNetV2's
+/// `classifier.1.`) and the BN step counters are not ours.
 pub const TORCHVISION_BACKBONE: ImportRules<'static> = ImportRules {
     new_layers: &[super::cam::CLASSIFIER, "amm"],
-    ignored_prefixes: &["fc."],
+    ignored_prefixes: &["fc.", "classifier.1."],
     ignored_suffixes: &["num_batches_tracked"],
 };
 
@@ -190,12 +191,13 @@ pub fn named(vs: &VarStore) -> BTreeMap<String, Tensor> {
 mod tests {
     use super::*;
     use crate::model::cam::CamNet;
+    use crate::model::backbone::BackboneSpec;
     use crate::model::resnet::Depth;
     use tch::Kind;
 
     fn net() -> (VarStore, CamNet) {
         let vs = VarStore::new(Device::Cpu);
-        let net = CamNet::new(&vs.root(), Depth::Resnet18, [2, 2, 2, 1], 4);
+        let net = CamNet::new(&vs.root(), BackboneSpec::resnet(Depth::Resnet18, [2, 2, 2, 1]), 4);
         (vs, net)
     }
 
@@ -221,6 +223,34 @@ mod tests {
         assert_eq!(report.ignored, ["bn1.num_batches_tracked", "fc.bias", "fc.weight"]);
         assert_eq!(report.loaded, named(&vs).len() - 1);
         assert_eq!(named(&vs)["layer2.1.conv1.weight"].mean(Kind::Float).double_value(&[]), 0.5);
+    }
+
+    /// torchvision's mobilenet_v2 state dict: `features.*`, the ImageNet head `classifier.1.*`
+    /// and the BN counters; it fits a MobileNetV2 CAM network (whose own `classifier.weight` is
+    /// new) and AMR's compensation branch (whose `amm` keys are new).
+    #[test]
+    fn torchvision_mobilenet_weights_load_into_cam_and_amr_networks() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = BackboneSpec::mobilenet_v2([2, 2, 2, 1]);
+        let source = VarStore::new(Device::Cpu);
+        crate::model::backbone::Backbone::new(&source.root(), spec, false);
+        let mut file: BTreeMap<String, Tensor> = named(&source).into_iter().map(|(k, v)| (k, v.ones_like() * 0.25)).collect();
+        file.insert("classifier.1.weight".into(), Tensor::zeros([1000, 1280], (Kind::Float, Device::Cpu)));
+        file.insert("classifier.1.bias".into(), Tensor::zeros([1000], (Kind::Float, Device::Cpu)));
+        file.insert("features.3.conv.1.1.num_batches_tracked".into(), Tensor::zeros([], (Kind::Int64, Device::Cpu)));
+        let path = dir.path().join("mobilenet_v2.safetensors");
+        save(&file, &path).unwrap();
+        let vs = VarStore::new(Device::Cpu);
+        CamNet::new(&vs.root(), spec, 5);
+        let report = import(&vs, &path, &TORCHVISION_BACKBONE).unwrap();
+        assert_eq!((report.loaded, report.kept_init.as_slice()), (260, ["classifier.weight".to_string()].as_slice()));
+        assert_eq!(report.ignored, ["classifier.1.bias", "classifier.1.weight", "features.3.conv.1.1.num_batches_tracked"]);
+        assert_eq!(named(&vs)["features.17.conv.1.0.weight"].mean(Kind::Float).double_value(&[]), 0.25);
+        let amr = VarStore::new(Device::Cpu);
+        CamNet::with_amm(&amr.root(), spec, 5);
+        let report = import(&amr, &path, &TORCHVISION_BACKBONE).unwrap();
+        assert_eq!(report.loaded, 260);
+        assert_eq!(report.kept_init.len(), 1 + 17 * 9, "the classifier and 17 AMMs of 9 tensors");
     }
 
     #[test]

@@ -60,7 +60,7 @@ impl<'a> CamInference<'a> {
         let input_dir = config.dataset(config.cam.split);
         let input: Dataset = Dataset::open(input_dir).with_context(|| format!("the images of cam.split ({})", input_dir.display()))?;
         let checkpoint = checkpoint_path(config)?;
-        let model = Model::new(config.method.base, config.model.depth, config.model.strides, input.manifest().num_classes() as i64, device);
+        let model = Model::new(config.method.base, config.model.backbone(), input.manifest().num_classes() as i64, device);
         weights::restore(&model.vs, &checkpoint).context("loading the CAM model (do [model], method.base and the dataset's classes match the training run?)")?;
         let normalise = Normalise::new(config.loader.mean, config.loader.std, device);
         // What shapes the CAMs: the weights, the network, the scales, the normalisation.

@@ -74,7 +74,7 @@ pub fn run(config: &Config, world: &World, resume: bool) -> anyhow::Result<Summa
     let loader = Loader::new(dataset.clone(), sampler.clone(), config.loader.spec(config.run.seed))?;
 
     tch::manual_seed(config.run.seed as i64);
-    let model = Model::new(config.method.base, config.model.depth, config.model.strides, num_classes, device);
+    let model = Model::new(config.method.base, config.model.backbone(), num_classes, device);
     let amr = &config.method.amr;
     if config.method.base == Base::Amr && amr.freeze_spotlight {
         model.freeze(&format!("{SPOTLIGHT}."));
@@ -380,11 +380,16 @@ fn initialise(config: &Config, model: &Model, calibration: Loader, device: Devic
         let spotlight_init = &config.method.amr.spotlight_init;
         if branch == SPOTLIGHT && !spotlight_init.as_os_str().is_empty() {
             let path = model_in(spotlight_init)?.with_context(|| format!("config key `method.amr.spotlight_init`: no checkpoint in {}/checkpoints", spotlight_init.display()))?;
-            let report = weights::import_under(&model.vs, &prefix, &path, &weights::EXACT).context("config key `method.amr.spotlight_init` (a CAM network of the same model.depth and classes)")?;
+            let report = weights::import_under(&model.vs, &prefix, &path, &weights::EXACT).context("config key `method.amr.spotlight_init` (a CAM network of the same model.arch, depth and classes)")?;
             info!("spotlight branch: loaded {} tensors from {}", report.loaded, path.display());
         } else if config.model.init.as_os_str().is_empty() {
             calibrate.push((branch, net));
         } else {
+            ensure!(
+                config.model.init.exists(),
+                "config key `model.init`: {} does not exist (`make weights` fetches torchvision's ImageNet MobileNetV2 into weights/; docs/weights.md)",
+                config.model.init.display()
+            );
             let report = weights::import_under(&model.vs, &prefix, &config.model.init, &weights::TORCHVISION_BACKBONE).context("config key `model.init`")?;
             info!("{}loaded {} tensors from {} (new: {}; ignored: {} key(s))", branch_label(branch), report.loaded, config.model.init.display(), report.kept_init.join(", "), report.ignored.len());
         }
@@ -392,7 +397,7 @@ fn initialise(config: &Config, model: &Model, calibration: Loader, device: Devic
     if calibrate.is_empty() {
         return Ok(());
     }
-    warn!("model.init is not set: training from a random initialisation. CAMs on real photos need ImageNet weights (tools/pth_to_safetensors.py converts torchvision's)");
+    warn!("model.init is not set: training from a random initialisation. CAMs need ImageNet weights (`make weights`, docs/weights.md)");
     let batch = calibration.epoch(Cursor::default()).next().context("no batch to calibrate BatchNorm on")?.context("reading the BatchNorm calibration batch")?;
     for (branch, net) in calibrate {
         net.calibrate_batch_norm(&batch.images.to_device(device));

@@ -1,0 +1,88 @@
+//! The backbone of every network (docs/methods.md, Backbones): a ResNet or a MobileNetV2, chosen by
+//! `model.arch`, both with torchvision's parameter names and frozen BatchNorm.
+
+use serde::{Deserialize, Serialize};
+use tch::Tensor;
+
+use super::layers::Mode;
+use super::mobilenet::MobileNetV2;
+use super::resnet::{Depth, ResNet, Strides};
+
+/// Which backbone family (`model.arch`).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Arch {
+    /// A ResNet of `model.depth`.
+    #[default]
+    Resnet,
+    /// torchvision's MobileNetV2 (width 1.0); `model.depth` does not apply.
+    MobilenetV2,
+}
+
+/// Everything that determines a backbone's layout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BackboneSpec {
+    pub arch: Arch,
+    pub depth: Depth,
+    pub strides: Strides,
+}
+
+impl BackboneSpec {
+    pub fn resnet(depth: Depth, strides: Strides) -> BackboneSpec {
+        BackboneSpec { arch: Arch::Resnet, depth, strides }
+    }
+
+    pub fn mobilenet_v2(strides: Strides) -> BackboneSpec {
+        BackboneSpec { arch: Arch::MobilenetV2, depth: Depth::Resnet50, strides }
+    }
+}
+
+/// A feature extractor: normalised images → the last feature map.
+#[derive(Debug)]
+pub enum Backbone {
+    ResNet(ResNet),
+    MobileNetV2(MobileNetV2),
+}
+
+impl Backbone {
+    /// Builds the backbone under `vs` (the root for torchvision's names); `with_amm` puts an
+    /// AMM in every block (AMR's compensation branch; new keys `….amm.*`).
+    pub fn new(vs: &tch::nn::Path, spec: BackboneSpec, with_amm: bool) -> Backbone {
+        match (spec.arch, with_amm) {
+            (Arch::Resnet, false) => Backbone::ResNet(ResNet::new(vs, spec.depth, spec.strides)),
+            (Arch::Resnet, true) => Backbone::ResNet(ResNet::with_amm(vs, spec.depth, spec.strides)),
+            (Arch::MobilenetV2, _) => Backbone::MobileNetV2(MobileNetV2::new(vs, spec.strides, with_amm)),
+        }
+    }
+
+    /// Channels of the feature map.
+    pub fn out_channels(&self) -> i64 {
+        match self {
+            Backbone::ResNet(net) => net.out_channels(),
+            Backbone::MobileNetV2(net) => net.out_channels(),
+        }
+    }
+
+    /// Input pixels per feature-map pixel.
+    pub fn output_stride(&self) -> i64 {
+        match self {
+            Backbone::ResNet(net) => net.output_stride(),
+            Backbone::MobileNetV2(net) => net.output_stride(),
+        }
+    }
+
+    /// [N, 3, H, W] → [N, D, ⌈H/os⌉, ⌈W/os⌉].
+    pub fn run(&self, xs: &Tensor, mode: Mode) -> Tensor {
+        match self {
+            Backbone::ResNet(net) => net.run(xs, mode),
+            Backbone::MobileNetV2(net) => net.run(xs, mode),
+        }
+    }
+
+    /// Sets every BatchNorm's statistics from one batch, layer after layer (each sees inputs
+    /// already normalised by the layers before it): the initialisation of a network trained
+    /// without pretrained weights.
+    pub fn calibrate_batch_norm(&self, xs: &Tensor) {
+        let _ = tch::no_grad(|| self.run(xs, Mode::Calibrate));
+    }
+}

@@ -1,0 +1,222 @@
+//! MobileNetV2 as a WSSS backbone (docs/methods.md, Backbones): torchvision's network and parameter
+//! names (`features.0.0.weight`, `features.4.conv.1.1.running_var`, ...), every BatchNorm
+//! frozen, the stem (`features.0`) not trained, no classifier head: `run` returns the 1280
+//! channels of `features.18`. Output stride 32, 16 or 8: the strides of the stages that
+//! correspond to ResNet's layer2/3/4 (32, 64 and 160 channels) become dilations when set to 1,
+//! as DeepLab v3 does with MobileNetV2 (docs/methods.md, Backbones).
+
+use tch::nn::{self, Module};
+use tch::Tensor;
+
+use super::amm::Amm;
+use super::layers::{conv, BatchNorm, Conv, ConvSpec, Mode};
+use super::resnet::Strides;
+
+/// torchvision's inverted-residual settings (expansion t, channels c, blocks n, stride s) for
+/// width 1.0, and which entry of [`Strides`] replaces s (None: fixed).
+const SETTINGS: [(i64, i64, usize, i64, Option<usize>); 7] = [
+    (1, 16, 1, 1, None),
+    (6, 24, 2, 2, None),
+    (6, 32, 3, 2, Some(1)),
+    (6, 64, 4, 2, Some(2)),
+    (6, 96, 3, 1, None),
+    (6, 160, 3, 2, Some(3)),
+    (6, 320, 1, 1, None),
+];
+const STEM_CHANNELS: i64 = 32;
+const LAST_CHANNELS: i64 = 1280;
+
+/// The strides a MobileNetV2 accepts: output stride 32, 16 or 8 (a stride-1 stage can be
+/// followed by stride-1 stages only, as dilation carries on).
+pub const VALID_STRIDES: [Strides; 3] = [[2, 2, 2, 2], [2, 2, 2, 1], [2, 2, 1, 1]];
+
+/// Convolution, frozen BatchNorm and, unless it is a projection, ReLU6.
+#[derive(Debug)]
+struct ConvBn {
+    conv: Conv,
+    bn: BatchNorm,
+    relu6: bool,
+}
+
+impl ConvBn {
+    /// `conv` and BatchNorm at `vs/conv_name` and `vs/bn_name` (torchvision's `Sequential` indices).
+    fn new(vs: &nn::Path, conv_name: &str, bn_name: &str, spec: ConvSpec, trainable: bool, relu6: bool) -> ConvBn {
+        ConvBn { conv: conv(vs, conv_name, spec, trainable), bn: BatchNorm::new(&(vs / bn_name), spec.c_out, false), relu6 }
+    }
+
+    fn run(&self, xs: &Tensor, mode: Mode) -> Tensor {
+        let h = self.bn.run(&self.conv.forward(xs), mode);
+        if self.relu6 { h.clamp(0.0, 6.0) } else { h }
+    }
+}
+
+/// torchvision's `InvertedResidual`: 1×1 expansion (absent when t = 1), 3×3 depthwise with the
+/// stride and dilation, 1×1 linear projection; the input is added when the block keeps stride
+/// and channels. AMR's compensation branch puts an AMM on the projection's output, before the
+/// addition (as on a ResNet block's residual branch).
+#[derive(Debug)]
+struct InvertedResidual {
+    layers: Vec<ConvBn>,
+    shortcut: bool,
+    amm: Option<Amm>,
+}
+
+impl InvertedResidual {
+    fn new(vs: &nn::Path, c_in: i64, c_out: i64, expansion: i64, stride: i64, dilation: i64, with_amm: bool) -> InvertedResidual {
+        let hidden = c_in * expansion;
+        let seq = vs / "conv";
+        let mut layers = Vec::new();
+        // Sequential positions: [expand (0.0, 0.1)], depthwise (i.0, i.1), projection conv, BN.
+        if expansion != 1 {
+            layers.push(ConvBn::new(&(&seq / "0"), "0", "1", ConvSpec::plain(c_in, hidden, 1, 1), true, true));
+        }
+        let i = layers.len();
+        let depthwise = ConvSpec { c_in: hidden, c_out: hidden, k: 3, stride, dilation, groups: hidden };
+        layers.push(ConvBn::new(&(&seq / i), "0", "1", depthwise, true, true));
+        layers.push(ConvBn::new(&seq, &(i + 1).to_string(), &(i + 2).to_string(), ConvSpec::plain(hidden, c_out, 1, 1), true, false));
+        let amm = with_amm.then(|| Amm::new(&(vs / "amm"), c_out));
+        InvertedResidual { layers, shortcut: stride == 1 && c_in == c_out, amm }
+    }
+
+    fn run(&self, xs: &Tensor, mode: Mode) -> Tensor {
+        let h = self.layers.iter().fold(xs.shallow_clone(), |h, layer| layer.run(&h, mode));
+        let h = match &self.amm {
+            Some(amm) => amm.forward(&h, mode),
+            None => h,
+        };
+        if self.shortcut { h + xs } else { h }
+    }
+}
+
+/// MobileNetV2's feature extractor (`features.0` … `features.18`).
+#[derive(Debug)]
+pub struct MobileNetV2 {
+    stem: ConvBn,
+    blocks: Vec<InvertedResidual>,
+    last: ConvBn,
+    output_stride: i64,
+}
+
+impl MobileNetV2 {
+    /// Builds the network under `vs` (the root for torchvision's names). `strides` must be one
+    /// of [`VALID_STRIDES`] (the config checks it).
+    pub fn new(vs: &nn::Path, strides: Strides, with_amm: bool) -> MobileNetV2 {
+        assert!(VALID_STRIDES.contains(&strides), "MobileNetV2 strides {strides:?}");
+        let features = vs / "features";
+        let stem = ConvBn::new(&(&features / "0"), "0", "1", ConvSpec::plain(3, STEM_CHANNELS, 3, 2), false, true);
+        let (mut c_in, mut index, mut output_stride, mut dilation) = (STEM_CHANNELS, 1, 2, 1);
+        let mut blocks = Vec::new();
+        for (expansion, c_out, n, stride, configurable) in SETTINGS {
+            // A stage whose stride is set to 1 dilates instead: its first block keeps the
+            // dilation so far, the following ones (and every later stage) use the doubled one.
+            let dilate = configurable.is_some_and(|i| strides[i] == 1);
+            for b in 0..n {
+                let (block_stride, block_dilation) = match (b, dilate) {
+                    (0, true) => (1, dilation),
+                    (0, false) => (stride, dilation),
+                    _ => (1, dilation * if dilate { 2 } else { 1 }),
+                };
+                blocks.push(InvertedResidual::new(&(&features / index), c_in, c_out, expansion, block_stride, block_dilation, with_amm));
+                (c_in, index) = (c_out, index + 1);
+            }
+            if dilate {
+                dilation *= stride;
+            } else {
+                output_stride *= stride;
+            }
+        }
+        let last = ConvBn::new(&(&features / index), "0", "1", ConvSpec::plain(c_in, LAST_CHANNELS, 1, 1), true, true);
+        MobileNetV2 { stem, blocks, last, output_stride }
+    }
+
+    pub fn out_channels(&self) -> i64 {
+        LAST_CHANNELS
+    }
+
+    pub fn output_stride(&self) -> i64 {
+        self.output_stride
+    }
+
+    /// [N, 3, H, W] normalised images → [N, 1280, ⌈H/os⌉, ⌈W/os⌉] features.
+    pub fn run(&self, xs: &Tensor, mode: Mode) -> Tensor {
+        let h = self.blocks.iter().fold(self.stem.run(xs, mode), |h, block| block.run(&h, mode));
+        self.last.run(&h, mode)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::{nn::VarStore, Device, Kind};
+
+    /// torchvision's mobilenet_v2 has 3,504,872 parameters, of which the 1000-class
+    /// classifier holds 1280·1000 + 1000; 52 convolutions and 52 BatchNorms.
+    #[test]
+    fn parameters_and_names_match_torchvision() {
+        let vs = VarStore::new(Device::Cpu);
+        let net = MobileNetV2::new(&vs.root(), [2, 2, 2, 2], false);
+        let vars = vs.variables();
+        let params: i64 = vars.iter().filter(|(k, _)| !k.contains("running_")).map(|(_, v)| v.numel() as i64).sum();
+        assert_eq!(params, 3_504_872 - 1_281_000);
+        assert_eq!(vars.keys().filter(|k| k.ends_with("running_mean")).count(), 52);
+        for (name, shape) in [
+            ("features.0.0.weight", vec![32, 3, 3, 3]),
+            ("features.1.conv.0.0.weight", vec![32, 1, 3, 3]),
+            ("features.1.conv.1.weight", vec![16, 32, 1, 1]),
+            ("features.1.conv.2.running_var", vec![16]),
+            ("features.2.conv.0.0.weight", vec![96, 16, 1, 1]),
+            ("features.2.conv.1.0.weight", vec![96, 1, 3, 3]),
+            ("features.2.conv.2.weight", vec![24, 96, 1, 1]),
+            ("features.2.conv.3.bias", vec![24]),
+            ("features.17.conv.2.weight", vec![320, 960, 1, 1]),
+            ("features.18.0.weight", vec![1280, 320, 1, 1]),
+            ("features.18.1.running_mean", vec![1280]),
+        ] {
+            assert_eq!(vars.get(name).map(|t| t.size()), Some(shape), "{name}");
+        }
+        assert_eq!((net.out_channels(), net.output_stride()), (1280, 32));
+        // Trained: every conv but the stem's; no BatchNorm.
+        let trainable = vs.trainable_variables().len();
+        assert_eq!(trainable, 51);
+        assert!(!vars["features.0.0.weight"].requires_grad() && !vars["features.5.conv.1.1.weight"].requires_grad());
+    }
+
+    /// Dilation keeps the map size: output stride 32 / 16 / 8 on a 64×96 input gives 2×3 /
+    /// 4×6 / 8×12, and the dilated depthwise convolutions are those DeepLab v3 dilates.
+    #[test]
+    fn strides_set_the_output_stride_through_dilation() {
+        for (strides, os) in [([2, 2, 2, 2], 32), ([2, 2, 2, 1], 16), ([2, 2, 1, 1], 8)] {
+            let vs = VarStore::new(Device::Cpu);
+            let net = MobileNetV2::new(&vs.root(), strides, false);
+            assert_eq!(net.output_stride(), os);
+            let out = tch::no_grad(|| net.run(&Tensor::randn([1, 3, 64, 96], (Kind::Float, Device::Cpu)), Mode::Eval));
+            assert_eq!(out.size(), [1, 1280, 64 / os, 96 / os]);
+            let dilations: Vec<(i64, i64)> = net.blocks.iter().map(|b| {
+                let dw = &b.layers[b.layers.len() - 2].conv;
+                (dw.stride(), dw.dilation())
+            }).collect();
+            // features.14 opens the 160-channel stage, features.7 the 64-channel one.
+            match os {
+                32 => assert!(dilations.iter().all(|&(_, d)| d == 1)),
+                16 => {
+                    assert_eq!(&dilations[13..17], [(1, 1), (1, 2), (1, 2), (1, 2)]);
+                    assert!(dilations[..13].iter().all(|&(_, d)| d == 1));
+                }
+                _ => {
+                    assert_eq!(&dilations[6..10], [(1, 1), (1, 2), (1, 2), (1, 2)]);
+                    assert_eq!(&dilations[10..17], [(1, 2), (1, 2), (1, 2), (1, 2), (1, 4), (1, 4), (1, 4)]);
+                }
+            }
+        }
+    }
+
+    /// Residual additions only where stride and channels are kept (torchvision: 10 blocks).
+    #[test]
+    fn shortcuts_where_shape_is_kept() {
+        let vs = VarStore::new(Device::Cpu);
+        let net = MobileNetV2::new(&vs.root(), [2, 2, 2, 1], true);
+        let with_shortcut: Vec<usize> = net.blocks.iter().enumerate().filter(|(_, b)| b.shortcut).map(|(i, _)| i + 1).collect();
+        assert_eq!(with_shortcut, [3, 5, 6, 8, 9, 10, 12, 13, 15, 16]);
+        assert!(vs.variables().contains_key("features.7.amm.spatial.conv.weight"));
+    }
+}
