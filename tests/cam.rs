@@ -5,7 +5,7 @@ mod common;
 
 use std::path::Path;
 
-use common::{run_python, s, voc_mini, wsss_fails, wsss_ok};
+use common::{run_python, s, voc_mini, wsss, wsss_fails, wsss_ok};
 
 /// A small synthetic run: 600 + 150 images of 96 px, ResNet-18, 3 epochs (113 steps).
 const SMALL: &str = r#"
@@ -218,4 +218,28 @@ fn amr_with_hfpl_trains_on_a_frozen_baseline_and_recalibrates() {
     wsss_ok(tmp.path(), &[&["eval", "cam", "--config", &config][..], &amr[..], &["--set", "cam.out=cams_recalibrated"][..]].concat());
     let report = &json(&tmp.path().join("runs/amr/eval/cam.json"))["report"];
     assert!(report["best"]["miou"].as_f64().unwrap() > 0.0);
+}
+
+/// MobileNetV2 serves the same pipeline: a CAM run from a random start (BatchNorm calibrated),
+/// then AMR + ISL + FSL whose compensation branch starts from that run's weights through the
+/// torchvision import (its AMMs new) and whose spotlight is that run; a missing `model.init`
+/// says how to fetch the ImageNet weights.
+#[test]
+fn mobilenet_v2_runs_cam_and_amr_with_hfpl() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = write_config(tmp.path(), &format!("{TINY}[cam]\nsplit = \"val\"\nscales = [1.0, 0.5]\n"));
+    let mobilenet = ["--set", "model.arch=mobilenet_v2", "--set", "model.strides=[2, 2, 1, 1]"];
+    wsss_ok(tmp.path(), &[&["run", "--config", &config, "--set", "run.name=base"][..], &mobilenet[..]].concat());
+    let report = &json(&tmp.path().join("runs/base/eval/cam.json"))["report"];
+    assert!(report["best"]["miou"].as_f64().unwrap() > 0.0);
+    let init = "model.init=runs/base/checkpoints/step-00000012.safetensors";
+    let amr = ["--set", "run.name=amr", "--set", "method.base=amr", "--set", "method.amr.spotlight_init=runs/base", "--set", "method.isl.enabled=true", "--set", "method.fsl.enabled=true", "--set", init];
+    let log = wsss(tmp.path(), &[&["train", "cam", "--config", &config][..], &mobilenet[..], &amr[..]].concat());
+    let stderr = String::from_utf8_lossy(&log.stderr);
+    assert!(log.status.success(), "{stderr}");
+    assert!(stderr.contains("compensation branch: loaded 261 tensors") && stderr.contains("features.17.amm.spatial.conv.weight"), "{stderr}");
+    assert_eq!(json(&tmp.path().join("runs/amr/summary.json"))["steps"], 12);
+    wsss_ok(tmp.path(), &[&["cam", "--config", &config][..], &mobilenet[..], &amr[..]].concat());
+    let err = wsss_fails(tmp.path(), &[&["train", "cam", "--config", &config, "--set", "run.name=w", "--set", "model.init=weights/mobilenet_v2.safetensors"][..], &mobilenet[..]].concat(), 2);
+    assert!(err.contains("model.init") && err.contains("make weights"), "{err}");
 }
