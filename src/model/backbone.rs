@@ -32,6 +32,7 @@ impl BackboneSpec {
         BackboneSpec { arch: Arch::Resnet, depth, strides }
     }
 
+    /// `depth` does not apply to MobileNetV2; it keeps the config's default.
     pub fn mobilenet_v2(strides: Strides) -> BackboneSpec {
         BackboneSpec { arch: Arch::MobilenetV2, depth: Depth::Resnet50, strides }
     }
