@@ -52,8 +52,10 @@ impl ConvBn {
 
 /// torchvision's `InvertedResidual`: 1×1 expansion (absent when t = 1), 3×3 depthwise with the
 /// stride and dilation, 1×1 linear projection; the input is added when the block keeps stride
-/// and channels. AMR's compensation branch puts an AMM on the projection's output, before the
-/// addition (as on a ResNet block's residual branch).
+/// and channels. AMR's compensation branch puts an AMM on the projection's output before the
+/// addition, as on a ResNet block's residual branch, and so only in the blocks that have a
+/// shortcut: in the others it would scale the whole signal by the modulation, block after
+/// block, and the branch did not train (docs/methods.md, Backbones).
 #[derive(Debug)]
 struct InvertedResidual {
     layers: Vec<ConvBn>,
@@ -74,8 +76,9 @@ impl InvertedResidual {
         let depthwise = ConvSpec { c_in: hidden, c_out: hidden, k: 3, stride, dilation, groups: hidden };
         layers.push(ConvBn::new(&(&seq / i), "0", "1", depthwise, true, true));
         layers.push(ConvBn::new(&seq, &(i + 1).to_string(), &(i + 2).to_string(), ConvSpec::plain(hidden, c_out, 1, 1), true, false));
-        let amm = with_amm.then(|| Amm::new(&(vs / "amm"), c_out));
-        InvertedResidual { layers, shortcut: stride == 1 && c_in == c_out, amm }
+        let shortcut = stride == 1 && c_in == c_out;
+        let amm = (with_amm && shortcut).then(|| Amm::new(&(vs / "amm"), c_out));
+        InvertedResidual { layers, shortcut, amm }
     }
 
     fn run(&self, xs: &Tensor, mode: Mode) -> Tensor {
@@ -210,13 +213,16 @@ mod tests {
         }
     }
 
-    /// Residual additions only where stride and channels are kept (torchvision: 10 blocks).
+    /// Residual additions only where stride and channels are kept (torchvision: 10 blocks), and
+    /// AMR's AMMs in those blocks only.
     #[test]
-    fn shortcuts_where_shape_is_kept() {
+    fn shortcuts_and_amms_where_shape_is_kept() {
         let vs = VarStore::new(Device::Cpu);
         let net = MobileNetV2::new(&vs.root(), [2, 2, 2, 1], true);
         let with_shortcut: Vec<usize> = net.blocks.iter().enumerate().filter(|(_, b)| b.shortcut).map(|(i, _)| i + 1).collect();
         assert_eq!(with_shortcut, [3, 5, 6, 8, 9, 10, 12, 13, 15, 16]);
-        assert!(vs.variables().contains_key("features.7.amm.spatial.conv.weight"));
+        let mut with_amm: Vec<usize> = vs.variables().keys().filter_map(|k| k.strip_suffix(".amm.spatial.conv.weight")?.strip_prefix("features.")?.parse().ok()).collect();
+        with_amm.sort();
+        assert_eq!(with_amm, with_shortcut);
     }
 }

@@ -129,10 +129,10 @@ mod tests {
             ]
         );
         let mobilenet = Model::new(Base::Amr, BackboneSpec::mobilenet_v2([2, 2, 2, 1]), 3, Device::Cpu);
-        // MobileNetV2: 51 convs after the stem; each of the 17 blocks' AMMs adds 7 trainable tensors.
+        // MobileNetV2: 51 convs after the stem; each of the 10 residual blocks' AMMs adds 7 trainable tensors.
         let names = group_names(&mobilenet.param_groups(10.0, comp_mult));
         assert_eq!(names[0], ("spotlight.backbone".into(), 1.0, 51));
-        assert_eq!(names[2], ("compensation.backbone".into(), 10.0, 51 + 17 * 7));
+        assert_eq!(names[2], ("compensation.backbone".into(), 10.0, 51 + 10 * 7));
         amr.freeze("spotlight.");
         let names = group_names(&amr.param_groups(10.0, comp_mult));
         assert_eq!(names.iter().map(|n| n.0.as_str()).collect::<Vec<_>>(), ["compensation.backbone", "compensation.head"]);
