@@ -33,7 +33,7 @@ run_variant() {
     local name=$1 seed=$2
     shift 2
     local log="$OUT/$name-s$seed.log"
-    if [ -f "$OUT/$name-s$seed/summary.json" ]; then
+    if [ -f "$OUT/$name-s$seed/eval/pseudo.json" ]; then
         echo "done already: $name seed $seed"
         return
     fi
