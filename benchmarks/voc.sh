@@ -35,7 +35,7 @@ import "$VOC/voc-mini/VOC2012" val data/voc-mini/val
 import "$VOC/voc-small/VOC2012" train_aug data/voc-small/train
 mkdir -p "$OUT"
 train=$(sed -n 's/^train = "\(.*\)"$/\1/p' "$CONFIG")
-"$BIN" data inspect "$train" --json > "$OUT/train-stats.json"
+"$BIN" data inspect "$train" --json > "$OUT/train-stats.json.partial" && mv "$OUT/train-stats.json.partial" "$OUT/train-stats.json"
 
 if [ "${WSSS_VARIANTS:-all}" = baseline ]; then
     common=(--set run.dir="$OUT" --set "cam.scales=${WSSS_CAM_SCALES:-[1.0]}"
