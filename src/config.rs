@@ -654,7 +654,7 @@ impl Config {
         if self.model.arch == Arch::MobilenetV2 && !mobilenet::VALID_STRIDES.contains(&self.model.strides) {
             return Err(ConfigError::Invalid {
                 key: "model.strides".into(),
-                message: "MobileNetV2 takes [2, 2, 2, 2], [2, 2, 2, 1] or [2, 2, 1, 1] (output stride 32, 16, 8)".into(),
+                message: format!("MobileNetV2 takes one of {:?} (output stride 32, 16, 8)", mobilenet::VALID_STRIDES),
             });
         }
         if !(self.dist.bucket_mb > 0.0 && self.dist.bucket_mb.is_finite()) {

@@ -1,5 +1,5 @@
 //! SGD with momentum, weight decay, parameter groups with learning-rate multipliers and the
-//! poly schedule of METHODS.md §1, with a state that is saved and restored exactly.
+//! poly schedule of docs/methods.md, with a state that is saved and restored exactly.
 //!
 //! The update is PyTorch's `torch.optim.SGD` (dampening 0, not Nesterov):
 //! `g = ∇p + wd·p;  b = μ·b + g (b = g on the first step);  p = p − lr·b`,

@@ -1,4 +1,4 @@
-//! AMR's attention modulation module (METHODS.md §2): `AMM(x) = S(Ch(x))`, a channel then a
+//! AMR's attention modulation module (docs/methods.md): `AMM(x) = S(Ch(x))`, a channel then a
 //! spatial attention whose maps go through the Gaussian modulation `G`, which damps the most and
 //! the least responsive channels/positions and lifts the minor ones.
 

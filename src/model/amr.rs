@@ -1,4 +1,4 @@
-//! AMR, activation modulation and recalibration (METHODS.md §2): a spotlight branch (the
+//! AMR, activation modulation and recalibration (docs/methods.md): a spotlight branch (the
 //! baseline CAM network) and a compensation branch (the same network with an AMM in every
 //! backbone block and its own classifier), trained with
 //! `L = ½ L_cls(z_spot) + ½ L_cls(z_comp) + λ · mean|A_spot − A_comp|`, and read at inference

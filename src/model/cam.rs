@@ -1,4 +1,5 @@
-//! The CAM network (METHODS.md §1): a ResNet backbone and a 1×1 classifier without bias.
+//! The CAM network (docs/methods.md): a backbone (ResNet or MobileNetV2, docs/methods.md,
+//! Backbones) and a 1×1 classifier without bias.
 //! Training logits are `z = W · GAP(F)`; class activation maps are `A_c = ReLU(W_c · F)`.
 
 use tch::nn;
@@ -39,7 +40,8 @@ impl CamNet {
         CamNet::with_backbone(vs, Backbone::new(vs, spec, false), num_classes)
     }
 
-    /// The same network with an AMM in every backbone block: AMR's compensation branch.
+    /// The same network with AMMs in the backbone (every ResNet block; the MobileNetV2 blocks
+    /// that have a shortcut): AMR's compensation branch.
     pub fn with_amm(vs: &nn::Path, spec: BackboneSpec, num_classes: i64) -> CamNet {
         CamNet::with_backbone(vs, Backbone::new(vs, spec, true), num_classes)
     }
@@ -93,12 +95,12 @@ impl CamNet {
     }
 }
 
-/// Added to each class map's maximum before dividing (METHODS.md §1).
+/// Added to each class map's maximum before dividing (docs/methods.md).
 const NORM_EPS: f64 = 1e-5;
 
 impl CamNet {
     /// Multi-scale CAMs of one normalised image `[3, H, W]` for the 0-based `classes`
-    /// (METHODS.md §1): at each scale the image is resized (bilinear), run with its horizontal
+    /// (docs/methods.md): at each scale the image is resized (bilinear), run with its horizontal
     /// flip when `flip`, the flipped maps are flipped back and added, every map is resized
     /// (bilinear) to the stride-`stride` grid ⌈H/stride⌉ × ⌈W/stride⌉ and summed over scales;
     /// each class map is then divided by its maximum + 1e-5. Also returns the classifier's

@@ -22,10 +22,10 @@ use backbone::BackboneSpec;
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum Base {
-    /// One CAM network (METHODS.md §1).
+    /// One CAM network (docs/methods.md).
     #[default]
     Cam,
-    /// AMR's spotlight and compensation branches (METHODS.md §2).
+    /// AMR's spotlight and compensation branches (docs/methods.md).
     Amr,
 }
 

@@ -1,4 +1,4 @@
-//! ResNet-18/34/50/101 backbones as WSSS uses them (IRNet, METHODS.md §1): torchvision's
+//! ResNet-18/34/50/101 backbones as WSSS uses them (IRNet, docs/methods.md): torchvision's
 //! parameter names (`conv1.weight`, `layer3.5.bn2.running_var`, `layer1.0.downsample.0.weight`,
 //! ...), configurable strides, every BatchNorm frozen (eval statistics, affine parameters not
 //! trained), and the stem (conv1/bn1) not trained. No classifier head: `forward` returns the
@@ -70,7 +70,7 @@ impl Block {
 
 impl Block {
     /// The AMM modulates the residual branch after its last conv + BN, before the shortcut
-    /// is added (METHODS.md §2).
+    /// is added (docs/methods.md).
     fn run(&self, xs: &Tensor, mode: Mode) -> Tensor {
         let last = self.convs.len() - 1;
         let residual = self.convs.iter().enumerate().fold(xs.shallow_clone(), |h, (i, (conv, bn))| {
@@ -105,7 +105,7 @@ impl ResNet {
         ResNet::build(vs, depth, strides, false)
     }
 
-    /// The same network with an AMM in every block (`layerL.B.amm.*`, METHODS.md §2): AMR's
+    /// The same network with an AMM in every block (`layerL.B.amm.*`, docs/methods.md): AMR's
     /// compensation backbone. torchvision weights fit it with the `amm.` keys left new.
     pub fn with_amm(vs: &nn::Path, depth: Depth, strides: Strides) -> ResNet {
         ResNet::build(vs, depth, strides, true)
