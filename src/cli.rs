@@ -23,7 +23,7 @@ pub enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
-    /// Train a network (the CAM classifier).
+    /// Train a network (the CAM classifier or the segmenter).
     Train {
         #[command(subcommand)]
         command: TrainCommand,
@@ -39,6 +39,8 @@ pub enum Command {
     },
     /// Refinement of the CAMs into pseudo-labels (map phase): writes a pseudo-label dataset.
     PseudoLabel(MapArgs),
+    /// The segmenter's predictions over seg.infer.split (map phase), in the pseudo-label format.
+    Seg(MapArgs),
     /// Export a dataset's masks for other frameworks.
     Export {
         #[command(subcommand)]
@@ -152,6 +154,14 @@ pub enum TrainCommand {
         #[arg(long)]
         resume: bool,
     },
+    /// The segmenter (`[seg]`, docs/segmenter.md) on data.train and its pseudo-labels.
+    Seg {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Continue from the latest checkpoint in `<run dir>/seg`.
+        #[arg(long)]
+        resume: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -160,6 +170,8 @@ pub enum EvalCommand {
     Cam(ConfigArgs),
     /// The pseudo-labels of cam.split: mIoU (255 ignored), per-class IoU, share of pixels labelled.
     Pseudo(ConfigArgs),
+    /// The segmenter's predictions of seg.infer.split, without and with the CRF (those made).
+    Seg(ConfigArgs),
 }
 
 #[derive(Subcommand, Debug)]

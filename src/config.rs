@@ -12,8 +12,10 @@ use serde::{Deserialize, Serialize};
 use crate::data::augment::{AugmentParams, ColorJitter, ResizeFilter};
 use crate::data::loader::LoaderSpec;
 use crate::data::sampler::Uneven;
+use crate::data::synthetic::SyntheticParams;
 use crate::dist::Backend;
 use crate::model::backbone::{Arch, BackboneSpec};
+use crate::model::deeplab::SegKind;
 use crate::model::mobilenet;
 use crate::model::resnet::{Depth, Strides};
 use crate::model::Base;
@@ -49,6 +51,7 @@ pub struct Config {
     pub dist: DistConfig,
     pub method: MethodConfig,
     pub pseudo_label: PseudoLabelConfig,
+    pub seg: SegConfig,
 }
 
 /// `[run]`: where a run writes and the seed every random choice derives from.
@@ -99,6 +102,116 @@ impl ModelConfig {
     }
 }
 
+/// `[seg]`: the segmenter trained on the pseudo-labels (docs/segmenter.md). Its model, training
+/// and loader settings are sections of their own (`[seg.model]`, `[seg.train]`, `[seg.loader]`),
+/// with the keys of `[model]`-like, `[train]` and `[loader]`, so the CAM classifier and the
+/// segmenter are set apart in one file.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct SegConfig {
+    /// The pseudo-label dataset of `data.train` to train on; "" is `<run dir>/pseudo_labels/train`.
+    pub labels: PathBuf,
+    pub model: SegModelConfig,
+    pub train: TrainConfig,
+    pub loader: LoaderConfig,
+    pub infer: SegInferConfig,
+}
+
+impl Default for SegConfig {
+    fn default() -> Self {
+        SegConfig {
+            labels: PathBuf::new(),
+            model: SegModelConfig::default(),
+            infer: SegInferConfig::default(),
+            // DeepLab's recipe: SGD momentum 0.9, weight decay 5e-4, head x10, poly 0.9.
+            // The base rate is the backbone's: 0.001 puts the head at 0.01, as the v3+ reference
+            // (VainF: head 0.01, backbone 0.1x); DeepLab v2's reference trains at 2.5e-4.
+            train: TrainConfig { lr: 0.001, weight_decay: 5e-4, ..TrainConfig::default() },
+            // Random scale, flip and crop only: DeepLab does no colour jitter.
+            loader: LoaderConfig { batch_size: 10, crop: 321, resize_long: [250, 750], brightness: 0.0, contrast: 0.0, saturation: 0.0, hue: 0.0, ..LoaderConfig::default() },
+        }
+    }
+}
+
+impl SegConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        self.train.validate("seg.train")?;
+        self.loader.validate("seg.loader")?;
+        if self.model.kind == SegKind::DeeplabV3plus && self.loader.batch_size < 2 {
+            // Its image-pooling BatchNorm sees one value per channel and image.
+            return invalid("seg.loader.batch_size", "DeepLab v3+ trains its BatchNorms on batch statistics: at least 2");
+        }
+        if self.model.kind == SegKind::DeeplabV2 && self.model.arch != Arch::Resnet {
+            return invalid("seg.model.arch", "DeepLab v2 is built on a ResNet (`resnet`, with seg.model.depth)");
+        }
+        if ![8, 16].contains(&self.model.output_stride) {
+            return invalid("seg.model.output_stride", "must be 8 or 16");
+        }
+        if self.infer.scales.is_empty() || self.infer.scales.iter().any(|s| !(*s > 0.0 && *s <= 8.0)) {
+            return invalid("seg.infer.scales", "must list at least one scale in (0, 8]");
+        }
+        check_crf(&self.infer.crf_params, "seg.infer.crf_params")
+    }
+}
+
+/// `[seg.infer]`: `wsss-dist seg`, the segmenter's predictions over a split (a map phase).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct SegInferConfig {
+    pub split: Split,
+    /// Input scales whose softmax outputs are averaged (with their flips when `flip`).
+    pub scales: Vec<f64>,
+    pub flip: bool,
+    /// Dense-CRF post-processing of the averaged softmax, with `crf_params`.
+    pub crf: bool,
+    /// DeepLab's CRF: 10 iterations, Gaussian sxy 1 weight 3, bilateral sxy 67 srgb 3 weight 4.
+    pub crf_params: CrfParams,
+    /// Model weights; "" takes the latest checkpoint in `<run dir>/seg`.
+    pub checkpoint: PathBuf,
+}
+
+impl Default for SegInferConfig {
+    fn default() -> Self {
+        SegInferConfig {
+            split: Split::Val,
+            scales: vec![1.0],
+            flip: true,
+            crf: false,
+            crf_params: CrfParams { iterations: 10, smoothness_sxy: 1.0, smoothness_weight: 3.0, appearance_sxy: 67.0, appearance_srgb: 3.0, appearance_weight: 4.0 },
+            checkpoint: PathBuf::new(),
+        }
+    }
+}
+
+/// `[seg.model]`: which segmenter, on which backbone.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct SegModelConfig {
+    /// `deeplab_v2` or `deeplab_v3plus`.
+    pub kind: SegKind,
+    /// `resnet` (of `depth`) or `mobilenet_v2` (v3+ only).
+    pub arch: Arch,
+    pub depth: Depth,
+    /// 8 or 16, by dilation.
+    pub output_stride: i64,
+    /// torchvision ImageNet weights as safetensors for the backbone; "" starts from a random
+    /// initialisation.
+    pub init: PathBuf,
+}
+
+impl Default for SegModelConfig {
+    fn default() -> Self {
+        SegModelConfig { kind: SegKind::DeeplabV3plus, arch: Arch::MobilenetV2, depth: Depth::Resnet101, output_stride: 16, init: PathBuf::new() }
+    }
+}
+
+impl SegModelConfig {
+    pub fn backbone(&self) -> BackboneSpec {
+        let strides = if self.output_stride == 8 { [2, 2, 1, 1] } else { [2, 2, 2, 1] };
+        BackboneSpec { arch: self.arch, depth: self.depth, strides }
+    }
+}
+
 /// What training does when the loss of a step is not finite.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
@@ -114,6 +227,8 @@ pub enum OnNonFinite {
 #[serde(default, deny_unknown_fields)]
 pub struct TrainConfig {
     pub epochs: u64,
+    /// Step budget of the poly schedule; 0: `epochs` × the steps of one epoch.
+    pub steps: u64,
     pub lr: f64,
     pub momentum: f64,
     pub weight_decay: f64,
@@ -141,6 +256,7 @@ impl Default for TrainConfig {
     fn default() -> Self {
         TrainConfig {
             epochs: 5,
+            steps: 0,
             lr: 0.1,
             momentum: 0.9,
             weight_decay: 1e-4,
@@ -377,14 +493,19 @@ impl PseudoLabelConfig {
         if !(self.bg_power > 0.0 && self.bg_power.is_finite()) {
             return invalid("pseudo_label.bg_power", "must be a positive number");
         }
-        if self.crf.iterations == 0 {
-            return invalid("pseudo_label.crf.iterations", "must be at least 1");
-        }
-        self.crf.check().map_err(|message| {
-            let key = message.split_whitespace().next().unwrap_or_default();
-            ConfigError::Invalid { key: format!("pseudo_label.crf.{key}"), message }
-        })
+        check_crf(&self.crf, "pseudo_label.crf")
     }
+}
+
+/// The dense CRF's settings at `section`.
+fn check_crf(crf: &CrfParams, section: &str) -> Result<(), ConfigError> {
+    if crf.iterations == 0 {
+        return invalid(&format!("{section}.iterations"), "must be at least 1");
+    }
+    crf.check().map_err(|message| {
+        let key = message.split_whitespace().next().unwrap_or_default();
+        ConfigError::Invalid { key: format!("{section}.{key}"), message }
+    })
 }
 
 /// `[eval]`: CAM evaluation against the ground-truth masks.
@@ -434,20 +555,34 @@ impl Default for DataConfig {
     }
 }
 
-/// `[data.synthetic]`: the generator settings `run` uses for the embedded default dataset.
+/// `[data.synthetic]`: the dataset sizes and generator settings `run` uses for the embedded
+/// default dataset. The generator's fields (`size`, `classes`, `min_object_scale`, ...) sit
+/// directly in the section (docs/synthetic.md, "Parameters").
+// No `deny_unknown_fields`: serde does not support it with `flatten`; `check_keys` already
+// refuses unknown keys before deserialising.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
+#[serde(default)]
 pub struct SyntheticConfig {
     pub train_images: u64,
     pub val_images: u64,
-    pub size: u32,
-    pub classes: u16,
     pub shard_rows: usize,
+    #[serde(flatten)]
+    pub generator: SyntheticParams,
 }
 
 impl Default for SyntheticConfig {
     fn default() -> Self {
-        SyntheticConfig { train_images: 2000, val_images: 500, size: 128, classes: 6, shard_rows: 500 }
+        SyntheticConfig { train_images: 2000, val_images: 500, shard_rows: 500, generator: SyntheticParams::default() }
+    }
+}
+
+impl SyntheticConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        self.generator.validate().or_else(|message| {
+            // The generator's message starts with its field's name.
+            let field = message.split(' ').next().unwrap_or_default();
+            invalid(&format!("data.synthetic.{field}"), &message)
+        })
     }
 }
 
@@ -533,9 +668,10 @@ impl LoaderConfig {
         }
     }
 
-    fn validate(&self) -> Result<(), ConfigError> {
+    /// `section`: where the keys sit ("loader" or "seg.loader"), for the error's key.
+    fn validate(&self, section: &str) -> Result<(), ConfigError> {
         let invalid = |key: &str, message: &str| {
-            Err(ConfigError::Invalid { key: format!("loader.{key}"), message: message.into() })
+            Err(ConfigError::Invalid { key: format!("{section}.{key}"), message: message.into() })
         };
         if self.batch_size == 0 {
             return invalid("batch_size", "must be at least 1");
@@ -551,7 +687,7 @@ impl LoaderConfig {
             return invalid("resize_long", "must be [min, max] with 0 < min <= max, or [0, 0] to disable");
         }
         if self.crop == 0 && self.batch_size > 1 {
-            return invalid("crop", "0 (no crop) gives images of different sizes: it needs loader.batch_size = 1");
+            return invalid("crop", &format!("0 (no crop) gives images of different sizes: it needs {section}.batch_size = 1"));
         }
         for (key, value) in [("brightness", self.brightness), ("contrast", self.contrast), ("saturation", self.saturation)] {
             if !(0.0..=1.0).contains(&value) {
@@ -573,24 +709,26 @@ fn invalid(key: &str, message: &str) -> Result<(), ConfigError> {
 }
 
 impl TrainConfig {
-    fn validate(&self) -> Result<(), ConfigError> {
-        if self.epochs == 0 {
-            return invalid("train.epochs", "must be at least 1");
+    /// `section`: where the keys sit ("train" or "seg.train"), for the error's key.
+    fn validate(&self, section: &str) -> Result<(), ConfigError> {
+        let invalid = |key: &str, message: &str| invalid(&format!("{section}{}{key}", if key.is_empty() { "" } else { "." }), message);
+        if self.epochs == 0 && self.steps == 0 {
+            return invalid("epochs", "must be at least 1 (or set the step budget `steps`)");
         }
         if !(self.lr > 0.0) || !self.lr.is_finite() {
-            return invalid("train.lr", "must be a positive number");
+            return invalid("lr", "must be a positive number");
         }
         if !(0.0..1.0).contains(&self.momentum) {
-            return invalid("train.momentum", "must be in [0, 1)");
+            return invalid("momentum", "must be in [0, 1)");
         }
         if self.weight_decay < 0.0 || self.head_lr_mult <= 0.0 || self.poly_power < 0.0 {
-            return invalid("train", "weight_decay and poly_power must be >= 0 and head_lr_mult > 0");
+            return invalid("", "weight_decay and poly_power must be >= 0 and head_lr_mult > 0");
         }
         if self.accumulate == 0 {
-            return invalid("train.accumulate", "must be at least 1");
+            return invalid("accumulate", "must be at least 1");
         }
         if self.checkpoint_every == 0 || self.log_every == 0 || self.keep_checkpoints == 0 {
-            return invalid("train", "checkpoint_every, log_every and keep_checkpoints must be at least 1");
+            return invalid("", "checkpoint_every, log_every and keep_checkpoints must be at least 1");
         }
         Ok(())
     }
@@ -632,7 +770,12 @@ impl Config {
         }
         let known = known_keys();
         check_keys(&table, "", &known)?;
-        let config: Config = serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+        // Keys left out take the defaults of `Config::default()`, nested sections included:
+        // serde's `default` would fill a partly written `[seg.train]` from `TrainConfig::default()`
+        // and lose the segmenter's own defaults.
+        let mut merged = defaults_table();
+        merge_into(&mut merged, table);
+        let config: Config = serde_path_to_error::deserialize(toml::Value::Table(merged)).map_err(|e| {
             let origin = path.map_or_else(|| "--set".to_string(), |p| p.display().to_string());
             ConfigError::Invalid { key: e.path().to_string(), message: format!("{} (in {origin})", e.inner().message()) }
         })?;
@@ -642,8 +785,10 @@ impl Config {
 
     /// Value checks that the types alone cannot express.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        self.loader.validate()?;
-        self.train.validate()?;
+        self.data.synthetic.validate()?;
+        self.loader.validate("loader")?;
+        self.train.validate("train")?;
+        self.seg.validate()?;
         self.cam.validate()?;
         self.eval.validate()?;
         self.method.validate()?;
@@ -697,6 +842,27 @@ impl Config {
         }
     }
 
+    /// The pseudo-labels `train seg` learns from.
+    pub fn seg_labels_dir(&self) -> PathBuf {
+        if self.seg.labels.as_os_str().is_empty() {
+            self.run_dir().join("pseudo_labels").join("train")
+        } else {
+            self.seg.labels.clone()
+        }
+    }
+
+    /// Where `train seg` writes: `<run dir>/seg`.
+    pub fn seg_dir(&self) -> PathBuf {
+        self.run_dir().join("seg")
+    }
+
+    /// Where `seg` writes (and `eval seg` reads) the predictions: `<run dir>/seg/pred/<split>`,
+    /// `pred_crf` with the CRF.
+    pub fn seg_pred_dir(&self) -> PathBuf {
+        let split = if self.seg.infer.split == Split::Train { "train" } else { "val" };
+        self.seg_dir().join(if self.seg.infer.crf { "pred_crf" } else { "pred" }).join(split)
+    }
+
     /// "train" or "val": the name of `cam.split`.
     pub fn split_name(&self) -> &'static str {
         if self.cam.split == Split::Train { "train" } else { "val" }
@@ -744,11 +910,30 @@ fn parse_override_value(raw: &str) -> toml::Value {
         .unwrap_or_else(|| toml::Value::String(raw.to_string()))
 }
 
+/// The defaults as a TOML table.
+fn defaults_table() -> toml::Table {
+    match toml::Value::try_from(Config::default()).expect("defaults serialise") {
+        toml::Value::Table(table) => table,
+        _ => unreachable!("a struct serialises to a table"),
+    }
+}
+
+/// Writes `over` onto `base`, section by section.
+fn merge_into(base: &mut toml::Table, over: toml::Table) {
+    for (key, value) in over {
+        match (base.get_mut(&key), value) {
+            (Some(toml::Value::Table(inner)), toml::Value::Table(value)) => merge_into(inner, value),
+            (_, value) => {
+                base.insert(key, value);
+            }
+        }
+    }
+}
+
 /// Every dotted key path the typed config knows, with whether it is a section.
 fn known_keys() -> Vec<(String, bool)> {
-    let defaults = toml::Value::try_from(Config::default()).expect("defaults serialise");
     let mut keys = Vec::new();
-    collect_keys(defaults.as_table().expect("a table"), "", &mut keys);
+    collect_keys(&defaults_table(), "", &mut keys);
     keys
 }
 
@@ -848,6 +1033,30 @@ mod tests {
         assert!(err.contains("loader.resize_long"), "{err}");
         let err = load_str("", &["loader"]).unwrap_err().to_string();
         assert!(err.contains("section.key=value"), "{err}");
+    }
+
+    /// A partly written nested section keeps the other defaults of *its* place in the config.
+    #[test]
+    fn nested_sections_keep_their_own_defaults() {
+        let c = load_str("[seg.train]\nepochs = 2\n[train]\nlr = 0.5\n", &["seg.loader.crop=64"]).unwrap();
+        assert_eq!(c.seg.train.epochs, 2);
+        assert_eq!(c.seg.train.lr, SegConfig::default().train.lr);
+        assert_eq!(c.seg.train.weight_decay, 5e-4);
+        assert_eq!(c.seg.loader.crop, 64);
+        assert_eq!(c.seg.loader.batch_size, SegConfig::default().loader.batch_size);
+        assert_eq!((c.train.lr, c.train.weight_decay), (0.5, TrainConfig::default().weight_decay));
+    }
+
+    #[test]
+    fn synthetic_generator_keys_reach_the_generator() {
+        let c = load_str("[data.synthetic]\nmax_object_scale = 0.7\nmin_mark_fraction = 0.04\nsize = 96\n", &[]).unwrap();
+        let g = &c.data.synthetic.generator;
+        assert_eq!((g.max_object_scale, g.min_mark_fraction, g.size), (0.7, 0.04, 96));
+        assert_eq!(g.context_prob, SyntheticParams::default().context_prob);
+        let err = load_str("", &["data.synthetic.max_object_scale=0.9"]).unwrap_err().to_string();
+        assert!(err.contains("`data.synthetic.max_object_scale`") && err.contains("0.9"), "{err}");
+        let err = load_str("", &["data.synthetic.min_mark_fraction=0.5"]).unwrap_err().to_string();
+        assert!(err.contains("`data.synthetic.min_mark_fraction`"), "{err}");
     }
 
     #[test]

@@ -76,15 +76,18 @@ fn dispatch(command: &Command, world: &World) -> anyhow::Result<Summary> {
             Ok(Summary::ok(serde_json::Value::Null))
         }
         Command::Train { command: TrainCommand::Cam { config, resume } } => stages::train_cam::run(&load(config)?, world, *resume),
+        Command::Train { command: TrainCommand::Seg { config, resume } } => stages::train_seg::run(&load(config)?, world, *resume),
         Command::Cam { args, pseudo_labels: false } => stages::cam::run(&load(&args.config)?, world, args.force),
         Command::Cam { args, pseudo_labels: true } => {
             let (cams, labels) = stages::cam_and_labels::run(&load(&args.config)?, world, args.force)?;
             Ok(Summary { ok: cams.ok && labels.ok, details: serde_json::json!({ "cam": cams.details, "pseudo_label": labels.details }) })
         }
         Command::PseudoLabel(args) => stages::pseudo_label::run(&load(&args.config)?, world, args.force),
+        Command::Seg(args) => stages::seg::run(&load(&args.config)?, world, args.force),
         Command::Export { command: ExportCommand::Png { labels, out } } => stages::export::run_png(labels, out),
         Command::Eval { command: EvalCommand::Cam(args) } => stages::eval::run_cam(&load(args)?, world),
         Command::Eval { command: EvalCommand::Pseudo(args) } => stages::eval::run_pseudo(&load(args)?, world),
+        Command::Eval { command: EvalCommand::Seg(args) } => stages::eval::run_seg(&load(args)?, world),
         Command::Run(args) => stages::run::run(&load(args)?, world),
         Command::Info => stages::info::run(),
     }

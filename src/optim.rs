@@ -25,6 +25,8 @@ pub struct SgdSettings {
 pub struct ParamGroup {
     pub name: String,
     pub lr_mult: f64,
+    /// Whether weight decay applies (DeepLab exempts biases).
+    pub decay: bool,
     /// (parameter name, tensor).
     pub params: Vec<(String, Tensor)>,
 }
@@ -97,7 +99,7 @@ impl Sgd {
                         continue;
                     }
                     let scalar = |v: f64| Tensor::from(v as f32).to_device(param.device());
-                    if weight_decay != 0.0 {
+                    if weight_decay != 0.0 && group.decay {
                         let _ = grad.addcmul_(param, &scalar(weight_decay));
                     }
                     let direction = if momentum == 0.0 {
@@ -184,8 +186,8 @@ mod tests {
         let backbone = param(&[1.0]);
         let head = param(&[1.0]);
         let groups = vec![
-            ParamGroup { name: "backbone".into(), lr_mult: 1.0, params: vec![("b".into(), backbone.shallow_clone())] },
-            ParamGroup { name: "head".into(), lr_mult: 10.0, params: vec![("h".into(), head.shallow_clone())] },
+            ParamGroup { name: "backbone".into(), lr_mult: 1.0, decay: true, params: vec![("b".into(), backbone.shallow_clone())] },
+            ParamGroup { name: "head".into(), lr_mult: 10.0, decay: true, params: vec![("h".into(), head.shallow_clone())] },
         ];
         let mut sgd = Sgd::new(settings(0.9, 0.1), groups);
         let g = Tensor::from_slice(&[0.5f32]);
@@ -204,7 +206,7 @@ mod tests {
     #[test]
     fn without_momentum_it_is_plain_gradient_descent() {
         let p = param(&[2.0, -1.0]);
-        let mut sgd = Sgd::new(settings(0.0, 0.0), vec![ParamGroup { name: "all".into(), lr_mult: 1.0, params: vec![("p".into(), p.shallow_clone())] }]);
+        let mut sgd = Sgd::new(settings(0.0, 0.0), vec![ParamGroup { name: "all".into(), lr_mult: 1.0, decay: true, params: vec![("p".into(), p.shallow_clone())] }]);
         (&p * &p).sum(Kind::Float).backward(); // ∇ = 2p = (4, −2)
         sgd.step();
         assert!(close(&values(&p), &[1.6, -0.8]), "{:?}", values(&p));
@@ -216,7 +218,7 @@ mod tests {
     fn restored_state_continues_identically() {
         let run = |split: Option<u64>| {
             let p = param(&[1.0, 2.0, 3.0]);
-            let group = || vec![ParamGroup { name: "all".into(), lr_mult: 1.0, params: vec![("p".into(), p.shallow_clone())] }];
+            let group = || vec![ParamGroup { name: "all".into(), lr_mult: 1.0, decay: true, params: vec![("p".into(), p.shallow_clone())] }];
             let mut sgd = Sgd::new(settings(0.9, 1e-4), group());
             for t in 0..6u64 {
                 if Some(t) == split {
@@ -232,7 +234,7 @@ mod tests {
         };
         assert_eq!(run(None), run(Some(3)));
         let p = Tensor::zeros([2], (Kind::Float, Device::Cpu));
-        let mut sgd = Sgd::new(settings(0.9, 0.0), vec![ParamGroup { name: "all".into(), lr_mult: 1.0, params: vec![("p".into(), p)] }]);
+        let mut sgd = Sgd::new(settings(0.9, 0.0), vec![ParamGroup { name: "all".into(), lr_mult: 1.0, decay: true, params: vec![("p".into(), p)] }]);
         let bad = BTreeMap::from([("momentum.p".to_string(), Tensor::zeros([3], (Kind::Float, Device::Cpu)))]);
         assert!(sgd.restore(bad, 1).unwrap_err().contains("shape [3]"));
     }

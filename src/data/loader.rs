@@ -23,6 +23,7 @@ use tch::{Device, Kind, Tensor};
 use super::augment::{augment_into, AugmentParams};
 use super::codec::{decode_mask, decode_row_image};
 use super::sampler::{mix_seed, Cursor, Sampler};
+use super::schema::PseudoRow;
 use super::{DataError, Dataset, ImageRow};
 
 /// How batches are made.
@@ -74,6 +75,15 @@ pub struct Loader {
     spec: LoaderSpec,
     crop: usize,
     num_classes: usize,
+    masks: Option<MaskSource>,
+}
+
+/// Masks read from another dataset (pseudo-labels) instead of the image rows' own.
+#[derive(Clone)]
+struct MaskSource {
+    labels: Arc<Dataset<PseudoRow>>,
+    /// Row of `labels` for each image row ([`super::join::join_by_id`]).
+    rows: Arc<Vec<usize>>,
 }
 
 impl Loader {
@@ -87,7 +97,13 @@ impl Loader {
             return Err(DataError::Invalid(format!("sampler covers {} rows, dataset has {}", sampler.len, dataset.len())));
         }
         let num_classes = dataset.manifest().num_classes() as usize;
-        Ok(Loader { dataset, sampler, spec: LoaderSpec { threads: spec.threads.max(1), prefetch: spec.prefetch.max(1), ..spec }, crop, num_classes })
+        Ok(Loader { dataset, sampler, spec: LoaderSpec { threads: spec.threads.max(1), prefetch: spec.prefetch.max(1), ..spec }, crop, num_classes, masks: None })
+    }
+
+    /// Batches carry the masks of `labels` (a pseudo-label dataset of the same images; `rows`
+    /// from [`super::join::join_by_id`]) instead of the image rows' own.
+    pub fn with_pseudo_labels(self, labels: Arc<Dataset<PseudoRow>>, rows: Arc<Vec<usize>>) -> Loader {
+        Loader { spec: LoaderSpec { with_mask: true, ..self.spec }, masks: Some(MaskSource { labels, rows }), ..self }
     }
 
     pub fn sampler(&self) -> &Sampler {
@@ -103,6 +119,7 @@ impl Loader {
             spec: self.spec.clone(),
             crop: self.crop,
             num_classes: self.num_classes,
+            masks: self.masks.clone(),
             cursor,
             indices,
         });
@@ -127,6 +144,7 @@ struct BatchJob {
     spec: LoaderSpec,
     crop: usize,
     num_classes: usize,
+    masks: Option<MaskSource>,
     cursor: Cursor,
     /// The rank's remaining samples of the epoch.
     indices: Vec<usize>,
@@ -147,7 +165,13 @@ impl BatchJob {
         let b = self.spec.batch_size;
         let end = ((k + 1) * b).min(self.indices.len());
         let indices = &self.indices[k * b..end];
-        let rows = self.dataset.read(indices)?;
+        let mut rows = self.dataset.read(indices)?;
+        if let Some(source) = &self.masks {
+            let label_rows: Vec<usize> = indices.iter().map(|&i| source.rows[i]).collect();
+            for (row, label) in rows.iter_mut().zip(source.labels.read(&label_rows)?) {
+                row.mask = Some(label.mask);
+            }
+        }
         let (n, side, plane) = (indices.len() as i64, self.crop as i64, self.crop * self.crop);
         let image_tensor = Tensor::empty([n, 3, side, side], (Kind::Float, Device::Cpu));
         let mask_tensor = Tensor::empty([if self.spec.with_mask { n } else { 0 }, side, side], (Kind::Uint8, Device::Cpu));

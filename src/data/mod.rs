@@ -7,6 +7,7 @@ pub mod coco;
 pub mod coco_mask;
 pub mod dataset;
 pub mod importer;
+pub mod join;
 pub mod loader;
 pub mod sampler;
 pub mod schema;

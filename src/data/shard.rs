@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 use parquet::arrow::arrow_reader::{
     ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder, RowSelection, RowSelector,
 };
-use parquet::arrow::ArrowWriter;
+use arrow::array::AsArray;
+use parquet::arrow::{ArrowWriter, ProjectionMask};
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::metadata::PageIndexPolicy;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
@@ -171,6 +172,20 @@ impl<R: ShardRow> ShardReader<R> {
     /// Every row of the shard, in order.
     pub fn read_all(&self) -> Result<Vec<R>, DataError> {
         self.collect(self.builder()?)
+    }
+
+    /// The `id` column alone, in row order (every row type has one): joins read only it.
+    pub fn read_ids(&self) -> Result<Vec<String>, DataError> {
+        let builder = self.builder()?;
+        let projection = ProjectionMask::columns(builder.parquet_schema(), [super::schema::col::ID]);
+        let reader = builder.with_projection(projection).build().map_err(|source| DataError::Parquet { path: self.path.clone(), source })?;
+        let mut ids = Vec::with_capacity(self.num_rows());
+        for batch in reader {
+            let batch = batch.map_err(|e| DataError::Parquet { path: self.path.clone(), source: e.into() })?;
+            let column = batch.column(0).as_string_opt::<i32>().ok_or_else(|| DataError::ForeignShard { path: self.path.clone(), message: "column `id` is not a string".into() })?;
+            ids.extend(column.iter().map(|id| id.unwrap_or_default().to_string()));
+        }
+        Ok(ids)
     }
 
     /// The rows at the given positions of the shard, returned in the order asked. Only the

@@ -15,6 +15,7 @@
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
 
 use super::codec::{encode_mask, encode_rgb_png};
 use super::importer::{ImportSource, RowOutcome};
@@ -55,7 +56,8 @@ const MARK_BIT: u8 = 0x80;
 
 /// Knobs of the generator. Every field has a documented default and range;
 /// [`SyntheticParams::validate`] checks them.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct SyntheticParams {
     /// Number of object classes C (ids 1..=C). Default 6, range 1..=20.
     pub classes: u16,

@@ -5,6 +5,7 @@ pub mod fsl;
 pub mod isl;
 pub mod multilabel;
 pub mod objective;
+pub mod segmentation;
 
 pub use fsl::{feature_similarity_loss, feature_similarity_loss_windowed, image_at, prediction_vectors};
 pub use isl::{importance_sample, importance_sampling_loss};

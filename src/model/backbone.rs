@@ -56,6 +56,32 @@ impl Backbone {
         }
     }
 
+    /// The backbone of a DeepLab segmenter: a ResNet's stride-1 stages dilate
+    /// ([`ResNet::dilated`]; MobileNetV2's always do), and MobileNetV2 ends at `features.17`
+    /// ([`MobileNetV2::without_last`]).
+    pub fn for_segmentation(vs: &tch::nn::Path, spec: BackboneSpec) -> Backbone {
+        match spec.arch {
+            Arch::Resnet => Backbone::ResNet(ResNet::dilated(vs, spec.depth, spec.strides)),
+            Arch::MobilenetV2 => Backbone::MobileNetV2(MobileNetV2::without_last(vs, spec.strides)),
+        }
+    }
+
+    /// Channels of the stride-4 features of [`Backbone::run_levels`].
+    pub fn low_level_channels(&self) -> i64 {
+        match self {
+            Backbone::ResNet(net) => net.low_level_channels(),
+            Backbone::MobileNetV2(net) => net.low_level_channels(),
+        }
+    }
+
+    /// The stride-4 features (ResNet layer1, MobileNetV2 `features.3`) and the last feature map.
+    pub fn run_levels(&self, xs: &Tensor, mode: Mode) -> (Tensor, Tensor) {
+        match self {
+            Backbone::ResNet(net) => net.run_levels(xs, mode),
+            Backbone::MobileNetV2(net) => net.run_levels(xs, mode),
+        }
+    }
+
     /// Channels of the feature map.
     pub fn out_channels(&self) -> i64 {
         match self {

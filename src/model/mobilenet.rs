@@ -96,14 +96,29 @@ impl InvertedResidual {
 pub struct MobileNetV2 {
     stem: ConvBn,
     blocks: Vec<InvertedResidual>,
-    last: ConvBn,
+    /// `features.18`, the 1×1 conv to 1280 channels (absent in DeepLab's MobileNetV2).
+    last: Option<ConvBn>,
     output_stride: i64,
 }
+
+/// Blocks up to the end of the stride-4 stage (`features.1`–`features.3`): DeepLab v3+'s
+/// low-level features are their output.
+const LOW_LEVEL_BLOCKS: usize = 3;
 
 impl MobileNetV2 {
     /// Builds the network under `vs` (the root for torchvision's names). `strides` must be one
     /// of [`VALID_STRIDES`] (the config checks it).
     pub fn new(vs: &nn::Path, strides: Strides, with_amm: bool) -> MobileNetV2 {
+        MobileNetV2::build(vs, strides, with_amm, true)
+    }
+
+    /// The network without `features.18`, as DeepLab v3+ uses it: the 320 channels of
+    /// `features.17` are its last features.
+    pub fn without_last(vs: &nn::Path, strides: Strides) -> MobileNetV2 {
+        MobileNetV2::build(vs, strides, false, false)
+    }
+
+    fn build(vs: &nn::Path, strides: Strides, with_amm: bool, with_last: bool) -> MobileNetV2 {
         assert!(VALID_STRIDES.contains(&strides), "MobileNetV2 strides {strides:?}");
         let features = vs / "features";
         let stem = ConvBn::new(&(&features / "0"), "0", "1", ConvSpec::plain(3, STEM_CHANNELS, 3, 2), false, true);
@@ -128,12 +143,17 @@ impl MobileNetV2 {
                 output_stride *= stride;
             }
         }
-        let last = ConvBn::new(&(&features / index), "0", "1", ConvSpec::plain(c_in, LAST_CHANNELS, 1, 1), true, true);
+        let last = with_last.then(|| ConvBn::new(&(&features / index), "0", "1", ConvSpec::plain(c_in, LAST_CHANNELS, 1, 1), true, true));
         MobileNetV2 { stem, blocks, last, output_stride }
     }
 
     pub fn out_channels(&self) -> i64 {
-        LAST_CHANNELS
+        if self.last.is_some() { LAST_CHANNELS } else { SETTINGS[SETTINGS.len() - 1].1 }
+    }
+
+    /// Channels of `features.3`, the stride-4 features of DeepLab v3+'s decoder.
+    pub fn low_level_channels(&self) -> i64 {
+        SETTINGS[1].1
     }
 
     pub fn output_stride(&self) -> i64 {
@@ -142,8 +162,19 @@ impl MobileNetV2 {
 
     /// [N, 3, H, W] normalised images → [N, 1280, ⌈H/os⌉, ⌈W/os⌉] features.
     pub fn run(&self, xs: &Tensor, mode: Mode) -> Tensor {
-        let h = self.blocks.iter().fold(self.stem.run(xs, mode), |h, block| block.run(&h, mode));
-        self.last.run(&h, mode)
+        self.run_levels(xs, mode).1
+    }
+
+    /// `features.3`'s output (stride 4) and the last features.
+    pub fn run_levels(&self, xs: &Tensor, mode: Mode) -> (Tensor, Tensor) {
+        let (early, late) = self.blocks.split_at(LOW_LEVEL_BLOCKS);
+        let low = early.iter().fold(self.stem.run(xs, mode), |h, block| block.run(&h, mode));
+        let h = late.iter().fold(low.shallow_clone(), |h, block| block.run(&h, mode));
+        let high = match &self.last {
+            Some(last) => last.run(&h, mode),
+            None => h,
+        };
+        (low, high)
     }
 }
 

@@ -4,6 +4,7 @@ pub mod amm;
 pub mod amr;
 pub mod backbone;
 pub mod cam;
+pub mod deeplab;
 pub mod layers;
 pub mod mobilenet;
 pub mod resnet;
@@ -82,7 +83,7 @@ impl Model {
                 .partition(|(name, _)| name[prefix.len()..].starts_with(&head));
             for (part, lr_mult, params) in [("backbone", backbone_lr_mult(branch), backbone), ("head", head_lr_mult, head)] {
                 if !params.is_empty() {
-                    groups.push(ParamGroup { name: format!("{prefix}{part}"), lr_mult, params });
+                    groups.push(ParamGroup { name: format!("{prefix}{part}"), lr_mult, decay: true, params });
                 }
             }
         }

@@ -37,6 +37,15 @@ impl Depth {
 /// IRNet's default (2, 2, 2, 1) gives output stride 16.
 pub type Strides = [i64; 4];
 
+/// What a ResNet carries besides torchvision's layers.
+#[derive(Debug, Clone, Copy, Default)]
+struct Extras {
+    /// An AMM on every block's residual branch.
+    amm: bool,
+    /// Stride-1 stages dilate (DeepLab).
+    dilate: bool,
+}
+
 /// One residual block: basic (two 3×3) or bottleneck (1×1, 3×3 with the stride, 1×1 ×4),
 /// optionally with an AMM on its residual branch (AMR's compensation branch).
 #[derive(Debug)]
@@ -47,17 +56,18 @@ struct Block {
 }
 
 impl Block {
-    fn new(vs: &nn::Path, c_in: i64, width: i64, stride: i64, bottleneck: bool, with_amm: bool) -> (Block, i64) {
-        let specs: Vec<(i64, i64, i64, i64)> = if bottleneck {
-            vec![(c_in, width, 1, 1), (width, width, 3, stride), (width, 4 * width, 1, 1)]
+    /// `dilation` applies to the 3×3 convolutions (DeepLab's dilated stages).
+    fn new(vs: &nn::Path, c_in: i64, width: i64, stride: i64, dilation: i64, bottleneck: bool, with_amm: bool) -> (Block, i64) {
+        let specs: Vec<ConvSpec> = if bottleneck {
+            vec![ConvSpec::plain(c_in, width, 1, 1), ConvSpec { dilation, ..ConvSpec::plain(width, width, 3, stride) }, ConvSpec::plain(width, 4 * width, 1, 1)]
         } else {
-            vec![(c_in, width, 3, stride), (width, width, 3, 1)]
+            vec![ConvSpec { dilation, ..ConvSpec::plain(c_in, width, 3, stride) }, ConvSpec { dilation, ..ConvSpec::plain(width, width, 3, 1) }]
         };
-        let c_out = specs.last().expect("two or three convs").1;
+        let c_out = specs.last().expect("two or three convs").c_out;
         let convs = specs
             .iter()
             .enumerate()
-            .map(|(i, &(ci, co, k, s))| (conv(vs, &format!("conv{}", i + 1), ConvSpec::plain(ci, co, k, s), true), BatchNorm::new(&(vs / format!("bn{}", i + 1)), co, false)))
+            .map(|(i, &spec)| (conv(vs, &format!("conv{}", i + 1), spec, true), BatchNorm::new(&(vs / format!("bn{}", i + 1)), spec.c_out, false)))
             .collect();
         let downsample = (stride != 1 || c_in != c_out).then(|| {
             let path = vs / "downsample";
@@ -96,40 +106,62 @@ pub struct ResNet {
     bn1: BatchNorm,
     layers: Vec<Vec<Block>>,
     out_channels: i64,
+    low_level_channels: i64,
     output_stride: i64,
 }
 
 impl ResNet {
     /// Builds the network under `vs` (pass the root for torchvision's names).
     pub fn new(vs: &nn::Path, depth: Depth, strides: Strides) -> ResNet {
-        ResNet::build(vs, depth, strides, false)
+        ResNet::build(vs, depth, strides, Extras::default())
     }
 
     /// The same network with an AMM in every block (`layerL.B.amm.*`, docs/methods.md): AMR's
     /// compensation backbone. torchvision weights fit it with the `amm.` keys left new.
     pub fn with_amm(vs: &nn::Path, depth: Depth, strides: Strides) -> ResNet {
-        ResNet::build(vs, depth, strides, true)
+        ResNet::build(vs, depth, strides, Extras { amm: true, dilate: false })
     }
 
-    fn build(vs: &nn::Path, depth: Depth, strides: Strides, with_amm: bool) -> ResNet {
+    /// The network DeepLab uses: a stage of layer2–4 whose stride is 1 dilates instead, as
+    /// torchvision's `replace_stride_with_dilation` (its first block keeps the dilation so far,
+    /// the following blocks and later stages use twice that): strides (2, 2, 1, 1) give
+    /// output stride 8 with layer3 at dilation 2 and layer4 at 4.
+    pub fn dilated(vs: &nn::Path, depth: Depth, strides: Strides) -> ResNet {
+        ResNet::build(vs, depth, strides, Extras { amm: false, dilate: true })
+    }
+
+    fn build(vs: &nn::Path, depth: Depth, strides: Strides, extras: Extras) -> ResNet {
         let (blocks, bottleneck) = depth.layout();
         let conv1 = conv(vs, "conv1", ConvSpec::plain(3, 64, 7, strides[0]), false);
         let bn1 = BatchNorm::new(&(vs / "bn1"), 64, false);
         let stage_strides = [1, strides[1], strides[2], strides[3]];
-        let mut c_in = 64;
+        let (mut c_in, mut dilation, mut low_level_channels) = (64, 1, 64);
         let mut layers = Vec::new();
         for (stage, (&n, &stride)) in blocks.iter().zip(&stage_strides).enumerate() {
             let width = 64 << stage;
             let path = vs / format!("layer{}", stage + 1);
+            let previous = dilation;
+            if extras.dilate && stage > 0 && stride == 1 {
+                dilation *= 2;
+            }
             let mut layer = Vec::new();
             for b in 0..n {
-                let (block, c_out) = Block::new(&(&path / b), c_in, width, if b == 0 { stride } else { 1 }, bottleneck, with_amm);
+                let (block_stride, block_dilation) = if b == 0 { (stride, previous) } else { (1, dilation) };
+                let (block, c_out) = Block::new(&(&path / b), c_in, width, block_stride, block_dilation, bottleneck, extras.amm);
                 layer.push(block);
                 c_in = c_out;
             }
             layers.push(layer);
+            if stage == 0 {
+                low_level_channels = c_in;
+            }
         }
-        ResNet { conv1, bn1, layers, out_channels: c_in, output_stride: strides.iter().product::<i64>() * 2 }
+        ResNet { conv1, bn1, layers, out_channels: c_in, low_level_channels, output_stride: strides.iter().product::<i64>() * 2 }
+    }
+
+    /// Channels of layer1's output, the stride-4 features of DeepLab v3+'s decoder.
+    pub fn low_level_channels(&self) -> i64 {
+        self.low_level_channels
     }
 
     /// Channels of the feature map (512 or 2048).
@@ -144,8 +176,15 @@ impl ResNet {
 
     /// [N, 3, H, W] normalised images → [N, D, ⌈H/os⌉, ⌈W/os⌉] features (os = output_stride).
     pub fn run(&self, xs: &Tensor, mode: Mode) -> Tensor {
+        self.run_levels(xs, mode).1
+    }
+
+    /// layer1's output (stride 4) and the last feature map.
+    pub fn run_levels(&self, xs: &Tensor, mode: Mode) -> (Tensor, Tensor) {
         let stem = self.bn1.run(&self.conv1.forward(xs), mode).relu().max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false);
-        self.layers.iter().flatten().fold(stem, |h, block| block.run(&h, mode))
+        let low = self.layers[0].iter().fold(stem, |h, block| block.run(&h, mode));
+        let high = self.layers[1..].iter().flatten().fold(low.shallow_clone(), |h, block| block.run(&h, mode));
+        (low, high)
     }
 }
 
@@ -217,6 +256,24 @@ mod tests {
         let net = ResNet::new(&vs.root(), Depth::Resnet18, [2, 2, 2, 2]);
         assert_eq!(net.output_stride(), 32);
         assert_eq!(net.forward(&Tensor::zeros([1, 3, 64, 64], (Kind::Float, Device::Cpu))).size(), [1, 512, 2, 2]);
+    }
+
+    /// torchvision's `replace_stride_with_dilation=[False, True, True]`: layer3 and layer4 keep
+    /// stride 1, each stage's first block at the dilation so far, the rest at the doubled one;
+    /// layer1 gives the stride-4 features.
+    #[test]
+    fn dilated_stages_follow_torchvision() {
+        let vs = VarStore::new(Device::Cpu);
+        let net = ResNet::dilated(&vs.root(), Depth::Resnet50, [2, 2, 1, 1]);
+        let dilation = |layer: usize, block: usize| (net.layers[layer][block].convs[1].0.stride(), net.layers[layer][block].convs[1].0.dilation());
+        assert_eq!([dilation(1, 0), dilation(2, 0), dilation(2, 1), dilation(3, 0), dilation(3, 2)], [(2, 1), (1, 1), (1, 2), (1, 2), (1, 4)]);
+        assert_eq!((net.output_stride(), net.low_level_channels()), (8, 256));
+        let (low, high) = tch::no_grad(|| net.run_levels(&Tensor::zeros([1, 3, 64, 64], (Kind::Float, Device::Cpu)), Mode::Eval));
+        assert_eq!((low.size(), high.size()), (vec![1, 256, 16, 16], vec![1, 2048, 8, 8]));
+        // Not dilated (IRNet's CAM backbone): a stride-1 layer4 keeps dilation 1.
+        let vs = VarStore::new(Device::Cpu);
+        let net = ResNet::new(&vs.root(), Depth::Resnet18, [2, 2, 2, 1]);
+        assert_eq!(net.layers[3][1].convs[1].0.dilation(), 1);
     }
 
     /// After calibration on a batch, every BN of that batch's forward pass outputs zero mean

@@ -72,6 +72,15 @@ pub const TORCHVISION_BACKBONE: ImportRules<'static> = ImportRules {
     ignored_suffixes: &["num_batches_tracked"],
 };
 
+/// torchvision ImageNet weights into a segmenter's backbone (imported under `backbone.`): the
+/// ImageNet classifier and MobileNetV2's `features.18` (DeepLab ends at `features.17`) are
+/// ignored; every backbone tensor must be in the file.
+pub const TORCHVISION_SEG_BACKBONE: ImportRules<'static> = ImportRules {
+    new_layers: &[],
+    ignored_prefixes: &["fc.", "classifier.1.", "features.18."],
+    ignored_suffixes: &["num_batches_tracked"],
+};
+
 /// What an import did.
 #[derive(Debug, Default)]
 pub struct ImportReport {

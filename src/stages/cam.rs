@@ -11,14 +11,12 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::time::Instant;
 
 use anyhow::Context;
 use serde_json::json;
 use tch::{Device, Kind, Tensor};
-use tracing::warn;
 
-use super::map_phase::{execute, fingerprint, MapJob, TaskOutput};
+use super::map_phase::{execute, fingerprint, for_each_image, MapJob, TaskOutput};
 use super::Summary;
 use crate::checkpoint::model_in;
 use crate::config::Config;
@@ -85,32 +83,8 @@ impl<'a> CamInference<'a> {
     /// The CAMs of task `task`'s images, in order, each handed to `each(where, image, cam)`
     /// (`where`: file and row group, for messages) and counted to `images_done`. Returns the
     /// skipped images and the seconds by phase.
-    pub fn task(&self, task: usize, images_done: &dyn Fn(u64), mut each: impl FnMut(&str, ImageRow, CamRow)) -> anyhow::Result<(Vec<String>, BTreeMap<String, f64>)> {
-        let reader = self.input.shard(task)?;
-        let file = &self.input.manifest().shards[task].file;
-        let mut skipped = Vec::new();
-        let (mut read_seconds, mut inference_seconds) = (0.0, 0.0);
-        for group in 0..reader.num_row_groups() {
-            let read = Instant::now();
-            let images = reader.read_row_group(group)?;
-            read_seconds += read.elapsed().as_secs_f64();
-            let place = format!("{file} row group {group}");
-            for (i, image) in images.into_iter().enumerate() {
-                let inference = Instant::now();
-                let row = cam_row(&self.model, &image, &self.normalise, self.config);
-                inference_seconds += inference.elapsed().as_secs_f64();
-                match row {
-                    Ok(row) => each(&place, image, row),
-                    Err(reason) => {
-                        let what = format!("{place} item {i} id {}: {reason}", image.id);
-                        warn!("skipped {what}");
-                        skipped.push(what);
-                    }
-                }
-                images_done(1);
-            }
-        }
-        Ok((skipped, BTreeMap::from([("read".to_string(), read_seconds), ("inference".to_string(), inference_seconds)])))
+    pub fn task(&self, task: usize, images_done: &dyn Fn(u64), each: impl FnMut(&str, ImageRow, CamRow)) -> anyhow::Result<(Vec<String>, BTreeMap<String, f64>)> {
+        for_each_image(&self.input, task, images_done, |image| cam_row(&self.model, image, &self.normalise, self.config), each)
     }
 }
 
@@ -125,19 +99,19 @@ fn checkpoint_path(config: &Config) -> anyhow::Result<PathBuf> {
 }
 
 /// The loader's normalisation, `(x/255 − mean)/std`, as tensors on the device.
-struct Normalise {
+pub(super) struct Normalise {
     mean: Tensor,
     std: Tensor,
 }
 
 impl Normalise {
-    fn new(mean: [f32; 3], std: [f32; 3], device: Device) -> Normalise {
+    pub fn new(mean: [f32; 3], std: [f32; 3], device: Device) -> Normalise {
         let column = |v: [f32; 3]| Tensor::from_slice(&v).view([3, 1, 1]).to_device(device);
         Normalise { mean: column(mean), std: column(std) }
     }
 
     /// HWC RGB bytes → normalised [3, H, W] f32.
-    fn apply(&self, pixels: &[u8], width: u32, height: u32) -> Tensor {
+    pub fn apply(&self, pixels: &[u8], width: u32, height: u32) -> Tensor {
         let image = Tensor::from_slice(pixels).view([height as i64, width as i64, 3]).permute([2, 0, 1]);
         (image.to_device(self.mean.device()).to_kind(Kind::Float) / 255.0 - &self.mean) / &self.std
     }

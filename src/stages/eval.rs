@@ -8,7 +8,7 @@
 //! are summed, so the figures equal a single process's exactly.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, ensure, Context};
 use serde_json::json;
@@ -16,7 +16,7 @@ use tch::{Device, Tensor};
 use tracing::{info, warn};
 
 use super::{progress_bar, Summary};
-use crate::config::Config;
+use crate::config::{Config, SegConfig, SegInferConfig, Split};
 use crate::data::codec::decode_mask;
 use crate::data::{CamRow, Dataset, PseudoRow, ShardRow};
 use crate::dist::comm::all_gather_text;
@@ -33,7 +33,7 @@ pub fn run_cam(config: &Config, world: &World) -> anyhow::Result<Summary> {
     thresholds.push(config.eval.tau);
     thresholds.sort_by(f32::total_cmp);
     thresholds.dedup();
-    let (gt, cams) = open_with_gt::<CamRow>(config, &config.cam_dir(), "CAMs", "cam")?;
+    let (gt, cams) = open_with_gt::<CamRow>(config, config.cam.split, &config.cam_dir(), "CAMs", "cam")?;
     let mut sweep = CamSweep::new(gt.manifest().classes.len(), &thresholds);
     let missing = walk_with_gt(world, comm.as_ref(), &gt, &cams, "eval cam", |what, (w, h), gt_pixels, cam| {
         cam.check(what)?;
@@ -57,12 +57,12 @@ pub fn run_cam(config: &Config, world: &World) -> anyhow::Result<Summary> {
     Ok(Summary::ok(details))
 }
 
-/// The ground truth of `cam.split` and the dataset at `dir` whose shard k holds the rows of
+/// The ground truth of `split` and the dataset at `dir` whose shard k holds the rows of
 /// image shard k, checked to fit together. `what` names the rows in errors, `stage` the stage
 /// that writes them.
-fn open_with_gt<R: ShardRow>(config: &Config, dir: &Path, what: &str, stage: &str) -> anyhow::Result<(Dataset, Dataset<R>)> {
-    let gt_dir = config.dataset(config.cam.split);
-    let gt: Dataset = Dataset::open(gt_dir).with_context(|| format!("the ground truth of cam.split ({})", gt_dir.display()))?;
+fn open_with_gt<R: ShardRow>(config: &Config, split: Split, dir: &Path, what: &str, stage: &str) -> anyhow::Result<(Dataset, Dataset<R>)> {
+    let gt_dir = config.dataset(split);
+    let gt: Dataset = Dataset::open(gt_dir).with_context(|| format!("the ground truth of the {split:?} split ({})", gt_dir.display()))?;
     let rows: Dataset<R> = Dataset::open_as(dir).with_context(|| format!("the {what} ({}; run `wsss-dist {stage}` first)", dir.display()))?;
     ensure!(rows.manifest().classes == gt.manifest().classes, "{} and {} have different class lists", dir.display(), gt_dir.display());
     ensure!(rows.num_shards() == gt.num_shards(), "{} has {} shards but {} has {}: shard k holds the {what} of image shard k", dir.display(), rows.num_shards(), gt_dir.display(), gt.num_shards());
@@ -149,15 +149,50 @@ fn sum_over_ranks(comm: &dyn Communicator, counts: &mut [u64]) -> anyhow::Result
 /// where the ground truth is not 255; per-class IoU, mIoU, and the share of pixels labelled.
 /// Written to `<run dir>/eval/pseudo.{json,md}` and printed.
 pub fn run_pseudo(config: &Config, world: &World) -> anyhow::Result<Summary> {
+    let maps = LabelMaps { split: config.cam.split, dir: config.pseudo_dir(), name: "pseudo", what: "pseudo-labels", stage: "pseudo-label" };
+    evaluate_label_maps(config, world, &maps)
+}
+
+/// `wsss-dist eval seg --config F`: the segmenter's predictions of `seg.infer.split` (those
+/// made without and with the CRF, whichever exist) against the ground truth, as `eval pseudo`
+/// scores pseudo-labels. Written to `<run dir>/eval/seg.{json,md}` and `seg_crf.*`.
+pub fn run_seg(config: &Config, world: &World) -> anyhow::Result<Summary> {
+    let mut details = json!({});
+    for crf in [false, true] {
+        let variant = Config { seg: SegConfig { infer: SegInferConfig { crf, ..config.seg.infer.clone() }, ..config.seg.clone() }, ..config.clone() };
+        let dir = variant.seg_pred_dir();
+        if !dir.join(crate::data::schema::MANIFEST_FILE).exists() {
+            continue;
+        }
+        let name = if crf { "seg_crf" } else { "seg" };
+        let maps = LabelMaps { split: config.seg.infer.split, dir, name, what: "segmenter predictions", stage: "seg" };
+        details[name] = evaluate_label_maps(config, world, &maps)?.details;
+    }
+    ensure!(details.as_object().is_some_and(|d| !d.is_empty()), "no predictions in {} (run `wsss-dist seg` first)", config.seg_pred_dir().display());
+    Ok(Summary::ok(details))
+}
+
+/// A dataset of label maps (pseudo-labels or predictions) to score: `name` names the report
+/// files, `what` the maps in messages, `stage` the stage that writes them.
+struct LabelMaps {
+    split: Split,
+    dir: PathBuf,
+    name: &'static str,
+    what: &'static str,
+    stage: &'static str,
+}
+
+/// One confusion matrix over the split of the pixels the maps label (not 255) where the
+/// ground truth is not 255; per-class IoU, mIoU, pixel accuracy and the share labelled.
+fn evaluate_label_maps(config: &Config, world: &World, maps: &LabelMaps) -> anyhow::Result<Summary> {
     let comm = dist::connect(world, Backend::Mpi, Device::Cpu)?;
-    let pseudo_dir = config.pseudo_dir();
-    let (gt, pseudo) = open_with_gt::<PseudoRow>(config, &pseudo_dir, "pseudo-labels", "pseudo-label")?;
+    let (gt, rows) = open_with_gt::<PseudoRow>(config, maps.split, &maps.dir, maps.what, maps.stage)?;
     let mut matrix = ConfusionMatrix::new(gt.manifest().classes.len());
     // [labelled pixels, all pixels]
     let mut coverage = [0u64; 2];
-    let missing = walk_with_gt(world, comm.as_ref(), &gt, &pseudo, "eval pseudo", |what, (w, h), gt_pixels, row| {
-        let (pw, ph, labels) = decode_mask(&row.mask).map_err(|e| anyhow::anyhow!("{what}: its pseudo-label: {e}"))?;
-        ensure!((pw, ph) == (w, h), "{what}: the pseudo-label is {pw}x{ph}, the mask is {w}x{h}");
+    let missing = walk_with_gt(world, comm.as_ref(), &gt, &rows, &format!("eval {}", maps.name), |what, (w, h), gt_pixels, row| {
+        let (pw, ph, labels) = decode_mask(&row.mask).map_err(|e| anyhow::anyhow!("{what}: its label map: {e}"))?;
+        ensure!((pw, ph) == (w, h), "{what}: the label map is {pw}x{ph}, the mask is {w}x{h}");
         let (g, p): (Vec<u8>, Vec<u8>) = gt_pixels.iter().zip(&labels).filter(|(_, &p)| p != UNCERTAIN).map(|(&g, &p)| (g, p)).unzip();
         matrix.add(&g, &p).with_context(|| what.to_string())?;
         coverage[0] += p.len() as u64;
@@ -170,14 +205,14 @@ pub fn run_pseudo(config: &Config, world: &World) -> anyhow::Result<Summary> {
         return Ok(Summary::ok(json!({ "rank": world.rank, "evaluated_shards_of": gt.num_shards() })));
     }
     if !missing.is_empty() {
-        warn!("{} image(s) have no pseudo-label (skipped by `pseudo-label`) and are left out: {}", missing.len(), missing.join(", "));
+        warn!("{} image(s) have no {} (skipped by `{}`) and are left out: {}", missing.len(), maps.what, maps.stage, missing.join(", "));
     }
     let labelled = coverage[0] as f64 / coverage[1].max(1) as f64;
     let report = PseudoReport { classes: gt.manifest().classes.clone(), miou: matrix.miou(), iou: matrix.iou(), pixel_accuracy: matrix.pixel_accuracy(), labelled };
     let markdown = pseudo_markdown(&report);
-    println!("Pseudo-label evaluation of {} ({} images, {} without a pseudo-label)\n\n{markdown}", pseudo_dir.display(), gt.len() - missing.len(), missing.len());
-    let details = json!({ "images": gt.len() - missing.len(), "missing": missing, "method": pseudo.manifest().source, "report": report });
-    let out = write_report(config, "pseudo", &details, &markdown)?;
-    info!("pseudo-labels: mIoU {:.1} on the {:.1}% of pixels labelled; written to {}", 100.0 * report.miou, 100.0 * labelled, out.display());
+    println!("Evaluation of the {} in {} ({} images, {} without one)\n\n{markdown}", maps.what, maps.dir.display(), gt.len() - missing.len(), missing.len());
+    let details = json!({ "images": gt.len() - missing.len(), "missing": missing, "method": rows.manifest().source, "report": report });
+    let out = write_report(config, maps.name, &details, &markdown)?;
+    info!("{}: mIoU {:.1} on the {:.1}% of pixels labelled; written to {}", maps.what, 100.0 * report.miou, 100.0 * labelled, out.display());
     Ok(Summary::ok(details))
 }

@@ -18,7 +18,7 @@ use tracing::{info, warn};
 use super::progress_bar;
 use crate::data::schema::{Manifest, ShardInfo, FORMAT_VERSION};
 use crate::data::shard::{write_shard, ShardLayout, ShardReader};
-use crate::data::{DatasetKind, ShardRow};
+use crate::data::{Dataset, DatasetKind, ImageRow, ShardRow};
 use crate::dist::comm::all_gather_text;
 use crate::dist::map::{schedule, MapError, MapOutput, MapPlan, Progress, TaskRecord};
 use crate::dist::{self, Backend, World};
@@ -239,6 +239,44 @@ fn summary(job: &MapJob, all: &[TaskRecord], computed: usize, this_run: &[TaskRe
         "seconds_by_phase": phases,
         "ranks": ranks,
     })
+}
+
+/// Runs `infer` on every image of input shard `task` in order, row group by row group, and
+/// hands each result to `each(where, image, result)` (`where`: file and row group, for
+/// messages); an error is the reason to skip that image, warned about and returned. Counts
+/// every image to `images_done`. Returns the skipped images and the seconds by phase.
+pub fn for_each_image<R>(
+    input: &Dataset,
+    task: usize,
+    images_done: &dyn Fn(u64),
+    mut infer: impl FnMut(&ImageRow) -> Result<R, String>,
+    mut each: impl FnMut(&str, ImageRow, R),
+) -> anyhow::Result<(Vec<String>, BTreeMap<String, f64>)> {
+    let reader = input.shard(task)?;
+    let file = &input.manifest().shards[task].file;
+    let mut skipped = Vec::new();
+    let (mut read_seconds, mut inference_seconds) = (0.0, 0.0);
+    for group in 0..reader.num_row_groups() {
+        let read = Instant::now();
+        let images = reader.read_row_group(group)?;
+        read_seconds += read.elapsed().as_secs_f64();
+        let place = format!("{file} row group {group}");
+        for (i, image) in images.into_iter().enumerate() {
+            let inference = Instant::now();
+            let result = infer(&image);
+            inference_seconds += inference.elapsed().as_secs_f64();
+            match result {
+                Ok(result) => each(&place, image, result),
+                Err(reason) => {
+                    let what = format!("{place} item {i} id {}: {reason}", image.id);
+                    warn!("skipped {what}");
+                    skipped.push(what);
+                }
+            }
+            images_done(1);
+        }
+    }
+    Ok((skipped, BTreeMap::from([("read".to_string(), read_seconds), ("inference".to_string(), inference_seconds)])))
 }
 
 /// SHA-256 over the input manifests' shard checksums and the settings.

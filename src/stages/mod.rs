@@ -11,7 +11,10 @@ pub mod inspect;
 pub mod map_phase;
 pub mod pseudo_label;
 pub mod run;
+pub mod seg;
 pub mod train_cam;
+pub mod train_seg;
+pub mod trainer;
 pub mod verify;
 
 use indicatif::{ProgressBar, ProgressStyle};

@@ -14,7 +14,7 @@ use tracing::info;
 use super::{cam, cam_and_labels, eval, import::import_source, pseudo_label, train_cam, Summary};
 use crate::config::{Config, DataSource};
 use crate::data::importer::ImportOptions;
-use crate::data::synthetic::{SyntheticParams, SyntheticSource};
+use crate::data::synthetic::SyntheticSource;
 use crate::data::{atomic_write, Dataset};
 use crate::dist::World;
 
@@ -63,7 +63,7 @@ fn ensure_dataset(config: &Config, dir: &Path, split: &str, key: &str, stream: u
     }
     let s = &config.data.synthetic;
     let images = if split == "train" { s.train_images } else { s.val_images };
-    let params = SyntheticParams { classes: s.classes, size: s.size, ..SyntheticParams::default() };
+    let params = s.generator.clone();
     let seed = crate::data::sampler::mix_seed(&[config.run.seed, stream]);
     let source = SyntheticSource::new(params, seed, images, split)?;
     let options = ImportOptions { shard_rows: s.shard_rows, ..ImportOptions::default() };

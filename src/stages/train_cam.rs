@@ -1,366 +1,75 @@
 //! `wsss-dist train cam --config F [--resume]`: trains the classifier of `[method]` (the CAM
-//! network of METHODS.md §1 or AMR's two branches of §2, with HFPL's ISL/FSL add-ons of §3: see
-//! `loss::objective`) on `data.train` and writes the run directory: the resolved `config.toml`, `metrics.jsonl` (one
-//! object per logged step), `checkpoints/` (model + optimiser safetensors and a JSON sidecar)
-//! every `train.checkpoint_every` steps and at the end, and `summary.json`.
-//!
-//! Data-parallel under `mpirun`/`srun` (DDP's recipe): every rank holds the whole model, rank
-//! 0's parameters and buffers are broadcast at the start, each rank trains on its part of every
-//! epoch (the sampler's stride), and a step is: for each of `train.accumulate` micro-batches
-//! wait for the loader, forward, loss, backward (gradients accumulate in the buckets); then
-//! agree on the step's sample count and loss over the ranks, all-reduce the gradient buckets,
-//! divide by the count, update. Rank 0 alone logs, shows progress and writes checkpoints.
-//! Resuming restores the model, the optimiser and the sampler cursor, and the loader's
-//! augmentations are a function of (seed, epoch, sample), so a resumed run continues exactly
-//! where an uninterrupted one would be.
+//! network or AMR's two branches, with HFPL's ISL/FSL add-ons: see `loss::objective` and
+//! docs/methods.md) on `data.train`, as a task of the shared trainer (`stages::trainer`), into
+//! the run directory.
 
-use std::collections::BTreeMap;
-use std::io::Write;
-use std::path::Path;
 use std::sync::Arc;
-use std::time::Instant;
 
-use anyhow::{bail, ensure, Context};
-use rand::SeedableRng;
+use anyhow::{ensure, Context};
 use rand_chacha::ChaCha8Rng;
-use serde::Serialize;
-use serde_json::json;
+use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
 use tracing::{info, warn};
 
-use super::{progress_bar, Summary};
-use crate::checkpoint::{model_in, CheckpointMeta, Checkpoints, RngState};
-use crate::config::{Config, OnNonFinite};
-use crate::data::loader::{Batch, Loader, LoaderSpec};
-use crate::data::sampler::{mix_seed, Cursor, Sampler};
-use crate::data::{atomic_write, Dataset};
-use crate::dist::comm::sum_values;
-use crate::dist::{self, Communicator, GradientBuckets, World};
+use super::trainer::{self, Stage, Task, TaskContext, TrainData};
+use super::Summary;
+use crate::checkpoint::model_in;
+use crate::config::Config;
+use crate::data::loader::Batch;
+use crate::data::Dataset;
+use crate::dist::World;
 use crate::loss::Objective;
 use crate::model::amr::{COMPENSATION, SPOTLIGHT};
 use crate::model::cam::CamNet;
 use crate::model::{weights, Base, Model, Network};
-use crate::optim::{Sgd, SgdSettings};
-
-/// One line of `metrics.jsonl`.
-#[derive(Debug, Serialize)]
-struct StepMetrics {
-    step: u64,
-    epoch: u64,
-    loss: f64,
-    lr: f64,
-    images: f64,
-    images_per_s: f64,
-    data_wait_s: f64,
-    compute_s: f64,
-}
+use crate::optim::ParamGroup;
 
 pub fn run(config: &Config, world: &World, resume: bool) -> anyhow::Result<Summary> {
-    let device = super::compute_device(config, world)?;
-    ensure!(!config.train.bf16 || device.is_cuda() || config.run.device == "cpu", "config key `train.bf16`: bf16 autocast needs a CUDA device (set run.device = \"cpu\" to force it on the CPU)");
-    let comm = dist::connect(world, config.dist.backend, device)?;
     let dataset = Arc::new(Dataset::open(&config.data.train).with_context(|| format!("config key `data.train` ({})", config.data.train.display()))?);
-    let num_classes = dataset.manifest().num_classes() as i64;
-    let sampler = Sampler {
-        len: dataset.len(),
-        seed: config.run.seed,
-        rank: world.rank,
-        world: world.size,
-        shuffle: config.loader.shuffle,
-        uneven: config.loader.uneven,
-    };
-    let schedule = Schedule::new(config, &sampler);
-    ensure!(schedule.steps_per_epoch > 0, "{}: no training images for rank {} of {}", config.data.train.display(), world.rank, world.size);
-    let loader = Loader::new(dataset.clone(), sampler.clone(), config.loader.spec(config.run.seed))?;
-
-    tch::manual_seed(config.run.seed as i64);
-    let model = Model::new(config.method.base, config.model.backbone(), num_classes, device);
-    let amr = &config.method.amr;
-    if config.method.base == Base::Amr && amr.freeze_spotlight {
-        model.freeze(&format!("{SPOTLIGHT}."));
-    }
-    let settings = SgdSettings {
-        lr: config.train.lr,
-        momentum: config.train.momentum,
-        weight_decay: config.train.weight_decay,
-        poly_power: config.train.poly_power,
-        total_steps: schedule.total_steps,
-    };
-    let backbone_lr_mult = |branch: &str| if branch == COMPENSATION { amr.compensation_lr_mult } else { 1.0 };
-    let mut sgd = Sgd::new(settings, model.param_groups(config.train.head_lr_mult, backbone_lr_mult));
-
-    let run_dir = config.run_dir();
-    let checkpoints = Checkpoints::new(run_dir.join("checkpoints"));
-    let mut cursor = Cursor::default();
-    match (resume, checkpoints.latest()?) {
-        (true, Some(meta)) => cursor = restore(config, world, &schedule, &checkpoints, &meta, &model, &mut sgd)?,
-        (false, Some(meta)) => bail!(
-            "{} already holds checkpoints (latest: step {}): pass --resume to continue that run, or set run.name to start another",
-            checkpoints.dir().display(),
-            meta.step
-        ),
-        (resume, None) => {
-            if resume {
-                info!("no checkpoint in {} yet: starting from step 0", checkpoints.dir().display());
-            }
-            let spec = LoaderSpec { batch_size: schedule.global_batch, ..config.loader.spec(config.run.seed) };
-            initialise(config, &model, Loader::new(dataset, Sampler { rank: 0, world: 1, ..sampler }, spec)?, device)?;
-        }
-    }
-    broadcast_state(comm.as_ref(), &model)?;
-    let mut trainer = Trainer {
-        buckets: GradientBuckets::new(&sgd.params().map(|p| p.shallow_clone()).collect::<Vec<_>>(), config.dist.bucket_bytes()),
-        model,
-        sgd,
-        comm,
-        device,
-        compute: if config.train.bf16 { Kind::BFloat16 } else { Kind::Float },
-        objective: Objective::new(&config.method, config.loader.mean, config.loader.std),
-        seed: config.run.seed,
-        rank: world.rank,
-    };
-    info!(
-        "{} rank(s) ({}, {} gradient bucket(s) of at most {} MiB); global batch {} = {} per rank x {} rank(s) x {} micro-batch(es); {} steps per epoch",
-        world.size,
-        trainer.comm.backend(),
-        trainer.buckets.len(),
-        config.dist.bucket_mb,
-        schedule.global_batch,
-        config.loader.batch_size,
-        world.size,
-        config.train.accumulate,
-        schedule.steps_per_epoch
-    );
-    if world.is_root() {
-        std::fs::create_dir_all(&run_dir).with_context(|| format!("creating run directory {}", run_dir.display()))?;
-        atomic_write(&run_dir.join("config.toml"), config.to_toml().as_bytes())?;
-    }
-    let mut metrics = MetricsLog::open(&run_dir.join("metrics.jsonl"), trainer.sgd.step_count(), world.is_root())?;
-
-    let total_steps = schedule.total_steps;
-    let stop_at = match config.train.stop_after {
-        0 => total_steps,
-        n => (trainer.sgd.step_count() + n).min(total_steps),
-    };
-    let bar = progress_bar(world, total_steps, "train");
-    bar.set_position(trainer.sgd.step_count());
-    let started = Instant::now();
-    let first_step = trainer.sgd.step_count();
-    let (mut skipped_samples, mut skipped_steps, mut images_trained) = (0usize, 0u64, 0.0);
-    let mut losses = Vec::new();
-    let mut step_input = StepInput::default();
-    trainer.sgd.zero_grad();
-    while trainer.sgd.step_count() < stop_at {
-        let mut wait_start = Instant::now();
-        for batch in loader.epoch(cursor) {
-            let batch = batch.with_context(|| format!("loading a batch of step {}", trainer.sgd.step_count()))?;
-            step_input.data_wait_s += wait_start.elapsed().as_secs_f64();
-            for skip in &batch.skipped {
-                warn!("skipped sample: {skip}");
-            }
-            skipped_samples += batch.skipped.len();
-            let compute_start = Instant::now();
-            trainer.forward_backward(&batch, &mut step_input);
-            step_input.compute_s += compute_start.elapsed().as_secs_f64();
-            cursor = batch.cursor;
-            let epoch_done = cursor.position >= schedule.per_rank;
-            if step_input.micro_batches < config.train.accumulate && !epoch_done {
-                wait_start = Instant::now();
-                continue;
-            }
-            let step = trainer.sgd.step_count();
-            let lr = trainer.sgd.lr();
-            let compute_start = Instant::now();
-            let outcome = trainer.finish_step(&step_input)?;
-            step_input.compute_s += compute_start.elapsed().as_secs_f64();
-            let (loss, images) = match outcome {
-                StepOutcome::Trained { loss, images } => {
-                    images_trained += images;
-                    (loss, images)
-                }
-                StepOutcome::EmptyBatch => {
-                    warn!("step {step}: no sample of the batch could be read on any rank; step skipped");
-                    skipped_steps += 1;
-                    (f64::NAN, 0.0)
-                }
-                StepOutcome::NonFinite(loss) => {
-                    if config.train.on_nonfinite == OnNonFinite::Error {
-                        bail!("step {step} (epoch {}, images of rank {}: {}): the loss is {loss}; stopping, no checkpoint written for this step (train.on_nonfinite = \"skip\" skips such steps)", cursor.epoch, world.rank, step_input.ids.join(", "));
-                    }
-                    warn!("step {step}: the loss is {loss}; step skipped (parameters unchanged)");
-                    skipped_steps += 1;
-                    (loss, 0.0)
-                }
-            };
-            let step = trainer.sgd.step_count();
-            if loss.is_finite() {
-                losses.push(loss);
-                if world.is_root() && step % config.train.log_every == 0 {
-                    let seconds = step_input.data_wait_s + step_input.compute_s;
-                    let images_per_s = images / seconds;
-                    metrics.append(&StepMetrics { step, epoch: cursor.epoch, loss, lr, images, images_per_s, data_wait_s: step_input.data_wait_s, compute_s: step_input.compute_s })?;
-                    bar.set_message(format!("train loss {loss:.4} {images_per_s:.1} img/s"));
-                }
-            }
-            bar.set_position(step);
-            if epoch_done {
-                cursor = Cursor { epoch: cursor.epoch + 1, position: 0 };
-            }
-            if step % config.train.checkpoint_every == 0 || step == stop_at {
-                save_checkpoint(config, world, &checkpoints, &trainer, cursor, &mut losses)?;
-            }
-            if step >= stop_at {
-                break;
-            }
-            step_input = StepInput::default();
-            trainer.sgd.zero_grad();
-            wait_start = Instant::now();
-        }
-    }
-    bar.finish_and_clear();
-    let seconds = started.elapsed().as_secs_f64();
-    let steps = trainer.sgd.step_count();
-    let images_per_s = images_trained / seconds.max(1e-9);
-    info!("trained steps {first_step}..{steps} of {total_steps} in {seconds:.1} s ({images_per_s:.1} images/s over {} rank(s)); skipped {skipped_samples} sample(s) on rank {}, {skipped_steps} step(s)", world.size, world.rank);
-    let details = json!({
-        "run_dir": run_dir, "steps": steps, "total_steps": total_steps, "finished": steps == total_steps,
-        "seconds": seconds, "images_per_s": images_per_s, "skipped_samples_rank0": skipped_samples, "skipped_steps": skipped_steps,
-        "device": format!("{device:?}"), "config_hash": config.hash(), "world_size": world.size, "backend": trainer.comm.backend(),
-        "global_batch": schedule.global_batch,
-    });
-    if world.is_root() {
-        atomic_write(&run_dir.join("summary.json"), serde_json::to_string_pretty(&details)?.as_bytes())?;
-    }
-    Ok(Summary::ok(details))
+    let stage = Stage { keys: "", train: &config.train, loader: &config.loader, dir: config.run_dir() };
+    let data = TrainData { images: dataset, pseudo_labels: None };
+    trainer::train(config, world, resume, &stage, data, |context| Ok(CamTask::new(config, context)))
 }
 
-/// Batch and step arithmetic of a job: it depends on the number of ranks.
-struct Schedule {
-    /// Samples per optimiser step over all ranks: per-rank batch × ranks × micro-batches.
-    global_batch: usize,
-    steps_per_epoch: u64,
-    total_steps: u64,
-    /// Samples each rank sees per epoch.
-    per_rank: usize,
-    world: usize,
-}
-
-impl Schedule {
-    fn new(config: &Config, sampler: &Sampler) -> Schedule {
-        let micro_batches = sampler.per_rank().div_ceil(config.loader.batch_size) as u64;
-        let steps_per_epoch = micro_batches.div_ceil(config.train.accumulate);
-        Schedule {
-            global_batch: config.loader.batch_size * sampler.world * config.train.accumulate as usize,
-            steps_per_epoch,
-            total_steps: config.train.epochs * steps_per_epoch,
-            per_rank: sampler.per_rank(),
-            world: sampler.world,
-        }
-    }
-
-    /// Steps taken when a rank stands at `cursor` (a step boundary).
-    fn steps_at(&self, cursor: Cursor) -> u64 {
-        let samples_per_step = self.global_batch / self.world;
-        cursor.epoch * self.steps_per_epoch + cursor.position.min(self.per_rank).div_ceil(samples_per_step) as u64
-    }
-}
-
-/// One step's micro-batches as this rank saw them.
-#[derive(Default)]
-struct StepInput {
-    micro_batches: u64,
-    /// Samples of this rank, and the sum of their losses (finite ones only).
-    images: f64,
-    loss_sum: f64,
-    /// A micro-batch whose loss was not finite (its backward was not run).
-    non_finite: bool,
-    ids: Vec<String>,
-    data_wait_s: f64,
-    compute_s: f64,
-}
-
-/// The model, its loss, the optimiser and the gradient buckets of one rank.
-struct Trainer {
+/// The classifier of `[method]` and its loss.
+struct CamTask<'a> {
+    config: &'a Config,
     model: Model,
-    sgd: Sgd,
-    buckets: GradientBuckets,
-    comm: Box<dyn Communicator>,
-    device: Device,
-    compute: Kind,
     objective: Objective,
-    /// With the step, the rank and the micro-batch, what ISL's draw is seeded from.
-    seed: u64,
-    rank: usize,
+    device: Device,
 }
 
-/// What one step did. A skipped step still advances the schedule.
-enum StepOutcome {
-    Trained { loss: f64, images: f64 },
-    /// Every sample of the step was skipped (unreadable) on every rank.
-    EmptyBatch,
-    /// The loss was not finite on some rank: no update anywhere.
-    NonFinite(f64),
-}
-
-impl Trainer {
-    /// Forward and backward of one micro-batch. The loss backpropagated is the *sum* over the
-    /// batch; `finish_step` divides the summed gradients by the step's sample count over all
-    /// ranks, so any split into ranks and micro-batches gives the gradient of the mean loss.
-    fn forward_backward(&self, batch: &Batch, input: &mut StepInput) {
-        input.micro_batches += 1;
-        input.ids.extend(batch.ids.iter().cloned());
-        if batch.indices.is_empty() {
-            return;
+impl<'a> CamTask<'a> {
+    fn new(config: &'a Config, context: &TaskContext) -> CamTask<'a> {
+        let model = Model::new(config.method.base, config.model.backbone(), context.num_classes, context.device);
+        if config.method.base == Base::Amr && config.method.amr.freeze_spotlight {
+            model.freeze(&format!("{SPOTLIGHT}."));
         }
+        let objective = Objective::new(&config.method, config.loader.mean, config.loader.std);
+        CamTask { config, model, objective, device: context.device }
+    }
+}
+
+impl Task for CamTask<'_> {
+    fn vars(&self) -> &VarStore {
+        &self.model.vs
+    }
+
+    fn param_groups(&self) -> Vec<ParamGroup> {
+        let amr = &self.config.method.amr;
+        let backbone_lr_mult = |branch: &str| if branch == COMPENSATION { amr.compensation_lr_mult } else { 1.0 };
+        self.model.param_groups(self.config.train.head_lr_mult, backbone_lr_mult)
+    }
+
+    fn initialise(&self, calibration: &dyn Fn() -> anyhow::Result<Batch>) -> anyhow::Result<()> {
+        initialise(self.config, &self.model, calibration, self.device)
+    }
+
+    fn loss(&self, batch: &Batch, compute: Kind, generator: &mut ChaCha8Rng) -> Tensor {
         let images = batch.images.to_device(self.device);
         let labels = batch.labels.to_device(self.device);
-        let mut generator = ChaCha8Rng::seed_from_u64(mix_seed(&[self.seed, self.sgd.step_count(), self.rank as u64, input.micro_batches]));
-        let loss_sum = self.objective.loss(&self.model.net, &images, &labels, self.compute, &mut generator) * batch.indices.len() as f64;
-        let value = loss_sum.double_value(&[]);
-        input.images += batch.indices.len() as f64;
-        if !value.is_finite() {
-            input.non_finite = true;
-            return;
-        }
-        input.loss_sum += value;
-        loss_sum.backward();
+        self.objective.loss(&self.model.net, &images, &labels, compute, generator)
     }
-
-    /// Agrees with the other ranks on the step's samples and loss, sums the gradients over the
-    /// ranks, divides them by the sample count, updates.
-    fn finish_step(&mut self, input: &StepInput) -> anyhow::Result<StepOutcome> {
-        let flags = [input.images, input.loss_sum, if input.non_finite { 1.0 } else { 0.0 }];
-        let [images, loss_sum, non_finite] = sum_values(self.comm.as_ref(), &flags, self.device)?[..] else {
-            unreachable!("three values in, three out")
-        };
-        if images == 0.0 {
-            self.sgd.skip_step();
-            return Ok(StepOutcome::EmptyBatch);
-        }
-        if non_finite > 0.0 || !loss_sum.is_finite() {
-            self.sgd.skip_step();
-            return Ok(StepOutcome::NonFinite(if loss_sum.is_finite() { f64::NAN } else { loss_sum / images }));
-        }
-        self.buckets.all_reduce(self.comm.as_ref())?;
-        self.buckets.scale(1.0 / images);
-        self.sgd.step();
-        if let Device::Cuda(index) = self.device {
-            // Honest compute times: wait for the queued kernels.
-            tch::Cuda::synchronize(index as i64);
-        }
-        Ok(StepOutcome::Trained { loss: loss_sum / images, images })
-    }
-}
-
-/// Rank 0's parameters and buffers to every rank, so that all start from the same state.
-fn broadcast_state(comm: &dyn Communicator, model: &Model) -> anyhow::Result<()> {
-    if comm.size() == 1 {
-        return Ok(());
-    }
-    for (name, mut tensor) in weights::named(&model.vs) {
-        comm.broadcast(&mut tensor, 0).with_context(|| format!("broadcasting `{name}` from rank 0"))?;
-    }
-    Ok(())
 }
 
 /// Starts each branch from its initialisation: AMR's spotlight from `method.amr.spotlight_init`
@@ -369,7 +78,7 @@ fn broadcast_state(comm: &dyn Communicator, model: &Model) -> anyhow::Result<()>
 /// statistics are calibrated on the first batch of epoch 0 as one rank sees the whole dataset
 /// (`calibration`), so that every rank calibrates identically. Warns that a random start will
 /// not give good CAMs on real photos.
-fn initialise(config: &Config, model: &Model, calibration: Loader, device: Device) -> anyhow::Result<()> {
+fn initialise(config: &Config, model: &Model, calibration: &dyn Fn() -> anyhow::Result<Batch>, device: Device) -> anyhow::Result<()> {
     let branches: Vec<(&str, &CamNet)> = match &model.net {
         Network::Cam(net) => vec![("", net)],
         Network::Amr(net) => vec![(SPOTLIGHT, &net.spotlight), (COMPENSATION, &net.compensation)],
@@ -398,7 +107,7 @@ fn initialise(config: &Config, model: &Model, calibration: Loader, device: Devic
         return Ok(());
     }
     warn!("model.init is not set: training from a random initialisation. CAMs need ImageNet weights (`make weights`, docs/weights.md)");
-    let batch = calibration.epoch(Cursor::default()).next().context("no batch to calibrate BatchNorm on")?.context("reading the BatchNorm calibration batch")?;
+    let batch = calibration().context("calibrating BatchNorm")?;
     for (branch, net) in calibrate {
         net.calibrate_batch_norm(&batch.images.to_device(device));
         info!("{}BatchNorm statistics calibrated on {} images", branch_label(branch), batch.indices.len());
@@ -409,96 +118,4 @@ fn initialise(config: &Config, model: &Model, calibration: Loader, device: Devic
 /// "spotlight branch: " for log lines, "" for the single CAM network.
 fn branch_label(branch: &str) -> String {
     if branch.is_empty() { String::new() } else { format!("{branch} branch: ") }
-}
-
-fn save_checkpoint(config: &Config, world: &World, checkpoints: &Checkpoints, trainer: &Trainer, cursor: Cursor, losses: &mut Vec<f64>) -> anyhow::Result<()> {
-    let (model, sgd) = (&trainer.model, &trainer.sgd);
-    let step = sgd.step_count();
-    let loss = (!losses.is_empty()).then(|| losses.iter().sum::<f64>() / losses.len() as f64);
-    losses.clear();
-    if !world.is_root() {
-        return Ok(());
-    }
-    let state = weights::named(&model.vs);
-    if let Some((name, _)) = state.iter().find(|(_, t)| !weights::finite(t)) {
-        bail!("after step {step} parameter `{name}` holds non-finite values: not writing a checkpoint (lower train.lr?)");
-    }
-    let meta = CheckpointMeta {
-        step,
-        epoch: cursor.epoch,
-        cursor,
-        world_size: world.size,
-        rng: RngState { seed: config.run.seed, scheme: "ChaCha8 per sample from (seed, epoch, dataset index); epoch order from (seed, epoch)".into() },
-        model_file: String::new(),
-        optimizer_file: String::new(),
-        optimizer: *sgd.settings(),
-        config_hash: config.hash(),
-        loss,
-    };
-    checkpoints.save(meta, &state, &sgd.state(), config.train.keep_checkpoints)?;
-    Ok(())
-}
-
-/// Loads a checkpoint into the model and the optimiser; returns the cursor to continue from.
-///
-/// With the same number of ranks the run continues exactly. With another number, the model,
-/// the momentum buffers and the epoch's sample order carry over exactly; the samples already
-/// consumed (position × old ranks) are split among the new ranks, rounded down to a whole
-/// position per rank (a few samples are then seen twice); the step counter is renumbered to
-/// the new steps per epoch, so the learning-rate schedule continues at the same fraction of
-/// the training; the global batch is the new per-rank batch × ranks × micro-batches.
-fn restore(config: &Config, world: &World, schedule: &Schedule, checkpoints: &Checkpoints, meta: &CheckpointMeta, model: &Model, sgd: &mut Sgd) -> anyhow::Result<Cursor> {
-    let (cursor, step) = if meta.world_size == world.size {
-        (meta.cursor, meta.step)
-    } else {
-        let consumed = meta.cursor.position * meta.world_size;
-        let cursor = Cursor { epoch: meta.cursor.epoch, position: consumed / schedule.world };
-        if consumed % schedule.world != 0 {
-            warn!("resuming on {} rank(s) a run of {}: {consumed} samples of epoch {} were consumed, which does not divide among {} ranks; {} sample(s) will be seen twice", world.size, meta.world_size, cursor.epoch, world.size, consumed % schedule.world);
-        }
-        let step = schedule.steps_at(cursor);
-        warn!("resuming on {} rank(s) a run written by {}: step {} becomes step {step} of {} (global batch {}); parameters and momentum are exact, the schedule continues at the same fraction", world.size, meta.world_size, meta.step, schedule.total_steps, schedule.global_batch);
-        (cursor, step)
-    };
-    if meta.config_hash != config.hash() {
-        warn!("the config differs from the one that wrote the checkpoint of step {} (hash {} vs {}): continuing with the current config", meta.step, meta.config_hash, config.hash());
-    }
-    weights::restore(&model.vs, &checkpoints.model_path(meta))?;
-    let path = checkpoints.optimizer_path(meta);
-    let state: BTreeMap<String, Tensor> = Tensor::read_safetensors(&path).with_context(|| format!("reading {}", path.display()))?.into_iter().collect();
-    sgd.restore(state, step).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-    info!("resumed from step {step} (epoch {}, position {})", cursor.epoch, cursor.position);
-    Ok(cursor)
-}
-
-/// `metrics.jsonl`, appended line by line; on resume the lines past the checkpoint's step are
-/// dropped first, so the file reads as one uninterrupted run.
-struct MetricsLog {
-    file: Option<std::fs::File>,
-}
-
-impl MetricsLog {
-    fn open(path: &Path, resume_step: u64, write: bool) -> anyhow::Result<MetricsLog> {
-        if !write {
-            return Ok(MetricsLog { file: None });
-        }
-        let kept: String = match std::fs::read_to_string(path) {
-            Ok(text) => text
-                .lines()
-                .filter(|line| serde_json::from_str::<serde_json::Value>(line).ok().and_then(|v| v["step"].as_u64()).is_some_and(|s| s <= resume_step))
-                .map(|line| format!("{line}\n"))
-                .collect(),
-            Err(_) => String::new(),
-        };
-        atomic_write(path, kept.as_bytes())?;
-        let file = std::fs::OpenOptions::new().append(true).open(path).with_context(|| format!("opening {}", path.display()))?;
-        Ok(MetricsLog { file: Some(file) })
-    }
-
-    fn append(&mut self, metrics: &StepMetrics) -> anyhow::Result<()> {
-        if let Some(file) = &mut self.file {
-            writeln!(file, "{}", serde_json::to_string(metrics)?).context("writing metrics.jsonl")?;
-        }
-        Ok(())
-    }
 }

@@ -1,0 +1,109 @@
+//! `wsss-dist seg --config F [--force]`: the segmenter's predictions over `seg.infer.split`, a
+//! map phase (`stages::map_phase`: dynamic over the ranks, resumable task by task, the same
+//! bytes for any number of ranks). Per image: the softmax averaged over `seg.infer.scales`
+//! (and their flips), optionally refined by the dense CRF (DeepLab's settings), its argmax
+//! written as a dataset in the pseudo-label format (`<run dir>/seg/pred/<split>`, or `pred_crf`):
+//! `export png` and `eval seg` read it.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use serde_json::json;
+use tch::nn::VarStore;
+use tch::{Device, Kind, Tensor};
+
+use super::cam::Normalise;
+use super::map_phase::{execute, fingerprint, for_each_image, MapJob, TaskOutput};
+use super::Summary;
+use crate::checkpoint::model_in;
+use crate::config::{Config, SegInferConfig};
+use crate::data::codec::{decode_row_image, encode_mask};
+use crate::data::shard::file_sha256;
+use crate::data::{Dataset, DatasetKind, ImageRow, PseudoRow};
+use crate::dist::World;
+use crate::model::deeplab::Segmenter;
+use crate::model::weights;
+use crate::refine::crf::{argmax_groups, DenseCrf};
+
+pub fn run(config: &Config, world: &World, force: bool) -> anyhow::Result<Summary> {
+    let device = super::compute_device(config, world)?;
+    let infer = &config.seg.infer;
+    let input_dir = config.dataset(infer.split);
+    let input = Dataset::open(input_dir).with_context(|| format!("the images of seg.infer.split ({})", input_dir.display()))?;
+    let checkpoint = checkpoint_path(config)?;
+    let vs = VarStore::new(device);
+    let model = &config.seg.model;
+    let net = Segmenter::new(&vs.root(), model.kind, model.backbone(), input.manifest().classes.len() as i64);
+    weights::restore(&vs, &checkpoint).context("loading the segmenter (do [seg.model] and the dataset's classes match the training run?)")?;
+    let normalise = Normalise::new(config.seg.loader.mean, config.seg.loader.std, device);
+    // What shapes the predictions: the weights, the network, the inference settings, the normalisation.
+    let settings = serde_json::to_string(&json!({
+        "checkpoint": file_sha256(&checkpoint)?, "model": model, "infer": { "scales": infer.scales, "flip": infer.flip, "crf": infer.crf.then_some(infer.crf_params) },
+        "mean": config.seg.loader.mean, "std": config.seg.loader.std,
+    }))?;
+    let method = format!("{:?}", model.kind).to_lowercase();
+    let job = MapJob {
+        what: "seg",
+        out: config.seg_pred_dir(),
+        fingerprint: fingerprint(&[input.manifest()], &settings),
+        task_images: input.manifest().shards.iter().map(|s| s.rows).collect(),
+        kind: DatasetKind::PseudoLabels,
+        split: input.manifest().split.clone(),
+        classes: input.manifest().classes.clone(),
+        source: format!("wsss-dist seg of {} with {} ({method}, scales {:?}, flip {}, crf {})", input_dir.display(), checkpoint.display(), infer.scales, infer.flip, infer.crf),
+    };
+    let details = execute(world, std::slice::from_ref(&job), force, |task, images_done| {
+        let mut rows = Vec::new();
+        let (skipped, seconds) = for_each_image(&input, task, images_done, |image| predict(&net, image, &normalise, infer, &method), |_, _, row| rows.push(row))?;
+        Ok(TaskOutput::single(rows, skipped, seconds))
+    })?;
+    Ok(Summary::ok(json!({ "checkpoint": checkpoint, "map": details[0] })))
+}
+
+/// `seg.infer.checkpoint`, or the model of the newest checkpoint in `<run dir>/seg`.
+fn checkpoint_path(config: &Config) -> anyhow::Result<PathBuf> {
+    if !config.seg.infer.checkpoint.as_os_str().is_empty() {
+        return Ok(config.seg.infer.checkpoint.clone());
+    }
+    model_in(&config.seg_dir())?.with_context(|| format!("no checkpoint in {}/checkpoints: run `wsss-dist train seg` first, or set seg.infer.checkpoint", config.seg_dir().display()))
+}
+
+/// The prediction row of one image; an error is the reason to skip it.
+fn predict(net: &Segmenter, image: &ImageRow, normalise: &Normalise, infer: &SegInferConfig, method: &str) -> Result<PseudoRow, String> {
+    let rgb = decode_row_image(image)?;
+    let (w, h) = (rgb.width as usize, rgb.height as usize);
+    let probabilities = tch::no_grad(|| mean_softmax(net, &normalise.apply(&rgb.pixels, rgb.width, rgb.height), &infer.scales, infer.flip));
+    // [C, H, W] → pixels × classes, row-major, as the CRF and the argmax take them.
+    let classes = probabilities.size()[0] as usize;
+    let per_pixel = probabilities.permute([1, 2, 0]).contiguous().to_device(Device::Cpu);
+    let mut q = vec![0f32; w * h * classes];
+    per_pixel.copy_data(&mut q, w * h * classes);
+    if infer.crf {
+        let unary: Vec<f32> = q.iter().map(|p| -p.max(1e-8).ln()).collect();
+        q = DenseCrf::new(&rgb.pixels, w, h, &infer.crf_params).inference(&unary, classes, 1);
+    }
+    let labels = argmax_groups(&q, classes);
+    Ok(PseudoRow { id: image.id.clone(), mask: encode_mask(rgb.width, rgb.height, &labels), method: method.into() })
+}
+
+/// The softmax of the logits at each scale (and of the flipped input, flipped back), resized to
+/// the image and averaged: [C, H, W].
+fn mean_softmax(net: &Segmenter, image: &Tensor, scales: &[f64], flip: bool) -> Tensor {
+    let size = image.size();
+    let (h, w) = (size[1], size[2]);
+    let mut sum: Option<Tensor> = None;
+    let mut count = 0.0;
+    for &scale in scales {
+        let side = |s: i64| ((s as f64 * scale).round() as i64).max(1);
+        let scaled = image.unsqueeze(0).upsample_bilinear2d([side(h), side(w)], false, None, None);
+        let batch = if flip { Tensor::cat(&[scaled.shallow_clone(), scaled.flip([3])], 0) } else { scaled };
+        let probabilities = net.logits(&batch).upsample_bilinear2d([h, w], false, None, None).softmax(1, Kind::Float);
+        let probabilities = if flip { probabilities.get(0) + probabilities.get(1).flip([2]) } else { probabilities.get(0) };
+        count += if flip { 2.0 } else { 1.0 };
+        sum = Some(match sum {
+            Some(total) => total + probabilities,
+            None => probabilities,
+        });
+    }
+    sum.expect("at least one scale") / count
+}

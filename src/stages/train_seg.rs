@@ -1,0 +1,127 @@
+//! `wsss-dist train seg --config F [--resume]`: trains the segmenter of `[seg.model]` on
+//! `data.train` ⋈ the pseudo-labels of `seg.labels` (by id), as a task of the shared trainer
+//! (`stages::trainer`), into `<run dir>/seg` (docs/segmenter.md).
+
+use std::sync::Arc;
+
+use anyhow::{ensure, Context};
+use rand::RngCore;
+use rand_chacha::ChaCha8Rng;
+use tch::nn::VarStore;
+use tch::{Device, Kind, Tensor};
+use tracing::{info, warn};
+
+use super::trainer::{self, Stage, Task, TaskContext, TrainData};
+use super::Summary;
+use crate::config::Config;
+use crate::data::join::join_by_id;
+use crate::data::loader::Batch;
+use crate::data::schema::PseudoRow;
+use crate::data::Dataset;
+use crate::dist::World;
+use crate::loss::segmentation::{pixel_cross_entropy, resize_labels};
+use crate::model::deeplab::{SegKind, Segmenter, BACKBONE, HEAD};
+use crate::model::weights;
+use crate::optim::ParamGroup;
+
+pub fn run(config: &Config, world: &World, resume: bool) -> anyhow::Result<Summary> {
+    let images = Dataset::open(&config.data.train).with_context(|| format!("config key `data.train` ({})", config.data.train.display()))?;
+    let labels_dir = config.seg_labels_dir();
+    let labels = Dataset::<PseudoRow>::open_as(&labels_dir)
+        .with_context(|| format!("config key `seg.labels` ({}): make the pseudo-labels of the train split first (`wsss-dist cam --pseudo-labels` with cam.split = \"train\")", labels_dir.display()))?;
+    ensure!(
+        labels.manifest().classes == images.manifest().classes,
+        "{}: its classes {:?} differ from those of the images in {} ({:?})",
+        labels_dir.display(),
+        labels.manifest().classes,
+        images.dir().display(),
+        images.manifest().classes
+    );
+    let rows = join_by_id(&images, &labels)?;
+    let data = TrainData { images: Arc::new(images), pseudo_labels: Some((Arc::new(labels), Arc::new(rows))) };
+    let stage = Stage { keys: "seg.", train: &config.seg.train, loader: &config.seg.loader, dir: config.seg_dir() };
+    trainer::train(config, world, resume, &stage, data, |context| Ok(SegTask::new(config, context)))
+}
+
+/// The segmenter and its pixel cross-entropy.
+struct SegTask<'a> {
+    config: &'a Config,
+    vs: VarStore,
+    net: Segmenter,
+    device: Device,
+}
+
+impl<'a> SegTask<'a> {
+    fn new(config: &'a Config, context: &TaskContext) -> SegTask<'a> {
+        let vs = VarStore::new(context.device);
+        let model = &config.seg.model;
+        // Classes 0..=C: background is a class of its own here.
+        let net = Segmenter::new(&vs.root(), model.kind, model.backbone(), context.num_classes + 1);
+        SegTask { config, vs, net, device: context.device }
+    }
+}
+
+impl Task for SegTask<'_> {
+    fn vars(&self) -> &VarStore {
+        &self.vs
+    }
+
+    /// The backbone at the base rate; the head at `seg.train.head_lr_mult` (DeepLab's 10×), its
+    /// biases at the same rate (v3+) or twice it (v2's 20×); no weight decay on biases.
+    fn param_groups(&self) -> Vec<ParamGroup> {
+        let head_mult = self.config.seg.train.head_lr_mult;
+        let bias_mult = if self.net.kind() == SegKind::DeeplabV2 { 2.0 * head_mult } else { head_mult };
+        let mut trainable: Vec<(String, Tensor)> = self.vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect();
+        trainable.sort_by(|a, b| a.0.cmp(&b.0));
+        let part = |name: &str| match (name.starts_with(&format!("{HEAD}.")), name.ends_with(".bias")) {
+            (false, bias) => ("backbone", 1.0, !bias),
+            (true, false) => ("head", head_mult, true),
+            (true, true) => ("head.bias", bias_mult, false),
+        };
+        let mut groups: Vec<ParamGroup> = Vec::new();
+        for (name, tensor) in trainable {
+            let (group, lr_mult, decay) = part(&name);
+            match groups.iter_mut().find(|g| g.name == group) {
+                Some(g) => g.params.push((name, tensor)),
+                None => groups.push(ParamGroup { name: group.into(), lr_mult, decay, params: vec![(name, tensor)] }),
+            }
+        }
+        groups
+    }
+
+    /// The backbone from `seg.model.init` (torchvision's ImageNet weights), or from a random
+    /// start with its frozen BatchNorm statistics calibrated on the first batch.
+    fn initialise(&self, calibration: &dyn Fn() -> anyhow::Result<Batch>) -> anyhow::Result<()> {
+        let init = &self.config.seg.model.init;
+        if init.as_os_str().is_empty() {
+            warn!("seg.model.init is not set: the segmenter's backbone starts from a random initialisation (`make weights`, docs/weights.md)");
+            let batch = calibration().context("calibrating BatchNorm")?;
+            self.net.calibrate_batch_norm(&batch.images.to_device(self.device));
+            return Ok(());
+        }
+        ensure!(init.exists(), "config key `seg.model.init`: {} does not exist (`make weights` fetches torchvision's ImageNet MobileNetV2; docs/weights.md)", init.display());
+        let report = weights::import_under(&self.vs, &format!("{BACKBONE}."), init, &weights::TORCHVISION_SEG_BACKBONE).context("config key `seg.model.init`")?;
+        info!("segmenter backbone: loaded {} tensors from {} (ignored: {} key(s))", report.loaded, init.display(), report.ignored.len());
+        Ok(())
+    }
+
+    /// The sum over the network's outputs (v2: four) of the pixel cross-entropy against the
+    /// labels resized to each output. Dropout draws from libtorch's generator, seeded here
+    /// from the step's generator so that a resumed run draws the same masks.
+    fn loss(&self, batch: &Batch, compute: Kind, generator: &mut ChaCha8Rng) -> Tensor {
+        let images = batch.images.to_device(self.device);
+        let masks = batch.masks.as_ref().expect("the seg loader reads pseudo-label masks").to_device(self.device);
+        tch::manual_seed(generator.next_u64() as i64);
+        let outputs = self.net.forward_train(&images, compute);
+        outputs
+            .logits
+            .iter()
+            .map(|logits| {
+                let size = logits.size();
+                let labels = if size[2..] == masks.size()[1..] { masks.shallow_clone() } else { resize_labels(&masks, size[2], size[3]) };
+                pixel_cross_entropy(logits, &labels)
+            })
+            .reduce(|a, b| a + b)
+            .expect("at least one output")
+    }
+}

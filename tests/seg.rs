@@ -1,0 +1,151 @@
+//! `train seg` through the binary on a tiny pipeline: the pseudo-labels of the train split come
+//! from a real CAM run; DeepLab v3+ resumes bitwise, DeepLab v2 on 2 MPI ranks equals one
+//! process with twice the batch, and missing pseudo-labels are an error naming the key.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use common::{as_str, mpirun_ok, s, wsss_fails, wsss_ok};
+use tch::Tensor;
+
+/// 48 synthetic images of 32 px; a ResNet-18 CAM run makes the pseudo-labels of the train
+/// split; the segmenters are ResNet-18 DeepLabs from a random start, 12 steps of 4 per epoch.
+const TINY: &str = r#"
+[run]
+name = "tiny"
+device = "cpu"
+threads = 1
+[data]
+source = "synthetic"
+train = "data/train"
+val = "data/val"
+[data.synthetic]
+train_images = 48
+val_images = 8
+size = 32
+shard_rows = 20
+[loader]
+batch_size = 8
+resize_long = [24, 40]
+crop = 32
+[model]
+depth = "resnet18"
+[train]
+epochs = 1
+lr = 0.01
+[cam]
+split = "train"
+scales = [1.0]
+[seg.model]
+arch = "resnet"
+depth = "resnet18"
+[seg.loader]
+batch_size = 4
+resize_long = [24, 40]
+crop = 32
+[seg.train]
+epochs = 2
+lr = 0.0005
+checkpoint_every = 4
+keep_checkpoints = 20
+"#;
+
+/// The config and the CAM run whose pseudo-labels (`runs/tiny/pseudo_labels/train`) every
+/// segmenter here trains on.
+fn pipeline() -> (tempfile::TempDir, String) {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tmp.path().join("config.toml");
+    std::fs::write(&config, TINY).unwrap();
+    let config = s(&config).to_string();
+    wsss_ok(tmp.path(), &["run", "--config", &config]);
+    assert!(tmp.path().join("runs/tiny/pseudo_labels/train/manifest.json").exists());
+    (tmp, config)
+}
+
+fn seg_dir(dir: &Path, run: &str) -> std::path::PathBuf {
+    dir.join("runs").join(run).join("seg")
+}
+
+fn metrics(dir: &Path, run: &str) -> Vec<(u64, f64)> {
+    std::fs::read_to_string(seg_dir(dir, run).join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .map(|v| (v["step"].as_u64().unwrap(), v["loss"].as_f64().unwrap()))
+        .collect()
+}
+
+fn tensors(path: &Path) -> BTreeMap<String, Tensor> {
+    Tensor::read_safetensors(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())).into_iter().collect()
+}
+
+/// DeepLab v3+ (dropout, trainable BatchNorm) stopped after 5 steps and resumed ends where an
+/// uninterrupted run ends, byte for byte, and its loss goes down.
+#[test]
+fn deeplab_v3plus_resumes_bitwise() {
+    let (tmp, config) = pipeline();
+    let dir = tmp.path();
+    let labels = "seg.labels=runs/tiny/pseudo_labels/train";
+    wsss_ok(dir, &["train", "seg", "--config", &config]);
+    wsss_ok(dir, &["train", "seg", "--config", &config, "--set", "run.name=parts", "--set", labels, "--set", "seg.train.stop_after=5"]);
+    let err = wsss_fails(dir, &["train", "seg", "--config", &config, "--set", "run.name=parts", "--set", labels], 2);
+    assert!(err.contains("--resume"), "{err}");
+    wsss_ok(dir, &["train", "seg", "--config", &config, "--set", "run.name=parts", "--set", labels, "--resume"]);
+    for file in ["step-00000024.safetensors", "step-00000024.optim.safetensors"] {
+        let whole = std::fs::read(seg_dir(dir, "tiny").join("checkpoints").join(file)).unwrap();
+        let resumed = std::fs::read(seg_dir(dir, "parts").join("checkpoints").join(file)).unwrap();
+        assert!(whole == resumed, "{file} differs after resuming");
+    }
+    let whole = metrics(dir, "tiny");
+    assert_eq!(whole, metrics(dir, "parts"));
+    assert_eq!(whole.len(), 24);
+    let mean = |range: &[(u64, f64)]| range.iter().map(|m| m.1).sum::<f64>() / range.len() as f64;
+    assert!(mean(&whole[18..]) < mean(&whole[..6]), "the loss goes down: {whole:?}");
+    let state = tensors(&seg_dir(dir, "tiny").join("checkpoints/step-00000024.safetensors"));
+    assert!(state.contains_key("classifier.aspp.convs.4.2.running_mean") && state.contains_key("backbone.layer4.1.conv2.weight"));
+}
+
+/// DeepLab v2 (every BatchNorm frozen, four outputs) on 2 ranks with batch 2 reaches what one
+/// process with batch 4 reaches. The rate is small: from a random start v2's logits are large
+/// and at 5e-4 the loss jumps between 2 and 77, which turns float-order differences into 1e-3.
+#[test]
+fn deeplab_v2_on_two_ranks_equals_one_process_with_twice_the_batch() {
+    let (tmp, config) = pipeline();
+    let dir = tmp.path();
+    let v2 = ["--set", "seg.labels=runs/tiny/pseudo_labels/train", "--set", "seg.model.kind=deeplab_v2", "--set", "seg.model.output_stride=8", "--set", "seg.train.epochs=1", "--set", "seg.train.lr=0.00002", "--set", "seg.train.checkpoint_every=1"];
+    let args = |run: &str, batch: usize| {
+        let mut args: Vec<String> = ["train", "seg", "--config", &config, "--set", &format!("run.name={run}"), "--set", &format!("seg.loader.batch_size={batch}")].map(String::from).to_vec();
+        args.extend(v2.map(String::from));
+        args
+    };
+    wsss_ok(dir, &as_str(&args("one", 4)));
+    let log = mpirun_ok(dir, 2, &as_str(&args("two", 2)));
+    assert!(log.contains("global batch 4 = 2 per rank x 2 rank(s)"), "{log}");
+    // The first step's momentum (its gradient of the whole batch) and the parameters at every
+    // fourth step. Not later momentum: v2's max over scales routes a pixel's gradient to one
+    // scale, and where two scales' logits tie to float precision a 1e-7 difference flips the
+    // route, so a later step's momentum can differ by 1e-3 (measured from step 4 to 7) while
+    // the parameters stay within 1e-6.
+    for file in ["step-00000001.optim.safetensors", "step-00000004.safetensors", "step-00000008.safetensors", "step-00000012.safetensors"] {
+        let (a, b) = (tensors(&seg_dir(dir, "one").join("checkpoints").join(file)), tensors(&seg_dir(dir, "two").join("checkpoints").join(file)));
+        assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
+        // Relative to each tensor's largest value.
+        let relative = |k: &String, t: &Tensor| (t - &b[k]).abs().max().double_value(&[]) / t.abs().max().double_value(&[]).max(1e-12);
+        let difference = a.iter().map(|(k, t)| relative(k, t)).fold(0.0, f64::max);
+        assert!(difference < 1e-5, "{file}: max relative |difference| {difference:e}");
+    }
+    assert!(metrics(dir, "one").iter().all(|m| m.1.is_finite()));
+}
+
+/// No pseudo-labels where `seg.labels` points: an error naming the key and what makes them.
+#[test]
+fn missing_pseudo_labels_name_the_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tmp.path().join("config.toml");
+    std::fs::write(&config, TINY).unwrap();
+    wsss_ok(tmp.path(), &["data", "import", "synthetic", "--out", "data/train", "--images", "8", "--size", "32"]);
+    let err = wsss_fails(tmp.path(), &["train", "seg", "--config", s(&config)], 2);
+    assert!(err.contains("seg.labels") && err.contains("pseudo_labels/train") && err.contains("--pseudo-labels"), "{err}");
+}
