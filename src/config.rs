@@ -114,6 +114,7 @@ pub struct SegConfig {
     pub model: SegModelConfig,
     pub train: TrainConfig,
     pub loader: LoaderConfig,
+    pub loss: SegLossConfig,
     pub infer: SegInferConfig,
 }
 
@@ -123,6 +124,7 @@ impl Default for SegConfig {
             labels: PathBuf::new(),
             model: SegModelConfig::default(),
             infer: SegInferConfig::default(),
+            loss: SegLossConfig::default(),
             // DeepLab's recipe: SGD momentum 0.9, weight decay 5e-4, head x10, poly 0.9.
             // The base rate is the backbone's: 0.001 puts the head at 0.01, as the v3+ reference
             // (VainF: head 0.01, backbone 0.1x); DeepLab v2's reference trains at 2.5e-4.
@@ -150,7 +152,49 @@ impl SegConfig {
         if self.infer.scales.is_empty() || self.infer.scales.iter().any(|s| !(*s > 0.0 && *s <= 8.0)) {
             return invalid("seg.infer.scales", "must list at least one scale in (0, 8]");
         }
+        self.loss.validate()?;
         check_crf(&self.infer.crf_params, "seg.infer.crf_params")
+    }
+}
+
+/// `[seg.loss]`: the pixel cross-entropy and, with `dense_crf`, the dense-CRF regularized loss
+/// of Tang et al. (docs/segmenter.md; the reference's defaults).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct SegLossConfig {
+    pub dense_crf: bool,
+    /// w: 2e-9 for VOC crops of 513 px; the energy grows with the square of the pixel count.
+    pub crf_weight: f64,
+    pub crf_sigma_rgb: f32,
+    /// In pixels of the input; scaled with it.
+    pub crf_sigma_xy: f32,
+    /// The image and softmax are downscaled by this before the loss.
+    pub crf_scale: f64,
+}
+
+impl Default for SegLossConfig {
+    fn default() -> Self {
+        SegLossConfig { dense_crf: false, crf_weight: 2e-9, crf_sigma_rgb: 15.0, crf_sigma_xy: 100.0, crf_scale: 0.5 }
+    }
+}
+
+impl SegLossConfig {
+    /// The loss, when on.
+    pub fn dense_crf_loss(&self) -> Option<crate::loss::dense_crf::DenseCrfLoss> {
+        self.dense_crf.then_some(crate::loss::dense_crf::DenseCrfLoss { weight: self.crf_weight, sigma_rgb: self.crf_sigma_rgb, sigma_xy: self.crf_sigma_xy, scale: self.crf_scale })
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if !(self.crf_weight >= 0.0 && self.crf_weight.is_finite()) {
+            return invalid("seg.loss.crf_weight", "must be a non-negative number");
+        }
+        if !(self.crf_sigma_rgb > 0.0 && self.crf_sigma_xy > 0.0 && self.crf_sigma_rgb.is_finite() && self.crf_sigma_xy.is_finite()) {
+            return invalid("seg.loss", "crf_sigma_rgb and crf_sigma_xy must be positive numbers");
+        }
+        if !(self.crf_scale > 0.0 && self.crf_scale <= 1.0) {
+            return invalid("seg.loss.crf_scale", "must lie in (0, 1]");
+        }
+        Ok(())
     }
 }
 

@@ -1,6 +1,7 @@
 //! Training losses (METHODS.md), each checked against hand-computed values. Tensors in,
 //! tensors out, batch first.
 
+pub mod dense_crf;
 pub mod fsl;
 pub mod isl;
 pub mod multilabel;

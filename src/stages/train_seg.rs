@@ -19,6 +19,7 @@ use crate::data::loader::Batch;
 use crate::data::schema::PseudoRow;
 use crate::data::Dataset;
 use crate::dist::World;
+use crate::loss::dense_crf::DenseCrfLoss;
 use crate::loss::segmentation::{pixel_cross_entropy, resize_labels};
 use crate::model::deeplab::{SegKind, Segmenter, BACKBONE, HEAD};
 use crate::model::weights;
@@ -43,11 +44,12 @@ pub fn run(config: &Config, world: &World, resume: bool) -> anyhow::Result<Summa
     trainer::train(config, world, resume, &stage, data, |context| Ok(SegTask::new(config, context)))
 }
 
-/// The segmenter and its pixel cross-entropy.
+/// The segmenter and its loss.
 struct SegTask<'a> {
     config: &'a Config,
     vs: VarStore,
     net: Segmenter,
+    dense_crf: Option<DenseCrfLoss>,
     device: Device,
 }
 
@@ -57,7 +59,7 @@ impl<'a> SegTask<'a> {
         let model = &config.seg.model;
         // Classes 0..=C: background is a class of its own here.
         let net = Segmenter::new(&vs.root(), model.kind, model.backbone(), context.num_classes + 1);
-        SegTask { config, vs, net, device: context.device }
+        SegTask { config, vs, net, dense_crf: config.seg.loss.dense_crf_loss(), device: context.device }
     }
 }
 
@@ -106,14 +108,15 @@ impl Task for SegTask<'_> {
     }
 
     /// The sum over the network's outputs (v2: four) of the pixel cross-entropy against the
-    /// labels resized to each output. Dropout draws from libtorch's generator, seeded here
-    /// from the step's generator so that a resumed run draws the same masks.
+    /// labels resized to each output, plus the dense-CRF loss of the final output (upsampled to
+    /// the input) when on. Dropout draws from libtorch's generator, seeded here from the step's
+    /// generator so that a resumed run draws the same masks.
     fn loss(&self, batch: &Batch, compute: Kind, generator: &mut ChaCha8Rng) -> Tensor {
         let images = batch.images.to_device(self.device);
         let masks = batch.masks.as_ref().expect("the seg loader reads pseudo-label masks").to_device(self.device);
         tch::manual_seed(generator.next_u64() as i64);
         let outputs = self.net.forward_train(&images, compute);
-        outputs
+        let cross_entropy = outputs
             .logits
             .iter()
             .map(|logits| {
@@ -122,6 +125,27 @@ impl Task for SegTask<'_> {
                 pixel_cross_entropy(logits, &labels)
             })
             .reduce(|a, b| a + b)
-            .expect("at least one output")
+            .expect("at least one output");
+        let Some(dense_crf) = &self.dense_crf else {
+            return cross_entropy;
+        };
+        let last = outputs.logits.last().expect("at least one output");
+        let full = last.upsample_bilinear2d([images.size()[2], images.size()[3]], false, None, None);
+        let loader = &self.config.seg.loader;
+        cross_entropy + dense_crf.loss(&full.softmax(1, Kind::Float), &unnormalise(&images, loader.mean, loader.std), &padding_free(&images))
     }
+}
+
+/// The loader's images back in 0..255: `(x·std + mean)·255`.
+fn unnormalise(images: &Tensor, mean: [f32; 3], std: [f32; 3]) -> Tensor {
+    let column = |v: [f32; 3]| Tensor::from_slice(&v).view([1, 3, 1, 1]).to_device(images.device());
+    (images * column(std) + column(mean)) * 255.0
+}
+
+/// 1 where a pixel is part of the image, 0 on the crop's padding. The loader pads with 0 after
+/// normalisation, and no image pixel normalises to 0 in all three channels unless the mean of
+/// each channel is a whole multiple of 1/255 (ImageNet's are not): such a pixel would be
+/// taken for padding and left out of the dense-CRF loss.
+fn padding_free(images: &Tensor) -> Tensor {
+    images.ne(0.0).any_dim(1, false).to_kind(Kind::Float)
 }
