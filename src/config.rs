@@ -109,6 +109,8 @@ impl ModelConfig {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct SegConfig {
+    /// Whether `wsss-dist run` goes on to train and evaluate the segmenter.
+    pub enabled: bool,
     /// The pseudo-label dataset of `data.train` to train on; "" is `<run dir>/pseudo_labels/train`.
     pub labels: PathBuf,
     pub model: SegModelConfig,
@@ -121,6 +123,7 @@ pub struct SegConfig {
 impl Default for SegConfig {
     fn default() -> Self {
         SegConfig {
+            enabled: false,
             labels: PathBuf::new(),
             model: SegModelConfig::default(),
             infer: SegInferConfig::default(),

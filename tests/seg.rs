@@ -155,3 +155,32 @@ fn missing_pseudo_labels_name_the_key() {
     let err = wsss_fails(tmp.path(), &["train", "seg", "--config", s(&config)], 2);
     assert!(err.contains("seg.labels") && err.contains("pseudo_labels/train") && err.contains("--pseudo-labels"), "{err}");
 }
+
+/// `run` with `seg.enabled` goes on through the segmenter: trains it on the pseudo-labels of
+/// the train split, predicts val (with and without the CRF), scores both and prints the
+/// figures side by side; with `cam.split = "val"` it refuses, naming the key.
+#[test]
+fn run_trains_predicts_and_scores_the_segmenter() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let config = dir.join("config.toml");
+    std::fs::write(&config, TINY).unwrap();
+    let config = s(&config);
+    let err = wsss_fails(dir, &["run", "--config", config, "--set", "seg.enabled=true", "--set", "cam.split=val"], 2);
+    assert!(err.contains("`cam.split`"), "{err}");
+    let out = common::wsss(dir, &["run", "--config", config, "--set", "seg.enabled=true", "--set", "seg.train.epochs=1"]);
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    assert!(log.contains("mIoU: CAM") && log.contains("; segmenter "), "{log}");
+    // Predictions with the CRF too, then `eval seg` scores both.
+    wsss_ok(dir, &["seg", "--config", config, "--set", "seg.infer.crf=true"]);
+    wsss_ok(dir, &["eval", "seg", "--config", config]);
+    for name in ["seg", "seg_crf"] {
+        let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join(format!("runs/tiny/eval/{name}.json"))).unwrap()).unwrap();
+        assert_eq!(report["images"], 8, "{name}");
+        let miou = report["report"]["miou"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&miou) && report["report"]["labelled"].as_f64() == Some(1.0), "{name}: {report}");
+    }
+    let summary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("runs/tiny/summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["train_seg"]["steps"], 12);
+}

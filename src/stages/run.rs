@@ -2,8 +2,10 @@
 //! (generating the synthetic default when `data.source = "synthetic"`), train the CAM
 //! classifier (continuing the run's checkpoints if there are any), make the CAMs of
 //! `cam.split` and refine them into pseudo-labels (on a GPU in one map phase,
-//! `cam_and_labels`; on the CPU in two), then evaluate both. The map phases skip what an
-//! earlier run finished. The segmenter joins here when it lands.
+//! `cam_and_labels`; on the CPU in two), then evaluate both. With `seg.enabled` it goes on:
+//! train the segmenter on those pseudo-labels (`cam.split` must then be the train split),
+//! predict `seg.infer.split` with it and evaluate the predictions. The map phases skip what an
+//! earlier run finished, and training continues the stage's checkpoints.
 
 use std::path::Path;
 
@@ -11,14 +13,17 @@ use anyhow::{bail, Context};
 use serde_json::json;
 use tracing::info;
 
-use super::{cam, cam_and_labels, eval, import::import_source, pseudo_label, train_cam, Summary};
-use crate::config::{Config, DataSource};
+use super::{cam, cam_and_labels, eval, import::import_source, pseudo_label, seg, train_cam, train_seg, Summary};
+use crate::config::{Config, DataSource, Split};
 use crate::data::importer::ImportOptions;
 use crate::data::synthetic::SyntheticSource;
 use crate::data::{atomic_write, Dataset};
 use crate::dist::World;
 
 pub fn run(config: &Config, world: &World) -> anyhow::Result<Summary> {
+    if config.seg.enabled && config.cam.split != Split::Train {
+        bail!("config key `cam.split`: with seg.enabled the segmenter trains on the pseudo-labels of cam.split, which must be \"train\"");
+    }
     let run_dir = config.run.dir.join(&config.run.name);
     if world.is_root() {
         std::fs::create_dir_all(&run_dir).with_context(|| format!("creating run directory {}", run_dir.display()))?;
@@ -45,11 +50,38 @@ pub fn run(config: &Config, world: &World) -> anyhow::Result<Summary> {
     details["eval_cam"] = eval::run_cam(config, world)?.details;
     details["pseudo_label"] = labels.details;
     details["eval_pseudo"] = eval::run_pseudo(config, world)?.details;
+    if config.seg.enabled {
+        details["train_seg"] = train_seg::run(config, world, true)?.details;
+        details["seg"] = seg::run(config, world, false)?.details;
+        details["eval_seg"] = eval::run_seg(config, world)?.details;
+    }
     if world.is_root() {
         atomic_write(&run_dir.join("summary.json"), serde_json::to_string_pretty(&details)?.as_bytes())?;
+        info!("{}", side_by_side(&details));
         info!("run directory {}", run_dir.display());
     }
     Ok(Summary::ok(details))
+}
+
+/// The run's figures on one line: CAM, pseudo-labels and (when trained) the segmenter.
+fn side_by_side(details: &serde_json::Value) -> String {
+    let percent = |v: &serde_json::Value| v.as_f64().map_or("?".to_string(), |x| format!("{:.1}", 100.0 * x));
+    let cam = &details["eval_cam"]["report"];
+    let pseudo = &details["eval_pseudo"]["report"];
+    let mut line = format!(
+        "mIoU: CAM {} (best τ {}), image-label baseline {}; pseudo-labels {} on {}% of pixels",
+        percent(&cam["best"]["miou"]),
+        cam["best_tau"].as_f64().map_or("?".to_string(), |t| format!("{t:.2}")),
+        percent(&cam["baseline"]["miou"]),
+        percent(&pseudo["miou"]),
+        percent(&pseudo["labelled"])
+    );
+    for (key, what) in [("seg", "segmenter"), ("seg_crf", "segmenter + CRF")] {
+        if let Some(report) = details["eval_seg"].get(key) {
+            line += &format!("; {what} {}", percent(&report["report"]["miou"]));
+        }
+    }
+    line
 }
 
 /// Generates a missing synthetic split (seeded apart from the other split by `stream`), or
