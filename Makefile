@@ -31,7 +31,7 @@ test: setup
 	$(CARGO) test --no-fail-fast
 
 demo: build weights
-	$(BIN) run --config configs/synthetic_cam.toml
+	$(BIN) run --config configs/synthetic.toml
 
 bench-setup: setup
 	@bash scripts/setup-bench.sh

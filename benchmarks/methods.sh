@@ -12,7 +12,8 @@
 #   WSSS_SEEDS="0 1 2", WSSS_JOBS=2, WSSS_CAM_SCALES="[1.0]" (CAM inference scales)
 #
 # The add-ons' settings are the configs' defaults (the papers': ISL 10 samples at weight 0.2,
-# FSL μ 2.5, σ 5, weight 1, window 15; AMR λ 0.05, α 0.5, frozen spotlight, compensation lr ×10).
+# FSL μ 2.5, σ 5, weight 1, window 15; AMR λ 0.05, α 0.5, frozen spotlight, the compensation
+# backbone at the config's method.amr.compensation_lr_mult: 1 in the MobileNetV2 configs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${BIN:-target/release/wsss-dist}

@@ -1,0 +1,60 @@
+"""The table of benchmarks/segmenter.sh: per seed and as mean ± std (sample std) over the seeds,
+the CAM (train split, best τ), the pseudo-labels (train split, on the pixels they label), and
+the segmenter's predictions of the val split without and with the CRF, trained with the
+cross-entropy alone and with the dense-CRF loss added; the pipeline's wall time.
+
+    python3 benchmarks/segmenter_table.py runs/segmenter 0 1 2
+"""
+import json
+import statistics
+import sys
+
+
+def load(path):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        return None
+
+
+def miou(report):
+    return None if report is None else 100.0 * report["report"]["miou"]
+
+
+out, seeds = sys.argv[1], sys.argv[2:]
+columns = [
+    ("CAM (train, best τ)", lambda s: 100.0 * load(f"{out}/ce-s{s}/eval/cam.json")["report"]["best"]["miou"]),
+    ("pseudo-labels (train, labelled pixels)", lambda s: miou(load(f"{out}/ce-s{s}/eval/pseudo.json"))),
+    ("labelled %", lambda s: 100.0 * load(f"{out}/ce-s{s}/eval/pseudo.json")["report"]["labelled"]),
+    ("segmenter, CE (val)", lambda s: miou(load(f"{out}/ce-s{s}/eval/seg.json"))),
+    ("segmenter, CE, + CRF (val)", lambda s: miou(load(f"{out}/ce-s{s}/eval/seg_crf.json"))),
+    ("segmenter, CE + CRF loss (val)", lambda s: miou(load(f"{out}/crf-s{s}/eval/seg.json"))),
+    ("segmenter, CE + CRF loss, + CRF (val)", lambda s: miou(load(f"{out}/crf-s{s}/eval/seg_crf.json"))),
+    ("pipeline s", lambda s: (load(f"{out}/ce-s{s}.time.json") or {}).get("seconds")),
+]
+
+
+def cell(values):
+    values = [v for v in values if v is not None]
+    if not values:
+        return "–"
+    if len(values) == 1:
+        return f"{values[0]:.1f}"
+    return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
+
+
+print("| seed | " + " | ".join(name for name, _ in columns) + " |")
+print("|---|" + "---:|" * len(columns))
+table = {name: [] for name, _ in columns}
+for seed in seeds:
+    row = []
+    for name, get in columns:
+        try:
+            value = get(seed)
+        except (TypeError, KeyError):
+            value = None
+        table[name].append(value)
+        row.append("–" if value is None else f"{value:.1f}")
+    print(f"| {seed} | " + " | ".join(row) + " |")
+print(f"| mean ± std ({len(seeds)}) | " + " | ".join(cell(table[name]) for name, _ in columns) + " |")
