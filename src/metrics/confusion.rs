@@ -84,7 +84,13 @@ impl ConfusionMatrix {
 
     /// Mean of the defined IoUs (0 when none is defined).
     pub fn miou(&self) -> f64 {
-        let defined: Vec<f64> = self.iou().into_iter().flatten().collect();
+        self.miou_of_first(self.classes)
+    }
+
+    /// Mean of the defined IoUs of classes `0..classes`: a matrix with an extra last column
+    /// for "no label" (uncertain pixels) scores those as errors of their ground-truth class.
+    pub fn miou_of_first(&self, classes: usize) -> f64 {
+        let defined: Vec<f64> = self.iou().into_iter().take(classes).flatten().collect();
         if defined.is_empty() {
             0.0
         } else {
@@ -120,6 +126,16 @@ mod tests {
         assert_eq!(iou[3], None);
         assert!((m.miou() - 1.0 / 3.0).abs() < 1e-12);
         assert!((m.pixel_accuracy() - 0.6).abs() < 1e-12);
+    }
+
+    /// Two classes and an extra "uncertain" column (2): gt (0, 0, 1, 1) labelled (0, 2, 1, 2).
+    /// Class 0: TP 1, one pixel uncertain → IoU 1/2; class 1 likewise; the column is left out.
+    #[test]
+    fn uncertain_pixels_count_against_their_class() {
+        let mut m = ConfusionMatrix::new(3);
+        m.add(&[0, 0, 1, 1], &[0, 2, 1, 2]).unwrap();
+        assert!((m.miou_of_first(2) - 0.5).abs() < 1e-12);
+        assert_eq!(m.iou()[2], Some(0.0));
     }
 
     #[test]

@@ -13,6 +13,9 @@ pub struct PseudoReport {
     pub pixel_accuracy: f64,
     /// Share of all pixels that are not 255 (uncertain).
     pub labelled: f64,
+    /// The mIoU over every pixel, an uncertain one counted as an error of its ground-truth
+    /// class: comparable with a prediction that labels every pixel (a segmenter's).
+    pub miou_all_pixels: f64,
 }
 
 /// Per-class IoU (in %) of pseudo-labels, their mIoU and the share of pixels labelled.
@@ -21,7 +24,12 @@ pub fn pseudo_markdown(report: &PseudoReport) -> String {
     for (c, name) in report.classes.iter().enumerate() {
         text += &format!("| {name} | {} |\n", percent(report.iou[c]));
     }
-    text += &format!("| **mIoU** | **{}** |\n\npixels labelled (not 255): {:.1}%\n", percent(Some(report.miou)), 100.0 * report.labelled);
+    text += &format!(
+        "| **mIoU** | **{}** |\n\npixels labelled (not 255): {:.1}%; mIoU over every pixel, the uncertain ones counted as errors: {}\n",
+        percent(Some(report.miou)),
+        100.0 * report.labelled,
+        percent(Some(report.miou_all_pixels))
+    );
     text
 }
 
@@ -77,8 +85,8 @@ mod tests {
 
     #[test]
     fn pseudo_report_lists_classes_and_coverage() {
-        let report = PseudoReport { classes: vec!["background".into(), "cat".into()], miou: 0.625, iou: vec![Some(0.75), Some(0.5)], pixel_accuracy: 0.9, labelled: 0.8 };
+        let report = PseudoReport { classes: vec!["background".into(), "cat".into()], miou: 0.625, iou: vec![Some(0.75), Some(0.5)], pixel_accuracy: 0.9, labelled: 0.8, miou_all_pixels: 0.5 };
         let text = pseudo_markdown(&report);
-        assert!(text.contains("| cat | 50.0 |") && text.contains("**62.5**") && text.contains("80.0%"), "{text}");
+        assert!(text.contains("| cat | 50.0 |") && text.contains("**62.5**") && text.contains("80.0%") && text.contains("counted as errors: 50.0"), "{text}");
     }
 }

@@ -187,7 +187,11 @@ struct LabelMaps {
 fn evaluate_label_maps(config: &Config, world: &World, maps: &LabelMaps) -> anyhow::Result<Summary> {
     let comm = dist::connect(world, Backend::Mpi, Device::Cpu)?;
     let (gt, rows) = open_with_gt::<PseudoRow>(config, maps.split, &maps.dir, maps.what, maps.stage)?;
-    let mut matrix = ConfusionMatrix::new(gt.manifest().classes.len());
+    let classes = gt.manifest().classes.len();
+    ensure!(classes < UNCERTAIN as usize, "{}: {classes} classes leave no label value for uncertain pixels (255)", gt.dir().display());
+    let mut matrix = ConfusionMatrix::new(classes);
+    // Every pixel, an uncertain one as an extra last class.
+    let mut complete = ConfusionMatrix::new(classes + 1);
     // [labelled pixels, all pixels]
     let mut coverage = [0u64; 2];
     let missing = walk_with_gt(world, comm.as_ref(), &gt, &rows, &format!("eval {}", maps.name), |what, (w, h), gt_pixels, row| {
@@ -195,11 +199,14 @@ fn evaluate_label_maps(config: &Config, world: &World, maps: &LabelMaps) -> anyh
         ensure!((pw, ph) == (w, h), "{what}: the label map is {pw}x{ph}, the mask is {w}x{h}");
         let (g, p): (Vec<u8>, Vec<u8>) = gt_pixels.iter().zip(&labels).filter(|(_, &p)| p != UNCERTAIN).map(|(&g, &p)| (g, p)).unzip();
         matrix.add(&g, &p).with_context(|| what.to_string())?;
+        let as_class: Vec<u8> = labels.iter().map(|&p| if p == UNCERTAIN { classes as u8 } else { p }).collect();
+        complete.add(gt_pixels, &as_class).with_context(|| what.to_string())?;
         coverage[0] += p.len() as u64;
         coverage[1] += labels.len() as u64;
         Ok(())
     })?;
     sum_over_ranks(comm.as_ref(), matrix.counts_mut())?;
+    sum_over_ranks(comm.as_ref(), complete.counts_mut())?;
     sum_over_ranks(comm.as_ref(), &mut coverage)?;
     if !world.is_root() {
         return Ok(Summary::ok(json!({ "rank": world.rank, "evaluated_shards_of": gt.num_shards() })));
@@ -208,7 +215,7 @@ fn evaluate_label_maps(config: &Config, world: &World, maps: &LabelMaps) -> anyh
         warn!("{} image(s) have no {} (skipped by `{}`) and are left out: {}", missing.len(), maps.what, maps.stage, missing.join(", "));
     }
     let labelled = coverage[0] as f64 / coverage[1].max(1) as f64;
-    let report = PseudoReport { classes: gt.manifest().classes.clone(), miou: matrix.miou(), iou: matrix.iou(), pixel_accuracy: matrix.pixel_accuracy(), labelled };
+    let report = PseudoReport { classes: gt.manifest().classes.clone(), miou: matrix.miou(), iou: matrix.iou(), pixel_accuracy: matrix.pixel_accuracy(), labelled, miou_all_pixels: complete.miou_of_first(classes) };
     let markdown = pseudo_markdown(&report);
     println!("Evaluation of the {} in {} ({} images, {} without one)\n\n{markdown}", maps.what, maps.dir.display(), gt.len() - missing.len(), missing.len());
     let details = json!({ "images": gt.len() - missing.len(), "missing": missing, "method": rows.manifest().source, "report": report });

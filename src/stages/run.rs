@@ -69,12 +69,13 @@ fn side_by_side(details: &serde_json::Value) -> String {
     let cam = &details["eval_cam"]["report"];
     let pseudo = &details["eval_pseudo"]["report"];
     let mut line = format!(
-        "mIoU: CAM {} (best τ {}), image-label baseline {}; pseudo-labels {} on {}% of pixels",
+        "mIoU: CAM {} (best τ {}), image-label baseline {}; pseudo-labels {} on {}% of pixels ({} over every pixel)",
         percent(&cam["best"]["miou"]),
         cam["best_tau"].as_f64().map_or("?".to_string(), |t| format!("{t:.2}")),
         percent(&cam["baseline"]["miou"]),
         percent(&pseudo["miou"]),
-        percent(&pseudo["labelled"])
+        percent(&pseudo["labelled"]),
+        percent(&pseudo["miou_all_pixels"])
     );
     for (key, what) in [("seg", "segmenter"), ("seg_crf", "segmenter + CRF")] {
         if let Some(report) = details["eval_seg"].get(key) {
