@@ -3,7 +3,7 @@
 # the whole `make demo` pipeline (configs/synthetic.toml: CAM classifier, CAMs and pseudo-labels
 # of the train split, DeepLab v3+ with cross-entropy alone, its val predictions without and with
 # the CRF, every evaluation), timed; then a second segmenter on the same pseudo-labels with the
-# dense-CRF loss added, predicted and scored the same way. Prints the table
+# dense-CRF loss added, predicted and scored the same way. Finished steps are skipped. Prints the table
 # (benchmarks/segmenter_table.py).
 #
 #   make build weights && bash benchmarks/segmenter.sh [CONFIG] [OUT]
@@ -30,19 +30,14 @@ for seed in $SEEDS; do
     fi
     crf=("${run[@]}" --set run.name="crf-s$seed" --set seg.labels="$OUT/ce-s$seed/pseudo_labels/train"
          --set seg.loss.dense_crf=true --set seg.loss.crf_weight="$WEIGHT")
-    if [ ! -f "$OUT/crf-s$seed/eval/seg_crf.json" ]; then
+    if [ ! -f "$OUT/crf-s$seed/eval/seg.json" ] || [ ! -f "$OUT/crf-s$seed/eval/seg_crf.json" ]; then
         echo "seed $seed: the segmenter with the dense-CRF loss"
         {
             "$BIN" train seg "${crf[@]}" --resume
-            "$BIN" seg "${crf[@]}"
+            "$BIN" seg "${crf[@]}" --set seg.infer.crf=false
             "$BIN" seg "${crf[@]}" --set seg.infer.crf=true
             "$BIN" eval seg "${crf[@]}"
-        } >"$OUT/crf-s$seed.log" 2>&1
-    fi
-    # The cross-entropy segmenter's predictions with the CRF (run writes them without).
-    if [ ! -f "$OUT/ce-s$seed/eval/seg_crf.json" ]; then
-        { "$BIN" seg "${run[@]}" --set run.name="ce-s$seed" --set seg.infer.crf=true
-          "$BIN" eval seg "${run[@]}" --set run.name="ce-s$seed"; } >>"$OUT/ce-s$seed.log" 2>&1
+        } >>"$OUT/crf-s$seed.log" 2>&1
     fi
 done
 python3 benchmarks/segmenter_table.py "$OUT" $SEEDS

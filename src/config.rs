@@ -903,6 +903,13 @@ impl Config {
         self.run_dir().join("seg")
     }
 
+    /// This config with `seg.infer.crf` set to `crf`.
+    pub fn with_seg_crf(&self, crf: bool) -> Config {
+        let mut config = self.clone();
+        config.seg.infer.crf = crf;
+        config
+    }
+
     /// Where `seg` writes (and `eval seg` reads) the predictions: `<run dir>/seg/pred/<split>`,
     /// `pred_crf` with the CRF.
     pub fn seg_pred_dir(&self) -> PathBuf {

@@ -157,8 +157,9 @@ fn missing_pseudo_labels_name_the_key() {
 }
 
 /// `run` with `seg.enabled` goes on through the segmenter: trains it on the pseudo-labels of
-/// the train split, predicts val (with and without the CRF), scores both and prints the
-/// figures side by side; with `cam.split = "val"` it refuses, naming the key.
+/// the train split, predicts val without and with the CRF (one pass), scores both and prints
+/// the figures side by side; with `cam.split = "val"` it refuses, naming the key. 2 ranks
+/// predict the same bytes as 1.
 #[test]
 fn run_trains_predicts_and_scores_the_segmenter() {
     let tmp = tempfile::tempdir().unwrap();
@@ -168,13 +169,15 @@ fn run_trains_predicts_and_scores_the_segmenter() {
     let config = s(&config);
     let err = wsss_fails(dir, &["run", "--config", config, "--set", "seg.enabled=true", "--set", "cam.split=val"], 2);
     assert!(err.contains("`cam.split`"), "{err}");
-    let out = common::wsss(dir, &["run", "--config", config, "--set", "seg.enabled=true", "--set", "seg.train.epochs=1"]);
+    let seg = ["--set", "seg.enabled=true", "--set", "seg.train.epochs=1", "--set", "seg.infer.crf=true"];
+    let out = common::wsss(dir, &[&["run", "--config", config][..], &seg].concat());
     let log = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{log}");
-    assert!(log.contains("mIoU: CAM") && log.contains("; segmenter "), "{log}");
-    // Predictions with the CRF too, then `eval seg` scores both.
-    wsss_ok(dir, &["seg", "--config", config, "--set", "seg.infer.crf=true"]);
-    wsss_ok(dir, &["eval", "seg", "--config", config]);
+    assert!(log.contains("mIoU: CAM") && log.contains("; segmenter ") && log.contains("; segmenter + CRF "), "{log}");
+    // Both prediction sets are complete: `seg` again computes nothing.
+    let again = common::wsss(dir, &[&["seg", "--config", config][..], &seg].concat());
+    let log = String::from_utf8_lossy(&again.stderr);
+    assert!(again.status.success() && log.matches("is complete for these inputs").count() == 2, "{log}");
     for name in ["seg", "seg_crf"] {
         let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join(format!("runs/tiny/eval/{name}.json"))).unwrap()).unwrap();
         assert_eq!(report["images"], 8, "{name}");
@@ -183,4 +186,13 @@ fn run_trains_predicts_and_scores_the_segmenter() {
     }
     let summary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("runs/tiny/summary.json")).unwrap()).unwrap();
     assert_eq!(summary["train_seg"]["steps"], 12);
+    // The same model's predictions made by 2 MPI ranks: the same bytes.
+    let checkpoint = std::fs::read_dir(dir.join("runs/tiny/seg/checkpoints")).unwrap().map(|e| e.unwrap().path()).find(|p| p.to_str().unwrap().ends_with("step-00000012.safetensors")).unwrap();
+    let from = format!("seg.infer.checkpoint={}", s(&checkpoint));
+    let two = [&seg[..], &["--set", "run.name=two", "--set", &from]].concat();
+    mpirun_ok(dir, 2, &[&["seg", "--config", config][..], &two].concat());
+    for pred in ["pred", "pred_crf"] {
+        let shard = |run: &str| std::fs::read(dir.join(format!("runs/{run}/seg/{pred}/val/part-00000.parquet"))).unwrap();
+        assert!(shard("tiny") == shard("two"), "{pred}: 2 ranks wrote other bytes");
+    }
 }

@@ -16,7 +16,7 @@ use tch::{Device, Tensor};
 use tracing::{info, warn};
 
 use super::{progress_bar, Summary};
-use crate::config::{Config, SegConfig, SegInferConfig, Split};
+use crate::config::{Config, Split};
 use crate::data::codec::decode_mask;
 use crate::data::{CamRow, Dataset, PseudoRow, ShardRow};
 use crate::dist::comm::all_gather_text;
@@ -159,8 +159,7 @@ pub fn run_pseudo(config: &Config, world: &World) -> anyhow::Result<Summary> {
 pub fn run_seg(config: &Config, world: &World) -> anyhow::Result<Summary> {
     let mut details = json!({});
     for crf in [false, true] {
-        let variant = Config { seg: SegConfig { infer: SegInferConfig { crf, ..config.seg.infer.clone() }, ..config.seg.clone() }, ..config.clone() };
-        let dir = variant.seg_pred_dir();
+        let dir = config.with_seg_crf(crf).seg_pred_dir();
         if !dir.join(crate::data::schema::MANIFEST_FILE).exists() {
             continue;
         }

@@ -4,7 +4,8 @@
 //! `cam.split` and refine them into pseudo-labels (on a GPU in one map phase,
 //! `cam_and_labels`; on the CPU in two), then evaluate both. With `seg.enabled` it goes on:
 //! train the segmenter on those pseudo-labels (`cam.split` must then be the train split),
-//! predict `seg.infer.split` with it and evaluate the predictions. The map phases skip what an
+//! predict `seg.infer.split` with it (and with the CRF too when `seg.infer.crf`) and evaluate
+//! the predictions. The map phases skip what an
 //! earlier run finished, and training continues the stage's checkpoints.
 
 use std::path::Path;

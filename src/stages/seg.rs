@@ -1,9 +1,10 @@
 //! `wsss-dist seg --config F [--force]`: the segmenter's predictions over `seg.infer.split`, a
 //! map phase (`stages::map_phase`: dynamic over the ranks, resumable task by task, the same
 //! bytes for any number of ranks). Per image: the softmax averaged over `seg.infer.scales`
-//! (and their flips), optionally refined by the dense CRF (DeepLab's settings), its argmax
-//! written as a dataset in the pseudo-label format (`<run dir>/seg/pred/<split>`, or `pred_crf`):
-//! `export png` and `eval seg` read it.
+//! (and their flips) and its argmax, written as a dataset in the pseudo-label format
+//! (`<run dir>/seg/pred/<split>`); with `seg.infer.crf` also the argmax after the dense CRF
+//! (DeepLab's settings) from the same forward passes (`pred_crf/<split>`). `export png` and
+//! `eval seg` read them.
 
 use std::path::PathBuf;
 
@@ -13,7 +14,7 @@ use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
 
 use super::cam::Normalise;
-use super::map_phase::{execute, fingerprint, for_each_image, MapJob, TaskOutput};
+use super::map_phase::{execute, fingerprint, for_each_image, MapJob, ShardOutput, TaskOutput};
 use super::Summary;
 use crate::checkpoint::model_in;
 use crate::config::{Config, SegInferConfig};
@@ -36,28 +37,41 @@ pub fn run(config: &Config, world: &World, force: bool) -> anyhow::Result<Summar
     let net = Segmenter::new(&vs.root(), model.kind, model.backbone(), input.manifest().classes.len() as i64);
     weights::restore(&vs, &checkpoint).context("loading the segmenter (do [seg.model] and the dataset's classes match the training run?)")?;
     let normalise = Normalise::new(config.seg.loader.mean, config.seg.loader.std, device);
-    // What shapes the predictions: the weights, the network, the inference settings, the normalisation.
+    // What shapes the predictions: the weights, the network, the inference settings, the
+    // normalisation (and, for those with the CRF, its settings).
     let settings = serde_json::to_string(&json!({
-        "checkpoint": file_sha256(&checkpoint)?, "model": model, "infer": { "scales": infer.scales, "flip": infer.flip, "crf": infer.crf.then_some(infer.crf_params) },
+        "checkpoint": file_sha256(&checkpoint)?, "model": model, "infer": { "scales": infer.scales, "flip": infer.flip },
         "mean": config.seg.loader.mean, "std": config.seg.loader.std,
     }))?;
     let method = format!("{:?}", model.kind).to_lowercase();
-    let job = MapJob {
-        what: "seg",
-        out: config.seg_pred_dir(),
-        fingerprint: fingerprint(&[input.manifest()], &settings),
-        task_images: input.manifest().shards.iter().map(|s| s.rows).collect(),
-        kind: DatasetKind::PseudoLabels,
-        split: input.manifest().split.clone(),
-        classes: input.manifest().classes.clone(),
-        source: format!("wsss-dist seg of {} with {} ({method}, scales {:?}, flip {}, crf {})", input_dir.display(), checkpoint.display(), infer.scales, infer.flip, infer.crf),
-    };
-    let details = execute(world, std::slice::from_ref(&job), force, |task, images_done| {
-        let mut rows = Vec::new();
-        let (skipped, seconds) = for_each_image(&input, task, images_done, |image| predict(&net, image, &normalise, infer, &method), |_, _, row| rows.push(row))?;
-        Ok(TaskOutput::single(rows, skipped, seconds))
+    // Without the CRF always; with it too when asked, from the same forward passes.
+    let variants: Vec<bool> = if infer.crf { vec![false, true] } else { vec![false] };
+    let jobs: Vec<MapJob> = variants
+        .iter()
+        .map(|&crf| MapJob {
+            what: if crf { "seg + crf" } else { "seg" },
+            out: config.with_seg_crf(crf).seg_pred_dir(),
+            fingerprint: fingerprint(&[input.manifest()], &format!("{settings}|crf {}", crf.then(|| serde_json::to_string(&infer.crf_params).unwrap_or_default()).unwrap_or_default())),
+            task_images: input.manifest().shards.iter().map(|s| s.rows).collect(),
+            kind: DatasetKind::PseudoLabels,
+            split: input.manifest().split.clone(),
+            classes: input.manifest().classes.clone(),
+            source: format!("wsss-dist seg of {} with {} ({method}, scales {:?}, flip {}, crf {crf})", input_dir.display(), checkpoint.display(), infer.scales, infer.flip),
+        })
+        .collect();
+    let details = execute(world, &jobs, force, |task, images_done| {
+        let (mut plain, mut refined) = (Vec::new(), Vec::new());
+        let (skipped, seconds) = for_each_image(&input, task, images_done, |image| predict(&net, image, &normalise, infer, &method), |_, _, (row, crf_row)| {
+            plain.push(row);
+            refined.extend(crf_row);
+        })?;
+        let mut shards = vec![ShardOutput::new(plain, skipped.clone())];
+        if infer.crf {
+            shards.push(ShardOutput::new(refined, skipped));
+        }
+        Ok(TaskOutput { shards, seconds })
     })?;
-    Ok(Summary::ok(json!({ "checkpoint": checkpoint, "map": details[0] })))
+    Ok(Summary::ok(json!({ "checkpoint": checkpoint, "map": details })))
 }
 
 /// `seg.infer.checkpoint`, or the model of the newest checkpoint in `<run dir>/seg`.
@@ -68,8 +82,9 @@ fn checkpoint_path(config: &Config) -> anyhow::Result<PathBuf> {
     model_in(&config.seg_dir())?.with_context(|| format!("no checkpoint in {}/checkpoints: run `wsss-dist train seg` first, or set seg.infer.checkpoint", config.seg_dir().display()))
 }
 
-/// The prediction row of one image; an error is the reason to skip it.
-fn predict(net: &Segmenter, image: &ImageRow, normalise: &Normalise, infer: &SegInferConfig, method: &str) -> Result<PseudoRow, String> {
+/// The prediction rows of one image, without and (when `infer.crf`) with the CRF; an error is
+/// the reason to skip the image.
+fn predict(net: &Segmenter, image: &ImageRow, normalise: &Normalise, infer: &SegInferConfig, method: &str) -> Result<(PseudoRow, Option<PseudoRow>), String> {
     let rgb = decode_row_image(image)?;
     let (w, h) = (rgb.width as usize, rgb.height as usize);
     let probabilities = tch::no_grad(|| mean_softmax(net, &normalise.apply(&rgb.pixels, rgb.width, rgb.height), &infer.scales, infer.flip));
@@ -78,12 +93,12 @@ fn predict(net: &Segmenter, image: &ImageRow, normalise: &Normalise, infer: &Seg
     let per_pixel = probabilities.permute([1, 2, 0]).contiguous().to_device(Device::Cpu);
     let mut q = vec![0f32; w * h * classes];
     per_pixel.copy_data(&mut q, w * h * classes);
-    if infer.crf {
+    let row = |labels: Vec<u8>| PseudoRow { id: image.id.clone(), mask: encode_mask(rgb.width, rgb.height, &labels), method: method.into() };
+    let refined = infer.crf.then(|| {
         let unary: Vec<f32> = q.iter().map(|p| -p.max(1e-8).ln()).collect();
-        q = DenseCrf::new(&rgb.pixels, w, h, &infer.crf_params).inference(&unary, classes, 1);
-    }
-    let labels = argmax_groups(&q, classes);
-    Ok(PseudoRow { id: image.id.clone(), mask: encode_mask(rgb.width, rgb.height, &labels), method: method.into() })
+        row(argmax_groups(&DenseCrf::new(&rgb.pixels, w, h, &infer.crf_params).inference(&unary, classes, 1), classes))
+    });
+    Ok((row(argmax_groups(&q, classes)), refined))
 }
 
 /// The softmax of the logits at each scale (and of the flipped input, flipped back), resized to
