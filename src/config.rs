@@ -143,7 +143,8 @@ impl SegConfig {
         self.train.validate("seg.train")?;
         self.loader.validate("seg.loader")?;
         if self.model.kind == SegKind::DeeplabV3plus && self.loader.batch_size < 2 {
-            // Its image-pooling BatchNorm sees one value per channel and image.
+            // Its BatchNorms train on batch statistics (and the image-pooling one would see a
+            // single value per channel).
             return invalid("seg.loader.batch_size", "DeepLab v3+ trains its BatchNorms on batch statistics: at least 2");
         }
         if self.model.kind == SegKind::DeeplabV2 && self.model.arch != Arch::Resnet {

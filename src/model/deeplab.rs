@@ -212,7 +212,11 @@ impl V3PlusHead {
         let (low, high) = backbone.run_levels(images, mode);
         let high_size = high.size()[2..].to_vec();
         let mut branches: Vec<Tensor> = self.aspp.iter().map(|b| b.run(&high, mode)).collect();
-        let pooled = self.pooling.run(&high.adaptive_avg_pool2d([1, 1]), mode);
+        // The pooled branch holds one value per channel and image: a batch of one (an epoch's
+        // last, partial batch) has no batch statistics there, so that BatchNorm uses its
+        // running ones instead of failing.
+        let pooling_mode = if mode == Mode::Train && high.size()[0] == 1 { Mode::Eval } else { mode };
+        let pooled = self.pooling.run(&high.adaptive_avg_pool2d([1, 1]), pooling_mode);
         branches.push(resize(&pooled, &high_size));
         let aspp = self.aspp_project.run(&Tensor::cat(&branches, 1), mode).dropout(V3_DROPOUT, train);
         let low = self.project.run(&low, mode);
@@ -254,6 +258,9 @@ mod tests {
         assert_eq!(tch::no_grad(|| net.logits(&images)).size(), [2, 5, 64, 48]);
         // Trainable BatchNorms update their running statistics in training only.
         assert!(vars["classifier.aspp.convs.4.2.running_var"].ne(1.0).any().int64_value(&[]) == 1);
+        // A batch of one image trains too (the pooled branch's BatchNorm on running statistics).
+        let single = net.forward_train(&images.narrow(0, 0, 1), Kind::Float);
+        assert_eq!(single.logits[0].size(), [1, 5, 64, 48]);
     }
 
     #[test]
