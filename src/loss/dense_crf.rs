@@ -11,8 +11,9 @@
 //! the filter the reference's lattice computes). The gradient with respect to S̃ is
 //! `−2wWS̃/N` (W is symmetric), and it flows back through the ROI, the downscale and the softmax.
 
-use tch::{Device, Kind, Tensor};
+use tch::{Kind, Tensor};
 
+use crate::refine::crf::{bilateral_features, pixel_major};
 use crate::refine::Lattice;
 
 /// The loss's settings (`[seg.loss]`); the reference's defaults: w 2e-9, σ_rgb 15, σ_xy 100, scale 0.5.
@@ -63,13 +64,7 @@ impl DenseCrfLoss {
 fn energy_of_image(masked: &Tensor, rgb: &Tensor, sigma_rgb: f32, sigma_xy: f32) -> (f64, Tensor) {
     let size = masked.size();
     let (k, h, w) = (size[0] as usize, size[1] as usize, size[2] as usize);
-    let pixels = |t: &Tensor, channels: usize| {
-        let t = t.permute([1, 2, 0]).contiguous().to_device(Device::Cpu).to_kind(Kind::Float);
-        let mut values = vec![0f32; h * w * channels];
-        t.copy_data(&mut values, h * w * channels);
-        values
-    };
-    let (seg, colours) = (pixels(masked, k), pixels(rgb, 3));
+    let (seg, colours) = (pixel_major(masked), pixel_major(rgb));
     let filtered = bilateral_filter(&colours, w, h, sigma_rgb, sigma_xy, &seg, k);
     let energy = -seg.iter().zip(&filtered).map(|(&s, &f)| s as f64 * f as f64).sum::<f64>();
     let tensor = Tensor::from_slice(&filtered).view([h as i64, w as i64, k as i64]).permute([2, 0, 1]).contiguous();
@@ -79,22 +74,15 @@ fn energy_of_image(masked: &Tensor, rgb: &Tensor, sigma_rgb: f32, sigma_xy: f32)
 /// `W·S` for one image: `rgb` (pixels × 3, row-major, 0..255) gives the features
 /// (x/σ_xy, y/σ_xy, r/σ_rgb, g/σ_rgb, b/σ_rgb); `seg` and the result are pixels × `channels`.
 pub fn bilateral_filter(rgb: &[f32], width: usize, height: usize, sigma_rgb: f32, sigma_xy: f32, seg: &[f32], channels: usize) -> Vec<f32> {
-    let mut features = Vec::with_capacity(width * height * 5);
-    for y in 0..height {
-        for x in 0..width {
-            let p = (y * width + x) * 3;
-            features.extend([x as f32 / sigma_xy, y as f32 / sigma_xy]);
-            features.extend(rgb[p..p + 3].iter().map(|&c| c / sigma_rgb));
-        }
-    }
     let mut out = vec![0f32; seg.len()];
-    Lattice::new(&features, 5).filter(seg, channels, &mut out);
+    Lattice::new(&bilateral_features(rgb, width, height, sigma_xy, sigma_rgb), 5).filter(seg, channels, &mut out);
     out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tch::Device;
 
     /// The exact kernel `Σ_j exp(−½‖f_i − f_j‖²) s_j` (the self term included), in f64.
     fn exact_filter(rgb: &[f32], width: usize, height: usize, sigma_rgb: f32, sigma_xy: f32, seg: &[f32], channels: usize) -> Vec<f64> {
@@ -141,7 +129,8 @@ mod tests {
         let scale = lattice.iter().zip(&exact).map(|(&l, &e)| l as f64 * e).sum::<f64>() / exact.iter().map(|e| e * e).sum::<f64>();
         let worst = lattice.iter().zip(&exact).map(|(&l, &e)| ((l as f64 - scale * e) / (scale * e)).abs()).fold(0.0, f64::max);
         assert!(worst < 0.25, "the lattice is the Gaussian kernel × {scale:.3} to within {worst:.3}");
-        // Colour separates the regions: left pixels' filtered values come from the left.
+        // Colour separates the regions: pixel 0 (left, p ≈ 0.8) gathers little of the right
+        // region's (p ≈ 0.3) mass, so its second channel stays well below its first.
         let left_from_right = exact[0 * channels + 1] / exact[0 * channels];
         assert!(left_from_right < 0.3, "{left_from_right}");
     }

@@ -67,6 +67,26 @@ impl CrfParams {
     }
 }
 
+/// The features of a bilateral kernel, pixels × 5 row-major: (x/σ_xy, y/σ_xy, r/σ_rgb,
+/// g/σ_rgb, b/σ_rgb) for `rgb` (pixels × 3, row-major, 0..255 as bytes or floats).
+pub fn bilateral_features<T: Copy + Into<f32>>(rgb: &[T], width: usize, height: usize, sigma_xy: f32, sigma_rgb: f32) -> Vec<f32> {
+    let mut features = Vec::with_capacity(width * height * 5);
+    for y in 0..height {
+        for x in 0..width {
+            let p = (y * width + x) * 3;
+            features.extend([x as f32 / sigma_xy, y as f32 / sigma_xy]);
+            features.extend(rgb[p..p + 3].iter().map(|&c| c.into() / sigma_rgb));
+        }
+    }
+    features
+}
+
+/// A [C, H, W] tensor's values pixel-major (H·W × C, row-major, f32 on the CPU): the layout
+/// of the CRF's and the lattice's inputs.
+pub fn pixel_major(chw: &tch::Tensor) -> Vec<f32> {
+    Vec::try_from(chw.permute([1, 2, 0]).flatten(0, -1).to_device(tch::Device::Cpu).to_kind(tch::Kind::Float)).expect("an f32 tensor converts")
+}
+
 /// One normalised kernel: its lattice, `D^-½` and its weight.
 #[derive(Debug, Clone, PartialEq)]
 struct Kernel {
@@ -102,14 +122,7 @@ impl DenseCrf {
     /// The CRF of an RGB image (`width × height × 3` bytes, row-major).
     pub fn new(rgb: &[u8], width: usize, height: usize, params: &CrfParams) -> DenseCrf {
         assert_eq!(rgb.len(), width * height * 3, "rgb must be width × height × 3 bytes");
-        let mut appearance = Vec::with_capacity(width * height * 5);
-        for y in 0..height {
-            for x in 0..width {
-                let p = (y * width + x) * 3;
-                appearance.extend([x as f32 / params.appearance_sxy, y as f32 / params.appearance_sxy]);
-                appearance.extend(rgb[p..p + 3].iter().map(|&c| c as f32 / params.appearance_srgb));
-            }
-        }
+        let appearance = bilateral_features(rgb, width, height, params.appearance_sxy, params.appearance_srgb);
         let kernels = [smoothness_kernel(width, height, params), Arc::new(Kernel::new(&appearance, 5, params.appearance_weight))];
         DenseCrf { pixels: width * height, kernels, iterations: params.iterations }
     }

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use serde_json::json;
 use tch::nn::VarStore;
-use tch::{Device, Kind, Tensor};
+use tch::{Kind, Tensor};
 
 use super::cam::Normalise;
 use super::map_phase::{execute, fingerprint, for_each_image, MapJob, ShardOutput, TaskOutput};
@@ -24,7 +24,7 @@ use crate::data::{Dataset, DatasetKind, ImageRow, PseudoRow};
 use crate::dist::World;
 use crate::model::deeplab::Segmenter;
 use crate::model::weights;
-use crate::refine::crf::{argmax_groups, DenseCrf};
+use crate::refine::crf::{argmax_groups, pixel_major, DenseCrf};
 
 pub fn run(config: &Config, world: &World, force: bool) -> anyhow::Result<Summary> {
     let device = super::compute_device(config, world)?;
@@ -88,11 +88,8 @@ fn predict(net: &Segmenter, image: &ImageRow, normalise: &Normalise, infer: &Seg
     let rgb = decode_row_image(image)?;
     let (w, h) = (rgb.width as usize, rgb.height as usize);
     let probabilities = tch::no_grad(|| mean_softmax(net, &normalise.apply(&rgb.pixels, rgb.width, rgb.height), &infer.scales, infer.flip));
-    // [C, H, W] → pixels × classes, row-major, as the CRF and the argmax take them.
     let classes = probabilities.size()[0] as usize;
-    let per_pixel = probabilities.permute([1, 2, 0]).contiguous().to_device(Device::Cpu);
-    let mut q = vec![0f32; w * h * classes];
-    per_pixel.copy_data(&mut q, w * h * classes);
+    let q = pixel_major(&probabilities);
     let row = |labels: Vec<u8>| PseudoRow { id: image.id.clone(), mask: encode_mask(rgb.width, rgb.height, &labels), method: method.into() };
     let refined = infer.crf.then(|| {
         let unary: Vec<f32> = q.iter().map(|p| -p.max(1e-8).ln()).collect();
