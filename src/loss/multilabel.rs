@@ -1,4 +1,4 @@
-//! Multi-label soft margin loss (METHODS.md §1):
+//! Multi-label soft margin loss (docs/methods.md):
 //! `L = mean_c [ −y_c log σ(z_c) − (1−y_c) log(1−σ(z_c)) ]`, averaged over the batch too.
 
 use tch::{Kind, Tensor};

@@ -1,4 +1,4 @@
-//! CAM evaluation (METHODS.md §1): CAMs become label maps with a constant background score τ,
+//! CAM evaluation (docs/methods.md): CAMs become label maps with a constant background score τ,
 //! `label(p) = argmax({τ} ∪ {A_c(p) : y_c = 1})` (background wins ties), for every τ of a sweep
 //! at once; plus the image-label baseline, where every pixel gets the present class with the
 //! highest classifier score (no localisation at all).

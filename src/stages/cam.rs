@@ -1,5 +1,5 @@
-//! `wsss-dist cam --config F`: CAM inference (METHODS.md §1; for AMR checkpoints both branches
-//! and the recalibration `α·M_spot + (1−α)·M_comp` of §2, α = `method.amr.alpha`) over the
+//! `wsss-dist cam --config F`: CAM inference (docs/methods.md; for AMR checkpoints both branches
+//! and the recalibration `α·M_spot + (1−α)·M_comp`, α = `method.amr.alpha`) over the
 //! images of `cam.split` with the run's latest checkpoint (or `cam.checkpoint`), written as a CAM dataset
 //! (`cam.out`, default `<run dir>/cams/<split>`): f16 maps at stride 4 for the classes of each
 //! image's labels, plus the classifier's logits of those classes.

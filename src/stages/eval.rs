@@ -1,5 +1,5 @@
 //! `wsss-dist eval cam --config F`: the CAM dataset of `cam.split` against the ground-truth
-//! masks (METHODS.md §1): one confusion matrix per τ of `eval.thresholds` over the whole split,
+//! masks (docs/methods.md): one confusion matrix per τ of `eval.thresholds` over the whole split,
 //! the best τ, per-class IoU, and the image-label baseline. Written to
 //! `<run dir>/eval/cam.json` and `cam.md`, and printed.
 //!
