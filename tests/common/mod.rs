@@ -41,11 +41,18 @@ pub fn run_python(script: &str, args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
-/// The real PASCAL VOC photos shipped in ../shared.
-pub fn voc_mini() -> PathBuf {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/voc-mini/VOC2012");
-    assert!(path.is_dir(), "voc-mini not found at {}", path.display());
-    path
+/// The real PASCAL VOC photos of the team's `../shared/data` (or `WSSS_VOC_DATA`), or `None`
+/// in a clone without them: the test that asked then says on the terminal that it did not run
+/// and why (written to stderr directly, past the test harness's capture), and returns.
+pub fn voc_mini(test: &str) -> Option<PathBuf> {
+    let data = std::env::var_os("WSSS_VOC_DATA").map(PathBuf::from).unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data"));
+    let path = data.join("voc-mini/VOC2012");
+    if path.is_dir() {
+        return Some(path);
+    }
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr().lock(), "SKIPPED {test}: no voc-mini photos at {} (set WSSS_VOC_DATA to the folder holding voc-mini/)", path.display());
+    None
 }
 
 pub fn s(p: &Path) -> &str {
