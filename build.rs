@@ -4,11 +4,14 @@
 //!       silently unavailable at run time. A CPU-only libtorch has no libtorch_cuda.so, and
 //!       forcing -ltorch there would pull in the CUDA libraries it lacks.
 //! 2. The MPI_IN_PLACE shim, compiled with the MPI library rsmpi links.
-use std::path::Path;
+//! 3. The synchronised BatchNorm (an autograd function tch cannot define), compiled against
+//!    libtorch's headers as torch-sys compiles its own C++.
+use std::path::{Path, PathBuf};
 
 fn main() {
     link_libtorch();
     compile_mpi_shim();
+    compile_sync_batch_norm();
 }
 
 fn link_libtorch() {
@@ -38,4 +41,32 @@ fn compile_mpi_shim() {
         }
     }
     build.compile("wsss_mpi_shim");
+}
+
+fn compile_sync_batch_norm() {
+    const SHIM: &str = "src/dist/shim/sync_batch_norm.cpp";
+    println!("cargo:rerun-if-changed={SHIM}");
+    for var in ["LIBTORCH_INCLUDE", "LIBTORCH_CXX11_ABI"] {
+        println!("cargo:rerun-if-env-changed={var}");
+    }
+    // torch-sys's rule: headers under $LIBTORCH_INCLUDE, else next to the lib dir it links.
+    let root = match std::env::var("LIBTORCH_INCLUDE") {
+        Ok(dir) => PathBuf::from(dir),
+        Err(_) => {
+            let lib = std::env::var("DEP_TCH_LIBTORCH_LIB").expect("torch-sys names the libtorch it links (DEP_TCH_LIBTORCH_LIB)");
+            Path::new(&lib).parent().expect("libtorch's lib dir has a parent").to_path_buf()
+        }
+    };
+    let abi = std::env::var("LIBTORCH_CXX11_ABI").unwrap_or_else(|_| "1".to_owned());
+    cc::Build::new()
+        .cpp(true)
+        .pic(true)
+        .warnings(false)
+        .include(root.join("include"))
+        .include(root.join("include/torch/csrc/api/include"))
+        .flag("-std=c++17")
+        .flag(format!("-D_GLIBCXX_USE_CXX11_ABI={abi}"))
+        .flag("-DGLOG_USE_GLOG_EXPORT")
+        .file(SHIM)
+        .compile("wsss_sync_batch_norm");
 }

@@ -9,7 +9,7 @@ repeats=${BENCH_REPEATS:-3}
 voc=../shared/data/voc-mini/VOC2012
 data=data/bench/voc-mini-train
 [ -e "$data/manifest.json" ] || target/release/wsss-dist data import voc --root "$voc" --split train_aug --out "$data"
-cargo bench --bench loader --bench train_step --bench allreduce --no-run -q 2>/dev/null
+cargo bench --bench loader --bench train_step --bench allreduce --bench seg_step --no-run -q 2>/dev/null
 bench_exe() { cargo bench --bench "$1" --no-run --message-format=json 2>/dev/null | "$py" -c "import json,sys; print([m['executable'] for m in map(json.loads, sys.stdin) if m.get('executable') and m['target']['name'] == '$1'][0])"; }
 uptime >&2
 
@@ -100,5 +100,30 @@ for v in "${variants[@]}"; do
   m=$(printf '%s\n' ${times[$v]} | median)
   printf '%-22s %.3f s/step  vs baseline %.2fx   (runs: %s)\n' "cam ${v:-(baseline)}" "$m" "$(awk -v a="$m" -v b="$base" 'BEGIN {print a / b}')" "${times[$v]}"
 done
+
+echo "== correctness against PyTorch: DeepLab v2 (ResNet-50, OS 8, MSC outputs) and v3+ (MobileNetV2 and ResNet-50, OS 16) on random weights, inference and training outputs (tolerance 1e-4 of each output's largest value)"
+"$py" benchmarks/check_deeplab_torch.py --work data/bench/check-deeplab
+
+echo "== segmenter training step vs PyTorch eager: DeepLab v3+ on MobileNetV2 and v2 on ResNet-50, batch 4, 321 px, 2 threads (time, lower is better; target <= 1.03); then the dense-CRF loss's share of the v3+ step"
+seg_step=$(bench_exe seg_step)
+for model in "deeplab_v3plus mobilenet_v2" "deeplab_v2 resnet50"; do
+  set -- $model
+  ours=(); theirs=()
+  for _ in $(seq "$repeats"); do
+    ours+=("$("$seg_step" --kind "$1" --arch "$2" --batch 4 --size 321 --steps 5 --threads 2 | field median_step_s)")
+    theirs+=("$("$py" benchmarks/seg_step_torch.py --kind "$1" --arch "$2" --batch 4 --size 321 --steps 5 --threads 2 2>/dev/null | field median_step_s)")
+  done
+  o=$(printf '%s\n' "${ours[@]}" | median); t=$(printf '%s\n' "${theirs[@]}" | median)
+  printf '%-28s wsss-dist %7.3f s  pytorch eager %7.3f s  ratio %.3fx   (runs: wsss-dist %s | pytorch %s)\n' \
+    "$1/$2" "$o" "$t" "$(awk -v a="$o" -v b="$t" 'BEGIN {print a / b}')" "${ours[*]}" "${theirs[*]}"
+done
+plain=(); crf=()
+for _ in $(seq "$repeats"); do
+  plain+=("$("$seg_step" --batch 4 --size 321 --steps 5 --threads 2 | field median_step_s)")
+  crf+=("$("$seg_step" --batch 4 --size 321 --steps 5 --threads 2 --dense-crf | field median_step_s)")
+done
+p=$(printf '%s\n' "${plain[@]}" | median); c=$(printf '%s\n' "${crf[@]}" | median)
+printf 'dense-CRF loss: v3+ step %.3f s without, %.3f s with: %.0f%% of the step   (runs: without %s | with %s)\n' \
+  "$p" "$c" "$(awk -v a="$p" -v b="$c" 'BEGIN {print 100 * (b - a) / b}')" "${plain[*]}" "${crf[*]}"
 
 bash benchmarks/refine.sh

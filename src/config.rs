@@ -15,7 +15,7 @@ use crate::data::sampler::Uneven;
 use crate::data::synthetic::SyntheticParams;
 use crate::dist::Backend;
 use crate::model::backbone::{Arch, BackboneSpec};
-use crate::model::deeplab::SegKind;
+use crate::model::deeplab::{SegKind, V3_DROPOUT};
 use crate::model::mobilenet;
 use crate::model::resnet::{Depth, Strides};
 use crate::model::Base;
@@ -120,6 +120,11 @@ pub struct SegConfig {
     pub infer: SegInferConfig,
 }
 
+/// DeepLab's training crops, by `seg.model.kind` when `seg.loader.crop` is not set: 513 for v3+
+/// (VainF's), 321 for v2 (kazuto1011's).
+const V3PLUS_CROP: u32 = 513;
+const V2_CROP: u32 = 321;
+
 impl Default for SegConfig {
     fn default() -> Self {
         SegConfig {
@@ -133,7 +138,7 @@ impl Default for SegConfig {
             // (VainF: head 0.01, backbone 0.1x); DeepLab v2's reference trains at 2.5e-4.
             train: TrainConfig { lr: 0.001, weight_decay: 5e-4, ..TrainConfig::default() },
             // Random scale, flip and crop only: DeepLab does no colour jitter.
-            loader: LoaderConfig { batch_size: 10, crop: 321, resize_long: [250, 750], brightness: 0.0, contrast: 0.0, saturation: 0.0, hue: 0.0, ..LoaderConfig::default() },
+            loader: LoaderConfig { batch_size: 10, crop: V3PLUS_CROP, resize_long: [250, 750], brightness: 0.0, contrast: 0.0, saturation: 0.0, hue: 0.0, ..LoaderConfig::default() },
         }
     }
 }
@@ -152,6 +157,9 @@ impl SegConfig {
         }
         if ![8, 16].contains(&self.model.output_stride) {
             return invalid("seg.model.output_stride", "must be 8 or 16");
+        }
+        if !(0.0..1.0).contains(&self.model.dropout) {
+            return invalid("seg.model.dropout", "must be in [0, 1)");
         }
         if self.infer.scales.is_empty() || self.infer.scales.iter().any(|s| !(*s > 0.0 && *s <= 8.0)) {
             return invalid("seg.infer.scales", "must list at least one scale in (0, 8]");
@@ -245,11 +253,13 @@ pub struct SegModelConfig {
     /// torchvision ImageNet weights as safetensors for the backbone; "" starts from a random
     /// initialisation.
     pub init: PathBuf,
+    /// v3+'s dropout rate after the ASPP projection, in [0, 1).
+    pub dropout: f64,
 }
 
 impl Default for SegModelConfig {
     fn default() -> Self {
-        SegModelConfig { kind: SegKind::DeeplabV3plus, arch: Arch::MobilenetV2, depth: Depth::Resnet101, output_stride: 16, init: PathBuf::new() }
+        SegModelConfig { kind: SegKind::DeeplabV3plus, arch: Arch::MobilenetV2, depth: Depth::Resnet101, output_stride: 16, init: PathBuf::new(), dropout: V3_DROPOUT }
     }
 }
 
@@ -821,12 +831,16 @@ impl Config {
         // Keys left out take the defaults of `Config::default()`, nested sections included:
         // serde's `default` would fill a partly written `[seg.train]` from `TrainConfig::default()`
         // and lose the segmenter's own defaults.
+        let crop_given = table.get("seg").and_then(|s| s.get("loader")).and_then(|l| l.get("crop")).is_some();
         let mut merged = defaults_table();
         merge_into(&mut merged, table);
-        let config: Config = serde_path_to_error::deserialize(toml::Value::Table(merged)).map_err(|e| {
+        let mut config: Config = serde_path_to_error::deserialize(toml::Value::Table(merged)).map_err(|e| {
             let origin = path.map_or_else(|| "--set".to_string(), |p| p.display().to_string());
             ConfigError::Invalid { key: e.path().to_string(), message: format!("{} (in {origin})", e.inner().message()) }
         })?;
+        if !crop_given && config.seg.model.kind == SegKind::DeeplabV2 {
+            config.seg.loader.crop = V2_CROP;
+        }
         config.validate()?;
         Ok(config)
     }
@@ -1088,6 +1102,15 @@ mod tests {
         assert!(err.contains("loader.resize_long"), "{err}");
         let err = load_str("", &["loader"]).unwrap_err().to_string();
         assert!(err.contains("section.key=value"), "{err}");
+    }
+
+    /// `seg.loader.crop` follows the segmenter unless given: 513 for v3+, 321 for v2.
+    #[test]
+    fn the_segmenter_crop_follows_the_kind_unless_given() {
+        assert_eq!(load_str("", &[]).unwrap().seg.loader.crop, 513);
+        let v2 = "[seg.model]\nkind = \"deeplab_v2\"\narch = \"resnet\"\n";
+        assert_eq!(load_str(v2, &[]).unwrap().seg.loader.crop, 321);
+        assert_eq!(load_str(v2, &["seg.loader.crop=400"]).unwrap().seg.loader.crop, 400);
     }
 
     /// A partly written nested section keeps the other defaults of *its* place in the config.

@@ -6,6 +6,7 @@ pub mod comm;
 pub mod ddp;
 pub mod device;
 pub mod map;
+pub mod sync_bn;
 pub mod world;
 
 pub use comm::{connect, Backend, CommError, Communicator};

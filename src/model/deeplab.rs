@@ -14,12 +14,15 @@
 //!   projected to 48 channels, concatenated, a 3×3 conv + BN + ReLU and a 1×1 to the classes;
 //!   logits bilinearly upsampled to the input. Its BatchNorms train; the backbone's are frozen.
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 use tch::nn::{self, Module};
 use tch::{Kind, Tensor};
 
 use super::backbone::{Backbone, BackboneSpec};
 use super::layers::{conv, BatchNorm, Conv, ConvSpec, Mode};
+use crate::dist::sync_bn::StatsSync;
 
 /// Which segmenter (`seg.model.kind`).
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
@@ -43,7 +46,8 @@ const V2_SCALES: [f64; 2] = [0.5, 0.75];
 const V3_RATES: [i64; 3] = [6, 12, 18];
 const V3_CHANNELS: i64 = 256;
 const V3_LOW_LEVEL_CHANNELS: i64 = 48;
-const V3_DROPOUT: f64 = 0.1;
+/// v3+'s dropout after the ASPP projection (`seg.model.dropout`'s default).
+pub const V3_DROPOUT: f64 = 0.1;
 
 /// A 2-D convolution with bias (tch's `nn::Conv2D`), "same" padding at its dilation.
 fn conv_bias(vs: &nn::Path, c_in: i64, c_out: i64, k: i64, dilation: i64, ws_init: nn::Init) -> nn::Conv2D {
@@ -86,8 +90,16 @@ struct V3PlusHead {
     /// After global average pooling (`aspp.convs.4.1`, `.2`).
     pooling: ConvBnRelu,
     aspp_project: ConvBnRelu,
+    dropout: f64,
     fuse: ConvBnRelu,
     classifier: nn::Conv2D,
+}
+
+impl V3PlusHead {
+    fn batch_norms(&mut self) -> impl Iterator<Item = &mut BatchNorm> {
+        let blocks = [&mut self.project, &mut self.pooling, &mut self.aspp_project, &mut self.fuse];
+        blocks.into_iter().chain(self.aspp.iter_mut()).map(|b| &mut b.bn)
+    }
 }
 
 #[derive(Debug)]
@@ -134,12 +146,29 @@ impl Segmenter {
                     aspp,
                     pooling: ConvBnRelu::new(&(&convs / "4"), "1", "2", ConvSpec::plain(d, c, 1, 1)),
                     aspp_project: ConvBnRelu::new(&(&aspp_path / "project"), "0", "1", ConvSpec::plain(5 * c, c, 1, 1)),
+                    dropout: V3_DROPOUT,
                     fuse: ConvBnRelu::new(&(&path / "classifier"), "0", "1", ConvSpec::plain(V3_LOW_LEVEL_CHANNELS + c, c, 3, 1)),
                     classifier: conv_bias(&(&path / "classifier" / "3"), c, num_classes, 1, 1, kaiming),
                 })
             }
         };
         Segmenter { backbone, head }
+    }
+
+    /// v3+'s dropout rate after the ASPP projection (v2 has none).
+    pub fn with_dropout(mut self, rate: f64) -> Segmenter {
+        if let Head::V3Plus(head) = &mut self.head {
+            head.dropout = rate;
+        }
+        self
+    }
+
+    /// The head's trainable BatchNorms (v3+) take their training statistics over every rank
+    /// of `sync`; v2 has none.
+    pub fn synchronise_batch_norm(&mut self, sync: Arc<StatsSync>) {
+        if let Head::V3Plus(head) = &mut self.head {
+            head.batch_norms().for_each(|bn| bn.synchronise(sync.clone()));
+        }
     }
 
     /// Sets the backbone's frozen BatchNorm statistics from one batch (a random start).
@@ -192,11 +221,12 @@ impl Segmenter {
     }
 }
 
-/// The input at `scale` (bilinear, `interpolate(scale_factor=…)`'s size: ⌊side·scale⌋).
+/// The input at `scale` as kazuto1011's MSC makes it, `interpolate(scale_factor=scale)`: size
+/// ⌊side·scale⌋, source coordinates mapped by 1/scale (not by the ratio of the sizes).
 fn scaled(images: &Tensor, scale: f64) -> Tensor {
     let size = images.size();
     let side = |s: i64| ((s as f64) * scale).floor() as i64;
-    resize(images, &[side(size[2]), side(size[3])])
+    images.upsample_bilinear2d([side(size[2]), side(size[3])], false, Some(scale), Some(scale))
 }
 
 impl V2Head {
@@ -212,13 +242,11 @@ impl V3PlusHead {
         let (low, high) = backbone.run_levels(images, mode);
         let high_size = high.size()[2..].to_vec();
         let mut branches: Vec<Tensor> = self.aspp.iter().map(|b| b.run(&high, mode)).collect();
-        // The pooled branch holds one value per channel and image: a batch of one (an epoch's
-        // last, partial batch) has no batch statistics there, so that BatchNorm uses its
-        // running ones instead of failing.
-        let pooling_mode = if mode == Mode::Train && high.size()[0] == 1 { Mode::Eval } else { mode };
-        let pooled = self.pooling.run(&high.adaptive_avg_pool2d([1, 1]), pooling_mode);
+        // On a batch of one the pooled branch's BatchNorm has one value per channel and uses
+        // its running statistics (`BatchNorm::run`).
+        let pooled = self.pooling.run(&high.adaptive_avg_pool2d([1, 1]), mode);
         branches.push(resize(&pooled, &high_size));
-        let aspp = self.aspp_project.run(&Tensor::cat(&branches, 1), mode).dropout(V3_DROPOUT, train);
+        let aspp = self.aspp_project.run(&Tensor::cat(&branches, 1), mode).dropout(self.dropout, train);
         let low = self.project.run(&low, mode);
         let fused = self.fuse.run(&Tensor::cat(&[low.shallow_clone(), resize(&aspp, &low.size()[2..])], 1), mode);
         resize(&self.classifier.forward(&fused.to_kind(Kind::Float)), &images.size()[2..])

@@ -1,8 +1,12 @@
 //! Layers shared by the backbones (docs/methods.md, Backbones): frozen or trainable BatchNorm and a
 //! bias-free convolution (strided, dilated, grouped), with torchvision's initialisation.
 
+use std::sync::Arc;
+
 use tch::nn::{self, Module};
 use tch::{Kind, Tensor};
+
+use crate::dist::sync_bn::{BatchNormState, StatsSync};
 
 /// How a forward pass runs the BatchNorms.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -20,7 +24,8 @@ pub enum Mode {
 }
 
 /// A BatchNorm. Frozen (the backbone's: eval statistics, affine parameters not trained), or
-/// trainable (affine parameters trained, batch statistics in `Mode::Train`).
+/// trainable (affine parameters trained, batch statistics in `Mode::Train`; over every rank's
+/// batch once [`BatchNorm::synchronise`]d).
 #[derive(Debug)]
 pub struct BatchNorm {
     weight: Tensor,
@@ -28,6 +33,7 @@ pub struct BatchNorm {
     running_mean: Tensor,
     running_var: Tensor,
     trainable: bool,
+    sync: Option<Arc<StatsSync>>,
 }
 
 /// torchvision's BatchNorm epsilon.
@@ -42,12 +48,20 @@ impl BatchNorm {
         } else {
             (vs.ones_no_train("weight", &[channels]), vs.zeros_no_train("bias", &[channels]))
         };
-        BatchNorm { weight, bias, running_mean: vs.zeros_no_train("running_mean", &[channels]), running_var: vs.ones_no_train("running_var", &[channels]), trainable }
+        BatchNorm { weight, bias, running_mean: vs.zeros_no_train("running_mean", &[channels]), running_var: vs.ones_no_train("running_var", &[channels]), trainable, sync: None }
     }
 
+    /// Training-mode statistics over the batches of every rank of `sync` (PyTorch's
+    /// `SyncBatchNorm`).
+    pub fn synchronise(&mut self, sync: Arc<StatsSync>) {
+        self.sync = Some(sync);
+    }
+
+    /// Panics if a synchronised BatchNorm's sum over the ranks fails (as tch's own operations
+    /// panic on a libtorch error); under MPI's default error handler the job has aborted first.
     pub fn run(&self, xs: &Tensor, mode: Mode) -> Tensor {
         match mode {
-            Mode::Train if self.trainable => xs.batch_norm(Some(&self.weight), Some(&self.bias), Some(&self.running_mean), Some(&self.running_var), true, BN_MOMENTUM, BN_EPS, true),
+            Mode::Train if self.trainable => self.train(xs),
             Mode::Calibrate => {
                 tch::no_grad(|| {
                     let dims = [0i64, 2, 3];
@@ -58,6 +72,20 @@ impl BatchNorm {
             }
             _ => self.forward(xs),
         }
+    }
+
+    /// Batch statistics, updating the running ones. A channel with a single value (a pooled
+    /// branch on a batch of one) has no batch variance: it uses the running statistics, as
+    /// the synchronised layer does when the value is the only one over every rank.
+    fn train(&self, xs: &Tensor) -> Tensor {
+        if let Some(sync) = &self.sync {
+            let state = BatchNormState { weight: &self.weight, bias: &self.bias, running_mean: &self.running_mean, running_var: &self.running_var, momentum: BN_MOMENTUM, eps: BN_EPS };
+            return sync.batch_norm(xs, &state).unwrap_or_else(|e| panic!("{e}"));
+        }
+        if xs.numel() as i64 == xs.size()[1] {
+            return self.forward(xs);
+        }
+        xs.batch_norm(Some(&self.weight), Some(&self.bias), Some(&self.running_mean), Some(&self.running_var), true, BN_MOMENTUM, BN_EPS, true)
     }
 }
 

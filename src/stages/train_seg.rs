@@ -18,6 +18,7 @@ use crate::data::join::join_by_id;
 use crate::data::loader::Batch;
 use crate::data::schema::PseudoRow;
 use crate::data::Dataset;
+use crate::dist::sync_bn::StatsSync;
 use crate::dist::World;
 use crate::loss::dense_crf::DenseCrfLoss;
 use crate::loss::segmentation::{pixel_cross_entropy, resize_labels};
@@ -44,22 +45,28 @@ pub fn run(config: &Config, world: &World, resume: bool) -> anyhow::Result<Summa
     trainer::train(config, world, resume, &stage, data, |context| Ok(SegTask::new(config, context)))
 }
 
-/// The segmenter and its loss.
-struct SegTask<'a> {
+/// The segmenter and its loss (public for the step benchmark, `benchmarks/seg_step.rs`).
+pub struct SegTask<'a> {
     config: &'a Config,
     vs: VarStore,
     net: Segmenter,
     dense_crf: Option<DenseCrfLoss>,
     device: Device,
+    /// v3+'s trainable BatchNorms on more than one rank (docs/segmenter.md).
+    synchronised: bool,
 }
 
 impl<'a> SegTask<'a> {
-    fn new(config: &'a Config, context: &TaskContext) -> SegTask<'a> {
+    pub fn new(config: &'a Config, context: &TaskContext) -> SegTask<'a> {
         let vs = VarStore::new(context.device);
         let model = &config.seg.model;
         // Classes 0..=C: background is a class of its own here.
-        let net = Segmenter::new(&vs.root(), model.kind, model.backbone(), context.num_classes + 1);
-        SegTask { config, vs, net, dense_crf: config.seg.loss.dense_crf_loss(), device: context.device }
+        let mut net = Segmenter::new(&vs.root(), model.kind, model.backbone(), context.num_classes + 1).with_dropout(model.dropout);
+        let synchronised = context.comm.size() > 1 && model.kind == SegKind::DeeplabV3plus;
+        if synchronised {
+            net.synchronise_batch_norm(Arc::new(StatsSync::new(context.comm.clone(), context.device)));
+        }
+        SegTask { config, vs, net, dense_crf: config.seg.loss.dense_crf_loss(), device: context.device, synchronised }
     }
 }
 
@@ -133,6 +140,16 @@ impl Task for SegTask<'_> {
         let full = last.upsample_bilinear2d([images.size()[2], images.size()[3]], false, None, None);
         let loader = &self.config.seg.loader;
         cross_entropy + dense_crf.loss(&full.softmax(1, Kind::Float), &unnormalise(&images, loader.mean, loader.std), &padding_free(&images))
+    }
+
+    fn synchronises(&self) -> bool {
+        self.synchronised
+    }
+}
+
+impl SegTask<'_> {
+    pub fn net(&self) -> &Segmenter {
+        &self.net
     }
 }
 

@@ -58,6 +58,11 @@ pub trait Task {
     /// The mean loss of one micro-batch (a scalar on the task's device), the forward pass in
     /// training mode with `compute` precision; `generator` feeds any random draw of the loss.
     fn loss(&self, batch: &Batch, compute: Kind, generator: &mut ChaCha8Rng) -> Tensor;
+    /// Whether the forward and backward passes sum over the ranks (synchronised BatchNorm):
+    /// every rank must then run both for a micro-batch, or none.
+    fn synchronises(&self) -> bool {
+        false
+    }
 }
 
 /// A training stage's settings: which config sections it reads and where it writes.
@@ -92,6 +97,8 @@ impl TrainData {
 pub struct TaskContext {
     pub device: Device,
     pub num_classes: i64,
+    /// The job's ranks, for a task whose passes sum over them.
+    pub comm: Arc<dyn Communicator>,
 }
 
 /// One line of `metrics.jsonl`.
@@ -119,7 +126,7 @@ pub fn train<T: Task>(
     let (keys, train) = (stage.keys, stage.train);
     let device = super::compute_device(config, world)?;
     ensure!(!train.bf16 || device.is_cuda() || config.run.device == "cpu", "config key `{keys}train.bf16`: bf16 autocast needs a CUDA device (set run.device = \"cpu\" to force it on the CPU)");
-    let comm = dist::connect(world, config.dist.backend, device)?;
+    let comm: Arc<dyn Communicator> = Arc::from(dist::connect(world, config.dist.backend, device)?);
     let dataset = &data.images;
     let sampler = Sampler {
         len: dataset.len(),
@@ -135,7 +142,7 @@ pub fn train<T: Task>(
     let loader = data.loader(sampler.clone(), loader_spec.clone())?;
 
     tch::manual_seed(config.run.seed as i64);
-    let task = make_task(&TaskContext { device, num_classes: dataset.manifest().num_classes() as i64 })?;
+    let task = make_task(&TaskContext { device, num_classes: dataset.manifest().num_classes() as i64, comm: comm.clone() })?;
     let settings = SgdSettings {
         lr: train.lr,
         momentum: train.momentum,
@@ -219,7 +226,7 @@ pub fn train<T: Task>(
             }
             skipped_samples += batch.skipped.len();
             let compute_start = Instant::now();
-            trainer.forward_backward(&batch, &mut step_input);
+            trainer.forward_backward(&batch, &mut step_input).with_context(|| format!("step {} on rank {}", trainer.sgd.step_count(), world.rank))?;
             step_input.compute_s += compute_start.elapsed().as_secs_f64();
             cursor = batch.cursor;
             let epoch_done = cursor.position >= schedule.per_rank;
@@ -344,7 +351,7 @@ struct Trainer<T> {
     task: T,
     sgd: Sgd,
     buckets: GradientBuckets,
-    comm: Box<dyn Communicator>,
+    comm: Arc<dyn Communicator>,
     device: Device,
     compute: Kind,
     /// With the step, the rank and the micro-batch, what a loss's random draw is seeded from.
@@ -365,22 +372,32 @@ impl<T: Task> Trainer<T> {
     /// Forward and backward of one micro-batch. The loss backpropagated is the *sum* over the
     /// batch; `finish_step` divides the summed gradients by the step's sample count over all
     /// ranks, so any split into ranks and micro-batches gives the gradient of the mean loss.
-    fn forward_backward(&self, batch: &Batch, input: &mut StepInput) {
+    ///
+    /// A task that synchronises runs its passes on every rank or on none: a micro-batch that
+    /// some rank could not read a sample of is skipped everywhere, and a loss that is not
+    /// finite on some rank is backpropagated nowhere (`finish_step` then skips the step).
+    fn forward_backward(&self, batch: &Batch, input: &mut StepInput) -> anyhow::Result<()> {
         input.micro_batches += 1;
         input.ids.extend(batch.ids.iter().cloned());
-        if batch.indices.is_empty() {
-            return;
+        let synchronised = self.task.synchronises() && self.comm.size() > 1;
+        let all_ranks = |flag: bool| -> anyhow::Result<bool> { Ok(!synchronised || sum_values(self.comm.as_ref(), &[f64::from(u8::from(!flag))], self.device)?[0] == 0.0) };
+        if !all_ranks(!batch.indices.is_empty())? {
+            if !batch.indices.is_empty() {
+                warn!("micro-batch {} of step {}: another rank has no readable sample, and the synchronised BatchNorm needs every rank: its {} sample(s) skipped here", input.micro_batches, self.sgd.step_count(), batch.indices.len());
+            }
+            return Ok(());
         }
         let mut generator = ChaCha8Rng::seed_from_u64(mix_seed(&[self.seed, self.sgd.step_count(), self.rank as u64, input.micro_batches]));
         let loss_sum = self.task.loss(batch, self.compute, &mut generator) * batch.indices.len() as f64;
         let value = loss_sum.double_value(&[]);
         input.images += batch.indices.len() as f64;
-        if !value.is_finite() {
-            input.non_finite = true;
-            return;
+        input.non_finite |= !value.is_finite();
+        if !all_ranks(value.is_finite())? {
+            return Ok(());
         }
         input.loss_sum += value;
-        loss_sum.backward();
+        loss_sum.f_backward().context("backpropagating the loss")?;
+        Ok(())
     }
 
     /// Agrees with the other ranks on the step's samples and loss, sums the gradients over the
