@@ -68,7 +68,7 @@ impl ConvBnRelu {
     }
 
     fn run(&self, xs: &Tensor, mode: Mode) -> Tensor {
-        self.bn.run(&self.conv.forward(xs), mode).relu()
+        self.bn.run(&self.conv.forward(xs), mode).relu_()
     }
 }
 

@@ -45,8 +45,9 @@ impl ConvBn {
     }
 
     fn run(&self, xs: &Tensor, mode: Mode) -> Tensor {
-        let h = self.bn.run(&self.conv.forward(xs), mode);
-        if self.relu6 { h.clamp(0.0, 6.0) } else { h }
+        let mut h = self.bn.run(&self.conv.forward(xs), mode);
+        // In place, as torchvision's ReLU6(inplace=True).
+        if self.relu6 { h.clamp_(0.0, 6.0) } else { h }
     }
 }
 

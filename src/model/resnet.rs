@@ -84,8 +84,9 @@ impl Block {
     fn run(&self, xs: &Tensor, mode: Mode) -> Tensor {
         let last = self.convs.len() - 1;
         let residual = self.convs.iter().enumerate().fold(xs.shallow_clone(), |h, (i, (conv, bn))| {
-            let h = bn.run(&conv.forward(&h), mode);
-            if i < last { h.relu() } else { h }
+            let mut h = bn.run(&conv.forward(&h), mode);
+            // In place, as torchvision's ReLU(inplace=True): one tensor less per activation.
+            if i < last { h.relu_() } else { h }
         });
         let residual = match &self.amm {
             Some(amm) => amm.forward(&residual, mode),
@@ -95,7 +96,7 @@ impl Block {
             Some((conv, bn)) => bn.run(&conv.forward(xs), mode),
             None => xs.shallow_clone(),
         };
-        (residual + shortcut).relu()
+        (residual + shortcut).relu_()
     }
 }
 
@@ -181,7 +182,7 @@ impl ResNet {
 
     /// layer1's output (stride 4) and the last feature map.
     pub fn run_levels(&self, xs: &Tensor, mode: Mode) -> (Tensor, Tensor) {
-        let stem = self.bn1.run(&self.conv1.forward(xs), mode).relu().max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false);
+        let stem = self.bn1.run(&self.conv1.forward(xs), mode).relu_().max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false);
         let low = self.layers[0].iter().fold(stem, |h, block| block.run(&h, mode));
         let high = self.layers[1..].iter().flatten().fold(low.shallow_clone(), |h, block| block.run(&h, mode));
         (low, high)
