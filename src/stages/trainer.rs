@@ -379,9 +379,15 @@ impl<T: Task> Trainer<T> {
     fn forward_backward(&self, batch: &Batch, input: &mut StepInput) -> anyhow::Result<()> {
         input.micro_batches += 1;
         input.ids.extend(batch.ids.iter().cloned());
+        // This rank's `flag`, or for a synchronising task whether it holds on every rank.
         let synchronised = self.task.synchronises() && self.comm.size() > 1;
-        let all_ranks = |flag: bool| -> anyhow::Result<bool> { Ok(!synchronised || sum_values(self.comm.as_ref(), &[f64::from(u8::from(!flag))], self.device)?[0] == 0.0) };
-        if !all_ranks(!batch.indices.is_empty())? {
+        let on_every_rank = |flag: bool| -> anyhow::Result<bool> {
+            if !synchronised {
+                return Ok(flag);
+            }
+            Ok(sum_values(self.comm.as_ref(), &[f64::from(u8::from(!flag))], self.device)?[0] == 0.0)
+        };
+        if !on_every_rank(!batch.indices.is_empty())? {
             if !batch.indices.is_empty() {
                 warn!("micro-batch {} of step {}: another rank has no readable sample, and the synchronised BatchNorm needs every rank: its {} sample(s) skipped here", input.micro_batches, self.sgd.step_count(), batch.indices.len());
             }
@@ -392,7 +398,7 @@ impl<T: Task> Trainer<T> {
         let value = loss_sum.double_value(&[]);
         input.images += batch.indices.len() as f64;
         input.non_finite |= !value.is_finite();
-        if !all_ranks(value.is_finite())? {
+        if !on_every_rank(value.is_finite())? {
             return Ok(());
         }
         input.loss_sum += value;
@@ -526,5 +532,82 @@ impl MetricsLog {
             writeln!(file, "{}", serde_json::to_string(metrics)?).context("writing metrics.jsonl")?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+
+    use super::*;
+    use crate::dist::comm::LocalComm;
+
+    /// One parameter `w` of 2 values; the loss is `value · Σw`, and the task counts its calls.
+    struct Probe {
+        vs: VarStore,
+        w: Tensor,
+        value: f64,
+        calls: Cell<usize>,
+    }
+
+    impl Task for Probe {
+        fn vars(&self) -> &VarStore {
+            &self.vs
+        }
+        fn param_groups(&self) -> Vec<ParamGroup> {
+            vec![ParamGroup { name: "all".into(), lr_mult: 1.0, decay: true, params: vec![("w".into(), self.w.shallow_clone())] }]
+        }
+        fn initialise(&self, _calibration: &dyn Fn() -> anyhow::Result<Batch>) -> anyhow::Result<()> {
+            Ok(())
+        }
+        fn loss(&self, _batch: &Batch, _compute: Kind, _generator: &mut ChaCha8Rng) -> Tensor {
+            self.calls.set(self.calls.get() + 1);
+            (&self.w * self.value).sum(Kind::Float)
+        }
+    }
+
+    fn probe_trainer(value: f64) -> Trainer<Probe> {
+        let vs = VarStore::new(Device::Cpu);
+        let w = vs.root().ones("w", &[2]);
+        let task = Probe { vs, w, value, calls: Cell::new(0) };
+        let settings = SgdSettings { lr: 0.1, momentum: 0.9, weight_decay: 0.0, poly_power: 0.9, total_steps: 10 };
+        let sgd = Sgd::new(settings, task.param_groups());
+        let buckets = GradientBuckets::new(&sgd.params().map(|p| p.shallow_clone()).collect::<Vec<_>>(), 1 << 20);
+        Trainer { task, sgd, buckets, comm: Arc::new(LocalComm), device: Device::Cpu, compute: Kind::Float, seed: 0, rank: 0 }
+    }
+
+    fn batch(images: usize) -> Batch {
+        let indices: Vec<usize> = (0..images).collect();
+        Batch { images: Tensor::zeros([images as i64, 3, 4, 4], (Kind::Float, Device::Cpu)), labels: Tensor::zeros([images as i64, 2], (Kind::Float, Device::Cpu)), masks: None, ids: indices.iter().map(|i| format!("img{i}")).collect(), indices, skipped: vec![], cursor: Cursor::default() }
+    }
+
+    fn gradient(trainer: &Trainer<Probe>) -> Vec<f32> {
+        let grad = trainer.task.w.grad();
+        if grad.defined() { Vec::try_from(&grad).unwrap() } else { vec![0.0, 0.0] }
+    }
+
+    /// A micro-batch with no readable sample runs no forward pass and counts no image.
+    #[test]
+    fn an_empty_micro_batch_is_not_run() {
+        let trainer = probe_trainer(1.0);
+        let mut input = StepInput::default();
+        trainer.forward_backward(&batch(0), &mut input).unwrap();
+        assert_eq!((trainer.task.calls.get(), input.micro_batches, input.images, input.non_finite), (0, 1, 0.0, false));
+    }
+
+    /// A non-finite loss is flagged and not backpropagated: the gradient stays zero.
+    #[test]
+    fn a_non_finite_loss_is_not_backpropagated() {
+        let trainer = probe_trainer(f64::NAN);
+        let mut input = StepInput::default();
+        trainer.forward_backward(&batch(2), &mut input).unwrap();
+        assert!(input.non_finite);
+        assert_eq!((input.images, input.loss_sum), (2.0, 0.0));
+        assert_eq!(gradient(&trainer), [0.0, 0.0]);
+        // A finite one is: the loss summed over the 2 images is 2·Σw, whose gradient is 2.
+        let trainer = probe_trainer(1.0);
+        let mut input = StepInput::default();
+        trainer.forward_backward(&batch(2), &mut input).unwrap();
+        assert_eq!(gradient(&trainer), [2.0, 2.0]);
     }
 }
