@@ -176,62 +176,25 @@ mod tests {
         let sync = StatsSync::new(Arc::new(LocalComm), Device::Cpu);
         let input = Tensor::randn([3, 4, 5, 6], (Kind::Float, Device::Cpu)) * 3.0 + 2.0;
         let upstream = Tensor::randn([3, 4, 5, 6], (Kind::Float, Device::Cpu));
-        let (weight, bias) = (
-            Tensor::from_slice(&[1.0f32, 2.0, 0.5, -1.0]),
-            Tensor::from_slice(&[0.0f32, 1.0, -1.0, 0.5]),
-        );
-        let synced = run(&input, &upstream, &weight, &bias, &sync);
-        let x = input.copy().set_requires_grad(true);
-        let (w, b) = (
-            weight.copy().set_requires_grad(true),
-            bias.copy().set_requires_grad(true),
-        );
-        let (mean, var) = (
-            Tensor::zeros([4], (Kind::Float, Device::Cpu)),
-            Tensor::ones([4], (Kind::Float, Device::Cpu)),
-        );
-        let y = x.batch_norm(
-            Some(&w),
-            Some(&b),
-            Some(&mean),
-            Some(&var),
-            true,
-            0.1,
-            1e-5,
-            true,
-        );
-        (&y * &upstream).sum(Kind::Float).backward();
-        let native = [y.detach(), x.grad(), w.grad(), b.grad(), mean, var];
+        let (weight, bias) = (Tensor::from_slice(&[1.0f32, 2.0, 0.5, -1.0]), Tensor::from_slice(&[0.0f32, 1.0, -1.0, 0.5]));
+        let synced = run(&input, &upstream, &weight, &bias, |x, s| sync.batch_norm(x, s).unwrap());
+        let native = run(&input, &upstream, &weight, &bias, |x, s| {
+            x.batch_norm(Some(s.weight), Some(s.bias), Some(s.running_mean), Some(s.running_var), true, s.momentum, s.eps, true)
+        });
         for (i, (a, b)) in native.iter().zip(&synced).enumerate() {
-            assert!(
-                a.allclose(b, 1e-4, 1e-4, false),
-                "output {i}: max |difference| {}",
-                (a - b).abs().max().double_value(&[])
-            );
+            assert!(a.allclose(b, 1e-4, 1e-4, false), "output {i}: max |difference| {}", (a - b).abs().max().double_value(&[]));
         }
     }
 
-    /// The synchronised BatchNorm of `input` (fresh affine parameters and running statistics
-    /// 0/1) backpropagated from `upstream`: output, input, weight and bias gradients, running
-    /// mean and variance.
-    fn run(
-        input: &Tensor,
-        upstream: &Tensor,
-        weight: &Tensor,
-        bias: &Tensor,
-        sync: &StatsSync,
-    ) -> [Tensor; 6] {
+    /// `batch_norm` of `input` (fresh affine parameters, running statistics 0/1, momentum 0.1,
+    /// eps 1e-5) backpropagated from `upstream`: output, input, weight and bias gradients,
+    /// running mean and variance.
+    fn run(input: &Tensor, upstream: &Tensor, weight: &Tensor, bias: &Tensor, batch_norm: impl Fn(&Tensor, &BatchNormState) -> Tensor) -> [Tensor; 6] {
         let x = input.copy().set_requires_grad(true);
-        let (w, b) = (
-            weight.copy().set_requires_grad(true),
-            bias.copy().set_requires_grad(true),
-        );
+        let (w, b) = (weight.copy().set_requires_grad(true), bias.copy().set_requires_grad(true));
         let channels = input.size()[1];
-        let (mean, var) = (
-            Tensor::zeros([channels], (Kind::Float, Device::Cpu)),
-            Tensor::ones([channels], (Kind::Float, Device::Cpu)),
-        );
-        let y = sync.batch_norm(&x, &state(&w, &b, &mean, &var)).unwrap();
+        let (mean, var) = (Tensor::zeros([channels], (Kind::Float, Device::Cpu)), Tensor::ones([channels], (Kind::Float, Device::Cpu)));
+        let y = batch_norm(&x, &state(&w, &b, &mean, &var));
         (&y * upstream).sum(Kind::Float).backward();
         [y.detach(), x.grad(), w.grad(), b.grad(), mean, var]
     }
@@ -280,13 +243,8 @@ mod tests {
         let upstream = Tensor::randn([4, 3, 5, 5], (Kind::Float, Device::Cpu));
         let weight = Tensor::from_slice(&[1.5f32, -0.5, 2.0]);
         let bias = Tensor::from_slice(&[0.1f32, 0.2, -0.3]);
-        let whole = run(
-            &x,
-            &upstream,
-            &weight,
-            &bias,
-            &StatsSync::new(Arc::new(LocalComm), Device::Cpu),
-        );
+        let local = StatsSync::new(Arc::new(LocalComm), Device::Cpu);
+        let whole = run(&x, &upstream, &weight, &bias, |x, s| local.batch_norm(x, s).unwrap());
         let shared = Arc::new(ThreadSums::new(2));
         let halves: Vec<[Tensor; 6]> = std::thread::scope(|scope| {
             let handles: Vec<_> = (0..2)
@@ -298,19 +256,8 @@ mod tests {
                     );
                     let (weight, bias) = (weight.copy(), bias.copy());
                     scope.spawn(move || {
-                        run(
-                            &x,
-                            &upstream,
-                            &weight,
-                            &bias,
-                            &StatsSync::new(
-                                Arc::new(ThreadRank {
-                                    rank: rank as usize,
-                                    shared,
-                                }),
-                                Device::Cpu,
-                            ),
-                        )
+                        let sync = StatsSync::new(Arc::new(ThreadRank { rank: rank as usize, shared }), Device::Cpu);
+                        run(&x, &upstream, &weight, &bias, |x, s| sync.batch_norm(x, s).unwrap())
                     })
                 })
                 .collect();

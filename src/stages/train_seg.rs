@@ -52,8 +52,6 @@ pub struct SegTask<'a> {
     net: Segmenter,
     dense_crf: Option<DenseCrfLoss>,
     device: Device,
-    /// v3+'s trainable BatchNorms on more than one rank (docs/segmenter.md).
-    synchronised: bool,
 }
 
 impl<'a> SegTask<'a> {
@@ -62,11 +60,10 @@ impl<'a> SegTask<'a> {
         let model = &config.seg.model;
         // Classes 0..=C: background is a class of its own here.
         let mut net = Segmenter::new(&vs.root(), model.kind, model.backbone(), context.num_classes + 1).with_dropout(model.dropout);
-        let synchronised = context.comm.size() > 1 && model.kind == SegKind::DeeplabV3plus;
-        if synchronised {
+        if context.comm.size() > 1 {
             net.synchronise_batch_norm(Arc::new(StatsSync::new(context.comm.clone(), context.device)));
         }
-        SegTask { config, vs, net, dense_crf: config.seg.loss.dense_crf_loss(), device: context.device, synchronised }
+        SegTask { config, vs, net, dense_crf: config.seg.loss.dense_crf_loss(), device: context.device }
     }
 }
 
@@ -142,8 +139,9 @@ impl Task for SegTask<'_> {
         cross_entropy + dense_crf.loss(&full.softmax(1, Kind::Float), &unnormalise(&images, loader.mean, loader.std), &padding_free(&images))
     }
 
+    /// v3+'s trainable BatchNorms, synchronised on more than one rank (docs/segmenter.md).
     fn synchronises(&self) -> bool {
-        self.synchronised
+        self.net.kind() == SegKind::DeeplabV3plus
     }
 }
 
