@@ -1,7 +1,7 @@
 //! wsss-dist: distributed weakly-supervised semantic segmentation.
 //!
 //! Library modules (`data`, `dist`, `config`) return typed errors and never print; the
-//! `stages` own logging, progress bars and exit codes (see ../shared/DESIGN.md).
+//! `stages` own logging, progress bars and exit codes (README, "Layout").
 
 pub mod checkpoint;
 pub mod cli;

@@ -1,4 +1,4 @@
-//! Training augmentations for the CAM classifiers (IRNet/AMR pipeline, METHODS.md §1).
+//! Training augmentations for the CAM classifiers (IRNet/AMR pipeline, docs/methods.md).
 //!
 //! A decoded RGB image and (optionally) its label mask go through, in this order:
 //! 1. random resize of the long side (image: PIL-style antialiased bilinear/bicubic via
@@ -97,7 +97,7 @@ pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
 pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
 
 impl Default for AugmentParams {
-    /// The CAM training recipe of METHODS.md §1: long side in [320, 640], flip, ImageNet
+    /// The CAM training recipe of the IRNet/AMR pipeline (docs/methods.md): long side in [320, 640], flip, ImageNet
     /// normalisation, crop 512, no jitter.
     fn default() -> Self {
         Self {

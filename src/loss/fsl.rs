@@ -1,4 +1,4 @@
-//! HFPL's feature similarity loss (METHODS.md §3), binomial form. For pixel pairs (i, j) of
+//! HFPL's feature similarity loss (docs/methods.md, FSL), binomial form. For pixel pairs (i, j) of
 //! the feature grid:
 //! - `dx = clamp(‖x_i − x_j‖₁ / 3, 0, 1)`, `dx' = tanh(μ + log((dx + ε)/(1 − dx + ε)))`: close
 //!   to −1 for similar colours, positive across colour edges (the sign changes at dx = σ(−μ));
@@ -88,7 +88,7 @@ pub fn feature_similarity_loss_windowed(image: &Tensor, predictions: &Tensor, mu
     -total / (n * h * w) as f64
 }
 
-/// The prediction vectors FSL compares (METHODS.md §3), from class logit maps `Z`
+/// The prediction vectors FSL compares (docs/methods.md, FSL), from class logit maps `Z`
 /// ([N, C, h, w], no ReLU) and labels `targets` ([N, C] multi-hot): each map is ReLU'd,
 /// min-max normalised per image and class, `(ReLU(Z) − min − ε)₊ / (max − min + ε)`, and
 /// multiplied by its label (absent classes are 0); a background channel `1 − max_c` comes

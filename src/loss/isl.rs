@@ -1,4 +1,4 @@
-//! HFPL's importance sampling loss (METHODS.md §3), the binomial form: for every image and
+//! HFPL's importance sampling loss (docs/methods.md, ISL), the binomial form: for every image and
 //! class, K pixels are drawn (with replacement) from `p_c(i) ∝ σ(Z_c(i)) + 1e-5`, and the K
 //! sampled logits `Z_c(i_k)` are scored with the multi-label soft margin against `y_c`,
 //! averaged over images, classes and samples. The draw is not differentiated; the sampled

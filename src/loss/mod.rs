@@ -1,4 +1,4 @@
-//! Training losses (METHODS.md), each checked against hand-computed values. Tensors in,
+//! Training losses (docs/methods.md), each checked against hand-computed values. Tensors in,
 //! tensors out, batch first.
 
 pub mod dense_crf;
