@@ -66,11 +66,18 @@ pub struct RunConfig {
     pub device: String,
     /// libtorch intra-op threads; 0 keeps libtorch's default (one per core).
     pub threads: usize,
+    /// The largest image (width × height) that `cam`, `pseudo-label` and `seg` process: their
+    /// outputs and the dense CRF are at full resolution (the CRF needs ~400 bytes a pixel per
+    /// thread). Larger images are skipped with a warning; resize them before import.
+    pub max_image_pixels: u64,
 }
+
+/// 4096 × 4096: a 16 MP photo, 85 times a PASCAL VOC image.
+pub const DEFAULT_MAX_IMAGE_PIXELS: u64 = 4096 * 4096;
 
 impl Default for RunConfig {
     fn default() -> Self {
-        RunConfig { name: "default".into(), dir: "runs".into(), seed: 0, device: "auto".into(), threads: 0 }
+        RunConfig { name: "default".into(), dir: "runs".into(), seed: 0, device: "auto".into(), threads: 0, max_image_pixels: DEFAULT_MAX_IMAGE_PIXELS }
     }
 }
 
@@ -164,6 +171,9 @@ impl SegConfig {
         if self.infer.scales.is_empty() || self.infer.scales.iter().any(|s| !(*s > 0.0 && *s <= 8.0)) {
             return invalid("seg.infer.scales", "must list at least one scale in (0, 8]");
         }
+        if self.infer.max_side < 32 {
+            return invalid("seg.infer.max_side", "must be at least 32 pixels");
+        }
         self.loss.validate()?;
         check_crf(&self.infer.crf_params, "seg.infer.crf_params")
     }
@@ -224,7 +234,14 @@ pub struct SegInferConfig {
     pub crf_params: CrfParams,
     /// Model weights; "" takes the latest checkpoint in `<run dir>/seg`.
     pub checkpoint: PathBuf,
+    /// The network sees an image at most this long (long side, before `scales`): larger
+    /// ones are downscaled for the network and its output resized to the image.
+    pub max_side: u32,
 }
+
+/// The default bound of the network's input (`cam.max_side`, `seg.infer.max_side`): twice the
+/// long side of a PASCAL VOC photo, above COCO's 640.
+pub const DEFAULT_MAX_SIDE: u32 = 1024;
 
 impl Default for SegInferConfig {
     fn default() -> Self {
@@ -235,6 +252,7 @@ impl Default for SegInferConfig {
             crf: false,
             crf_params: CrfParams { iterations: 10, smoothness_sxy: 1.0, smoothness_weight: 3.0, appearance_sxy: 67.0, appearance_srgb: 3.0, appearance_weight: 4.0 },
             checkpoint: PathBuf::new(),
+            max_side: DEFAULT_MAX_SIDE,
         }
     }
 }
@@ -479,11 +497,14 @@ pub struct CamConfig {
     pub checkpoint: PathBuf,
     /// Output CAM dataset; "" is `<run dir>/cams/<split>`.
     pub out: PathBuf,
+    /// The network sees an image at most this long (long side, before `scales`): larger ones
+    /// are downscaled for it, and their CAMs resized to the image's stride-4 grid.
+    pub max_side: u32,
 }
 
 impl Default for CamConfig {
     fn default() -> Self {
-        CamConfig { split: Split::Train, scales: vec![1.0, 0.5, 1.5, 2.0], flip: true, checkpoint: PathBuf::new(), out: PathBuf::new() }
+        CamConfig { split: Split::Train, scales: vec![1.0, 0.5, 1.5, 2.0], flip: true, checkpoint: PathBuf::new(), out: PathBuf::new(), max_side: DEFAULT_MAX_SIDE }
     }
 }
 
@@ -797,6 +818,9 @@ impl CamConfig {
         if self.scales.is_empty() || self.scales.iter().any(|s| !(*s > 0.0 && *s <= 8.0)) {
             return invalid("cam.scales", "must list at least one scale in (0, 8]");
         }
+        if self.max_side < 32 {
+            return invalid("cam.max_side", "must be at least 32 pixels");
+        }
         Ok(())
     }
 }
@@ -835,8 +859,8 @@ impl Config {
         let mut merged = defaults_table();
         merge_into(&mut merged, table);
         let mut config: Config = serde_path_to_error::deserialize(toml::Value::Table(merged)).map_err(|e| {
-            let origin = path.map_or_else(|| "--set".to_string(), |p| p.display().to_string());
-            ConfigError::Invalid { key: e.path().to_string(), message: format!("{} (in {origin})", e.inner().message()) }
+            let key = e.path().to_string();
+            ConfigError::Invalid { message: format!("{} (in {})", e.inner().message(), origin_of(&key, path, overrides)), key }
         })?;
         if !crop_given && config.seg.model.kind == SegKind::DeeplabV2 {
             config.seg.loader.crop = V2_CROP;
@@ -867,9 +891,12 @@ impl Config {
         if !(self.dist.bucket_mb > 0.0 && self.dist.bucket_mb.is_finite()) {
             return Err(ConfigError::Invalid { key: "dist.bucket_mb".into(), message: "must be a positive number of MiB".into() });
         }
-        if self.run.name.is_empty() || self.run.name.contains('/') {
-            return Err(ConfigError::Invalid { key: "run.name".into(), message: "must be a non-empty name without '/'".into() });
+        // The run directory is <run.dir>/<run.name>: a name with a separator or `..` would put
+        // checkpoints and metrics elsewhere.
+        if self.run.max_image_pixels == 0 {
+            return invalid("run.max_image_pixels", "must be a positive number of pixels");
         }
+        crate::data::schema::check_id(&self.run.name).map_err(|e| ConfigError::Invalid { key: "run.name".into(), message: format!("must name one directory inside run.dir: {e}") })?;
         Ok(())
     }
 
@@ -946,6 +973,16 @@ impl Config {
     pub fn hash(&self) -> String {
         use sha2::Digest;
         hex::encode(&sha2::Sha256::digest(self.to_toml().as_bytes())[..8])
+    }
+}
+
+/// Where the value of `key` came from: the last `--set` of it, else the file.
+fn origin_of(key: &str, file: Option<&Path>, overrides: &[String]) -> String {
+    let set = overrides.iter().rev().find(|arg| arg.split_once('=').is_some_and(|(k, _)| k.trim() == key));
+    match (set, file) {
+        (Some(arg), _) => format!("--set {arg}"),
+        (None, Some(file)) => file.display().to_string(),
+        (None, None) => "the defaults".into(),
     }
 }
 
@@ -1035,9 +1072,60 @@ fn check_keys(table: &toml::Table, prefix: &str, known: &[(String, bool)]) -> Re
     Ok(())
 }
 
-/// "; did you mean `loader.batch_size`?" for the closest known key (same depth preferred).
+/// Names other tools (PyTorch scripts, mmsegmentation, IRNet, torchtitan) give to a setting,
+/// and the leaf of ours that means it: a hint by meaning, where spelling would mislead
+/// (`learning_rate` is closer in letters to `on_nonfinite` than to `lr`).
+const ALIASES: &[(&str, &str)] = &[
+    ("learning_rate", "lr"),
+    ("base_lr", "lr"),
+    ("lr0", "lr"),
+    ("lr_0", "lr"),
+    ("max_epochs", "epochs"),
+    ("num_epochs", "epochs"),
+    ("epoch", "epochs"),
+    ("max_iters", "steps"),
+    ("iterations", "steps"),
+    ("iters", "steps"),
+    ("max_steps", "steps"),
+    ("batch", "batch_size"),
+    ("samples_per_gpu", "batch_size"),
+    ("bs", "batch_size"),
+    ("num_workers", "threads"),
+    ("workers", "threads"),
+    ("workers_per_gpu", "threads"),
+    ("crop_size", "crop"),
+    ("wd", "weight_decay"),
+    ("decay", "weight_decay"),
+    ("power", "poly_power"),
+    ("gradient_accumulation_steps", "accumulate"),
+    ("accum_steps", "accumulate"),
+    ("grad_accum", "accumulate"),
+    ("random_seed", "seed"),
+    ("output_dir", "dir"),
+    ("work_dir", "dir"),
+    ("save_interval", "checkpoint_every"),
+    ("checkpoint_interval", "checkpoint_every"),
+    ("log_interval", "log_every"),
+    ("cam_scales", "scales"),
+    ("threshold", "tau"),
+    ("cam_eval_thres", "tau"),
+];
+
+/// "; did you mean `loader.batch_size`?" for the closest known key: a key of the same name in
+/// another section, or the key a known alias means (in the same section, else at the same
+/// depth, else anywhere); otherwise the nearest by spelling (same depth preferred).
 fn nearest_hint(key: &str, known: &[(String, bool)]) -> String {
     let leaf = key.rsplit('.').next().unwrap_or(key);
+    let leaf_of = |k: &str| k.rsplit('.').next().unwrap_or(k).to_string();
+    let meant = ALIASES.iter().find(|(alias, _)| alias.eq_ignore_ascii_case(leaf)).map_or(leaf, |&(_, ours)| ours);
+    let candidates: Vec<&String> = known.iter().filter(|(k, is_section)| !is_section && leaf_of(k) == meant).map(|(k, _)| k).collect();
+    let section = key.rsplit_once('.').map_or("", |(s, _)| s);
+    let depth = |k: &str| k.matches('.').count();
+    let same_section = candidates.iter().find(|k| k.rsplit_once('.').is_some_and(|(s, _)| s == section));
+    let same_depth = candidates.iter().find(|k| depth(k) == depth(key));
+    if let Some(k) = same_section.or(same_depth).or(candidates.first()) {
+        return format!("; did you mean `{k}`?");
+    }
     let score = |candidate: &str| {
         let whole = strsim::normalized_levenshtein(key, candidate);
         let leaf_score = strsim::normalized_levenshtein(leaf, candidate.rsplit('.').next().unwrap_or(candidate));
@@ -1092,12 +1180,30 @@ mod tests {
         assert!(err.contains("did you mean `data.synthetic.classes`"), "{err}");
     }
 
+    /// Names from other tools point at the key that means the same, not the nearest spelling.
+    #[test]
+    fn unknown_key_hints_by_meaning() {
+        for (given, expected) in [
+            ("[train]\nlearning_rate = 0.1\n", "train.lr"),
+            ("[seg.train]\nmax_iters = 100\n", "seg.train.steps"),
+            ("[loader]\nnum_workers = 4\n", "loader.threads"),
+            ("[seg.loader]\ncrop_size = 321\n", "seg.loader.crop"),
+            ("[train]\nbatch_size = 8\n", "loader.batch_size"),
+        ] {
+            let err = load_str(given, &[]).unwrap_err().to_string();
+            assert!(err.contains(&format!("did you mean `{expected}`?")), "{given}: {err}");
+        }
+    }
+
     #[test]
     fn wrong_type_and_bad_values_name_the_key() {
         let err = load_str("[loader]\nbatch_size = \"many\"\n", &[]).unwrap_err().to_string();
         assert!(err.contains("`loader.batch_size`") && err.contains("c.toml"), "{err}");
         let err = load_str("", &["loader.batch_size=0"]).unwrap_err().to_string();
         assert!(err.contains("loader.batch_size"), "{err}");
+        // A type error from --set is blamed on the --set, not on the file.
+        let err = load_str("[loader]\ncrop = 64\n", &["loader.batch_size=\"many\""]).unwrap_err().to_string();
+        assert!(err.contains("`loader.batch_size`") && err.contains("(in --set loader.batch_size=\"many\")") && !err.contains("c.toml"), "{err}");
         let err = load_str("", &["loader.resize_long=[700, 600]"]).unwrap_err().to_string();
         assert!(err.contains("loader.resize_long"), "{err}");
         let err = load_str("", &["loader"]).unwrap_err().to_string();

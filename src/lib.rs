@@ -14,3 +14,4 @@ pub mod model;
 pub mod optim;
 pub mod refine;
 pub mod stages;
+pub mod stop;

@@ -8,11 +8,14 @@ use wsss_dist::cli::{Cli, Command, ConfigArgs, ConfigCommand, DataCommand, EvalC
 use wsss_dist::config::Config;
 use wsss_dist::dist::World;
 use wsss_dist::stages::{self, Summary};
+use wsss_dist::stop::Stopped;
 
 /// Exit code of a stage that ran but found problems (e.g. `data verify`).
 const EXIT_PROBLEMS: u8 = 1;
 /// Exit code of a stage that could not run (bad input, I/O).
 const EXIT_ERROR: u8 = 2;
+/// Exit code of a stage stopped cleanly by a signal (a checkpoint or the finished tasks kept).
+const EXIT_STOPPED: u8 = 3;
 
 /// Keeps freed memory in the process instead of handing it back to the kernel at once: the
 /// map phase allocates and frees the same large buffers for every image, and with glibc's
@@ -45,7 +48,18 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_ERROR);
         }
     };
+    if stops_cleanly(&cli.command) {
+        if let Err(e) = wsss_dist::stop::install() {
+            tracing::warn!("cannot install the stop-signal handlers ({e}): a signal will end the job at once");
+        }
+    }
     match dispatch(&cli.command, &world) {
+        Err(e) if e.downcast_ref::<Stopped>().is_some() => {
+            // Every rank stops at the same point, so all meet here.
+            tracing::warn!("{e}");
+            world.barrier();
+            ExitCode::from(EXIT_STOPPED)
+        }
         Ok(summary) if summary.ok => {
             world.barrier();
             ExitCode::SUCCESS
@@ -64,6 +78,12 @@ fn main() -> ExitCode {
             ExitCode::from(EXIT_ERROR)
         }
     }
+}
+
+/// The stages that stop cleanly on SIGTERM/SIGINT/SIGUSR1 (training, map phases, the
+/// pipeline); the others keep the default of ending at once.
+fn stops_cleanly(command: &Command) -> bool {
+    matches!(command, Command::Train { .. } | Command::Cam { .. } | Command::PseudoLabel(_) | Command::Seg(_) | Command::Run(_))
 }
 
 fn dispatch(command: &Command, world: &World) -> anyhow::Result<Summary> {

@@ -86,6 +86,11 @@ impl CocoSource {
         if !images_dir.is_dir() {
             return Err(DataError::Invalid(format!("{}: no such image directory", images_dir.display())));
         }
+        // Images are read from images_dir/file_name and named by its stem: a path there would
+        // read outside the folder.
+        if let Some((image, e)) = file.images.iter().find_map(|im| super::schema::check_id(&im.file_name).err().map(|e| (im, e))) {
+            return Err(DataError::Invalid(format!("{}: image id {}: file_name {e}", annotations.display(), image.id)));
+        }
         let mut categories = file.categories;
         categories.sort_by_key(|c| c.id);
         if categories.len() > 254 {

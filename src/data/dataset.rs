@@ -84,11 +84,14 @@ impl<R: ShardRow> Dataset<R> {
         RowLocation { shard, row: index - self.starts[shard] }
     }
 
-    /// The open reader of `shard`, checking on first use that it holds the rows the manifest says.
+    /// The open reader of `shard`, checking on first use that it is the file the manifest
+    /// recorded (its SHA-256, hashed once per file version: [`super::integrity`]) and holds
+    /// the rows the manifest says.
     pub fn shard(&self, shard: usize) -> Result<&ShardReader<R>, DataError> {
         if let Some(reader) = self.readers[shard].get() {
             return Ok(reader);
         }
+        super::integrity::check_shard(&self.dir, &self.manifest.shards[shard])?;
         let path = self.shard_path(shard);
         let reader = ShardReader::open(&path)?;
         let expected = self.manifest.shards[shard].rows as usize;
@@ -99,6 +102,26 @@ impl<R: ShardRow> Dataset<R> {
             });
         }
         Ok(self.readers[shard].get_or_init(|| reader))
+    }
+
+    /// Fails naming both places if an id appears twice anywhere in the dataset: stages that
+    /// join or write by id need each id once. Reads only the id columns.
+    pub fn check_unique_ids(&self) -> Result<(), DataError> {
+        let mut seen: std::collections::HashMap<String, (usize, usize)> = std::collections::HashMap::with_capacity(self.len());
+        for shard in 0..self.num_shards() {
+            for (row, id) in self.shard(shard)?.read_ids()?.into_iter().enumerate() {
+                if let Some((first_shard, first_row)) = seen.insert(id.clone(), (shard, row)) {
+                    let file = |s: usize| &self.manifest.shards[s].file;
+                    return Err(DataError::Invalid(format!(
+                        "{}: id {id} appears twice ({} row {first_row} and {} row {row}): ids must be unique in a dataset",
+                        self.dir.display(),
+                        file(first_shard),
+                        file(shard)
+                    )));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The rows at the given global indices, in the order asked; each shard is read once.
@@ -173,6 +196,22 @@ mod tests {
         assert_eq!(ids, ["s2r3", "s0r0", "s2r0", "s0r2"]);
         assert_eq!(got[0], all[6]);
         assert!(ds.read(&[7]).is_err());
+    }
+
+    #[test]
+    fn an_id_in_two_shards_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let all = make(dir.path());
+        let ds = Dataset::open(dir.path()).unwrap();
+        ds.check_unique_ids().unwrap();
+        // Shard 2 rewritten with shard 0's first id in its row 1 (manifest updated to match).
+        let mut rows: Vec<ImageRow> = all[3..].to_vec();
+        rows[1].id = "s0r0".into();
+        let mut m = Manifest::read(dir.path()).unwrap();
+        m.shards[2] = write_shard(&dir.path().join(shard_file_name(2)), &rows, ShardLayout::default()).unwrap();
+        m.write(dir.path()).unwrap();
+        let err = Dataset::open(dir.path()).unwrap().check_unique_ids().unwrap_err().to_string();
+        assert!(err.contains("id s0r0 appears twice (part-00000.parquet row 0 and part-00002.parquet row 1)"), "{err}");
     }
 
     #[test]

@@ -24,7 +24,7 @@ use super::augment::{augment_into, AugmentParams};
 use super::codec::{decode_mask, decode_row_image};
 use super::sampler::{mix_seed, Cursor, Sampler};
 use super::schema::PseudoRow;
-use super::{DataError, Dataset, ImageRow};
+use super::{DataError, Dataset, ImageRow, ShardRow};
 
 /// How batches are made.
 #[derive(Debug, Clone)]
@@ -218,11 +218,9 @@ impl BatchJob {
 
     /// Decodes and augments one row into its batch slot; an error is the reason to skip it.
     fn sample(&self, index: usize, row: &ImageRow, image: &mut [f32], mask: Option<&mut [u8]>, labels: &mut [f32]) -> Result<(), String> {
+        row.check(self.num_classes as u16)?;
         let rgb = decode_row_image(row)?;
         for &label in &row.labels {
-            if label == 0 || label as usize > self.num_classes {
-                return Err(format!("label {label} out of range 1..={}", self.num_classes));
-            }
             labels[label as usize - 1] = 1.0;
         }
         let decoded_mask = match (&mask, &row.mask) {

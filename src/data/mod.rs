@@ -7,8 +7,10 @@ pub mod coco;
 pub mod coco_mask;
 pub mod dataset;
 pub mod importer;
+pub mod integrity;
 pub mod join;
 pub mod loader;
+pub mod lock;
 pub mod sampler;
 pub mod schema;
 pub mod shard;
@@ -36,6 +38,10 @@ pub enum DataError {
     ForeignShard { path: PathBuf, message: String },
     #[error("{path}: cannot read Parquet (truncated or not a Parquet file?): {source}")]
     Parquet { path: PathBuf, source: parquet::errors::ParquetError },
+    #[error("{path}: cannot write Parquet (disk full?): {source}")]
+    ParquetWrite { path: PathBuf, source: parquet::errors::ParquetError },
+    #[error("{path}: SHA-256 {found} is not the manifest's {expected}: the shard changed after it was written (`wsss-dist data verify {dir}` checks every row)", dir = path.parent().map(|p| p.display().to_string()).unwrap_or_default())]
+    Checksum { path: PathBuf, expected: String, found: String },
     #[error("building a record batch: {0}")]
     Arrow(#[from] arrow::error::ArrowError),
     #[error("{what}: {message}")]
@@ -46,6 +52,8 @@ pub enum DataError {
     MaskSize { what: String, width: u32, height: u32, mask_width: u32, mask_height: u32 },
     #[error("{path} already exists (pass --force to replace it)")]
     Exists { path: PathBuf },
+    #[error("{dir} is being written by another job (lock {lock} held by {holder}); wait for it to end, or write elsewhere")]
+    Locked { dir: PathBuf, lock: PathBuf, holder: String },
     #[error("{0}")]
     Invalid(String),
 }
@@ -60,10 +68,26 @@ impl DataError {
 /// Writes `bytes` to `path` through a temporary file in the same directory and a rename, so a
 /// reader never sees a partial file.
 pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<(), DataError> {
+    write_via_temp(path, |tmp| {
+        let mut file = std::fs::File::create(tmp).map_err(|e| DataError::io(tmp, e))?;
+        file.write_all(bytes).and_then(|_| file.sync_all()).map_err(|e| DataError::io(tmp, e))
+    })
+}
+
+/// Runs `write` on the temporary name of `path` ([`temp_name`]) and renames the result into
+/// place. If anything fails the temporary file is removed: a write that failed (a full disk)
+/// leaves nothing behind to fill the disk for the next run.
+pub fn write_via_temp<T, E: From<DataError>>(path: &Path, write: impl FnOnce(&Path) -> Result<T, E>) -> Result<T, E> {
     let tmp = temp_name(path);
-    let mut file = std::fs::File::create(&tmp).map_err(|e| DataError::io(&tmp, e))?;
-    file.write_all(bytes).and_then(|_| file.sync_all()).map_err(|e| DataError::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| DataError::io(path, e))
+    let result = write(&tmp).and_then(|value| {
+        std::fs::rename(&tmp, path).map_err(|e| DataError::io(path, e))?;
+        Ok(value)
+    });
+    if result.is_err() {
+        // It may not exist (the failure came before it was created).
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
 }
 
 /// `dir/.name.tmp-<pid>`: hidden, unique per process, never mistaken for the real file.

@@ -141,12 +141,46 @@ pub trait ShardRow: Sized + Clone + Send + Sync + 'static {
     fn from_batch(batch: &RecordBatch, file: &Path) -> Result<Vec<Self>, DataError>;
     /// The image id of the row (map-phase outputs are sorted by it).
     fn id(&self) -> &str;
+    /// The checks every stage makes of a row it reads, cheap next to the row's use: a plain
+    /// id ([`check_id`]), class ids in `1..=num_classes` and unique, and for CAMs the shape
+    /// and finite values. An error is the reason the row cannot be used.
+    fn check(&self, num_classes: u16) -> Result<(), String>;
+}
+
+/// Whether `id` can name an image wherever ids are used: as a file name (`export png`), a
+/// join key, a log line. A plain name: not empty, no path separator, NUL or control
+/// character, and not starting with '.' (`.`, `..`, hidden and temporary files).
+pub fn check_id(id: &str) -> Result<(), String> {
+    if id.is_empty() || id.starts_with('.') || id.contains(['/', '\\']) || id.chars().any(char::is_control) {
+        return Err(format!("{id:?} is not a plain name (no path separators or control characters, not empty, not starting with '.')"));
+    }
+    Ok(())
+}
+
+fn check_row_id(id: &str) -> Result<(), String> {
+    check_id(id).map_err(|e| format!("id {e}"))
+}
+
+/// Class ids of one image: each in `1..=num_classes`, sorted and unique (as every importer
+/// writes them; a class twice would give it two CAMs).
+pub fn check_classes(classes: &[u16], num_classes: u16) -> Result<(), String> {
+    if let Some(&bad) = classes.iter().find(|&&c| c == 0 || c > num_classes) {
+        return Err(format!("class id {bad} out of range 1..={num_classes}"));
+    }
+    if !classes.windows(2).all(|p| p[0] < p[1]) {
+        return Err(format!("class ids {classes:?} are not sorted and unique"));
+    }
+    Ok(())
 }
 
 impl ShardRow for ImageRow {
     const KIND: DatasetKind = DatasetKind::Images;
     fn id(&self) -> &str {
         &self.id
+    }
+    fn check(&self, num_classes: u16) -> Result<(), String> {
+        check_row_id(&self.id)?;
+        check_classes(&self.labels, num_classes).map_err(|e| format!("labels: {e}"))
     }
     fn schema() -> SchemaRef {
         image_schema()
@@ -228,22 +262,6 @@ impl CamRow {
     pub fn map_size(&self) -> (u32, u32) {
         (self.height.div_ceil(CAM_STRIDE), self.width.div_ceil(CAM_STRIDE))
     }
-
-    /// Checks that the byte length fits the shape; `what` names the row in the error.
-    pub fn check(&self, what: &str) -> Result<(), DataError> {
-        let (h, w) = self.map_size();
-        let expected = self.classes.len() * h as usize * w as usize * 2;
-        if self.cam.len() != expected || self.scores.len() != self.classes.len() {
-            return Err(DataError::Invalid(format!(
-                "{what}: cam holds {} bytes and {} scores, expected {expected} bytes (f16 [{}, {h}, {w}]) and {} scores",
-                self.cam.len(),
-                self.scores.len(),
-                self.classes.len(),
-                self.classes.len()
-            )));
-        }
-        Ok(())
-    }
 }
 
 /// The Arrow schema of a CAM dataset shard.
@@ -262,6 +280,30 @@ impl ShardRow for CamRow {
     const KIND: DatasetKind = DatasetKind::Cams;
     fn id(&self) -> &str {
         &self.id
+    }
+    fn check(&self, num_classes: u16) -> Result<(), String> {
+        check_row_id(&self.id)?;
+        check_classes(&self.classes, num_classes).map_err(|e| format!("classes: {e}"))?;
+        let (h, w) = self.map_size();
+        let expected = self.classes.len() * h as usize * w as usize * 2;
+        if self.cam.len() != expected || self.scores.len() != self.classes.len() {
+            return Err(format!(
+                "cam holds {} bytes and {} scores, expected {expected} bytes (f16 [{}, {h}, {w}]) and {} scores",
+                self.cam.len(),
+                self.scores.len(),
+                self.classes.len(),
+                self.classes.len()
+            ));
+        }
+        // An f16 is NaN or infinite when its 5 exponent bits are all set.
+        let non_finite = self.cam.chunks_exact(2).filter(|b| u16::from_le_bytes([b[0], b[1]]) & 0x7c00 == 0x7c00).count();
+        if non_finite > 0 {
+            return Err(format!("cam holds {non_finite} NaN or infinite value(s)"));
+        }
+        if let Some(bad) = self.scores.iter().find(|s| !s.is_finite()) {
+            return Err(format!("score {bad} is not finite"));
+        }
+        Ok(())
     }
     fn schema() -> SchemaRef {
         cam_schema()
@@ -343,6 +385,9 @@ impl ShardRow for PseudoRow {
     const KIND: DatasetKind = DatasetKind::PseudoLabels;
     fn id(&self) -> &str {
         &self.id
+    }
+    fn check(&self, _num_classes: u16) -> Result<(), String> {
+        check_row_id(&self.id)
     }
     fn schema() -> SchemaRef {
         pseudo_schema()
@@ -426,14 +471,55 @@ mod tests {
             CamRow { id: "a".into(), classes: vec![2, 5], scores: vec![0.5, -1.0], cam: vec![0; 8], height: 4, width: 8 },
             CamRow { id: "b".into(), classes: vec![], scores: vec![], cam: vec![], height: 9, width: 3 },
         ];
-        assert!(cams.iter().all(|c| c.check(&c.id).is_ok()));
+        assert!(cams.iter().all(|c| c.check(5).is_ok()));
         let batch = CamRow::to_batch(&cams).unwrap();
         assert_eq!(CamRow::from_batch(&batch, Path::new("x")).unwrap(), cams);
         let labels = vec![PseudoRow { id: "a".into(), mask: vec![137, 80], method: "irn_seeds".into() }];
         assert_eq!(PseudoRow::from_batch(&PseudoRow::to_batch(&labels).unwrap(), Path::new("x")).unwrap(), labels);
         let short = CamRow { cam: vec![0; 6], ..cams[0].clone() };
-        let err = short.check("part-00000.parquet row 0 id a").unwrap_err().to_string();
-        assert!(err.contains("id a") && err.contains("expected 8 bytes (f16 [2, 1, 2])"), "{err}");
+        let err = short.check(5).unwrap_err();
+        assert!(err.contains("expected 8 bytes (f16 [2, 1, 2])"), "{err}");
+    }
+
+    /// Ids that would escape a folder, hide a file or break a log line are refused.
+    #[test]
+    fn ids_must_be_plain_names() {
+        for good in ["2007_000032", "000000391895", "a.b", "cat-01 (copy)"] {
+            assert!(check_id(good).is_ok(), "{good}");
+        }
+        for bad in ["", ".", "..", "../../x", "/etc/passwd", "a/b", "a\\b", ".hidden", "a\nb", "nul\0"] {
+            let err = check_id(bad).unwrap_err();
+            assert!(err.contains("not a plain name"), "{bad:?}: {err}");
+        }
+        let row = ImageRow { id: "../x".into(), ..row("a", &[1], None) };
+        assert!(row.check(3).unwrap_err().contains("\"../x\""));
+    }
+
+    /// Labels and CAM classes: in 1..=C, sorted, unique.
+    #[test]
+    fn class_ids_must_be_in_range_and_unique() {
+        assert!(row("a", &[1, 3], None).check(3).is_ok());
+        assert!(row("a", &[], None).check(3).is_ok());
+        for (labels, expected) in [(&[0u16][..], "class id 0 out of range 1..=3"), (&[99], "class id 99 out of range 1..=3"), (&[1, 1], "not sorted and unique"), (&[2, 1], "not sorted and unique")] {
+            let err = row("a", labels, None).check(3).unwrap_err();
+            assert!(err.starts_with("labels: ") && err.contains(expected), "{labels:?}: {err}");
+        }
+        let cam = CamRow { id: "a".into(), classes: vec![2, 2], scores: vec![0.0, 0.0], cam: vec![0; 8], height: 4, width: 4 };
+        assert!(cam.check(3).unwrap_err().starts_with("classes: "));
+    }
+
+    /// A CAM holding NaN or infinity (f16 0x7e00, 0x7c00) or a non-finite score is refused.
+    #[test]
+    fn cam_rows_must_be_finite() {
+        let finite = CamRow { id: "a".into(), classes: vec![1], scores: vec![0.5], cam: [0x3c00u16, 0x0000, 0xfbff, 0x0001].iter().flat_map(|v| v.to_le_bytes()).collect(), height: 8, width: 8 };
+        assert!(finite.check(1).is_ok(), "1, 0, -65504 and a subnormal are finite");
+        for bits in [0x7e00u16, 0x7c00, 0xfc00] {
+            let mut cam = finite.clone();
+            cam.cam[2..4].copy_from_slice(&bits.to_le_bytes());
+            assert_eq!(cam.check(1).unwrap_err(), "cam holds 1 NaN or infinite value(s)", "{bits:#x}");
+        }
+        let nan_score = CamRow { scores: vec![f32::NAN], ..finite };
+        assert!(nan_score.check(1).unwrap_err().contains("score NaN"));
     }
 
     #[test]

@@ -17,7 +17,7 @@ use parquet::schema::types::ColumnPath;
 use sha2::{Digest, Sha256};
 
 use super::schema::{ImageRow, ShardInfo, ShardRow};
-use super::{temp_name, DataError};
+use super::{write_via_temp, DataError};
 
 /// How shards are laid out.
 #[derive(Debug, Clone, Copy)]
@@ -60,19 +60,20 @@ fn writer_properties<R: ShardRow>(layout: ShardLayout) -> Result<WriterPropertie
 /// Writes `rows` as one shard at `path` (through a temporary name and a rename) and returns
 /// the manifest entry, with the SHA-256 of the bytes written.
 pub fn write_shard<R: ShardRow>(path: &Path, rows: &[R], layout: ShardLayout) -> Result<ShardInfo, DataError> {
-    let tmp = temp_name(path);
-    let file = File::create(&tmp).map_err(|e| DataError::io(&tmp, e))?;
-    let hashing = HashingWriter { inner: BufWriter::new(file), hasher: Sha256::new() };
-    let parquet_err = |source| DataError::Parquet { path: tmp.clone(), source };
-    let mut writer = ArrowWriter::try_new(hashing, R::schema(), Some(writer_properties::<R>(layout)?)).map_err(parquet_err)?;
-    for chunk in rows.chunks(layout.rows_per_group.max(1)) {
-        writer.write(&R::to_batch(chunk)?).map_err(parquet_err)?;
-    }
-    let hashing = writer.into_inner().map_err(parquet_err)?;
-    let sha256 = hex::encode(hashing.hasher.finalize());
-    let file = hashing.inner.into_inner().map_err(|e| DataError::io(&tmp, e.into_error()))?;
-    file.sync_all().map_err(|e| DataError::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| DataError::io(path, e))?;
+    let sha256 = write_via_temp(path, |tmp| -> Result<String, DataError> {
+        let file = File::create(tmp).map_err(|e| DataError::io(tmp, e))?;
+        let hashing = HashingWriter { inner: BufWriter::new(file), hasher: Sha256::new() };
+        let parquet_err = |source| DataError::ParquetWrite { path: tmp.into(), source };
+        let mut writer = ArrowWriter::try_new(hashing, R::schema(), Some(writer_properties::<R>(layout)?)).map_err(parquet_err)?;
+        for chunk in rows.chunks(layout.rows_per_group.max(1)) {
+            writer.write(&R::to_batch(chunk)?).map_err(parquet_err)?;
+        }
+        let hashing = writer.into_inner().map_err(parquet_err)?;
+        let sha256 = hex::encode(hashing.hasher.finalize());
+        let file = hashing.inner.into_inner().map_err(|e| DataError::io(tmp, e.into_error()))?;
+        file.sync_all().map_err(|e| DataError::io(tmp, e))?;
+        Ok(sha256)
+    })?;
     let file = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     Ok(ShardInfo { file, rows: rows.len() as u64, sha256 })
 }
@@ -125,7 +126,7 @@ impl<R: ShardRow> ShardReader<R> {
         let expected = R::schema();
         let found = metadata.schema();
         for field in expected.fields() {
-            let ok = found.field_with_name(field.name()).is_ok_and(|f| f.data_type() == field.data_type());
+            let ok = found.field_with_name(field.name()).is_ok_and(|f| same_type(f.data_type(), field.data_type()));
             if !ok {
                 return Err(DataError::ForeignShard {
                     path: path.into(),
@@ -202,6 +203,17 @@ impl<R: ShardRow> ShardReader<R> {
             self.builder()?.with_row_selection(selection_of(&wanted, total)).with_batch_size(wanted.len().max(1)),
         )?;
         Ok(positions.iter().map(|p| rows[wanted.binary_search(p).expect("was selected")].clone()).collect())
+    }
+}
+
+/// Whether a column of type `found` holds what `expected` says. Lists match by item type
+/// alone: writers name the item field differently (arrow-rs `item`, pyarrow `element`) and
+/// may mark it nullable or not.
+fn same_type(found: &arrow::datatypes::DataType, expected: &arrow::datatypes::DataType) -> bool {
+    use arrow::datatypes::DataType::List;
+    match (found, expected) {
+        (List(a), List(b)) => same_type(a.data_type(), b.data_type()),
+        (a, b) => a == b,
     }
 }
 

@@ -1,6 +1,8 @@
-//! Full check of a dataset: every shard's checksum and schema, and every row: the image decodes
-//! to the stored size, the labels are in range, sorted and unique, ids are unique, and the mask
-//! (if any) decodes, matches the image size and holds only 0..=C or 255.
+//! Full check of a dataset of any kind: every shard's checksum and schema, unique ids, and every
+//! row. Image rows: the image decodes to the stored size, the labels are in range, sorted and
+//! unique, and the mask (if any) decodes, matches the image size and holds only 0..=C or 255.
+//! CAM rows: classes, shape and finite values ([`ShardRow::check`]). Pseudo-label rows: the
+//! mask decodes and holds only 0..=C or 255.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -9,7 +11,7 @@ use std::sync::Mutex;
 use rayon::prelude::*;
 
 use super::codec::{decode_mask, decode_row_image};
-use super::schema::{ImageRow, Manifest};
+use super::schema::{CamRow, DatasetKind, ImageRow, Manifest, PseudoRow, ShardRow};
 use super::shard::{file_sha256, ShardReader};
 use super::DataError;
 
@@ -47,6 +49,14 @@ pub struct VerifyReport {
 /// invalid manifest is an error; everything else is collected as problems.
 pub fn verify(dir: &Path, progress: &(dyn Fn(usize) + Sync)) -> Result<VerifyReport, DataError> {
     let manifest = Manifest::read(dir)?;
+    Ok(match manifest.kind {
+        DatasetKind::Images => verify_rows::<ImageRow>(dir, &manifest, progress),
+        DatasetKind::Cams => verify_rows::<CamRow>(dir, &manifest, progress),
+        DatasetKind::PseudoLabels => verify_rows::<PseudoRow>(dir, &manifest, progress),
+    })
+}
+
+fn verify_rows<R: FullCheck>(dir: &Path, manifest: &Manifest, progress: &(dyn Fn(usize) + Sync)) -> VerifyReport {
     let num_classes = manifest.num_classes();
     let results: Vec<(u64, Vec<Problem>, Vec<(String, usize, usize)>)> = manifest
         .shards
@@ -54,7 +64,7 @@ pub fn verify(dir: &Path, progress: &(dyn Fn(usize) + Sync)) -> Result<VerifyRep
         .enumerate()
         .map(|(s, info)| {
             let mut problems = Vec::new();
-            let (checked, ids) = verify_shard(dir, s, info, num_classes, &mut problems, progress);
+            let (checked, ids) = verify_shard::<R>(dir, s, info, num_classes, &mut problems, progress);
             (checked, problems, ids)
         })
         .collect();
@@ -77,12 +87,12 @@ pub fn verify(dir: &Path, progress: &(dyn Fn(usize) + Sync)) -> Result<VerifyRep
             }
         }
     }
-    Ok(VerifyReport { shards: manifest.shards.len(), rows_checked, problems })
+    VerifyReport { shards: manifest.shards.len(), rows_checked, problems }
 }
 
 type ShardRows = (u64, Vec<(String, usize, usize)>);
 
-fn verify_shard(dir: &Path, s: usize, info: &super::ShardInfo, num_classes: u16, problems: &mut Vec<Problem>, progress: &(dyn Fn(usize) + Sync)) -> ShardRows {
+fn verify_shard<R: FullCheck>(dir: &Path, s: usize, info: &super::ShardInfo, num_classes: u16, problems: &mut Vec<Problem>, progress: &(dyn Fn(usize) + Sync)) -> ShardRows {
     let path = dir.join(&info.file);
     let shard_problem = |message: String| Problem { shard: info.file.clone(), row: None, id: None, message };
     match file_sha256(&path) {
@@ -93,7 +103,7 @@ fn verify_shard(dir: &Path, s: usize, info: &super::ShardInfo, num_classes: u16,
             return (0, Vec::new());
         }
     }
-    let reader = match ShardReader::open(&path) {
+    let reader = match ShardReader::<R>::open(&path) {
         Ok(reader) => reader,
         Err(e) => {
             problems.push(shard_problem(e.to_string()));
@@ -116,13 +126,13 @@ fn verify_shard(dir: &Path, s: usize, info: &super::ShardInfo, num_classes: u16,
             }
         };
         rows.par_iter().enumerate().for_each(|(i, row)| {
-            if let Err(message) = check_row(row, num_classes) {
-                let problem = Problem { shard: info.file.clone(), row: Some(row_base + i), id: Some(row.id.clone()), message };
+            if let Err(message) = row.full_check(num_classes) {
+                let problem = Problem { shard: info.file.clone(), row: Some(row_base + i), id: Some(row.id().to_string()), message };
                 found.lock().expect("no panics while held").push(problem);
             }
             progress(1);
         });
-        ids.extend(rows.iter().enumerate().map(|(i, r)| (r.id.clone(), s, row_base + i)));
+        ids.extend(rows.iter().enumerate().map(|(i, r)| (r.id().to_string(), s, row_base + i)));
         checked += rows.len() as u64;
         row_base += rows.len();
     }
@@ -132,25 +142,45 @@ fn verify_shard(dir: &Path, s: usize, info: &super::ShardInfo, num_classes: u16,
     (checked, ids)
 }
 
-/// Everything that can be wrong with one row, as a message.
-fn check_row(row: &ImageRow, num_classes: u16) -> Result<(), String> {
-    // A full decode catches truncated and corrupt entropy-coded data that a header does not.
-    let rgb = decode_row_image(row)?;
-    let (w, h) = (rgb.width, rgb.height);
-    if let Some(&bad) = row.labels.iter().find(|&&l| l == 0 || l > num_classes) {
-        return Err(format!("label {bad} out of range 1..={num_classes}"));
-    }
-    if !row.labels.windows(2).all(|p| p[0] < p[1]) {
-        return Err(format!("labels {:?} are not sorted and unique", row.labels));
-    }
-    if let Some(bytes) = &row.mask {
-        let (mw, mh, ids) = decode_mask(bytes)?;
-        if (mw, mh) != (w, h) {
-            return Err(format!("mask is {mw}x{mh} but the image is {w}x{h}"));
+/// Everything that can be wrong with one row of a kind, as a message: [`ShardRow::check`] and
+/// what only decoding shows.
+trait FullCheck: ShardRow {
+    fn full_check(&self, num_classes: u16) -> Result<(), String>;
+}
+
+impl FullCheck for ImageRow {
+    fn full_check(&self, num_classes: u16) -> Result<(), String> {
+        self.check(num_classes)?;
+        // A full decode catches truncated and corrupt entropy-coded data that a header does not.
+        let rgb = decode_row_image(self)?;
+        match &self.mask {
+            Some(bytes) => check_mask(bytes, Some((rgb.width, rgb.height)), num_classes),
+            None => Ok(()),
         }
-        if let Some(&bad) = ids.iter().find(|&&v| v as u16 > num_classes && v != 255) {
-            return Err(format!("mask holds class id {bad}, out of range 0..={num_classes} (255 = ignore)"));
-        }
+    }
+}
+
+impl FullCheck for CamRow {
+    fn full_check(&self, num_classes: u16) -> Result<(), String> {
+        self.check(num_classes)
+    }
+}
+
+impl FullCheck for PseudoRow {
+    fn full_check(&self, num_classes: u16) -> Result<(), String> {
+        self.check(num_classes)?;
+        check_mask(&self.mask, None, num_classes)
+    }
+}
+
+/// A label PNG decodes, has the image's size (when known) and holds only 0..=C or 255.
+fn check_mask(bytes: &[u8], size: Option<(u32, u32)>, num_classes: u16) -> Result<(), String> {
+    let (mw, mh, ids) = decode_mask(bytes)?;
+    if let Some((w, h)) = size.filter(|&s| s != (mw, mh)) {
+        return Err(format!("mask is {mw}x{mh} but the image is {w}x{h}"));
+    }
+    if let Some(&bad) = ids.iter().find(|&&v| v as u16 > num_classes && v != 255) {
+        return Err(format!("mask holds class id {bad}, out of range 0..={num_classes} (255 = ignore)"));
     }
     Ok(())
 }

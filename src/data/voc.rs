@@ -47,6 +47,12 @@ impl VocSource {
         let list = root.join("ImageSets/Segmentation").join(format!("{split}.txt"));
         let text = std::fs::read_to_string(&list).map_err(|e| DataError::io(&list, e))?;
         let ids: Vec<String> = text.split_whitespace().map(str::to_string).collect();
+        // An id names JPEGImages/<id>.jpg: a path there would read outside --root.
+        for (line, entry) in text.lines().enumerate() {
+            if let Some(Err(e)) = entry.split_whitespace().map(super::schema::check_id).find(Result::is_err) {
+                return Err(DataError::Invalid(format!("{} line {}: image id {e}", list.display(), line + 1)));
+            }
+        }
         if ids.is_empty() {
             return Err(DataError::Invalid(format!("{}: lists no image ids", list.display())));
         }

@@ -18,6 +18,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 use mpi::point_to_point::{Destination, MatchedReceiveVec, Source};
@@ -28,6 +29,7 @@ use super::World;
 use crate::data::schema::{ShardInfo, MANIFEST_FILE};
 use crate::data::shard::{file_sha256, shard_file_name};
 use crate::data::{atomic_write, is_temp_name, DataError};
+use crate::stop;
 
 /// Hidden folder of the map's bookkeeping inside the output directory.
 const MAP_DIR: &str = ".map";
@@ -194,6 +196,10 @@ pub struct Progress<'a, R> {
 /// [`PROGRESS_INTERVAL`]. `progress.done` sees each finished task's report (`R`: its records)
 /// on rank 0 as it arrives. Returns, on rank 0, the reports of every task of this run; on the
 /// other ranks their own.
+///
+/// A stop signal ([`crate::stop`]) on any rank ends the job after the tasks under way: that
+/// rank takes no new task, and rank 0 hands out no more. The reports then cover fewer tasks
+/// than `pending`.
 pub fn schedule<R, W>(world: &World, pending: &[usize], mut work: W, progress: &Progress<R>) -> Result<Vec<R>, MapError>
 where
     R: Serialize + serde::de::DeserializeOwned + Send,
@@ -202,7 +208,7 @@ where
     let (on_images, on_done) = (progress.images, progress.done);
     let Some(comm) = world.mpi_communicator().filter(|_| world.size > 1) else {
         let mut records = Vec::with_capacity(pending.len());
-        for &task in pending {
+        for &task in pending.iter().take_while(|_| stop::requested().is_none()) {
             let record = work(task, on_images)?;
             on_done(&record);
             records.push(record);
@@ -214,7 +220,14 @@ where
     }
     let queue = Mutex::new(pending.iter().copied().collect::<VecDeque<usize>>());
     let records = Mutex::new(Vec::new());
-    let next = || queue.lock().expect("the queue lock is never poisoned").pop_front();
+    // Set when another rank reports that it stops: then no rank gets a new task.
+    let stopping = AtomicBool::new(false);
+    let next = || {
+        if stopping.load(Ordering::SeqCst) || stop::requested().is_some() {
+            return None;
+        }
+        queue.lock().expect("the queue lock is never poisoned").pop_front()
+    };
     let finish = |record: R| {
         on_done(&record);
         records.lock().expect("the records lock is never poisoned").push(record);
@@ -224,7 +237,7 @@ where
     std::thread::scope(|scope| -> Result<(), MapError> {
         let coordinator = scope.spawn(|| {
             let lent = lent;
-            coordinate(lent.0, remotes, &next, &finish, on_images)
+            coordinate(lent.0, remotes, &next, &finish, on_images, &stopping)
         });
         let mut local = Ok(());
         while let Some(task) = next() {
@@ -251,10 +264,12 @@ enum Message<R> {
     Progress(u64),
     /// The record of the task just finished (none on the first request); asks for the next.
     Request(Option<R>),
+    /// The record of the task just finished, if any; this rank stops (a stop signal).
+    Last(Option<R>),
 }
 
 /// Rank 0's coordinator: answers requests until every other rank has been told "no task".
-fn coordinate<R: serde::de::DeserializeOwned>(comm: &mpi::topology::SimpleCommunicator, remotes: usize, next: &dyn Fn() -> Option<usize>, finish: &dyn Fn(R), on_images: &dyn Fn(u64)) -> Result<(), MapError> {
+fn coordinate<R: serde::de::DeserializeOwned>(comm: &mpi::topology::SimpleCommunicator, remotes: usize, next: &dyn Fn() -> Option<usize>, finish: &dyn Fn(R), on_images: &dyn Fn(u64), stopping: &AtomicBool) -> Result<(), MapError> {
     let mut finished = 0;
     while finished < remotes {
         // Poll and sleep rather than block: a blocking receive spins a core in MPI's progress
@@ -272,6 +287,12 @@ fn coordinate<R: serde::de::DeserializeOwned>(comm: &mpi::topology::SimpleCommun
             }
             Message::Request(Some(record)) => finish(record),
             Message::Request(None) => {}
+            Message::Last(record) => {
+                record.map(finish);
+                stopping.store(true, Ordering::SeqCst);
+                finished += 1;
+                continue;
+            }
         }
         let reply = next().map_or(NO_TASK, |t| t as i64);
         comm.process_at_rank(source).send_with_tag(&reply, TAG_TASK);
@@ -308,6 +329,10 @@ where
     let mut records: Vec<R> = Vec::new();
     loop {
         flush();
+        if stop::requested().is_some() {
+            send(&Message::Last(records.last()));
+            return Ok(records);
+        }
         send(&Message::Request(records.last()));
         let (task, _) = root.receive_with_tag::<i64>(TAG_TASK);
         if task == NO_TASK {

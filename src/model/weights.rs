@@ -18,6 +18,8 @@ pub enum WeightError {
     Mismatch { path: PathBuf, mismatch: KeyMismatch },
     #[error("{path}: tensor `{name}` holds non-finite values")]
     NonFinite { path: PathBuf, name: String },
+    #[error(transparent)]
+    Data(#[from] crate::data::DataError),
 }
 
 /// The keys that do not fit, each list sorted.
@@ -185,10 +187,7 @@ pub fn finite(tensor: &Tensor) -> bool {
 /// a rename.
 pub fn save(tensors: &BTreeMap<String, Tensor>, path: &Path) -> Result<(), WeightError> {
     let cpu: Vec<(&str, Tensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v.to_device(Device::Cpu).contiguous())).collect();
-    let tmp = crate::data::temp_name(path);
-    let write_err = |message: String| WeightError::Write { path: path.into(), message };
-    Tensor::write_safetensors(&cpu, &tmp).map_err(|e| write_err(e.to_string()))?;
-    std::fs::rename(&tmp, path).map_err(|e| write_err(e.to_string()))
+    crate::data::write_via_temp(path, |tmp| Tensor::write_safetensors(&cpu, tmp).map_err(|e| WeightError::Write { path: path.into(), message: e.to_string() }))
 }
 
 /// The model's variables by name.

@@ -18,12 +18,11 @@ use tch::{Device, Kind, Tensor};
 
 use super::map_phase::{execute, fingerprint, for_each_image, MapJob, TaskOutput};
 use super::Summary;
-use crate::checkpoint::model_in;
 use crate::config::Config;
 use crate::data::codec::decode_row_image;
 use crate::data::schema::CAM_STRIDE;
 use crate::data::shard::file_sha256;
-use crate::data::{CamRow, Dataset, DatasetKind, ImageRow};
+use crate::data::{CamRow, Dataset, DatasetKind, ImageRow, ShardRow};
 use crate::dist::World;
 use crate::model::{weights, Base, Model};
 
@@ -57,7 +56,8 @@ impl<'a> CamInference<'a> {
         let device = super::compute_device(config, world)?;
         let input_dir = config.dataset(config.cam.split);
         let input: Dataset = Dataset::open(input_dir).with_context(|| format!("the images of cam.split ({})", input_dir.display()))?;
-        let checkpoint = checkpoint_path(config)?;
+        input.check_unique_ids()?;
+        let checkpoint = super::model_to_load(&config.cam.checkpoint, &config.run_dir(), "run `wsss-dist train cam` first, or set cam.checkpoint")?;
         let model = Model::new(config.method.base, config.model.backbone(), input.manifest().num_classes() as i64, device);
         weights::restore(&model.vs, &checkpoint).context("loading the CAM model (do [model], method.base and the dataset's classes match the training run?)")?;
         let normalise = Normalise::new(config.loader.mean, config.loader.std, device);
@@ -84,18 +84,8 @@ impl<'a> CamInference<'a> {
     /// (`where`: file and row group, for messages) and counted to `images_done`. Returns the
     /// skipped images and the seconds by phase.
     pub fn task(&self, task: usize, images_done: &dyn Fn(u64), each: impl FnMut(&str, ImageRow, CamRow)) -> anyhow::Result<(Vec<String>, BTreeMap<String, f64>)> {
-        for_each_image(&self.input, task, images_done, |image| cam_row(&self.model, image, &self.normalise, self.config), each)
+        for_each_image(&self.input, task, self.config.run.max_image_pixels, images_done, |image| cam_row(&self.model, image, &self.normalise, self.config, self.input.manifest().num_classes()), each)
     }
-}
-
-/// `cam.checkpoint`, or the model of the run's newest checkpoint.
-fn checkpoint_path(config: &Config) -> anyhow::Result<PathBuf> {
-    if !config.cam.checkpoint.as_os_str().is_empty() {
-        return Ok(config.cam.checkpoint.clone());
-    }
-    model_in(&config.run_dir())?.with_context(|| {
-        format!("no checkpoint in {}/checkpoints: run `wsss-dist train cam` first, or set cam.checkpoint", config.run_dir().display())
-    })
 }
 
 /// The loader's normalisation, `(x/255 − mean)/std`, as tensors on the device.
@@ -117,19 +107,39 @@ impl Normalise {
     }
 }
 
+/// `image` [3, H, W] downscaled (bilinear, antialiased, aspect kept) so that its long side is
+/// at most `max_side`; as it is when it already fits. Bounds what the network sees of a huge
+/// photo (`cam.max_side`, `seg.infer.max_side`).
+pub(super) fn fit_long_side(image: &Tensor, max_side: u32) -> Tensor {
+    let (h, w) = (image.size()[1], image.size()[2]);
+    let long = h.max(w);
+    if long <= i64::from(max_side) {
+        return image.shallow_clone();
+    }
+    let scale = f64::from(max_side) / long as f64;
+    let size = [((h as f64 * scale).round() as i64).max(1), ((w as f64 * scale).round() as i64).max(1)];
+    image.unsqueeze(0).internal_upsample_bilinear2d_aa(size, false, None, None).squeeze_dim(0)
+}
+
 /// The CAM row of one image; an error is the reason to skip it.
-fn cam_row(model: &Model, image: &ImageRow, normalise: &Normalise, config: &Config) -> Result<CamRow, String> {
+fn cam_row(model: &Model, image: &ImageRow, normalise: &Normalise, config: &Config, num_classes: u16) -> Result<CamRow, String> {
     let rgb = decode_row_image(image)?;
     let classes: Vec<i64> = image.labels.iter().map(|&c| c as i64 - 1).collect();
     let (cams, logits) = tch::no_grad(|| {
-        let image = normalise.apply(&rgb.pixels, rgb.width, rgb.height);
-        model.multiscale_cams(&image, &classes, &config.cam.scales, config.cam.flip, CAM_STRIDE as i64, config.method.amr.alpha)
+        let image = fit_long_side(&normalise.apply(&rgb.pixels, rgb.width, rgb.height), config.cam.max_side);
+        let (cams, logits) = model.multiscale_cams(&image, &classes, &config.cam.scales, config.cam.flip, CAM_STRIDE as i64, config.method.amr.alpha);
+        let grid = [rgb.height.div_ceil(CAM_STRIDE) as i64, rgb.width.div_ceil(CAM_STRIDE) as i64];
+        let cams = if cams.size()[1..] == grid { cams } else { cams.unsqueeze(0).upsample_bilinear2d(grid, false, None, None).squeeze_dim(0) };
+        (cams, logits)
     });
     let half = cams.to_kind(Kind::Half).to_device(Device::Cpu).contiguous();
     let mut cam = vec![0u8; half.numel() * 2];
     half.copy_data_u8(&mut cam, half.numel());
     let scores = Vec::<f32>::try_from(logits.to_device(Device::Cpu)).map_err(|e| e.to_string())?;
-    Ok(CamRow { id: image.id.clone(), classes: image.labels.clone(), scores, cam, height: rgb.height, width: rgb.width })
+    let row = CamRow { id: image.id.clone(), classes: image.labels.clone(), scores, cam, height: rgb.height, width: rgb.width };
+    // A network that computes NaN (a diverged checkpoint) must not leave CAMs that look real.
+    row.check(num_classes).map_err(|e| format!("the network's output: {e}"))?;
+    Ok(row)
 }
 
 /// How the CAMs were computed, for the manifest's `source`.

@@ -35,8 +35,10 @@ pub fn run_cam(config: &Config, world: &World) -> anyhow::Result<Summary> {
     thresholds.dedup();
     let (gt, cams) = open_with_gt::<CamRow>(config, config.cam.split, &config.cam_dir(), "CAMs", "cam")?;
     let mut sweep = CamSweep::new(gt.manifest().classes.len(), &thresholds);
+    let num_classes = gt.manifest().num_classes();
     let missing = walk_with_gt(world, comm.as_ref(), &gt, &cams, "eval cam", |what, (w, h), gt_pixels, cam| {
-        cam.check(what)?;
+        // A broken CAM must not be scored: it would read as a (bad) CAM of that image.
+        cam.check(num_classes).map_err(|e| anyhow::anyhow!("{what}: {e}"))?;
         ensure!((cam.width, cam.height) == (w, h), "{what}: the CAM row is for {}x{}, the mask is {w}x{h}", cam.width, cam.height);
         sweep.add_image(gt_pixels, &full_resolution(&cam), &cam.classes, &cam.scores).with_context(|| what.to_string())?;
         Ok(())
@@ -65,6 +67,8 @@ fn open_with_gt<R: ShardRow>(config: &Config, split: Split, dir: &Path, what: &s
     let gt: Dataset = Dataset::open(gt_dir).with_context(|| format!("the ground truth of the {split:?} split ({})", gt_dir.display()))?;
     let rows: Dataset<R> = Dataset::open_as(dir).with_context(|| format!("the {what} ({}; run `wsss-dist {stage}` first)", dir.display()))?;
     ensure!(rows.manifest().classes == gt.manifest().classes, "{} and {} have different class lists", dir.display(), gt_dir.display());
+    gt.check_unique_ids()?;
+    rows.check_unique_ids()?;
     ensure!(rows.num_shards() == gt.num_shards(), "{} has {} shards but {} has {}: shard k holds the {what} of image shard k", dir.display(), rows.num_shards(), gt_dir.display(), gt.num_shards());
     Ok((gt, rows))
 }

@@ -17,9 +17,11 @@ use tracing::{info, warn};
 
 use super::progress_bar;
 use crate::data::schema::{Manifest, ShardInfo, FORMAT_VERSION};
+use crate::data::lock::DirLock;
 use crate::data::shard::{write_shard, ShardLayout, ShardReader};
 use crate::data::{Dataset, DatasetKind, ImageRow, ShardRow};
-use crate::dist::comm::all_gather_text;
+use crate::dist::comm::{all_gather_text, sum_values};
+use crate::stop::Stopped;
 use crate::dist::map::{schedule, MapError, MapOutput, MapPlan, Progress, TaskRecord};
 use crate::dist::{self, Backend, World};
 
@@ -125,6 +127,8 @@ where
     let what = jobs.iter().map(|j| j.what).collect::<Vec<_>>().join(" + ");
     let comm = dist::connect(world, Backend::Mpi, Device::Cpu)?;
     let outputs: Vec<MapOutput> = jobs.iter().map(|j| MapOutput::new(&j.out, task_images.len(), j.fingerprint.clone())).collect();
+    // Rank 0 holds every output's lock until the job ends: one writer per output directory.
+    let _locks = if world.is_root() { jobs.iter().map(|j| DirLock::acquire(&j.out)).collect::<Result<Vec<_>, _>>()? } else { Vec::new() };
     let plan_text = if world.is_root() {
         let plans = outputs.iter().zip(jobs).map(|(o, j)| o.prepare(force).with_context(|| format!("preparing {}", j.out.display()))).collect::<anyhow::Result<Vec<_>>>()?;
         serde_json::to_string(&Plan::merge(plans, task_images.len()))?
@@ -179,6 +183,13 @@ where
     )?;
     bar.finish_and_clear();
     let images_seen = bar.position();
+    // Every rank learns whether the job stopped early (rank 0 knows it from the tasks done).
+    let unfinished = if world.is_root() { (pending.len() - reports.len()) as f64 } else { 0.0 };
+    let unfinished = sum_values(comm.as_ref(), &[unfinished], Device::Cpu)?[0];
+    if unfinished > 0.0 {
+        let kept = format!("{} of {} task(s) done and kept in {outs} ({unfinished} left, no manifest yet); run the same command again to finish", plan.done.len() + pending.len() - unfinished as usize, task_images.len());
+        return Err(Stopped { cause: crate::stop::cause(), kept }.into());
+    }
     if !world.is_root() {
         return Ok(jobs.iter().map(|_| json!({ "rank": world.rank, "tasks": reports.len(), "written_by": "rank 0" })).collect());
     }
@@ -243,17 +254,21 @@ fn summary(job: &MapJob, all: &[TaskRecord], computed: usize, this_run: &[TaskRe
 
 /// Runs `infer` on every image of input shard `task` in order, row group by row group, and
 /// hands each result to `each(where, image, result)` (`where`: file and row group, for
-/// messages); an error is the reason to skip that image, warned about and returned. Counts
-/// every image to `images_done`. Returns the skipped images and the seconds by phase.
+/// messages); an error is the reason to skip that image, warned about and returned: a row
+/// that fails [`ShardRow::check`], an image over `max_pixels`, or an `infer` that failed
+/// (a libtorch error such as a failed allocation included, [`guarded`]). Counts every image
+/// to `images_done`. Returns the skipped images and the seconds by phase.
 pub fn for_each_image<R>(
     input: &Dataset,
     task: usize,
+    max_pixels: u64,
     images_done: &dyn Fn(u64),
     mut infer: impl FnMut(&ImageRow) -> Result<R, String>,
     mut each: impl FnMut(&str, ImageRow, R),
 ) -> anyhow::Result<(Vec<String>, BTreeMap<String, f64>)> {
     let reader = input.shard(task)?;
     let file = &input.manifest().shards[task].file;
+    let num_classes = input.manifest().num_classes();
     let mut skipped = Vec::new();
     let (mut read_seconds, mut inference_seconds) = (0.0, 0.0);
     for group in 0..reader.num_row_groups() {
@@ -263,7 +278,7 @@ pub fn for_each_image<R>(
         let place = format!("{file} row group {group}");
         for (i, image) in images.into_iter().enumerate() {
             let inference = Instant::now();
-            let result = infer(&image);
+            let result = usable(&image, num_classes, max_pixels).and_then(|()| guarded(|| infer(&image)));
             inference_seconds += inference.elapsed().as_secs_f64();
             match result {
                 Ok(result) => each(&place, image, result),
@@ -277,6 +292,44 @@ pub fn for_each_image<R>(
         }
     }
     Ok((skipped, BTreeMap::from([("read".to_string(), read_seconds), ("inference".to_string(), inference_seconds)])))
+}
+
+/// Whether a stage can process the image of `row`: the row passes [`ShardRow::check`] and the
+/// image is at most `max_pixels` (`run.max_image_pixels`; checked before it is decoded).
+pub fn usable(row: &ImageRow, num_classes: u16, max_pixels: u64) -> Result<(), String> {
+    row.check(num_classes)?;
+    let pixels = u64::from(row.width) * u64::from(row.height);
+    if pixels > max_pixels {
+        return Err(format!("the image is {}x{} = {pixels} pixels, over run.max_image_pixels = {max_pixels} (resize it before import, or raise the key)", row.width, row.height));
+    }
+    Ok(())
+}
+
+thread_local! {
+    /// Inside [`guarded`] on this thread: panics there are reported as errors, not printed.
+    static GUARDED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs one image's computation so that a panic in it (tch turns every libtorch error into
+/// one, a failed allocation of a huge tensor included) becomes an error for that image
+/// instead of ending the job. The panic message is not printed: the error carries it.
+pub fn guarded<T>(work: impl FnOnce() -> Result<T, String>) -> Result<T, String> {
+    static QUIET_HOOK: std::sync::Once = std::sync::Once::new();
+    QUIET_HOOK.call_once(|| {
+        let default = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !GUARDED.with(std::cell::Cell::get) {
+                default(info);
+            }
+        }));
+    });
+    let outer = GUARDED.with(|g| g.replace(true));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(work));
+    GUARDED.with(|g| g.set(outer));
+    result.unwrap_or_else(|payload| {
+        let message = payload.downcast_ref::<String>().map(String::as_str).or_else(|| payload.downcast_ref::<&str>().copied()).unwrap_or("unknown panic");
+        Err(format!("failed: {message}"))
+    })
 }
 
 /// SHA-256 over the input manifests' shard checksums and the settings.

@@ -59,6 +59,20 @@ pub fn human_bytes(bytes: u64) -> String {
     format!("{value:.1} {}", units[unit])
 }
 
+/// The model a stage loads: `explicit` when set (a file, checked against its checkpoint
+/// sidecar if it has one), otherwise the newest intact checkpoint in `stage_dir`. Damaged
+/// checkpoints passed over on the way are warned about. `hint` ends the error when there is
+/// none: how to get one.
+pub fn model_to_load(explicit: &std::path::Path, stage_dir: &std::path::Path, hint: &str) -> anyhow::Result<std::path::PathBuf> {
+    use anyhow::Context;
+    let source = if explicit.as_os_str().is_empty() { stage_dir } else { explicit };
+    let found = crate::checkpoint::model_in(source)?.with_context(|| format!("no checkpoint in {}/checkpoints: {hint}", source.display()))?;
+    for line in &found.damaged {
+        tracing::warn!("passed over a damaged checkpoint: {line}");
+    }
+    Ok(found.path)
+}
+
 /// The device of this rank (`run.device`), with libtorch's threads set from `run.threads`.
 pub fn compute_device(config: &crate::config::Config, world: &World) -> anyhow::Result<tch::Device> {
     if config.run.threads > 0 {

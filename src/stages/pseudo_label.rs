@@ -17,12 +17,12 @@ use rayon::prelude::*;
 use serde_json::json;
 use tracing::warn;
 
-use super::map_phase::{execute, fingerprint, MapJob, TaskOutput};
+use super::map_phase::{execute, fingerprint, guarded, usable, MapJob, TaskOutput};
 use super::Summary;
 use crate::config::Config;
 use crate::data::codec::{decode_row_image, encode_mask};
 use crate::data::schema::Manifest;
-use crate::data::{CamRow, Dataset, DatasetKind, ImageRow, PseudoRow};
+use crate::data::{CamRow, Dataset, DatasetKind, ImageRow, PseudoRow, ShardRow};
 use crate::dist::map::job_fingerprint;
 use crate::dist::World;
 use crate::refine::pseudo::{pseudo_label, PseudoInput, PseudoParams};
@@ -33,6 +33,8 @@ pub fn run(config: &Config, world: &World, force: bool) -> anyhow::Result<Summar
     let images: Dataset = Dataset::open(images_dir).with_context(|| format!("the images of cam.split ({})", images_dir.display()))?;
     let cam_dir = config.cam_dir();
     let cams: Dataset<CamRow> = Dataset::open_as(&cam_dir).with_context(|| format!("the CAMs ({}; run `wsss-dist cam` first)", cam_dir.display()))?;
+    images.check_unique_ids()?;
+    cams.check_unique_ids()?;
     ensure!(cams.manifest().classes == images.manifest().classes, "{} and {} have different class lists", cam_dir.display(), images_dir.display());
     ensure!(cams.num_shards() == images.num_shards(), "{} has {} shards but {} has {}: CAM shard k holds the CAMs of image shard k", cam_dir.display(), cams.num_shards(), images_dir.display(), images.num_shards());
     // CAMs written by `cam` are named by its job's fingerprint; others by their checksums.
@@ -78,6 +80,8 @@ pub(super) struct Labelling {
     pub job: MapJob,
     params: PseudoParams,
     pub pool: rayon::ThreadPool,
+    num_classes: u16,
+    max_pixels: u64,
 }
 
 impl Labelling {
@@ -95,12 +99,13 @@ impl Labelling {
             source: format!("wsss-dist pseudo-label ({}) of {} with the CAMs of {}", settings.method.name(), config.dataset(config.cam.split).display(), config.cam_dir().display()),
         };
         let pool = rayon::ThreadPoolBuilder::new().num_threads(settings.threads).build().context("starting the refinement threads")?;
-        Ok(Labelling { job, params: settings.params(), pool })
+        Ok(Labelling { job, params: settings.params(), pool, num_classes: images.num_classes(), max_pixels: config.run.max_image_pixels })
     }
 
     /// The pseudo-label row of one image; an error is the reason to skip it.
     pub fn label(&self, image: &ImageRow, cam: Option<&CamRow>) -> Result<PseudoRow, String> {
-        label_image(image, cam, &self.params)
+        usable(image, self.num_classes, self.max_pixels)?;
+        guarded(|| label_image(image, cam, &self.params, self.num_classes))
     }
 }
 
@@ -117,9 +122,10 @@ pub(super) fn keep(result: Result<PseudoRow, String>, place: &str, id: &str, row
 }
 
 /// The pseudo-label row of one image; an error is the reason to skip it.
-fn label_image(image: &ImageRow, cam: Option<&CamRow>, params: &PseudoParams) -> Result<PseudoRow, String> {
+fn label_image(image: &ImageRow, cam: Option<&CamRow>, params: &PseudoParams, num_classes: u16) -> Result<PseudoRow, String> {
     let cam = cam.ok_or("no CAM for this image (skipped by `cam`?)")?;
-    cam.check(&image.id).map_err(|e| e.to_string())?;
+    // A NaN CAM would otherwise come out as an all-background label map.
+    cam.check(num_classes).map_err(|e| format!("its CAM: {e}"))?;
     if (cam.width, cam.height) != (image.width, image.height) {
         return Err(format!("the CAM is for {}x{}, the image is {}x{}", cam.width, cam.height, image.width, image.height));
     }

@@ -6,17 +6,15 @@
 //! (DeepLab's settings) from the same forward passes (`pred_crf/<split>`). `export png` and
 //! `eval seg` read them.
 
-use std::path::PathBuf;
 
 use anyhow::Context;
 use serde_json::json;
 use tch::nn::VarStore;
 use tch::{Kind, Tensor};
 
-use super::cam::Normalise;
+use super::cam::{fit_long_side, Normalise};
 use super::map_phase::{execute, fingerprint, for_each_image, MapJob, ShardOutput, TaskOutput};
 use super::Summary;
-use crate::checkpoint::model_in;
 use crate::config::{Config, SegInferConfig};
 use crate::data::codec::{decode_row_image, encode_mask};
 use crate::data::shard::file_sha256;
@@ -31,7 +29,8 @@ pub fn run(config: &Config, world: &World, force: bool) -> anyhow::Result<Summar
     let infer = &config.seg.infer;
     let input_dir = config.dataset(infer.split);
     let input = Dataset::open(input_dir).with_context(|| format!("the images of seg.infer.split ({})", input_dir.display()))?;
-    let checkpoint = checkpoint_path(config)?;
+    input.check_unique_ids()?;
+    let checkpoint = super::model_to_load(&infer.checkpoint, &config.seg_dir(), "run `wsss-dist train seg` first, or set seg.infer.checkpoint")?;
     let vs = VarStore::new(device);
     let model = &config.seg.model;
     let net = Segmenter::new(&vs.root(), model.kind, model.backbone(), input.manifest().classes.len() as i64);
@@ -61,7 +60,7 @@ pub fn run(config: &Config, world: &World, force: bool) -> anyhow::Result<Summar
         .collect();
     let details = execute(world, &jobs, force, |task, images_done| {
         let (mut plain, mut refined) = (Vec::new(), Vec::new());
-        let (skipped, seconds) = for_each_image(&input, task, images_done, |image| predict(&net, image, &normalise, infer, &method), |_, _, (row, crf_row)| {
+        let (skipped, seconds) = for_each_image(&input, task, config.run.max_image_pixels, images_done, |image| predict(&net, image, &normalise, infer, &method), |_, _, (row, crf_row)| {
             plain.push(row);
             refined.extend(crf_row);
         })?;
@@ -74,20 +73,13 @@ pub fn run(config: &Config, world: &World, force: bool) -> anyhow::Result<Summar
     Ok(Summary::ok(json!({ "checkpoint": checkpoint, "map": details })))
 }
 
-/// `seg.infer.checkpoint`, or the model of the newest checkpoint in `<run dir>/seg`.
-fn checkpoint_path(config: &Config) -> anyhow::Result<PathBuf> {
-    if !config.seg.infer.checkpoint.as_os_str().is_empty() {
-        return Ok(config.seg.infer.checkpoint.clone());
-    }
-    model_in(&config.seg_dir())?.with_context(|| format!("no checkpoint in {}/checkpoints: run `wsss-dist train seg` first, or set seg.infer.checkpoint", config.seg_dir().display()))
-}
-
 /// The prediction rows of one image, without and (when `infer.crf`) with the CRF; an error is
 /// the reason to skip the image.
 fn predict(net: &Segmenter, image: &ImageRow, normalise: &Normalise, infer: &SegInferConfig, method: &str) -> Result<(PseudoRow, Option<PseudoRow>), String> {
     let rgb = decode_row_image(image)?;
     let (w, h) = (rgb.width as usize, rgb.height as usize);
-    let probabilities = tch::no_grad(|| mean_softmax(net, &normalise.apply(&rgb.pixels, rgb.width, rgb.height), &infer.scales, infer.flip));
+    let image_size = [rgb.height as i64, rgb.width as i64];
+    let probabilities = tch::no_grad(|| mean_softmax(net, &fit_long_side(&normalise.apply(&rgb.pixels, rgb.width, rgb.height), infer.max_side), image_size, &infer.scales, infer.flip));
     let classes = probabilities.size()[0] as usize;
     let q = pixel_major(&probabilities);
     let row = |labels: Vec<u8>| PseudoRow { id: image.id.clone(), mask: encode_mask(rgb.width, rgb.height, &labels), method: method.into() };
@@ -99,8 +91,8 @@ fn predict(net: &Segmenter, image: &ImageRow, normalise: &Normalise, infer: &Seg
 }
 
 /// The softmax of the logits at each scale (and of the flipped input, flipped back), resized to
-/// the image and averaged: [C, H, W].
-fn mean_softmax(net: &Segmenter, image: &Tensor, scales: &[f64], flip: bool) -> Tensor {
+/// `out` (the image's [H, W]; `image` may be a downscaled copy) and averaged: [C, H, W].
+fn mean_softmax(net: &Segmenter, image: &Tensor, out: [i64; 2], scales: &[f64], flip: bool) -> Tensor {
     let size = image.size();
     let (h, w) = (size[1], size[2]);
     let mut sum: Option<Tensor> = None;
@@ -109,7 +101,7 @@ fn mean_softmax(net: &Segmenter, image: &Tensor, scales: &[f64], flip: bool) -> 
         let side = |s: i64| ((s as f64 * scale).round() as i64).max(1);
         let scaled = image.unsqueeze(0).upsample_bilinear2d([side(h), side(w)], false, None, None);
         let batch = if flip { Tensor::cat(&[scaled.shallow_clone(), scaled.flip([3])], 0) } else { scaled };
-        let probabilities = net.logits(&batch).upsample_bilinear2d([h, w], false, None, None).softmax(1, Kind::Float);
+        let probabilities = net.logits(&batch).upsample_bilinear2d(out, false, None, None).softmax(1, Kind::Float);
         let probabilities = if flip { probabilities.get(0) + probabilities.get(1).flip([2]) } else { probabilities.get(0) };
         count += if flip { 2.0 } else { 1.0 };
         sum = Some(match sum {

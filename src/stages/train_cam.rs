@@ -13,7 +13,6 @@ use tracing::{info, warn};
 
 use super::trainer::{self, Stage, Task, TaskContext, TrainData};
 use super::Summary;
-use crate::checkpoint::model_in;
 use crate::config::Config;
 use crate::data::loader::Batch;
 use crate::data::Dataset;
@@ -88,7 +87,7 @@ fn initialise(config: &Config, model: &Model, calibration: &dyn Fn() -> anyhow::
         let prefix = if branch.is_empty() { String::new() } else { format!("{branch}.") };
         let spotlight_init = &config.method.amr.spotlight_init;
         if branch == SPOTLIGHT && !spotlight_init.as_os_str().is_empty() {
-            let path = model_in(spotlight_init)?.with_context(|| format!("config key `method.amr.spotlight_init`: no checkpoint in {}/checkpoints", spotlight_init.display()))?;
+            let path = super::model_to_load(spotlight_init, spotlight_init, "config key `method.amr.spotlight_init` names a run of `train cam` or its model file")?;
             let report = weights::import_under(&model.vs, &prefix, &path, &weights::EXACT).context("config key `method.amr.spotlight_init` (a CAM network of the same model.arch, depth and classes)")?;
             info!("spotlight branch: loaded {} tensors from {}", report.loaded, path.display());
         } else if config.model.init.as_os_str().is_empty() {

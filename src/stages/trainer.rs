@@ -38,11 +38,13 @@ use crate::config::{Config, LoaderConfig, OnNonFinite, TrainConfig};
 use crate::data::loader::{Batch, Loader, LoaderSpec};
 use crate::data::sampler::{mix_seed, Cursor, Sampler};
 use crate::data::schema::PseudoRow;
+use crate::data::lock::DirLock;
 use crate::data::{atomic_write, Dataset};
 use crate::dist::comm::sum_values;
 use crate::dist::{self, Communicator, GradientBuckets, World};
 use crate::model::weights;
 use crate::optim::{ParamGroup, Sgd, SgdSettings};
+use crate::stop::Stopped;
 
 /// What a training stage trains.
 pub trait Task {
@@ -152,16 +154,26 @@ pub fn train<T: Task>(
     };
     let mut sgd = Sgd::new(settings, task.param_groups());
 
+    // One job writes a stage directory at a time; rank 0 writes for the job.
+    let _lock = world.is_root().then(|| DirLock::acquire(&stage.dir)).transpose()?;
     let checkpoints = Checkpoints::new(stage.dir.join("checkpoints"));
+    if world.is_root() {
+        checkpoints.remove_temporaries()?;
+    }
     let mut cursor = Cursor::default();
-    match (resume, checkpoints.latest()?) {
-        (true, Some(meta)) => cursor = restore(config, world, &schedule, &checkpoints, &meta, task.vars(), &mut sgd)?,
-        (false, Some(meta)) => bail!(
-            "{} already holds checkpoints (latest: step {}): pass --resume to continue that run, or set run.name to start another",
-            checkpoints.dir().display(),
-            meta.step
+    let latest = if resume { checkpoints.latest()? } else { None };
+    match (resume, latest, checkpoints.list()?.last()) {
+        (true, Some(found), _) => {
+            for line in found.damaged.iter().filter(|_| world.is_root()) {
+                warn!("passed over a damaged checkpoint: {line}");
+            }
+            cursor = restore(config, world, &schedule, &checkpoints, &found.meta, task.vars(), &mut sgd)?;
+        }
+        (false, _, Some((step, _))) => bail!(
+            "{} already holds checkpoints (latest: step {step}): pass --resume to continue that run, or set run.name to start another",
+            checkpoints.dir().display()
         ),
-        (resume, None) => {
+        (resume, _, _) => {
             if resume {
                 info!("no checkpoint in {} yet: starting from step 0", checkpoints.dir().display());
             }
@@ -237,7 +249,7 @@ pub fn train<T: Task>(
             let step = trainer.sgd.step_count();
             let lr = trainer.sgd.lr();
             let compute_start = Instant::now();
-            let outcome = trainer.finish_step(&step_input)?;
+            let (outcome, stop_requested) = trainer.finish_step(&step_input)?;
             step_input.compute_s += compute_start.elapsed().as_secs_f64();
             let (loss, images) = match outcome {
                 StepOutcome::Trained { loss, images } => {
@@ -272,8 +284,13 @@ pub fn train<T: Task>(
             if epoch_done {
                 cursor = Cursor { epoch: cursor.epoch + 1, position: 0 };
             }
-            if step % train.checkpoint_every == 0 || step == stop_at {
+            if step % train.checkpoint_every == 0 || step == stop_at || stop_requested {
                 save_checkpoint(config, world, train, &checkpoints, &trainer, cursor, &mut losses)?;
+            }
+            if stop_requested && step < stop_at {
+                bar.finish_and_clear();
+                let kept = format!("every rank finished step {step} of {total_steps}, checkpoint written to {}; continue with --resume", checkpoints.dir().display());
+                return Err(Stopped { cause: crate::stop::cause(), kept }.into());
             }
             if step >= stop_at {
                 break;
@@ -407,17 +424,23 @@ impl<T: Task> Trainer<T> {
     }
 
     /// Agrees with the other ranks on the step's samples and loss, sums the gradients over the
-    /// ranks, divides them by the sample count, updates.
-    fn finish_step(&mut self, input: &StepInput) -> anyhow::Result<StepOutcome> {
-        let flags = [input.images, input.loss_sum, if input.non_finite { 1.0 } else { 0.0 }];
-        let [images, loss_sum, non_finite] = sum_values(self.comm.as_ref(), &flags, self.device)?[..] else {
-            unreachable!("three values in, three out")
+    /// ranks, divides them by the sample count, updates. Also returns whether a stop signal
+    /// reached any rank: the same answer on every rank, so all stop after the same step.
+    fn finish_step(&mut self, input: &StepInput) -> anyhow::Result<(StepOutcome, bool)> {
+        let flags = [input.images, input.loss_sum, f64::from(u8::from(input.non_finite)), f64::from(u8::from(crate::stop::requested().is_some()))];
+        let [images, loss_sum, non_finite, stop] = sum_values(self.comm.as_ref(), &flags, self.device)?[..] else {
+            unreachable!("four values in, four out")
         };
+        Ok((self.update(images, loss_sum, non_finite > 0.0)?, stop > 0.0))
+    }
+
+    /// The step's update from the totals over the ranks.
+    fn update(&mut self, images: f64, loss_sum: f64, non_finite: bool) -> anyhow::Result<StepOutcome> {
         if images == 0.0 {
             self.sgd.skip_step();
             return Ok(StepOutcome::EmptyBatch);
         }
-        if non_finite > 0.0 || !loss_sum.is_finite() {
+        if non_finite || !loss_sum.is_finite() {
             self.sgd.skip_step();
             return Ok(StepOutcome::NonFinite(if loss_sum.is_finite() { f64::NAN } else { loss_sum / images }));
         }
@@ -466,6 +489,8 @@ fn save_checkpoint<T: Task>(config: &Config, world: &World, train: &TrainConfig,
         optimizer: *sgd.settings(),
         config_hash: config.hash(),
         loss,
+        model_sha256: None,
+        optimizer_sha256: None,
     };
     checkpoints.save(meta, &state, &sgd.state(), train.keep_checkpoints)?;
     Ok(())

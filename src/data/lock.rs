@@ -1,0 +1,96 @@
+//! One writer per output directory: a job that writes a dataset, a run or a stage directory
+//! holds an exclusive lock on it for as long as it writes, so a second job aimed at the same
+//! place fails at once, naming the holder, instead of mixing its files with the first's.
+//!
+//! The lock is `flock` on a file beside the directory (`<parent>/.<name>.lock`): beside it,
+//! because map phases may delete and recreate the directory itself. The kernel releases it
+//! when the holder exits, however it exits (kill -9 included), so a stale file is never a stale
+//! lock. The file holds who took it, for the message a second writer gets.
+
+use std::fs::{File, OpenOptions, TryLockError};
+use std::io::{Read, Seek, Write};
+use std::path::{Path, PathBuf};
+
+use super::DataError;
+
+/// An exclusive lock on a directory, released when dropped.
+#[derive(Debug)]
+pub struct DirLock {
+    _file: File,
+    path: PathBuf,
+}
+
+impl DirLock {
+    /// Takes the lock of `dir` (which need not exist yet), or fails naming the job that holds it.
+    pub fn acquire(dir: &Path) -> Result<DirLock, DataError> {
+        let path = lock_path(dir);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| DataError::io(parent, e))?;
+        }
+        let mut file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).map_err(|e| DataError::io(&path, e))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) => {
+                let mut holder = String::new();
+                let _ = file.read_to_string(&mut holder);
+                let holder = if holder.trim().is_empty() { "another process".to_string() } else { holder.trim().to_string() };
+                return Err(DataError::Locked { dir: dir.into(), lock: path, holder });
+            }
+            Err(TryLockError::Error(e)) => return Err(DataError::io(&path, e)),
+        }
+        let write_holder = |file: &mut File| -> std::io::Result<()> {
+            file.set_len(0)?;
+            file.rewind()?;
+            file.write_all(holder().as_bytes())?;
+            file.flush()
+        };
+        write_holder(&mut file).map_err(|e| DataError::io(&path, e))?;
+        Ok(DirLock { _file: file, path })
+    }
+
+    /// The lock file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// `<parent>/.<name>.lock` for `dir` = `<parent>/<name>`.
+pub fn lock_path(dir: &Path) -> PathBuf {
+    let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "dir".into());
+    let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    parent.join(format!(".{name}.lock"))
+}
+
+/// "pid 123 on host node7 since 1764800000 (unix time): wsss-dist pseudo-label --config F".
+fn holder() -> String {
+    let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let command = std::env::args().collect::<Vec<_>>().join(" ");
+    format!("pid {} on host {} since {since} (unix time): {command}", std::process::id(), hostname())
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "unknown".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// flock locks belong to an open file, so a second open in the same process contends as a
+    /// second process would.
+    #[test]
+    fn a_second_writer_is_refused_naming_the_holder_until_the_first_is_done() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("runs/demo/cams/val");
+        let first = DirLock::acquire(&dir).unwrap();
+        assert_eq!(first.path(), tmp.path().join("runs/demo/cams/.val.lock"));
+        let err = DirLock::acquire(&dir).unwrap_err().to_string();
+        assert!(err.contains("cams/val") && err.contains(&format!("pid {}", std::process::id())) && err.contains("since"), "{err}");
+        drop(first);
+        let again = DirLock::acquire(&dir).unwrap();
+        let text = std::fs::read_to_string(again.path()).unwrap();
+        assert!(text.starts_with(&format!("pid {} on host", std::process::id())), "{text}");
+        // Another directory is another lock.
+        DirLock::acquire(&tmp.path().join("runs/demo/cams/train")).unwrap();
+    }
+}
