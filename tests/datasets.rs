@@ -174,7 +174,7 @@ fn verify_lists_every_bad_row_and_checksum_mismatch() {
     let report = wsss_fails(tmp.path(), &["data", "verify", s(&out)], 1);
     assert!(report.contains("part-00001.parquet: checksum mismatch"), "{report}");
     assert!(report.contains(&format!("part-00001.parquet row 2 id {}", bad_ids.0)), "{report}");
-    assert!(report.contains(&format!("part-00001.parquet row 7 id {}: label 9 out of range 1..=6", bad_ids.1)), "{report}");
+    assert!(report.contains(&format!("part-00001.parquet row 7 id {}: labels: class id 9 out of range 1..=6", bad_ids.1)), "{report}");
     assert!(report.contains("3 problem(s)"), "{report}");
 
     // A truncated shard: verify reports it, inspect fails naming it.

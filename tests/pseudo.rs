@@ -158,11 +158,14 @@ fn a_corrupt_image_is_skipped_and_counted() {
     let dir = tmp.path();
     wsss_ok(dir, &["train", "cam", "--config", &config]);
     wsss_ok(dir, &["cam", "--config", &config]);
-    // Rewrite val shard 2 with the image bytes of its first row truncated.
+    // Rewrite val shard 2 with the image bytes of its first row truncated, and record it in the
+    // manifest (a dataset whose writer stored a broken image, not a shard damaged since).
     let shard = dir.join("data/val/part-00002.parquet");
     let mut rows = ShardReader::<ImageRow>::open(&shard).unwrap().read_all().unwrap();
     rows[0].image.truncate(40);
-    write_shard(&shard, &rows, ShardLayout::default()).unwrap();
+    let mut manifest = wsss_dist::data::Manifest::read(&dir.join("data/val")).unwrap();
+    manifest.shards[2] = write_shard(&shard, &rows, ShardLayout::default()).unwrap();
+    manifest.write(&dir.join("data/val")).unwrap();
     let out = common::wsss(dir, &["pseudo-label", "--config", &config]);
     let log = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{log}");

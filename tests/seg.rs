@@ -159,18 +159,19 @@ fn deeplab_v2_on_two_ranks_equals_one_process_with_twice_the_batch() {
 }
 
 /// DeepLab v3+ with its trainable BatchNorms synchronised over the 2 ranks: parameters and
-/// the BatchNorms' running statistics (both in the model file) at steps 1, 4 and 8, and the
+/// the BatchNorms' running statistics (both in the model file) at steps 1 and 4, and the
 /// first step's momentum, are those of one process with batch 4 (without synchronisation the
 /// first step already differs by more than 100%). Without dropout, whose masks no split into
 /// ranks reproduces, and at v2's small rate for the same reason. One process runs libtorch's
 /// BatchNorm, the ranks the synchronised one (f64 statistics): the two round differently, and
-/// this random-start network amplifies it, so the difference grows from 1e-6 (step 1) to 3e-5
-/// in the parameters and 2e-3 in the momentum by step 12 (measured; with the synchronised
-/// layer on both sides it stays at 2e-6 and 1e-5).
+/// this random-start network amplifies it, so the difference grows from 5e-7 (step 1) to 2e-6
+/// (step 4); later steps are not compared, because how fast it grows depends on the CPU: on
+/// one machine it stayed at 3e-5 by step 12, on another an ASPP BatchNorm bias, still near its
+/// zero start, differed by 0.6% of its tiny value at step 8 (a ReLU flipping for one pixel).
 #[test]
 fn deeplab_v3plus_on_two_ranks_equals_one_process_with_twice_the_batch() {
     let model = ["--set", "seg.model.dropout=0", "--set", "seg.train.lr=0.00002"];
-    two_ranks_equal_one_process(&model, &["step-00000001.safetensors", "step-00000001.optim.safetensors", "step-00000004.safetensors", "step-00000008.safetensors"], 1e-5);
+    two_ranks_equal_one_process(&model, &["step-00000001.safetensors", "step-00000001.optim.safetensors", "step-00000004.safetensors"], 1e-5);
 }
 
 /// No pseudo-labels where `seg.labels` points: an error naming the key and what makes them.

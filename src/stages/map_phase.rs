@@ -345,3 +345,32 @@ pub fn fingerprint(inputs: &[&Manifest], settings: &str) -> String {
     hasher.update(settings.as_bytes());
     hex::encode(hasher.finalize())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A libtorch error (tch panics with it) becomes an error for the image, carrying libtorch's
+    /// message; the thread goes on, and panics outside `guarded` are untouched.
+    #[test]
+    fn guarded_turns_a_libtorch_failure_into_an_error() {
+        let err = guarded(|| {
+            let a = tch::Tensor::zeros([2, 3], (tch::Kind::Float, Device::Cpu));
+            Ok(a.matmul(&a).numel())
+        })
+        .unwrap_err();
+        assert!(err.starts_with("failed: ") && err.contains("shapes cannot be multiplied"), "{err}");
+        assert_eq!(guarded(|| Ok(7)), Ok(7));
+        assert_eq!(guarded(|| Err::<(), _>("bad".to_string())), Err("bad".to_string()));
+        assert!(std::panic::catch_unwind(|| panic!("outside")).is_err());
+    }
+
+    #[test]
+    fn images_over_the_pixel_bound_are_refused_before_decoding() {
+        let row = ImageRow { id: "big".into(), image: vec![], width: 5000, height: 4000, labels: vec![1], mask: None };
+        assert!(usable(&row, 3, 20_000_000).is_ok());
+        let err = usable(&row, 3, 16_777_216).unwrap_err();
+        assert!(err.contains("5000x4000 = 20000000 pixels, over run.max_image_pixels = 16777216"), "{err}");
+        assert!(usable(&ImageRow { labels: vec![4], ..row }, 3, 20_000_000).unwrap_err().contains("class id 4"));
+    }
+}
