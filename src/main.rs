@@ -36,8 +36,12 @@ fn main() -> ExitCode {
     let world = World::from_env();
     // Rank 0 logs; the other ranks only warn and fail (WSSS_LOG overrides both).
     let level = if world.as_ref().is_ok_and(|w| !w.is_root()) { "warn" } else { "info" };
+    // Colour only on a terminal, and never with NO_COLOR set (https://no-color.org): SLURM
+    // output files and `2> log` get plain text.
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr()) && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_from_env("WSSS_LOG").unwrap_or_else(|_| EnvFilter::new(level)))
+        .with_ansi(colour)
         .with_writer(std::io::stderr)
         .with_target(false)
         .init();
@@ -55,8 +59,10 @@ fn main() -> ExitCode {
     }
     match dispatch(&cli.command, &world) {
         Err(e) if e.downcast_ref::<Stopped>().is_some() => {
-            // Every rank stops at the same point, so all meet here.
-            tracing::warn!("{e}");
+            // Every rank stops at the same point, so all meet here; rank 0 says so for all.
+            if world.is_root() {
+                tracing::warn!("{e}");
+            }
             world.barrier();
             ExitCode::from(EXIT_STOPPED)
         }

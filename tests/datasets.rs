@@ -295,3 +295,14 @@ fn voc_labels_from_xml_and_colour_masks_through_the_palette() {
     let err = wsss_fails(tmp.path(), &["data", "import", "voc", "--root", s(&root), "--split", "train", "--out", s(&tmp.path().join("x"))], 2);
     assert!(err.contains("a.xml") && err.contains("unknown class name \"unicorn\""), "{err}");
 }
+
+/// Logs to a pipe or file (SLURM output, `2> log`) are plain text, and the generator's settings
+/// read as `key=value`.
+#[test]
+fn logs_to_a_pipe_have_no_colour_codes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = common::wsss(tmp.path(), &["data", "import", "synthetic", "--out", "d", "--images", "4", "--size", "32"]);
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && !log.contains('\u{1b}'), "{log:?}");
+    assert!(log.contains("classes=6 size=32 min_objects=1") && !log.contains("SyntheticParams"), "{log}");
+}

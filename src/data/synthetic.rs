@@ -96,6 +96,18 @@ pub struct SyntheticParams {
     pub noise: f32,
 }
 
+/// `classes=6 size=128 ...`: the settings as a log line shows them.
+impl std::fmt::Display for SyntheticParams {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let p = self;
+        write!(
+            f,
+            "classes={} size={} min_objects={} max_objects={} context_prob={} min_object_scale={} max_object_scale={} min_mark_fraction={} max_mark_fraction={} max_overlap={} min_contrast={} body_texture={} noise={}",
+            p.classes, p.size, p.min_objects, p.max_objects, p.context_prob, p.min_object_scale, p.max_object_scale, p.min_mark_fraction, p.max_mark_fraction, p.max_overlap, p.min_contrast, p.body_texture, p.noise
+        )
+    }
+}
+
 impl Default for SyntheticParams {
     fn default() -> Self {
         SyntheticParams {
@@ -1082,7 +1094,7 @@ impl ImportSource for SyntheticSource {
     }
 
     fn describe(&self) -> String {
-        format!("synthetic seed={} images={} {:?}", self.seed, self.images, self.params)
+        format!("synthetic seed={} images={} {}", self.seed, self.images, self.params)
     }
 
     fn row(&self, index: usize) -> Result<RowOutcome, DataError> {

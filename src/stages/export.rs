@@ -18,6 +18,7 @@ use crate::data::{atomic_write, temp_name, Dataset, DatasetKind, ImageRow, Manif
 
 pub fn run_png(labels: &Path, out: &Path) -> anyhow::Result<Summary> {
     let manifest = Manifest::read(labels)?;
+    let _lock = crate::data::lock::DirLock::acquire(out)?;
     let staging = temp_name(out);
     if staging.exists() {
         std::fs::remove_dir_all(&staging).with_context(|| format!("removing {}", staging.display()))?;
