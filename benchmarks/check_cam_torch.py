@@ -77,7 +77,7 @@ def main():
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     os.makedirs(args.work, exist_ok=True)
-    manifest = json.load(open(os.path.join(args.images, "manifest.json")))
+    manifest = json.load(open(os.path.join(args.images, "_manifest.json")))
     classes = len(manifest["classes"]) - 1
     backbone, classifier, state = build(args.depth, classes)
     model = os.path.join(args.work, "model.safetensors")

@@ -11,7 +11,7 @@ deps=${WSSS_DEPS:-.deps}
 repeats=${BENCH_REPEATS:-3}
 voc=../shared/data/voc-mini/VOC2012
 data=data/bench/voc-mini-train
-[ -e "$data/manifest.json" ] || target/release/wsss-dist data import voc --root "$voc" --split train_aug --out "$data"
+{ [ -e "$data/_manifest.json" ] || [ -e "$data/manifest.json" ]; } || target/release/wsss-dist data import voc --root "$voc" --split train_aug --out "$data"
 echo "== refinement: pseudo-label --method irn_seeds from stored CAMs, voc-mini train_aug (96 photos), 1 thread, vs IRNet's step (cam_to_ir_label.py) with pydensecrf on the same CAMs and images; images/s per core and pixel agreement (target: >= 5x at >= 99%)"
 refine=data/bench/refine
 bin=$PWD/target/release/wsss-dist
@@ -19,7 +19,7 @@ voc_args=(--config configs/voc_cam.toml --set run.dir="$refine/runs" --set run.n
   --set data.train="$data" --set data.val="$data" --set model.depth=resnet18 --set model.init=""
   --set train.epochs=1 --set loader.batch_size=8 --set loader.threads=2 --set "loader.resize_long=[160, 320]" --set loader.crop=256
   --set train.lr=0.01 --set "cam.scales=[1.0]" --set pseudo_label.threads=1)
-[ -e "$refine/runs/voc/cams/train/manifest.json" ] || { "$bin" train cam "${voc_args[@]}" && "$bin" cam "${voc_args[@]}"; } 2>/dev/null
+{ [ -e "$refine/runs/voc/cams/train/_manifest.json" ] || [ -e "$refine/runs/voc/cams/train/manifest.json" ]; } || { "$bin" train cam "${voc_args[@]}" && "$bin" cam "${voc_args[@]}"; } 2>/dev/null
 ours=(); theirs=(); agreement=()
 for _ in $(seq "$repeats"); do
   start=$(date +%s.%N)
@@ -35,7 +35,7 @@ python3 -c "import json,sys; s = json.load(open(sys.argv[1])); print('wsss-dist 
 
 echo "== whole map phase: cam (scale 1.0 + flip) then pseudo-label (irn_seeds) of voc-mini train_aug in 8 shards of 12, as two passes (1 rank x 2 threads, 2 ranks x 1 thread) and as one (cam --pseudo-labels: refinement fed by inference, 1 inference + 1 refinement thread per rank); images/s and seconds by phase (summed over ranks)"
 sharded=data/bench/voc-mini-sharded
-[ -e "$sharded/manifest.json" ] || "$bin" data import voc --root "$voc" --split train_aug --out "$sharded" --shard-rows 12 2>/dev/null
+{ [ -e "$sharded/_manifest.json" ] || [ -e "$sharded/manifest.json" ]; } || "$bin" data import voc --root "$voc" --split train_aug --out "$sharded" --shard-rows 12 2>/dev/null
 for ranks in 1 2; do
   threads=$((2 / ranks))
   map_args=("${voc_args[@]}" --set data.train="$sharded" --set run.threads=$threads --set pseudo_label.threads=$threads

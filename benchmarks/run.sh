@@ -8,7 +8,7 @@ py=$deps/bench-venv/bin/python
 repeats=${BENCH_REPEATS:-3}
 voc=../shared/data/voc-mini/VOC2012
 data=data/bench/voc-mini-train
-[ -e "$data/manifest.json" ] || target/release/wsss-dist data import voc --root "$voc" --split train_aug --out "$data"
+{ [ -e "$data/_manifest.json" ] || [ -e "$data/manifest.json" ]; } || target/release/wsss-dist data import voc --root "$voc" --split train_aug --out "$data"
 cargo bench --bench loader --bench train_step --bench allreduce --bench seg_step --no-run -q 2>/dev/null
 bench_exe() { cargo bench --bench "$1" --no-run --message-format=json 2>/dev/null | "$py" -c "import json,sys; print([m['executable'] for m in map(json.loads, sys.stdin) if m.get('executable') and m['target']['name'] == '$1'][0])"; }
 uptime >&2
@@ -47,7 +47,7 @@ coco=data/bench/coco-scale
 
 echo "== correctness against PyTorch: multi-scale CAMs of a random ResNet-18 (random BN statistics) on 12 synthetic PNGs of 150 px"
 check=data/bench/check-cam
-[ -e "$check/images/manifest.json" ] || target/release/wsss-dist data import synthetic --out "$check/images" --images 12 --size 150 --split val 2>/dev/null
+{ [ -e "$check/images/_manifest.json" ] || [ -e "$check/images/manifest.json" ]; } || target/release/wsss-dist data import synthetic --out "$check/images" --images 12 --size 150 --split val 2>/dev/null
 "$py" benchmarks/check_cam_torch.py --wsss target/release/wsss-dist --images "$check/images" --work "$check/work"
 
 echo "== correctness against torchvision: MobileNetV2 with the ImageNet weights (features and logits, output stride 32/16/8; tolerance 1e-4)"

@@ -28,7 +28,7 @@ done
 [ -f weights/mobilenet_v2.safetensors ] || bash scripts/fetch-weights.sh
 
 import() {
-    [ -f "$3/manifest.json" ] || "$BIN" data import voc --root "$1" --split "$2" --out "$3"
+    { [ -e "$3/_manifest.json" ] || [ -e "$3/manifest.json" ]; } || "$BIN" data import voc --root "$1" --split "$2" --out "$3"
 }
 import "$VOC/voc-mini/VOC2012" train_aug data/voc-mini/train
 import "$VOC/voc-mini/VOC2012" val data/voc-mini/val

@@ -42,10 +42,11 @@ elif [ ! -e "$deps/libtorch/torch/lib/libtorch_cpu.so" ]; then
   rm -rf "$dl"
 fi
 
-# Python used only by tests and benchmarks as an independent reference.
+# Python used only by tests and benchmarks as an independent reference (pandas: a dataset
+# directory must read as one table).
 py=$deps/pyenv
-if [ ! -x "$py/bin/python" ] || ! "$py/bin/python" -c 'import pyarrow, pycocotools, PIL' 2>/dev/null; then
-  echo "setup: creating test venv (pyarrow, pycocotools, pillow, pydensecrf2)" >&2
+if [ ! -x "$py/bin/python" ] || ! "$py/bin/python" -c 'import pyarrow, pycocotools, PIL, pandas' 2>/dev/null; then
+  echo "setup: creating test venv (pyarrow, pycocotools, pillow, pydensecrf2, pandas)" >&2
   python3 -m venv "$py"
-  "$py/bin/pip" install -q pyarrow pycocotools numpy pillow pydensecrf2
+  "$py/bin/pip" install -q pyarrow pycocotools numpy pillow pydensecrf2 pandas
 fi

@@ -95,7 +95,7 @@ fn synthetic_cams_beat_the_image_label_baseline() {
     let cams = tmp.path().join("runs/small/cams/val");
     let out = run_python(
         "import glob, json, sys, numpy as np, pyarrow.parquet as pq\n\
-         d = sys.argv[1]; m = json.load(open(d + '/manifest.json'))\n\
+         d = sys.argv[1]; m = json.load(open(d + '/_manifest.json'))\n\
          t = pq.read_table(sorted(glob.glob(d + '/*.parquet'))).to_pylist()\n\
          peaks = []\n\
          for r in t:\n\
@@ -106,6 +106,10 @@ fn synthetic_cams_beat_the_image_label_baseline() {
         &[s(&cams)],
     );
     assert_eq!(out.trim(), "cams 150 True True");
+    // The directory as one table, as pyarrow and pandas read a folder (the manifest, the
+    // `.map/` records and `.verified.json` are skipped by name).
+    let out = run_python("import sys, pyarrow.parquet as pq, pandas as pd\nprint(pq.read_table(sys.argv[1]).num_rows, len(pd.read_parquet(sys.argv[1])))", &[s(&cams)]);
+    assert_eq!(out.trim(), "150 150");
 
     // `run` again continues the finished run: nothing is retrained.
     wsss_ok(tmp.path(), &["run", "--config", &config]);
@@ -213,7 +217,7 @@ fn amr_with_hfpl_trains_on_a_frozen_baseline_and_recalibrates() {
     assert!(shards("cams_spotlight") == shards("runs/base/cams/val"), "α = 1 gives the frozen spotlight's (the baseline's) CAMs");
     cam_at("0.5", "cams_recalibrated");
     assert!(shards("cams_recalibrated") != shards("runs/base/cams/val"));
-    let manifest = json(&tmp.path().join("cams_recalibrated/manifest.json"));
+    let manifest = json(&tmp.path().join("cams_recalibrated/_manifest.json"));
     assert!(manifest["source"].as_str().unwrap().contains("AMR, recalibrated with alpha 0.5"), "{manifest}");
     wsss_ok(tmp.path(), &[&["eval", "cam", "--config", &config][..], &amr[..], &["--set", "cam.out=cams_recalibrated"][..]].concat());
     let report = &json(&tmp.path().join("runs/amr/eval/cam.json"))["report"];

@@ -28,6 +28,11 @@ fn synthetic_import_verifies_and_pyarrow_reads_it() {
     assert_eq!(stats["rows_with_mask"], 130);
     assert_eq!(stats["labels_per_image"][0], 0, "every synthetic image has an object");
 
+    // A dataset directory reads as one table with pyarrow and pandas (the manifest's name
+    // starts with `_`, which their directory readers skip).
+    let out_text = run_python("import sys, pyarrow.parquet as pq, pandas as pd\nt = pq.read_table(sys.argv[1]); p = pd.read_parquet(sys.argv[1])\nprint(t.num_rows, len(p), sorted(p.columns) == sorted(t.column_names))", &[s(&out)]);
+    assert_eq!(out_text.trim(), "130 130 True");
+
     // pyarrow reads the shards with no code of ours: types, counts, and the same rows.
     let script = r#"
 import json, sys, glob, pyarrow.parquet as pq, pyarrow as pa
@@ -185,9 +190,9 @@ fn verify_lists_every_bad_row_and_checksum_mismatch() {
     let err = wsss_fails(tmp.path(), &["data", "inspect", s(&out)], 2);
     assert!(err.contains("part-00000.parquet"), "{err}");
 
-    std::fs::remove_file(out.join("manifest.json")).unwrap();
+    std::fs::remove_file(out.join("_manifest.json")).unwrap();
     let err = wsss_fails(tmp.path(), &["data", "verify", s(&out)], 2);
-    assert!(err.contains("no manifest.json"), "{err}");
+    assert!(err.contains("no _manifest.json"), "{err}");
 }
 
 #[test]

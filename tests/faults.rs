@@ -309,9 +309,9 @@ path = d + "/part-00000.parquet"
 table = pq.read_table(path)
 pq.write_table(table, path)
 print(pq.read_schema(path).field("labels").type)
-m = json.load(open(d + "/manifest.json"))
+m = json.load(open(d + "/_manifest.json"))
 m["shards"][0]["sha256"] = hashlib.sha256(open(path, "rb").read()).hexdigest()
-json.dump(m, open(d + "/manifest.json", "w"))
+json.dump(m, open(d + "/_manifest.json", "w"))
 "#;
     let list_type = common::run_python(script, &[s(&dir.join("data/val"))]);
     assert!(list_type.contains("element"), "pyarrow's default list item name: {list_type}");
@@ -391,7 +391,7 @@ fn sigterm_stops_cleanly_and_resumes_bitwise() {
     }
     assert_eq!(status.code(), Some(3), "{log}");
     assert!(log.contains("stopped by SIGINT on this rank") && log.contains("no manifest yet"), "{log}");
-    assert!(!dir.join("runs/whole/cams/val/manifest.json").exists(), "a stopped map phase does not look complete");
+    assert!(!dir.join("runs/whole/cams/val/_manifest.json").exists(), "a stopped map phase does not look complete");
     wsss_ok(dir, &cam_args);
     let summary = json(&dir.join("runs/whole/cams/val/.map/summary.json"));
     assert!(summary["reused"].as_u64().unwrap() >= 1 && summary["rows"] == 12, "{summary}");

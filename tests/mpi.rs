@@ -43,5 +43,5 @@ fn a_failing_rank_ends_the_job() {
     let run = mpirun2(tmp.path(), &["data", "inspect", s(&tmp.path().join("missing"))]);
     let log = String::from_utf8_lossy(&run.stderr);
     assert!(!run.status.success(), "{log}");
-    assert!(log.contains("no manifest.json"), "{log}");
+    assert!(log.contains("no _manifest.json"), "{log}");
 }

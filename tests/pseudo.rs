@@ -128,7 +128,7 @@ fn map_phases_are_rank_count_independent_and_resume_after_a_kill() {
     assert!(!wait_for(&mut job, Duration::from_secs(60)).success(), "a killed rank must fail the job");
     let done = count();
     assert!(done < 8, "killed before the end ({done} of 8 tasks done)");
-    assert!(!dir.join("killed/manifest.json").exists(), "an interrupted job must not look complete");
+    assert!(!dir.join("killed/_manifest.json").exists(), "an interrupted job must not look complete");
     let before: Vec<_> = std::fs::read_dir(&records).unwrap().map(|e| e.unwrap()).filter(|e| e.file_name().to_string_lossy().starts_with("part-")).map(|e| (e.file_name(), e.metadata().unwrap().modified().unwrap())).collect();
     let log = mpirun_ok(dir, 2, &slow);
     assert!(log.contains(&format!("{} task(s) to do, {done} done by an earlier run", 8 - done)), "{log}");
@@ -170,7 +170,7 @@ fn a_corrupt_image_is_skipped_and_counted() {
     let log = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{log}");
     assert!(log.contains("skipped part-00002.parquet row group 0 id syn_0000010") && log.contains("1 skipped"), "{log}");
-    let manifest = json(&dir.join("runs/tiny/pseudo_labels/val/manifest.json"));
+    let manifest = json(&dir.join("runs/tiny/pseudo_labels/val/_manifest.json"));
     assert_eq!(manifest["rows"], 39);
     assert_eq!(manifest["shards"][2]["rows"], 4);
     // The fused pass skips it in both outputs and says so in both summaries.
@@ -283,7 +283,7 @@ fn memory_is_bounded_by_the_shard_not_the_dataset() {
             .chain(set("pseudo_label.threads=2".into()))
             .collect();
         let peak = peak_rss_kib(dir, &common::as_str(&args));
-        let rows = json(&dir.join(&out).join("manifest.json"))["rows"].as_u64().unwrap();
+        let rows = json(&dir.join(&out).join("_manifest.json"))["rows"].as_u64().unwrap();
         assert_eq!(rows, images as u64);
         println!("{images} images: peak RSS {peak} KiB");
         peaks.push(peak);

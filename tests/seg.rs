@@ -61,7 +61,7 @@ fn pipeline() -> (tempfile::TempDir, String) {
     std::fs::write(&config, TINY).unwrap();
     let config = s(&config).to_string();
     wsss_ok(tmp.path(), &["run", "--config", &config]);
-    assert!(tmp.path().join("runs/tiny/pseudo_labels/train/manifest.json").exists());
+    assert!(tmp.path().join("runs/tiny/pseudo_labels/train/_manifest.json").exists());
     (tmp, config)
 }
 

@@ -39,7 +39,7 @@ impl<R: ShardRow> Dataset<R> {
         let manifest = Manifest::read(dir)?;
         if manifest.kind != R::KIND {
             return Err(DataError::BadManifest {
-                path: dir.join(super::schema::MANIFEST_FILE),
+                path: Manifest::path_in(dir),
                 message: format!("this is a dataset of {:?}, expected {:?}", manifest.kind, R::KIND),
             });
         }
@@ -97,7 +97,7 @@ impl<R: ShardRow> Dataset<R> {
         let expected = self.manifest.shards[shard].rows as usize;
         if reader.num_rows() != expected {
             return Err(DataError::BadManifest {
-                path: self.dir.join(super::schema::MANIFEST_FILE),
+                path: Manifest::path_in(&self.dir),
                 message: format!("{} holds {} rows, the manifest says {expected}", path.display(), reader.num_rows()),
             });
         }

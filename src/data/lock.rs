@@ -5,7 +5,8 @@
 //! The lock is `flock` on a file beside the directory (`<parent>/.<name>.lock`): beside it,
 //! because map phases may delete and recreate the directory itself. The kernel releases it
 //! when the holder exits, however it exits (kill -9 included), so a stale file is never a stale
-//! lock. The file holds who took it, for the message a second writer gets.
+//! lock; a holder that ends normally also removes the file. The file holds who took it, for
+//! the message a second writer gets.
 
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{Read, Seek, Write};
@@ -27,17 +28,22 @@ impl DirLock {
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent).map_err(|e| DataError::io(parent, e))?;
         }
-        let mut file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).map_err(|e| DataError::io(&path, e))?;
-        match file.try_lock() {
-            Ok(()) => {}
-            Err(TryLockError::WouldBlock) => {
-                let mut holder = String::new();
-                let _ = file.read_to_string(&mut holder);
-                let holder = if holder.trim().is_empty() { "another process".to_string() } else { holder.trim().to_string() };
-                return Err(DataError::Locked { dir: dir.into(), lock: path, holder });
+        // A holder removes the file as it ends: a lock taken on a file that was removed
+        // meanwhile is no lock, so take it again on the file now at the path.
+        let mut file = loop {
+            let mut file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).map_err(|e| DataError::io(&path, e))?;
+            match file.try_lock() {
+                Ok(()) if same_file(&file, &path) => break file,
+                Ok(()) => continue,
+                Err(TryLockError::WouldBlock) => {
+                    let mut holder = String::new();
+                    let _ = file.read_to_string(&mut holder);
+                    let holder = if holder.trim().is_empty() { "another process".to_string() } else { holder.trim().to_string() };
+                    return Err(DataError::Locked { dir: dir.into(), lock: path, holder });
+                }
+                Err(TryLockError::Error(e)) => return Err(DataError::io(&path, e)),
             }
-            Err(TryLockError::Error(e)) => return Err(DataError::io(&path, e)),
-        }
+        };
         let write_holder = |file: &mut File| -> std::io::Result<()> {
             file.set_len(0)?;
             file.rewind()?;
@@ -51,6 +57,22 @@ impl DirLock {
     /// The lock file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+}
+
+impl Drop for DirLock {
+    /// Removes the file while still holding the lock (then the kernel releases it).
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Whether the open `file` is the one now at `path` (not one removed since it was opened).
+fn same_file(file: &File, path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (file.metadata(), std::fs::metadata(path)) {
+        (Ok(open), Ok(named)) => (open.dev(), open.ino()) == (named.dev(), named.ino()),
+        _ => false,
     }
 }
 
@@ -87,6 +109,7 @@ mod tests {
         let err = DirLock::acquire(&dir).unwrap_err().to_string();
         assert!(err.contains("cams/val") && err.contains(&format!("pid {}", std::process::id())) && err.contains("since"), "{err}");
         drop(first);
+        assert!(!lock_path(&dir).exists(), "a holder that ends removes the file");
         let again = DirLock::acquire(&dir).unwrap();
         let text = std::fs::read_to_string(again.path()).unwrap();
         assert!(text.starts_with(&format!("pid {} on host", std::process::id())), "{text}");

@@ -30,7 +30,7 @@ pub use schema::{CamRow, DatasetKind, ImageRow, Manifest, PseudoRow, ShardInfo, 
 pub enum DataError {
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
-    #[error("{dir} is not a dataset: no manifest.json in it")]
+    #[error("{dir} is not a dataset: no _manifest.json in it")]
     MissingManifest { dir: PathBuf },
     #[error("{path}: invalid manifest: {message}")]
     BadManifest { path: PathBuf, message: String },

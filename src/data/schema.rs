@@ -15,8 +15,12 @@ use super::DataError;
 
 /// Bumped whenever the row schema or the manifest changes incompatibly.
 pub const FORMAT_VERSION: u32 = 1;
-/// The manifest's file name inside a dataset directory.
-pub const MANIFEST_FILE: &str = "manifest.json";
+/// The manifest's file name inside a dataset directory. The leading `_` makes pyarrow, pandas,
+/// polars and DuckDB skip it when they read the directory as one table (as Spark's
+/// `_SUCCESS`), so `pq.read_table(DIR)` works.
+pub const MANIFEST_FILE: &str = "_manifest.json";
+/// The name datasets written before 2026-12 use; still read.
+pub const LEGACY_MANIFEST_FILE: &str = "manifest.json";
 
 /// The column names of an image row, in schema order.
 pub mod col {
@@ -71,7 +75,7 @@ pub struct ShardInfo {
     pub sha256: String,
 }
 
-/// `manifest.json`: everything needed to read and check a dataset without opening its shards.
+/// `_manifest.json`: everything needed to read and check a dataset without opening its shards.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Manifest {
     pub format_version: u32,
@@ -91,9 +95,24 @@ impl Manifest {
         self.classes.len().saturating_sub(1) as u16
     }
 
-    /// Reads and checks `<dir>/manifest.json`.
+    /// The manifest file of the dataset in `dir`: [`MANIFEST_FILE`], or the legacy name
+    /// where only that exists.
+    pub fn path_in(dir: &Path) -> PathBuf {
+        let legacy = dir.join(LEGACY_MANIFEST_FILE);
+        if !dir.join(MANIFEST_FILE).exists() && legacy.exists() {
+            return legacy;
+        }
+        dir.join(MANIFEST_FILE)
+    }
+
+    /// Whether `dir` holds a manifest (of either name): a complete dataset.
+    pub fn exists(dir: &Path) -> bool {
+        Self::path_in(dir).exists()
+    }
+
+    /// Reads and checks the manifest of the dataset in `dir`.
     pub fn read(dir: &Path) -> Result<Manifest, DataError> {
-        let path = dir.join(MANIFEST_FILE);
+        let path = Self::path_in(dir);
         let text = std::fs::read_to_string(&path).map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => DataError::MissingManifest { dir: dir.into() },
             _ => DataError::io(&path, e),
@@ -122,10 +141,16 @@ impl Manifest {
         Ok(())
     }
 
-    /// Writes the manifest atomically into `dir`.
+    /// Writes the manifest atomically into `dir` (and removes a legacy one, so that a
+    /// dataset never holds two that could disagree).
     pub fn write(&self, dir: &Path) -> Result<(), DataError> {
         let text = serde_json::to_string_pretty(self).expect("a manifest serialises");
-        super::atomic_write(&dir.join(MANIFEST_FILE), text.as_bytes())
+        super::atomic_write(&dir.join(MANIFEST_FILE), text.as_bytes())?;
+        let legacy = dir.join(LEGACY_MANIFEST_FILE);
+        match std::fs::remove_file(&legacy) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(DataError::io(&legacy, e)),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -547,9 +572,17 @@ mod tests {
         m.rows = 4;
         m.write(dir.path()).unwrap();
         let err = Manifest::read(dir.path()).unwrap_err().to_string();
-        assert!(err.contains("manifest.json") && err.contains("rows is 4"), "{err}");
+        assert!(err.contains("_manifest.json") && err.contains("rows is 4"), "{err}");
         let empty = tempfile::tempdir().unwrap();
         let err = Manifest::read(empty.path()).unwrap_err().to_string();
-        assert!(err.contains("no manifest.json"), "{err}");
+        assert!(err.contains("no _manifest.json"), "{err}");
+        // A dataset of the earlier layout (`manifest.json`) still reads; writing it moves it.
+        m.rows = 3;
+        m.write(dir.path()).unwrap();
+        std::fs::rename(dir.path().join(MANIFEST_FILE), dir.path().join(LEGACY_MANIFEST_FILE)).unwrap();
+        assert_eq!(Manifest::read(dir.path()).unwrap(), m);
+        assert!(Manifest::exists(dir.path()));
+        m.write(dir.path()).unwrap();
+        assert!(dir.path().join(MANIFEST_FILE).exists() && !dir.path().join(LEGACY_MANIFEST_FILE).exists());
     }
 }

@@ -4,7 +4,7 @@
 //! Output layout: the output directory itself receives each finished shard
 //! (`part-NNNNN.parquet`, written under a temporary name, read back and renamed into place)
 //! and then its record `.map/part-NNNNN.json` (rows, SHA-256, who made it and how fast). A
-//! task is done when its record exists and the shard's SHA-256 matches it. `manifest.json`
+//! task is done when its record exists and the shard's SHA-256 matches it. `_manifest.json`
 //! is written by rank 0 last, when every task is done: until then the directory is not a
 //! dataset (readers refuse it), so an interrupted job never looks complete. `.map/job.json`
 //! holds the fingerprint of the inputs and settings: a rerun with the same fingerprint skips
@@ -26,7 +26,7 @@ use mpi::topology::Communicator as _;
 use serde::{Deserialize, Serialize};
 
 use super::World;
-use crate::data::schema::{ShardInfo, MANIFEST_FILE};
+use crate::data::schema::{Manifest, ShardInfo};
 use crate::data::shard::{file_sha256, shard_file_name};
 use crate::data::{atomic_write, is_temp_name, DataError};
 use crate::stop;
@@ -123,7 +123,7 @@ impl MapOutput {
             if self.dir.exists() {
                 std::fs::remove_dir_all(&self.dir).map_err(|e| DataError::io(&self.dir, e))?;
             }
-        } else if self.dir.join(MANIFEST_FILE).exists() {
+        } else if Manifest::exists(&self.dir) {
             let done = (0..self.tasks).map(|t| self.read_record(t)).collect::<Result<Vec<_>, _>>()?;
             if let Some(missing) = done.iter().position(Option::is_none) {
                 return Err(DataError::Invalid(format!("{}: complete, but task {missing}'s record or shard is missing or changed (rerun with --force)", self.dir.display())));
@@ -375,11 +375,11 @@ mod tests {
         for task in 0..4 {
             output.commit(&record(&output, task, &[task as u8])).unwrap();
         }
-        std::fs::write(out.join(MANIFEST_FILE), b"{}").unwrap();
+        std::fs::write(out.join(crate::data::schema::MANIFEST_FILE), b"{}").unwrap();
         let plan = output.prepare(false).unwrap();
         assert!(plan.complete && plan.pending.is_empty() && plan.done.len() == 4);
         assert_eq!(output.prepare(true).unwrap().pending.len(), 4);
-        assert!(!out.join(MANIFEST_FILE).exists());
+        assert!(!Manifest::exists(&out));
     }
 
     #[test]

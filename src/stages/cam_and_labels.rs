@@ -27,7 +27,7 @@ use crate::dist::World;
 /// The summaries of the two outputs: (CAMs, pseudo-labels).
 pub fn run(config: &Config, world: &World, force: bool) -> anyhow::Result<(Summary, Summary)> {
     let inference = CamInference::new(config, world)?;
-    let cams_done = config.cam_dir().join(crate::data::schema::MANIFEST_FILE).exists() && job_fingerprint(&config.cam_dir()).as_deref() == Some(&inference.job.fingerprint);
+    let cams_done = crate::data::Manifest::exists(&config.cam_dir()) && job_fingerprint(&config.cam_dir()).as_deref() == Some(&inference.job.fingerprint);
     if cams_done && !force {
         return Ok((cam::run_with(&inference, world, false)?, pseudo_label::run(config, world, false)?));
     }

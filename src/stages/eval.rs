@@ -164,7 +164,7 @@ pub fn run_seg(config: &Config, world: &World) -> anyhow::Result<Summary> {
     let mut details = json!({});
     for crf in [false, true] {
         let dir = config.with_seg_crf(crf).seg_pred_dir();
-        if !dir.join(crate::data::schema::MANIFEST_FILE).exists() {
+        if !crate::data::Manifest::exists(&dir) {
             continue;
         }
         let name = if crf { "seg_crf" } else { "seg" };

@@ -89,7 +89,7 @@ fn side_by_side(details: &serde_json::Value) -> String {
 /// Generates a missing synthetic split (seeded apart from the other split by `stream`), or
 /// explains how to import a missing real one.
 fn ensure_dataset(config: &Config, dir: &Path, split: &str, key: &str, stream: u64, world: &World) -> anyhow::Result<()> {
-    if dir.join(crate::data::schema::MANIFEST_FILE).exists() {
+    if crate::data::Manifest::exists(dir) {
         return Ok(());
     }
     if config.data.source != DataSource::Synthetic {
