@@ -28,7 +28,7 @@ weights:
 	@bash scripts/fetch-weights.sh
 
 test: setup
-	$(CARGO) test --no-fail-fast
+	@CARGO=$(CARGO) bash scripts/test.sh
 
 demo: build weights
 	$(BIN) run --config configs/synthetic.toml
