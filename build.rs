@@ -1,4 +1,4 @@
-//! 1. Link fixes for libtorch (see ../shared/SETUP-NOTES.md):
+//! 1. Link fixes for libtorch (README, "Building"):
 //!    a. an rpath to libtorch's lib dir, so the binary runs with no LD_LIBRARY_PATH;
 //!    b. with a CUDA libtorch, keep libtorch.so linked despite rustc's --as-needed, or CUDA is
 //!       silently unavailable at run time. A CPU-only libtorch has no libtorch_cuda.so, and

@@ -3,7 +3,7 @@
 Builds a torchvision ResNet with IRNet's strides (2, 2, 2, 1), random weights and random
 BatchNorm statistics, plus a random 1x1 classifier; saves them as a wsss-dist model state;
 runs `wsss-dist cam` with it on a dataset of PNG images (lossless, so both sides see the
-same pixels); recomputes every CAM here in PyTorch following METHODS.md §1 as wsss-dist
+same pixels); recomputes every CAM here in PyTorch following docs/methods.md §1 as wsss-dist
 documents it (bilinear image rescale, flip, ReLU(W·F), flip back, bilinear resize to the
 stride-4 grid, sum over scales, divide by max + 1e-5) and prints the largest difference,
 and the inference time of both on the same images with the same threads (wsss-dist's from its

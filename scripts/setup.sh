@@ -19,7 +19,7 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
 fi
 
-# CPU libtorch carved out of the official wheel (SETUP-NOTES.md): the CUDA libraries are
+# CPU libtorch carved out of the official wheel (README, "Building"): the CUDA libraries are
 # left out, the two small nvidia wheels provide the libcudart/libcupti that libtorch_cpu
 # links against even on CPU.
 if [ -n "${LIBTORCH:-}" ] && [ -z "${WSSS_FETCH_LIBTORCH:-}" ]; then

@@ -1,5 +1,5 @@
-//! Training checkpoints in a run directory (DESIGN.md "Formats"): per checkpoint a model
-//! state (`step-NNNNNNNN.safetensors`, torchvision names), an optimiser state
+//! Training checkpoints in a run directory (docs/architecture.md, "Formats"): per checkpoint a
+//! model state (`step-NNNNNNNN.safetensors`, torchvision names), an optimiser state
 //! (`step-NNNNNNNN.optim.safetensors`) and a JSON sidecar (`step-NNNNNNNN.json`) with the
 //! step, epoch, sampler cursor, RNG and optimiser settings, the config hash and the SHA-256 of
 //! both files. The sidecar is written last, so a checkpoint without one is incomplete and never

@@ -1,4 +1,5 @@
-//! The command-line surface (DESIGN.md "CLI contract"): clap definitions only.
+//! The command-line surface (README, "Commands"; docs/architecture.md, "Stages"): clap
+//! definitions only.
 
 use std::path::PathBuf;
 
@@ -146,7 +147,7 @@ pub struct WriteArgs {
 
 #[derive(Subcommand, Debug)]
 pub enum TrainCommand {
-    /// The CAM classifier (METHODS.md §1) on data.train.
+    /// The CAM classifier (docs/methods.md §1) on data.train.
     Cam {
         #[command(flatten)]
         config: ConfigArgs,

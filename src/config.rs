@@ -81,7 +81,7 @@ impl Default for RunConfig {
     }
 }
 
-/// `[model]`: the CAM network (METHODS.md §1).
+/// `[model]`: the CAM network (docs/methods.md §1).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct ModelConfig {
@@ -131,6 +131,8 @@ pub struct SegConfig {
 /// (VainF's), 321 for v2 (kazuto1011's).
 const V3PLUS_CROP: u32 = 513;
 const V2_CROP: u32 = 321;
+/// DeepLab v2's output stride (layer3 dilated 2, layer4 dilated 4).
+const V2_OUTPUT_STRIDE: i64 = 8;
 
 impl Default for SegConfig {
     fn default() -> Self {
@@ -298,7 +300,7 @@ pub enum OnNonFinite {
     Skip,
 }
 
-/// `[train]`: classifier training (METHODS.md §1, IRNet's settings by default).
+/// `[train]`: classifier training (docs/methods.md §1, IRNet's settings by default).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct TrainConfig {
@@ -350,7 +352,8 @@ impl Default for TrainConfig {
 }
 
 /// `[method]`: the WSSS method the classifier trains with. The base is the CAM network
-/// (METHODS.md §1) or AMR (§2); HFPL's ISL and FSL (§3) are add-ons that combine with either.
+/// (docs/methods.md §1) or AMR (§2); HFPL's ISL and FSL (§3) are add-ons that combine with
+/// either.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct MethodConfig {
@@ -485,7 +488,7 @@ pub enum Split {
     Val,
 }
 
-/// `[cam]`: CAM inference (METHODS.md §1).
+/// `[cam]`: CAM inference (docs/methods.md §1).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct CamConfig {
@@ -508,7 +511,8 @@ impl Default for CamConfig {
     }
 }
 
-/// `[pseudo_label]`: refinement of the CAMs of `cam.split` into pseudo-labels (METHODS.md §1, §4).
+/// `[pseudo_label]`: refinement of the CAMs of `cam.split` into pseudo-labels
+/// (docs/methods.md §1, §4).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct PseudoLabelConfig {
@@ -665,7 +669,7 @@ impl SyntheticConfig {
     }
 }
 
-/// `[loader]`: batching, threads and the training augmentations (METHODS.md §1).
+/// `[loader]`: batching, threads and the training augmentations (docs/methods.md §7).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct LoaderConfig {
@@ -855,15 +859,23 @@ impl Config {
         // Keys left out take the defaults of `Config::default()`, nested sections included:
         // serde's `default` would fill a partly written `[seg.train]` from `TrainConfig::default()`
         // and lose the segmenter's own defaults.
-        let crop_given = table.get("seg").and_then(|s| s.get("loader")).and_then(|l| l.get("crop")).is_some();
+        let seg_given = |section: &str, key: &str| table.get("seg").and_then(|s| s.get(section)).and_then(|l| l.get(key)).is_some();
+        let (crop_given, stride_given) = (seg_given("loader", "crop"), seg_given("model", "output_stride"));
         let mut merged = defaults_table();
         merge_into(&mut merged, table);
         let mut config: Config = serde_path_to_error::deserialize(toml::Value::Table(merged)).map_err(|e| {
             let key = e.path().to_string();
             ConfigError::Invalid { message: format!("{} (in {})", e.inner().message(), origin_of(&key, path, overrides)), key }
         })?;
-        if !crop_given && config.seg.model.kind == SegKind::DeeplabV2 {
-            config.seg.loader.crop = V2_CROP;
+        // DeepLab v2's own settings where the config leaves them out: crop 321, output stride 8
+        // (docs/methods.md §5); the defaults are v3+'s.
+        if config.seg.model.kind == SegKind::DeeplabV2 {
+            if !crop_given {
+                config.seg.loader.crop = V2_CROP;
+            }
+            if !stride_given {
+                config.seg.model.output_stride = V2_OUTPUT_STRIDE;
+            }
         }
         config.validate()?;
         Ok(config)
@@ -1212,11 +1224,14 @@ mod tests {
 
     /// `seg.loader.crop` follows the segmenter unless given: 513 for v3+, 321 for v2.
     #[test]
-    fn the_segmenter_crop_follows_the_kind_unless_given() {
-        assert_eq!(load_str("", &[]).unwrap().seg.loader.crop, 513);
+    fn the_segmenter_crop_and_stride_follow_the_kind_unless_given() {
+        let v3 = load_str("", &[]).unwrap().seg;
+        assert_eq!((v3.loader.crop, v3.model.output_stride), (513, 16));
         let v2 = "[seg.model]\nkind = \"deeplab_v2\"\narch = \"resnet\"\n";
-        assert_eq!(load_str(v2, &[]).unwrap().seg.loader.crop, 321);
-        assert_eq!(load_str(v2, &["seg.loader.crop=400"]).unwrap().seg.loader.crop, 400);
+        let c = load_str(v2, &[]).unwrap().seg;
+        assert_eq!((c.loader.crop, c.model.output_stride), (321, 8));
+        let c = load_str(v2, &["seg.loader.crop=400", "seg.model.output_stride=16"]).unwrap().seg;
+        assert_eq!((c.loader.crop, c.model.output_stride), (400, 16));
     }
 
     /// A partly written nested section keeps the other defaults of *its* place in the config.

@@ -1,5 +1,5 @@
 //! The on-disk formats in one place: the Arrow schema of image rows, the dataset manifest,
-//! and the conversions between rows and record batches (DESIGN.md "Formats").
+//! and the conversions between rows and record batches (docs/architecture.md, "Formats").
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -268,7 +268,7 @@ pub mod cam_col {
 /// Side of a CAM cell in image pixels: CAMs are stored at stride 4.
 pub const CAM_STRIDE: u32 = 4;
 
-/// The class activation maps of one image (DESIGN.md "Formats").
+/// The class activation maps of one image (docs/architecture.md, "Formats").
 #[derive(Debug, Clone, PartialEq)]
 pub struct CamRow {
     pub id: String,
@@ -387,7 +387,7 @@ pub mod pseudo_col {
     pub const METHOD: &str = "method";
 }
 
-/// The pseudo-label of one image (DESIGN.md "Formats").
+/// The pseudo-label of one image (docs/architecture.md, "Formats").
 #[derive(Debug, Clone, PartialEq)]
 pub struct PseudoRow {
     pub id: String,

@@ -2,7 +2,7 @@
 //! dynamically over the ranks and resumable task by task.
 //!
 //! Output layout: the output directory itself receives each finished shard
-//! (`part-NNNNN.parquet`, written under a temporary name, read back and renamed into place)
+//! (`part-NNNNN.parquet`, written under a temporary name, renamed into place and read back)
 //! and then its record `.map/part-NNNNN.json` (rows, SHA-256, who made it and how fast). A
 //! task is done when its record exists and the shard's SHA-256 matches it. `_manifest.json`
 //! is written by rank 0 last, when every task is done: until then the directory is not a

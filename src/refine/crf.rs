@@ -1,7 +1,8 @@
-//! Fully connected CRF with Gaussian edge potentials (Krähenbühl & Koltun 2011; METHODS.md §4):
-//! mean-field inference with a smoothness kernel `w₂ exp(−‖p_i−p_j‖²/2θ_γ²)` and an appearance
-//! kernel `w₁ exp(−‖p_i−p_j‖²/2θ_α² − ‖I_i−I_j‖²/2θ_β²)`, Potts compatibility, both filtered by
-//! a [`Lattice`] in time linear in the pixels.
+//! Fully connected CRF with Gaussian edge potentials (Krähenbühl & Koltun 2011;
+//! docs/methods.md §4): mean-field inference with a smoothness kernel
+//! `w₂ exp(−‖p_i−p_j‖²/2θ_γ²)` and an appearance kernel
+//! `w₁ exp(−‖p_i−p_j‖²/2θ_α² − ‖I_i−I_j‖²/2θ_β²)`, Potts compatibility, both filtered by a
+//! [`Lattice`] in time linear in the pixels.
 //!
 //! As in densecrf (and pydensecrf, which IRNet calls), each kernel is normalised symmetrically,
 //! `D^-½ K D^-½` with `D = K·1`, and one iteration is `Q ← softmax(−U + Σ_k w_k D_k^-½ K_k D_k^-½ Q)`.
@@ -14,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use super::permutohedral::{FilterScratch, Lattice};
 use super::rounding::{floor, to_int};
 
-/// Kernel settings (METHODS.md §4). The default is IRNet's, for CAM seeds.
+/// Kernel settings (docs/methods.md §4). The default is IRNet's, for CAM seeds.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CrfParams {

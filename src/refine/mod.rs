@@ -1,4 +1,4 @@
-//! Refinement of CAMs into pseudo-labels (METHODS.md §1, §4): the permutohedral lattice, the
+//! Refinement of CAMs into pseudo-labels (docs/methods.md §1, §4): the permutohedral lattice, the
 //! dense CRF built on it, and the pseudo-label methods (threshold, CRF, IRNet's confident
 //! seeds). Library code: pure functions of their inputs, no printing.
 

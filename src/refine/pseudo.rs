@@ -1,6 +1,6 @@
 //! Pseudo-label methods: a label map (0 background, 1..=C classes, 255 uncertain) from the
 //! CAMs of an image's classes at full resolution and, for the CRF methods, the image.
-//! - `threshold`: `argmax({τ} ∪ {A_c})` (METHODS.md §1; background wins ties).
+//! - `threshold`: `argmax({τ} ∪ {A_c})` (docs/methods.md §1; background wins ties).
 //! - `crf`: the dense CRF (§4) over the probabilities `[(1 − max_c A_c)^α, A_1, …, A_K]`
 //!   with pydensecrf's `unary_from_softmax` (−ln, clipped at 1e-5) — SEAM's and HFPL's recipe.
 //! - `irn_seeds`: IRNet's confident seeds: the label maps `argmax({0.30} ∪ {A_c})` and
