@@ -13,5 +13,6 @@ pub mod metrics;
 pub mod model;
 pub mod optim;
 pub mod refine;
+pub mod rounding;
 pub mod stages;
 pub mod stop;

@@ -43,6 +43,7 @@
 
 use fast_image_resize as fir;
 use rand::Rng;
+use crate::rounding::floor;
 
 /// Interpolation of the image resize (the mask always uses nearest neighbour); written
 /// `"bilinear"` / `"bicubic"` in configuration files.
@@ -705,18 +706,6 @@ fn grey(r: f32, g: f32, b: f32) -> f32 {
     0.2989 * r + 0.587 * g + 0.114 * b
 }
 
-/// `⌊x⌋` for |x| < 2²²: adding and removing 1.5·2²³ rounds to an integer with plain
-/// additions, which vectorise on baseline x86-64 (SSE2 has no `roundps`, and Rust's
-/// saturating `as` casts do not vectorise there).
-fn floor(x: f32) -> f32 {
-    const MAGIC: f32 = 12_582_912.0; // 1.5·2²³: x + MAGIC stays in [2²³, 2²⁴), spacing 1
-    let t = (x + MAGIC) - MAGIC;
-    if t > x {
-        t - 1.0
-    } else {
-        t
-    }
-}
 
 /// torchvision `adjust_hue` on one pixel: RGB→HSV, h ← (h + shift) mod 1, HSV→RGB.
 /// Written with selects only (no data-dependent branches, two divisions) so that the
@@ -1032,26 +1021,6 @@ mod tests {
         ];
         for (p, shift, expected) in cases {
             assert_close(&one_pixel(p, JitterOp::Hue(shift)), &expected, TOL);
-        }
-    }
-
-    #[test]
-    fn floor_without_rounding_instructions() {
-        for x in [
-            -2.5f32,
-            -1.0,
-            -0.41,
-            -1e-7,
-            0.0,
-            1e-7,
-            0.3,
-            0.999_999_9,
-            1.0,
-            1.5,
-            2.99,
-            1000.25,
-        ] {
-            assert_eq!(floor(x), x.floor(), "{x}");
         }
     }
 

@@ -94,7 +94,7 @@ pub fn encode_mask(width: u32, height: u32, ids: &[u8]) -> Vec<u8> {
 /// (224, 224, 192)): what VOC's `SegmentationClass/` files are, readable as ids by any tool.
 pub fn encode_voc_palette_png(width: u32, height: u32, ids: &[u8]) -> Vec<u8> {
     assert_eq!(ids.len(), (width * height) as usize, "mask buffer size");
-    let palette: Vec<u8> = (0..=255u8).flat_map(super::voc::voc_color).collect();
+    let palette: Vec<u8> = (0..=255u8).flat_map(voc_color).collect();
     encode_png_with(width, height, png::ColorType::Indexed, ids, Some(palette))
 }
 
@@ -102,6 +102,19 @@ pub fn encode_voc_palette_png(width: u32, height: u32, ids: &[u8]) -> Vec<u8> {
 pub fn encode_rgb_png(width: u32, height: u32, rgb: &[u8]) -> Vec<u8> {
     assert_eq!(rgb.len(), (width * height * 3) as usize, "image buffer size");
     encode_png(width, height, png::ColorType::Rgb, rgb)
+}
+
+/// The VOC colour of palette index `i` (the devkit's bit-interleaving colour map).
+pub fn voc_color(i: u8) -> [u8; 3] {
+    let mut rgb = [0u8; 3];
+    let mut c = i;
+    for shift in (0..8).rev() {
+        for (channel, value) in rgb.iter_mut().enumerate() {
+            *value |= ((c >> channel) & 1) << shift;
+        }
+        c >>= 3;
+    }
+    rgb
 }
 
 #[cfg(test)]

@@ -18,6 +18,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use super::codec::{encode_mask, encode_rgb_png};
+use crate::rounding::floor;
 use super::importer::{ImportSource, RowOutcome};
 use super::{DataError, ImageRow};
 
@@ -382,16 +383,6 @@ enum TextureKind {
     Dots,
 }
 
-/// `u.floor()` without the libm call that it compiles to on baseline x86-64 (no SSE4.1);
-/// exact for |u| < 2^31, which covers every coordinate here.
-fn floor(u: f32) -> f32 {
-    let t = u as i32 as f32;
-    if t > u {
-        t - 1.0
-    } else {
-        t
-    }
-}
 
 /// Triangle wave with period 1: 1 at integers, 0 half-way between.
 fn tri(u: f32) -> f32 {

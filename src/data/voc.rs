@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::codec::{decode_label_png, decode_rgb, encode_mask, LabelPixels};
+use super::codec::{decode_label_png, decode_rgb, encode_mask, voc_color, LabelPixels};
 use super::importer::{ImportSource, RowOutcome};
 use super::schema::ImageRow;
 use super::DataError;
@@ -17,18 +17,6 @@ pub const VOC_CLASSES: [&str; 21] = [
     "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
 ];
 
-/// The VOC colour of palette index `i` (the devkit's bit-interleaving colour map).
-pub fn voc_color(i: u8) -> [u8; 3] {
-    let mut rgb = [0u8; 3];
-    let mut c = i;
-    for shift in (0..8).rev() {
-        for (channel, value) in rgb.iter_mut().enumerate() {
-            *value |= ((c >> channel) & 1) << shift;
-        }
-        c >>= 3;
-    }
-    rgb
-}
 
 /// A VOC split ready to import.
 pub struct VocSource {

@@ -13,7 +13,7 @@
 use std::sync::{Arc, Mutex};
 
 use super::permutohedral::{FilterScratch, Lattice};
-use super::rounding::{floor, to_int};
+use crate::rounding::{floor, to_int};
 
 /// Kernel settings (docs/methods.md §4). The default is IRNet's, for CAM seeds.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]

@@ -6,7 +6,6 @@ pub mod crf;
 pub mod permutohedral;
 pub mod pseudo;
 pub mod resize;
-mod rounding;
 
 pub use crf::{CrfParams, DenseCrf};
 pub use permutohedral::{FilterScratch, Lattice};

@@ -8,7 +8,7 @@
 //! step for step in f32, including its scale factors and the slicing constant 1/(1+2^-d), so
 //! that a dense CRF built on it gives that implementation's label maps.
 
-use super::rounding::{ceil, floor, to_int};
+use crate::rounding::{ceil, floor, to_int};
 
 /// Lattice vertex index of "no neighbour": slot 0 of the value buffers, kept at zero.
 const NONE: u32 = 0;
