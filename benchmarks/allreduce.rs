@@ -10,10 +10,10 @@ use std::time::Instant;
 use clap::Parser;
 use tch::{Device, Kind, Tensor};
 use wsss_dist::dist::{connect, Backend, Communicator, GradientBuckets, World};
-use wsss_dist::model::{Base, Model};
 use wsss_dist::model::backbone::BackboneSpec;
 use wsss_dist::model::resnet::Depth;
 use wsss_dist::model::weights;
+use wsss_dist::model::{Base, Model};
 
 #[derive(Parser)]
 struct Args {

@@ -44,7 +44,9 @@ fn main() {
             let e = stats.entry(name.to_string()).or_default();
             for c in 0..classes.len() as i64 {
                 e.0 += 1;
-                if maps.get(c).max().double_value(&[]) <= 0.0 { e.1 += 1; }
+                if maps.get(c).max().double_value(&[]) <= 0.0 {
+                    e.1 += 1;
+                }
                 e.2 += logits.double_value(&[c]);
                 e.3 += maps.get(c).relu().mean(Kind::Float).double_value(&[]);
             }

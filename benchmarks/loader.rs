@@ -79,7 +79,8 @@ fn main() {
     // The transforms of loader_torch.py: resize long side [320, 640] bilinear, flip,
     // ColorJitter(0.3, 0.3, 0.3, 0.1), ImageNet normalisation, random crop 512 with padding.
     let config = LoaderConfig { batch_size: args.batch, threads: args.threads, ..LoaderConfig::default() };
-    let spec = LoaderSpec { batch_size: args.batch, threads: args.threads, prefetch: 2 * args.threads, augment: config.augment_params(), with_mask: false, seed: 0 };
+    let spec =
+        LoaderSpec { batch_size: args.batch, threads: args.threads, prefetch: 2 * args.threads, augment: config.augment_params(), with_mask: false, seed: 0 };
     let sampler = Sampler { len: dataset.len(), seed: 0, rank: 0, world: 1, shuffle: true, uneven: Uneven::Pad };
     let loader = Loader::new(dataset.clone(), sampler, spec).expect("loader");
     let run = |epoch: u64| if args.decode_only { decode_epoch(&dataset, args.threads) } else { loader_epoch(&loader, epoch) };

@@ -66,21 +66,12 @@ struct Args {
 fn config(args: &Args) -> Config {
     let mut config = Config::default();
     let model = &mut config.seg.model;
-    model.kind =
-        serde_json::from_value(serde_json::json!(args.kind)).expect("deeplab_v3plus|deeplab_v2");
+    model.kind = serde_json::from_value(serde_json::json!(args.kind)).expect("deeplab_v3plus|deeplab_v2");
     (model.arch, model.depth) = match args.arch.as_str() {
         "mobilenet_v2" => (Arch::MobilenetV2, Depth::Resnet101),
-        depth => (
-            Arch::Resnet,
-            serde_json::from_value(serde_json::json!(depth))
-                .expect("mobilenet_v2|resnet18|34|50|101"),
-        ),
+        depth => (Arch::Resnet, serde_json::from_value(serde_json::json!(depth)).expect("mobilenet_v2|resnet18|34|50|101")),
     };
-    model.output_stride = if model.kind == SegKind::DeeplabV2 {
-        8
-    } else {
-        16
-    };
+    model.output_stride = if model.kind == SegKind::DeeplabV2 { 8 } else { 16 };
     if args.dump.is_some() {
         model.dropout = 0.0;
     }
@@ -95,24 +86,13 @@ fn main() -> anyhow::Result<()> {
     tch::manual_seed(0);
     let config = config(&args);
     // The task counts classes without background.
-    let context = TaskContext {
-        device: Device::Cpu,
-        num_classes: args.classes - 1,
-        comm: Arc::new(LocalComm),
-    };
+    let context = TaskContext { device: Device::Cpu, num_classes: args.classes - 1, comm: Arc::new(LocalComm) };
     let task = SegTask::new(&config, &context);
-    let images = Tensor::randn(
-        [args.batch, 3, args.size, args.size],
-        (Kind::Float, Device::Cpu),
-    );
+    let images = Tensor::randn([args.batch, 3, args.size, args.size], (Kind::Float, Device::Cpu));
     if let Some(dir) = &args.dump {
         return dump(&task, &images, dir);
     }
-    let masks = Tensor::randint(
-        args.classes,
-        [args.batch, args.size, args.size],
-        (Kind::Int64, Device::Cpu),
-    );
+    let masks = Tensor::randint(args.classes, [args.batch, args.size, args.size], (Kind::Int64, Device::Cpu));
     let batch = Batch {
         images,
         labels: Tensor::zeros([args.batch, args.classes - 1], (Kind::Float, Device::Cpu)),
@@ -123,23 +103,14 @@ fn main() -> anyhow::Result<()> {
         cursor: Default::default(),
     };
     let train = &config.seg.train;
-    let settings = SgdSettings {
-        lr: train.lr,
-        momentum: train.momentum,
-        weight_decay: train.weight_decay,
-        poly_power: train.poly_power,
-        total_steps: train.steps,
-    };
+    let settings =
+        SgdSettings { lr: train.lr, momentum: train.momentum, weight_decay: train.weight_decay, poly_power: train.poly_power, total_steps: train.steps };
     let mut sgd = Sgd::new(settings, task.param_groups());
     let mut times = Vec::new();
     for step in 0..train.steps as usize {
         let start = Instant::now();
         sgd.zero_grad();
-        let loss = task.loss(
-            &batch,
-            Kind::Float,
-            &mut ChaCha8Rng::seed_from_u64(step as u64),
-        );
+        let loss = task.loss(&batch, Kind::Float, &mut ChaCha8Rng::seed_from_u64(step as u64));
         loss.backward();
         sgd.step();
         let _ = loss.double_value(&[]);
@@ -149,12 +120,7 @@ fn main() -> anyhow::Result<()> {
     }
     times.sort_by(f64::total_cmp);
     let median = times[times.len() / 2];
-    let variant = format!(
-        "{}/{}{}",
-        args.kind,
-        args.arch,
-        if args.dense_crf { "+dense_crf" } else { "" }
-    );
+    let variant = format!("{}/{}{}", args.kind, args.arch, if args.dense_crf { "+dense_crf" } else { "" });
     println!(
         "{}",
         serde_json::json!({ "tool": "wsss-dist", "variant": variant, "median_step_s": median, "images_per_s": args.batch as f64 / median, "steps": times })
@@ -166,26 +132,11 @@ fn main() -> anyhow::Result<()> {
 /// statistics), the inference logits, then the training outputs.
 fn dump(task: &SegTask, images: &Tensor, dir: &PathBuf) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir)?;
-    weights::save(
-        &weights::named(task.vars()),
-        &dir.join("weights.safetensors"),
-    )?;
-    weights::save(
-        &BTreeMap::from([("images".to_string(), images.shallow_clone())]),
-        &dir.join("input.safetensors"),
-    )?;
-    let mut out = BTreeMap::from([(
-        "eval".to_string(),
-        tch::no_grad(|| task.net().logits(images)),
-    )]);
+    weights::save(&weights::named(task.vars()), &dir.join("weights.safetensors"))?;
+    weights::save(&BTreeMap::from([("images".to_string(), images.shallow_clone())]), &dir.join("input.safetensors"))?;
+    let mut out = BTreeMap::from([("eval".to_string(), tch::no_grad(|| task.net().logits(images)))]);
     let train = tch::no_grad(|| task.net().forward_train(images, Kind::Float));
-    out.extend(
-        train
-            .logits
-            .into_iter()
-            .enumerate()
-            .map(|(i, l)| (format!("train.{i}"), l)),
-    );
+    out.extend(train.logits.into_iter().enumerate().map(|(i, l)| (format!("train.{i}"), l)));
     weights::save(&out, &dir.join("out.safetensors"))?;
     Ok(())
 }

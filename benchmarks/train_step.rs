@@ -11,11 +11,11 @@
 use std::time::Instant;
 
 use clap::Parser;
-use tch::{Device, Kind, Tensor};
-use wsss_dist::dist::{connect, Backend, GradientBuckets, World};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
+use tch::{Device, Kind, Tensor};
 use wsss_dist::config::MethodConfig;
+use wsss_dist::dist::{connect, Backend, GradientBuckets, World};
 use wsss_dist::loss::Objective;
 use wsss_dist::model::backbone::BackboneSpec;
 use wsss_dist::model::{Base, Model};
@@ -92,6 +92,9 @@ fn main() {
     if world.is_root() {
         let images_per_s = (args.batch as usize * world.size) as f64 / median;
         let variant = format!("{}{}{}", args.base, if args.isl { "+isl" } else { "" }, if args.fsl { "+fsl" } else { "" });
-        println!("{}", serde_json::json!({ "tool": "wsss-dist", "variant": variant, "ranks": world.size, "median_step_s": median, "images_per_s": images_per_s, "steps": times }));
+        println!(
+            "{}",
+            serde_json::json!({ "tool": "wsss-dist", "variant": variant, "ranks": world.size, "median_step_s": median, "images_per_s": images_per_s, "steps": times })
+        );
     }
 }

@@ -198,7 +198,13 @@ impl Checkpoints {
 
     /// Writes a checkpoint (model, optimiser, then the sidecar) and deletes all but the newest
     /// `keep`. `meta`'s file names are filled in here.
-    pub fn save(&self, mut meta: CheckpointMeta, model: &BTreeMap<String, Tensor>, optimizer: &BTreeMap<String, Tensor>, keep: usize) -> Result<CheckpointMeta, CheckpointError> {
+    pub fn save(
+        &self,
+        mut meta: CheckpointMeta,
+        model: &BTreeMap<String, Tensor>,
+        optimizer: &BTreeMap<String, Tensor>,
+        keep: usize,
+    ) -> Result<CheckpointMeta, CheckpointError> {
         std::fs::create_dir_all(&self.dir).map_err(|e| DataError::io(&self.dir, e))?;
         let stem = Self::stem(meta.step);
         meta.model_file = format!("{stem}.safetensors");

@@ -147,7 +147,16 @@ impl Default for SegConfig {
             // (VainF: head 0.01, backbone 0.1x); DeepLab v2's reference trains at 2.5e-4.
             train: TrainConfig { lr: 0.001, weight_decay: 5e-4, ..TrainConfig::default() },
             // Random scale, flip and crop only: DeepLab does no colour jitter.
-            loader: LoaderConfig { batch_size: 10, crop: V3PLUS_CROP, resize_long: [250, 750], brightness: 0.0, contrast: 0.0, saturation: 0.0, hue: 0.0, ..LoaderConfig::default() },
+            loader: LoaderConfig {
+                batch_size: 10,
+                crop: V3PLUS_CROP,
+                resize_long: [250, 750],
+                brightness: 0.0,
+                contrast: 0.0,
+                saturation: 0.0,
+                hue: 0.0,
+                ..LoaderConfig::default()
+            },
         }
     }
 }
@@ -205,7 +214,12 @@ impl Default for SegLossConfig {
 impl SegLossConfig {
     /// The loss, when on.
     pub fn dense_crf_loss(&self) -> Option<crate::loss::dense_crf::DenseCrfLoss> {
-        self.dense_crf.then_some(crate::loss::dense_crf::DenseCrfLoss { weight: self.crf_weight, sigma_rgb: self.crf_sigma_rgb, sigma_xy: self.crf_sigma_xy, scale: self.crf_scale })
+        self.dense_crf.then_some(crate::loss::dense_crf::DenseCrfLoss {
+            weight: self.crf_weight,
+            sigma_rgb: self.crf_sigma_rgb,
+            sigma_xy: self.crf_sigma_xy,
+            scale: self.crf_scale,
+        })
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
@@ -252,7 +266,14 @@ impl Default for SegInferConfig {
             scales: vec![1.0],
             flip: true,
             crf: false,
-            crf_params: CrfParams { iterations: 10, smoothness_sxy: 1.0, smoothness_weight: 3.0, appearance_sxy: 67.0, appearance_srgb: 3.0, appearance_weight: 4.0 },
+            crf_params: CrfParams {
+                iterations: 10,
+                smoothness_sxy: 1.0,
+                smoothness_weight: 3.0,
+                appearance_sxy: 67.0,
+                appearance_srgb: 3.0,
+                appearance_weight: 4.0,
+            },
             checkpoint: PathBuf::new(),
             max_side: DEFAULT_MAX_SIDE,
         }
@@ -279,7 +300,14 @@ pub struct SegModelConfig {
 
 impl Default for SegModelConfig {
     fn default() -> Self {
-        SegModelConfig { kind: SegKind::DeeplabV3plus, arch: Arch::MobilenetV2, depth: Depth::Resnet101, output_stride: 16, init: PathBuf::new(), dropout: V3_DROPOUT }
+        SegModelConfig {
+            kind: SegKind::DeeplabV3plus,
+            arch: Arch::MobilenetV2,
+            depth: Depth::Resnet101,
+            output_stride: 16,
+            init: PathBuf::new(),
+            dropout: V3_DROPOUT,
+        }
     }
 }
 
@@ -452,7 +480,10 @@ impl MethodConfig {
             return invalid("method.amr", "lambda_cps must be >= 0 and compensation_lr_mult > 0");
         }
         if self.base == Base::Amr && amr.freeze_spotlight && amr.spotlight_init.as_os_str().is_empty() {
-            return invalid("method.amr.freeze_spotlight", "a frozen spotlight branch needs method.amr.spotlight_init (a trained CAM run or checkpoint); set freeze_spotlight = false to train it");
+            return invalid(
+                "method.amr.freeze_spotlight",
+                "a frozen spotlight branch needs method.amr.spotlight_init (a trained CAM run or checkpoint); set freeze_spotlight = false to train it",
+            );
         }
         Ok(())
     }
@@ -507,7 +538,14 @@ pub struct CamConfig {
 
 impl Default for CamConfig {
     fn default() -> Self {
-        CamConfig { split: Split::Train, scales: vec![1.0, 0.5, 1.5, 2.0], flip: true, checkpoint: PathBuf::new(), out: PathBuf::new(), max_side: DEFAULT_MAX_SIDE }
+        CamConfig {
+            split: Split::Train,
+            scales: vec![1.0, 0.5, 1.5, 2.0],
+            flip: true,
+            checkpoint: PathBuf::new(),
+            out: PathBuf::new(),
+            max_side: DEFAULT_MAX_SIDE,
+        }
     }
 }
 
@@ -727,12 +765,7 @@ impl LoaderConfig {
             resize_long: (self.resize_long[0], self.resize_long[1]),
             filter: self.resize_filter,
             hflip: self.hflip,
-            jitter: ColorJitter {
-                brightness: self.brightness,
-                contrast: self.contrast,
-                saturation: self.saturation,
-                hue: self.hue,
-            },
+            jitter: ColorJitter { brightness: self.brightness, contrast: self.contrast, saturation: self.saturation, hue: self.hue },
             mean: self.mean,
             std: self.std,
             crop: self.crop,
@@ -753,9 +786,7 @@ impl LoaderConfig {
 
     /// `section`: where the keys sit ("loader" or "seg.loader"), for the error's key.
     fn validate(&self, section: &str) -> Result<(), ConfigError> {
-        let invalid = |key: &str, message: &str| {
-            Err(ConfigError::Invalid { key: format!("{section}.{key}"), message: message.into() })
-        };
+        let invalid = |key: &str, message: &str| Err(ConfigError::Invalid { key: format!("{section}.{key}"), message: message.into() });
         if self.batch_size == 0 {
             return invalid("batch_size", "must be at least 1");
         }
@@ -844,10 +875,8 @@ impl Config {
     pub fn load(path: Option<&Path>, overrides: &[String]) -> Result<Config, ConfigError> {
         let mut table = match path {
             Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|source| ConfigError::Read { path: path.into(), source })?;
-                text.parse::<toml::Table>()
-                    .map_err(|e| ConfigError::Parse { path: path.into(), message: e.to_string() })?
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+                text.parse::<toml::Table>().map_err(|e| ConfigError::Parse { path: path.into(), message: e.to_string() })?
             }
             None => toml::Table::new(),
         };
@@ -908,7 +937,8 @@ impl Config {
         if self.run.max_image_pixels == 0 {
             return invalid("run.max_image_pixels", "must be a positive number of pixels");
         }
-        crate::data::schema::check_id(&self.run.name).map_err(|e| ConfigError::Invalid { key: "run.name".into(), message: format!("must name one directory inside run.dir: {e}") })?;
+        crate::data::schema::check_id(&self.run.name)
+            .map_err(|e| ConfigError::Invalid { key: "run.name".into(), message: format!("must name one directory inside run.dir: {e}") })?;
         Ok(())
     }
 
@@ -973,7 +1003,11 @@ impl Config {
 
     /// "train" or "val": the name of `cam.split`.
     pub fn split_name(&self) -> &'static str {
-        if self.cam.split == Split::Train { "train" } else { "val" }
+        if self.cam.split == Split::Train {
+            "train"
+        } else {
+            "val"
+        }
     }
 
     /// The resolved config as TOML text (what `config show` prints and runs store).
@@ -1010,10 +1044,7 @@ fn apply_override(table: &mut toml::Table, arg: &str) -> Result<(), ConfigError>
     let mut node = table;
     for (depth, section) in sections.iter().enumerate() {
         let entry = node.entry(section.to_string()).or_insert_with(|| toml::Value::Table(Default::default()));
-        node = entry.as_table_mut().ok_or_else(|| ConfigError::Invalid {
-            key: parts[..=depth].join("."),
-            message: "is a value, not a section".into(),
-        })?;
+        node = entry.as_table_mut().ok_or_else(|| ConfigError::Invalid { key: parts[..=depth].join("."), message: "is a value, not a section".into() })?;
     }
     node.insert(leaf.to_string(), value);
     Ok(())
@@ -1021,11 +1052,7 @@ fn apply_override(table: &mut toml::Table, arg: &str) -> Result<(), ConfigError>
 
 /// `--set loader.crop=256` is an integer, `--set run.name=demo` a string.
 fn parse_override_value(raw: &str) -> toml::Value {
-    format!("v = {raw}")
-        .parse::<toml::Table>()
-        .ok()
-        .and_then(|mut t| t.remove("v"))
-        .unwrap_or_else(|| toml::Value::String(raw.to_string()))
+    format!("v = {raw}").parse::<toml::Table>().ok().and_then(|mut t| t.remove("v")).unwrap_or_else(|| toml::Value::String(raw.to_string()))
 }
 
 /// The defaults as a TOML table.
@@ -1068,7 +1095,11 @@ fn collect_keys(table: &toml::Table, prefix: &str, out: &mut Vec<(String, bool)>
 }
 
 fn join_key(prefix: &str, key: &str) -> String {
-    if prefix.is_empty() { key.to_string() } else { format!("{prefix}.{key}") }
+    if prefix.is_empty() {
+        key.to_string()
+    } else {
+        format!("{prefix}.{key}")
+    }
 }
 
 fn check_keys(table: &toml::Table, prefix: &str, known: &[(String, bool)]) -> Result<(), ConfigError> {
@@ -1283,12 +1314,24 @@ mod tests {
 
     #[test]
     fn method_combinations_and_their_errors() {
-        for set in [vec![], vec!["method.isl.enabled=true"], vec!["method.fsl.enabled=true", "method.fsl.window=0"], vec!["method.base=amr", "method.amr.freeze_spotlight=false", "method.isl.enabled=true", "method.fsl.enabled=true"]] {
+        for set in [
+            vec![],
+            vec!["method.isl.enabled=true"],
+            vec!["method.fsl.enabled=true", "method.fsl.window=0"],
+            vec!["method.base=amr", "method.amr.freeze_spotlight=false", "method.isl.enabled=true", "method.fsl.enabled=true"],
+        ] {
             load_str("", &set).unwrap();
         }
         let err = load_str("", &["method.base=amr"]).unwrap_err().to_string();
         assert!(err.contains("method.amr.freeze_spotlight") && err.contains("spotlight_init"), "{err}");
-        for (set, key) in [("method.isl.weight=1.5", "method.isl.weight"), ("method.isl.samples=0", "method.isl.samples"), ("method.fsl.sigma=0", "method.fsl.sigma"), ("method.fsl.window=-1", "method.fsl.window"), ("method.amr.alpha=2", "method.amr.alpha"), ("method.base=deeplab", "method.base")] {
+        for (set, key) in [
+            ("method.isl.weight=1.5", "method.isl.weight"),
+            ("method.isl.samples=0", "method.isl.samples"),
+            ("method.fsl.sigma=0", "method.fsl.sigma"),
+            ("method.fsl.window=-1", "method.fsl.window"),
+            ("method.amr.alpha=2", "method.amr.alpha"),
+            ("method.base=deeplab", "method.base"),
+        ] {
             let err = load_str("", &[set]).unwrap_err().to_string();
             assert!(err.contains(key), "{set}: {err}");
         }
@@ -1305,7 +1348,13 @@ mod tests {
         assert_eq!(load_str(&text, &[]).unwrap(), config);
         let err = load_str("", &["pseudo_label.methd=crf"]).unwrap_err().to_string();
         assert!(err.contains("pseudo_label.method"), "{err}");
-        for (set, key) in [("pseudo_label.tau=1.5", "pseudo_label.tau"), ("pseudo_label.gt_prob=1", "pseudo_label.gt_prob"), ("pseudo_label.crf.appearance_srgb=0", "pseudo_label.crf.appearance_srgb"), ("pseudo_label.crf.iterations=0", "pseudo_label.crf.iterations"), ("pseudo_label.method=random_walk", "pseudo_label.method")] {
+        for (set, key) in [
+            ("pseudo_label.tau=1.5", "pseudo_label.tau"),
+            ("pseudo_label.gt_prob=1", "pseudo_label.gt_prob"),
+            ("pseudo_label.crf.appearance_srgb=0", "pseudo_label.crf.appearance_srgb"),
+            ("pseudo_label.crf.iterations=0", "pseudo_label.crf.iterations"),
+            ("pseudo_label.method=random_walk", "pseudo_label.method"),
+        ] {
             let err = load_str("", &[set]).unwrap_err().to_string();
             assert!(err.contains(key), "{set}: {err}");
         }

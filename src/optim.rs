@@ -128,8 +128,7 @@ impl Sgd {
     /// Restores a saved state: the buffers (each must name a parameter of the same shape) and
     /// the step count.
     pub fn restore(&mut self, state: BTreeMap<String, Tensor>, step: u64) -> Result<(), String> {
-        let params: BTreeMap<&str, &Tensor> =
-            self.groups.iter().flat_map(|g| g.params.iter().map(|(k, v)| (k.as_str(), v))).collect();
+        let params: BTreeMap<&str, &Tensor> = self.groups.iter().flat_map(|g| g.params.iter().map(|(k, v)| (k.as_str(), v))).collect();
         let mut momentum = BTreeMap::new();
         for (key, buffer) in state {
             let name = key.strip_prefix(MOMENTUM_PREFIX).ok_or_else(|| format!("unexpected optimiser tensor `{key}`"))?;
@@ -206,7 +205,8 @@ mod tests {
     #[test]
     fn without_momentum_it_is_plain_gradient_descent() {
         let p = param(&[2.0, -1.0]);
-        let mut sgd = Sgd::new(settings(0.0, 0.0), vec![ParamGroup { name: "all".into(), lr_mult: 1.0, decay: true, params: vec![("p".into(), p.shallow_clone())] }]);
+        let mut sgd =
+            Sgd::new(settings(0.0, 0.0), vec![ParamGroup { name: "all".into(), lr_mult: 1.0, decay: true, params: vec![("p".into(), p.shallow_clone())] }]);
         (&p * &p).sum(Kind::Float).backward(); // ∇ = 2p = (4, −2)
         sgd.step();
         assert!(close(&values(&p), &[1.6, -0.8]), "{:?}", values(&p));

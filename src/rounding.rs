@@ -16,7 +16,11 @@ pub(crate) fn to_int(v: f32) -> i32 {
 #[inline(always)]
 pub(crate) fn floor(v: f32) -> f32 {
     let t = to_int(v) as f32;
-    if t > v { t - 1.0 } else { t }
+    if t > v {
+        t - 1.0
+    } else {
+        t
+    }
 }
 
 /// `v.ceil()` for |v| < 2³¹.

@@ -108,7 +108,10 @@ fn synthetic_cams_beat_the_image_label_baseline() {
     assert_eq!(out.trim(), "cams 150 True True");
     // The directory as one table, as pyarrow and pandas read a folder (the manifest, the
     // `.map/` records and `.verified.json` are skipped by name).
-    let out = run_python("import sys, pyarrow.parquet as pq, pandas as pd\nprint(pq.read_table(sys.argv[1]).num_rows, len(pd.read_parquet(sys.argv[1])))", &[s(&cams)]);
+    let out = run_python(
+        "import sys, pyarrow.parquet as pq, pandas as pd\nprint(pq.read_table(sys.argv[1]).num_rows, len(pd.read_parquet(sys.argv[1])))",
+        &[s(&cams)],
+    );
     assert_eq!(out.trim(), "150 150");
 
     // `run` again continues the finished run: nothing is retrained.
@@ -125,7 +128,10 @@ fn resumed_training_is_bitwise_identical() {
     wsss_ok(tmp.path(), &["run", "--config", &config, "--set", "run.name=whole"]);
     wsss_ok(tmp.path(), &["train", "cam", "--config", &config, "--set", "run.name=parts", "--set", "train.stop_after=5"]);
     let parts = tmp.path().join("runs/parts");
-    let steps: Vec<u64> = std::fs::read_dir(parts.join("checkpoints")).unwrap().filter_map(|e| e.unwrap().file_name().to_str()?.strip_suffix(".json")?.strip_prefix("step-")?.parse().ok()).collect();
+    let steps: Vec<u64> = std::fs::read_dir(parts.join("checkpoints"))
+        .unwrap()
+        .filter_map(|e| e.unwrap().file_name().to_str()?.strip_suffix(".json")?.strip_prefix("step-")?.parse().ok())
+        .collect();
     assert_eq!(steps.iter().max(), Some(&5), "stopped after 5 steps with a checkpoint: {steps:?}");
     let err = wsss_fails(tmp.path(), &["train", "cam", "--config", &config, "--set", "run.name=parts"], 2);
     assert!(err.contains("--resume"), "{err}");
@@ -158,7 +164,11 @@ fn non_finite_losses_stop_training_without_a_nan_checkpoint() {
     let config = write_config(tmp.path(), TINY);
     let err = wsss_fails(tmp.path(), &["run", "--config", &config, "--set", "train.lr=1e39"], 2);
     assert!(err.contains("step 1 (epoch 0, images of rank 0: syn_") && err.contains("the loss is"), "{err}");
-    let err = wsss_fails(tmp.path(), &["train", "cam", "--config", &config, "--set", "run.name=skip", "--set", "train.lr=1e39", "--set", "train.on_nonfinite=skip"], 2);
+    let err = wsss_fails(
+        tmp.path(),
+        &["train", "cam", "--config", &config, "--set", "run.name=skip", "--set", "train.lr=1e39", "--set", "train.on_nonfinite=skip"],
+        2,
+    );
     assert!(err.contains("step 1: the loss is") && err.contains("skipped"), "{err}");
     assert!(err.contains("after step 4 parameter") && err.contains("not writing a checkpoint"), "{err}");
     let written = std::fs::read_dir(tmp.path().join("runs/skip/checkpoints")).map(|d| d.count()).unwrap_or(0);
@@ -198,7 +208,18 @@ fn amr_with_hfpl_trains_on_a_frozen_baseline_and_recalibrates() {
     let tmp = tempfile::tempdir().unwrap();
     let config = write_config(tmp.path(), &format!("{TINY}[cam]\nsplit = \"val\"\nscales = [1.0, 0.5]\n"));
     wsss_ok(tmp.path(), &["run", "--config", &config, "--set", "run.name=base"]);
-    let amr = ["--set", "run.name=amr", "--set", "method.base=amr", "--set", "method.amr.spotlight_init=runs/base", "--set", "method.isl.enabled=true", "--set", "method.fsl.enabled=true"];
+    let amr = [
+        "--set",
+        "run.name=amr",
+        "--set",
+        "method.base=amr",
+        "--set",
+        "method.amr.spotlight_init=runs/base",
+        "--set",
+        "method.isl.enabled=true",
+        "--set",
+        "method.fsl.enabled=true",
+    ];
     let err = wsss_fails(tmp.path(), &[&["train", "cam", "--config", &config][..], &amr[..4]].concat(), 2);
     assert!(err.contains("method.amr.freeze_spotlight") && err.contains("spotlight_init"), "{err}");
     wsss_ok(tmp.path(), &[&["train", "cam", "--config", &config][..], &amr[..]].concat());
@@ -206,12 +227,16 @@ fn amr_with_hfpl_trains_on_a_frozen_baseline_and_recalibrates() {
     assert_eq!(summary["steps"], 12);
 
     let shards = |dir: &str| -> Vec<Vec<u8>> {
-        let mut files: Vec<_> = std::fs::read_dir(tmp.path().join(dir)).unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|e| e == "parquet")).collect();
+        let mut files: Vec<_> =
+            std::fs::read_dir(tmp.path().join(dir)).unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|e| e == "parquet")).collect();
         files.sort();
         files.iter().map(|f| std::fs::read(f).unwrap()).collect()
     };
     let cam_at = |alpha: &str, out: &str| {
-        wsss_ok(tmp.path(), &[&["cam", "--config", &config][..], &amr[..], &["--set", &format!("method.amr.alpha={alpha}"), "--set", &format!("cam.out={out}")][..]].concat());
+        wsss_ok(
+            tmp.path(),
+            &[&["cam", "--config", &config][..], &amr[..], &["--set", &format!("method.amr.alpha={alpha}"), "--set", &format!("cam.out={out}")][..]].concat(),
+        );
     };
     cam_at("1.0", "cams_spotlight");
     assert!(shards("cams_spotlight") == shards("runs/base/cams/val"), "α = 1 gives the frozen spotlight's (the baseline's) CAMs");
@@ -237,13 +262,30 @@ fn mobilenet_v2_runs_cam_and_amr_with_hfpl() {
     let report = &json(&tmp.path().join("runs/base/eval/cam.json"))["report"];
     assert!(report["best"]["miou"].as_f64().unwrap() > 0.0);
     let init = "model.init=runs/base/checkpoints/step-00000012.safetensors";
-    let amr = ["--set", "run.name=amr", "--set", "method.base=amr", "--set", "method.amr.spotlight_init=runs/base", "--set", "method.isl.enabled=true", "--set", "method.fsl.enabled=true", "--set", init];
+    let amr = [
+        "--set",
+        "run.name=amr",
+        "--set",
+        "method.base=amr",
+        "--set",
+        "method.amr.spotlight_init=runs/base",
+        "--set",
+        "method.isl.enabled=true",
+        "--set",
+        "method.fsl.enabled=true",
+        "--set",
+        init,
+    ];
     let log = wsss(tmp.path(), &[&["train", "cam", "--config", &config][..], &mobilenet[..], &amr[..]].concat());
     let stderr = String::from_utf8_lossy(&log.stderr);
     assert!(log.status.success(), "{stderr}");
     assert!(stderr.contains("compensation branch: loaded 261 tensors") && stderr.contains("features.16.amm.spatial.conv.weight"), "{stderr}");
     assert_eq!(json(&tmp.path().join("runs/amr/summary.json"))["steps"], 12);
     wsss_ok(tmp.path(), &[&["cam", "--config", &config][..], &mobilenet[..], &amr[..]].concat());
-    let err = wsss_fails(tmp.path(), &[&["train", "cam", "--config", &config, "--set", "run.name=w", "--set", "model.init=weights/mobilenet_v2.safetensors"][..], &mobilenet[..]].concat(), 2);
+    let err = wsss_fails(
+        tmp.path(),
+        &[&["train", "cam", "--config", &config, "--set", "run.name=w", "--set", "model.init=weights/mobilenet_v2.safetensors"][..], &mobilenet[..]].concat(),
+        2,
+    );
     assert!(err.contains("model.init") && err.contains("make weights"), "{err}");
 }

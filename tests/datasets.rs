@@ -18,7 +18,10 @@ fn inspect_json(dir: &Path, dataset: &Path) -> serde_json::Value {
 fn synthetic_import_verifies_and_pyarrow_reads_it() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("syn");
-    wsss_ok(tmp.path(), &["data", "import", "synthetic", "--out", s(&out), "--images", "130", "--seed", "3", "--size", "64", "--shard-rows", "50", "--rows-per-group", "16"]);
+    wsss_ok(
+        tmp.path(),
+        &["data", "import", "synthetic", "--out", s(&out), "--images", "130", "--seed", "3", "--size", "64", "--shard-rows", "50", "--rows-per-group", "16"],
+    );
     let manifest = Manifest::read(&out).unwrap();
     assert_eq!((manifest.rows, manifest.shards.len(), manifest.num_classes()), (130, 3, 6));
     let report = wsss_ok(tmp.path(), &["data", "verify", s(&out)]);
@@ -58,7 +61,10 @@ print(json.dumps({"rows": t.num_rows, "ids": t.column("id").to_pylist(), "labels
 
     // Same seed, same bytes; an existing output needs --force.
     let again = tmp.path().join("again");
-    wsss_ok(tmp.path(), &["data", "import", "synthetic", "--out", s(&again), "--images", "130", "--seed", "3", "--size", "64", "--shard-rows", "50", "--rows-per-group", "16"]);
+    wsss_ok(
+        tmp.path(),
+        &["data", "import", "synthetic", "--out", s(&again), "--images", "130", "--seed", "3", "--size", "64", "--shard-rows", "50", "--rows-per-group", "16"],
+    );
     assert_eq!(Manifest::read(&again).unwrap().shards, manifest.shards, "deterministic shards (same SHA-256)");
     let err = wsss_fails(tmp.path(), &["data", "import", "synthetic", "--out", s(&again), "--images", "5"], 2);
     assert!(err.contains("already exists") && err.contains("--force"), "{err}");
@@ -260,7 +266,8 @@ fn coco_import_rasterises_polygons_rle_and_crowds() {
     assert_eq!(Manifest::read(&with_empty).unwrap().rows, 3);
 
     std::fs::remove_file(images.join("b.png")).unwrap();
-    let err = wsss_fails(tmp.path(), &["data", "import", "coco", "--annotations", s(&annotations), "--images", s(&images), "--out", s(&tmp.path().join("c3"))], 2);
+    let err =
+        wsss_fails(tmp.path(), &["data", "import", "coco", "--annotations", s(&annotations), "--images", s(&images), "--out", s(&tmp.path().join("c3"))], 2);
     assert!(err.contains("b.png"), "{err}");
 }
 

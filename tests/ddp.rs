@@ -144,7 +144,17 @@ fn two_ranks_equal_one_process_with_twice_the_batch() {
 
     // The CAMs of one model written by 1 and by 2 ranks, and their evaluation by 1 and 2 ranks.
     let checkpoint = checkpoints(dir, "one").join("step-00000006.safetensors");
-    let cam_args = |out: &str| vec!["cam".to_string(), "--config".into(), config.clone(), "--set".into(), format!("cam.checkpoint={}", s(&checkpoint)), "--set".into(), format!("cam.out={out}")];
+    let cam_args = |out: &str| {
+        vec![
+            "cam".to_string(),
+            "--config".into(),
+            config.clone(),
+            "--set".into(),
+            format!("cam.checkpoint={}", s(&checkpoint)),
+            "--set".into(),
+            format!("cam.out={out}"),
+        ]
+    };
     wsss_ok(dir, &as_str(&cam_args("cams1")));
     mpirun_ok(dir, 2, &as_str(&cam_args("cams2")));
     for shard in 0..5 {
@@ -153,7 +163,11 @@ fn two_ranks_equal_one_process_with_twice_the_batch() {
     }
     let eval = |ranks: usize| {
         let args = ["eval", "cam", "--config", &config, "--set", "cam.out=cams2", "--set", &format!("run.name=eval{ranks}")];
-        if ranks == 1 { wsss_ok(dir, &args); } else { mpirun_ok(dir, 2, &args); }
+        if ranks == 1 {
+            wsss_ok(dir, &args);
+        } else {
+            mpirun_ok(dir, 2, &args);
+        }
         std::fs::read_to_string(dir.join(format!("runs/eval{ranks}/eval/cam.json"))).unwrap()
     };
     let (single, double) = (eval(1), eval(2));
@@ -167,7 +181,11 @@ fn accumulation_equals_a_larger_batch() {
     let (tmp, config) = setup();
     let dir = tmp.path();
     wsss_ok(dir, &["train", "cam", "--config", &config]);
-    let log = String::from_utf8_lossy(&common::wsss(dir, &["train", "cam", "--config", &config, "--set", "run.name=acc", "--set", "loader.batch_size=4", "--set", "train.accumulate=2"]).stderr).into_owned();
+    let log = String::from_utf8_lossy(
+        &common::wsss(dir, &["train", "cam", "--config", &config, "--set", "run.name=acc", "--set", "loader.batch_size=4", "--set", "train.accumulate=2"])
+            .stderr,
+    )
+    .into_owned();
     assert!(log.contains("global batch 8 = 4 per rank x 1 rank(s) x 2 micro-batch(es); 6 steps per epoch"), "{log}");
     assert_same_training(dir, "one", "acc", 6, 1e-5);
 }
@@ -201,7 +219,10 @@ fn a_killed_two_rank_run_resumes() {
     unsafe { libc::kill(rank as i32, libc::SIGKILL) };
     let status = wait_for(&mut job, Duration::from_secs(60));
     assert!(!status.success(), "a killed rank must fail the job");
-    let done: Vec<u64> = std::fs::read_dir(checkpoints(dir, "killed")).unwrap().filter_map(|e| e.unwrap().file_name().to_str()?.strip_suffix(".json")?.strip_prefix("step-")?.parse().ok()).collect();
+    let done: Vec<u64> = std::fs::read_dir(checkpoints(dir, "killed"))
+        .unwrap()
+        .filter_map(|e| e.unwrap().file_name().to_str()?.strip_suffix(".json")?.strip_prefix("step-")?.parse().ok())
+        .collect();
     let last = *done.iter().max().unwrap();
     assert!(last < 24, "killed before the end: checkpoints {done:?}");
     println!("killed at checkpoint step {last} of 24");

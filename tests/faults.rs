@@ -84,7 +84,14 @@ fn log_of(out: &std::process::Output) -> String {
 /// A flat-colour PNG image row of the given size (flat: a huge one compresses to little).
 fn flat_image(id: &str, width: u32, height: u32, labels: &[u16]) -> ImageRow {
     let rgb = vec![120u8; (width * height * 3) as usize];
-    ImageRow { id: id.into(), image: encode_rgb_png(width, height, &rgb), width, height, labels: labels.to_vec(), mask: Some(encode_mask(width, height, &vec![0; (width * height) as usize])) }
+    ImageRow {
+        id: id.into(),
+        image: encode_rgb_png(width, height, &rgb),
+        width,
+        height,
+        labels: labels.to_vec(),
+        mask: Some(encode_mask(width, height, &vec![0; (width * height) as usize])),
+    }
 }
 
 /// Labels out of range or twice, a 20-megapixel photo and a 1400×40 strip: training skips the
@@ -98,7 +105,8 @@ fn bad_labels_and_huge_images_are_skipped_by_every_stage() {
         rows[0].labels = vec![99];
         rows[1].labels = vec![1, 1];
     });
-    let bad = |dataset: &str, row: usize| ShardReader::<ImageRow>::open(&dir.join(dataset).join("part-00000.parquet")).unwrap().read_all().unwrap()[row].id.clone();
+    let bad =
+        |dataset: &str, row: usize| ShardReader::<ImageRow>::open(&dir.join(dataset).join("part-00000.parquet")).unwrap().read_all().unwrap()[row].id.clone();
     let out = wsss(dir, &["train", "cam", "--config", &config]);
     let log = log_of(&out);
     assert!(out.status.success(), "{log}");
@@ -175,7 +183,8 @@ fn duplicate_ids_nan_cams_and_crafted_ids_never_pass_silently() {
     let err = wsss_fails(dir, &["export", "png", "--labels", s(&labels), "--out", s(&out_dir)], 2);
     assert!(err.contains("\"../../escaped\" is not a plain name") && err.contains("nothing was written"), "{err}");
     assert!(!out_dir.exists() && !dir.join("escaped.png").exists(), "no partial export");
-    let hidden: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).filter(|n| n.contains("exported")).collect();
+    let hidden: Vec<_> =
+        std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).filter(|n| n.contains("exported")).collect();
     assert!(hidden.is_empty(), "staging removed: {hidden:?}");
 
     // The same id in two image shards.
@@ -336,7 +345,23 @@ fn sigterm_stops_cleanly_and_resumes_bitwise() {
     let (tmp, config) = setup();
     let dir = tmp.path();
     let args = |name: &str, resume: bool| {
-        let mut args: Vec<String> = ["train", "cam", "--config", &config, "--set", "loader.batch_size=2", "--set", "train.epochs=3", "--set", "train.checkpoint_every=1000", "--set", "train.log_every=1"].iter().map(|s| s.to_string()).collect();
+        let mut args: Vec<String> = [
+            "train",
+            "cam",
+            "--config",
+            &config,
+            "--set",
+            "loader.batch_size=2",
+            "--set",
+            "train.epochs=3",
+            "--set",
+            "train.checkpoint_every=1000",
+            "--set",
+            "train.log_every=1",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
         args.extend(["--set".to_string(), format!("run.name={name}")]);
         if resume {
             args.push("--resume".into());
@@ -360,7 +385,10 @@ fn sigterm_stops_cleanly_and_resumes_bitwise() {
     std::io::Read::read_to_string(job.stderr.as_mut().unwrap(), &mut log).unwrap();
     assert_eq!(status.code(), Some(3), "{log}");
     assert!(log.contains("stopped by SIGTERM on this rank") || log.contains("stopped by a stop signal on another rank"), "{log}");
-    let checkpoints: Vec<u64> = std::fs::read_dir(dir.join("runs/stopped/checkpoints")).unwrap().filter_map(|e| e.unwrap().file_name().to_str()?.strip_suffix(".json")?.strip_prefix("step-")?.parse().ok()).collect();
+    let checkpoints: Vec<u64> = std::fs::read_dir(dir.join("runs/stopped/checkpoints"))
+        .unwrap()
+        .filter_map(|e| e.unwrap().file_name().to_str()?.strip_suffix(".json")?.strip_prefix("step-")?.parse().ok())
+        .collect();
     assert_eq!(checkpoints.len(), 1, "one checkpoint, at the step reached: {checkpoints:?}");
     assert!(checkpoints[0] >= 3 && checkpoints[0] < 36, "{checkpoints:?} of 36 steps");
     assert!(log.contains(&format!("every rank finished step {} of 36", checkpoints[0])), "{log}");
@@ -373,7 +401,8 @@ fn sigterm_stops_cleanly_and_resumes_bitwise() {
     // A map phase: stop after the first task (6 val shards of 2, one rank), rerun to finish.
     rewrite_in_shards(&dir.join("data/val"));
     // Many large scales: tasks of about a second, so that the signal lands between them.
-    let cam_args = ["cam", "--config", &config, "--set", "run.name=whole", "--set", "cam.scales=[1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0]", "--set", "cam.flip=true"];
+    let cam_args =
+        ["cam", "--config", &config, "--set", "run.name=whole", "--set", "cam.scales=[1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0]", "--set", "cam.flip=true"];
     let mut job = std::process::Command::new(env!("CARGO_BIN_EXE_wsss-dist")).args(cam_args).current_dir(dir).stderr(Stdio::piped()).spawn().unwrap();
     let records = dir.join("runs/whole/cams/val/.map");
     let started = Instant::now();
@@ -404,6 +433,10 @@ fn rewrite_in_shards(dir: &Path) {
     for s in &manifest.shards {
         std::fs::remove_file(dir.join(&s.file)).unwrap();
     }
-    let shards = rows.chunks(2).enumerate().map(|(i, chunk)| write_shard(&dir.join(wsss_dist::data::shard::shard_file_name(i)), chunk, ShardLayout::default()).unwrap()).collect();
+    let shards = rows
+        .chunks(2)
+        .enumerate()
+        .map(|(i, chunk)| write_shard(&dir.join(wsss_dist::data::shard::shard_file_name(i)), chunk, ShardLayout::default()).unwrap())
+        .collect();
     Manifest { shards, ..manifest }.write(dir).unwrap();
 }

@@ -11,14 +11,7 @@ use wsss_dist::data::Manifest;
 
 fn mpirun2(dir: &Path, args: &[&str]) -> std::process::Output {
     let launcher = Path::new(env!("CARGO_MANIFEST_DIR")).join("launch/mpirun.sh");
-    Command::new("bash")
-        .arg(launcher)
-        .arg("2")
-        .arg(env!("CARGO_BIN_EXE_wsss-dist"))
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("mpirun runs")
+    Command::new("bash").arg(launcher).arg("2").arg(env!("CARGO_BIN_EXE_wsss-dist")).args(args).current_dir(dir).output().expect("mpirun runs")
 }
 
 #[test]

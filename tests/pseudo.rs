@@ -117,7 +117,8 @@ fn map_phases_are_rank_count_independent_and_resume_after_a_kill() {
     wsss_ok(dir, &["pseudo-label", "--config", &config, "--set", "pseudo_label.out=slow", "--set", "pseudo_label.crf.iterations=400"]);
     let mut job = mpirun(dir, 2, &slow).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
     let records = dir.join("killed/.map");
-    let count = || std::fs::read_dir(&records).map(|d| d.filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with("part-")).count()).unwrap_or(0);
+    let count =
+        || std::fs::read_dir(&records).map(|d| d.filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with("part-")).count()).unwrap_or(0);
     let started = Instant::now();
     while count() < 2 {
         assert!(started.elapsed() < Duration::from_secs(120), "fewer than 2 tasks done after 2 minutes");
@@ -129,7 +130,12 @@ fn map_phases_are_rank_count_independent_and_resume_after_a_kill() {
     let done = count();
     assert!(done < 8, "killed before the end ({done} of 8 tasks done)");
     assert!(!dir.join("killed/_manifest.json").exists(), "an interrupted job must not look complete");
-    let before: Vec<_> = std::fs::read_dir(&records).unwrap().map(|e| e.unwrap()).filter(|e| e.file_name().to_string_lossy().starts_with("part-")).map(|e| (e.file_name(), e.metadata().unwrap().modified().unwrap())).collect();
+    let before: Vec<_> = std::fs::read_dir(&records)
+        .unwrap()
+        .map(|e| e.unwrap())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("part-"))
+        .map(|e| (e.file_name(), e.metadata().unwrap().modified().unwrap()))
+        .collect();
     let log = mpirun_ok(dir, 2, &slow);
     assert!(log.contains(&format!("{} task(s) to do, {done} done by an earlier run", 8 - done)), "{log}");
     assert!(log.contains(&format!("{} task(s) computed, {done} reused", 8 - done)), "{log}");
@@ -217,7 +223,11 @@ fn dense_crf_agrees_with_pydensecrf_on_voc_photos() {
         let theirs = std::fs::read(tmp.path().join("theirs")).unwrap();
         let same = ours.iter().zip(&theirs).filter(|(a, b)| a == b).count();
         let changed = ours.iter().zip(&labels).filter(|(a, b)| a != b).count();
-        println!("{id} ({w}x{h}): {:.4}% of pixels agree with pydensecrf; the CRF changed {:.1}% of the seeds", 100.0 * same as f64 / ours.len() as f64, 100.0 * changed as f64 / ours.len() as f64);
+        println!(
+            "{id} ({w}x{h}): {:.4}% of pixels agree with pydensecrf; the CRF changed {:.1}% of the seeds",
+            100.0 * same as f64 / ours.len() as f64,
+            100.0 * changed as f64 / ours.len() as f64
+        );
         assert!(changed > ours.len() / 100, "the CRF must do something here");
         total += ours.len();
         agree += same;
@@ -232,23 +242,44 @@ fn cams_from_masks(images: &Path, out: &Path) {
     std::fs::create_dir_all(out).unwrap();
     let mut shards = Vec::new();
     for shard in 0..dataset.num_shards() {
-        let rows: Vec<CamRow> = dataset.shard(shard).unwrap().read_all().unwrap().iter().map(|image| {
-            let (w, h, mask) = decode_mask(image.mask.as_ref().unwrap()).unwrap();
-            let (w4, h4) = (w.div_ceil(4) as usize, h.div_ceil(4) as usize);
-            let mask = &mask;
-            let cam: Vec<u8> = image.labels.iter().flat_map(|&c| {
-                (0..w4 * h4).flat_map(move |p| {
-                    let (x, y) = ((p % w4) * 4, (p / w4) * 4);
-                    let on = mask[y.min(h as usize - 1) * w as usize + x.min(w as usize - 1)] == c as u8;
-                    half::f16::from_f32(if on { 0.8 } else { 0.1 }).to_le_bytes()
-                })
-            }).collect();
-            CamRow { id: image.id.clone(), classes: image.labels.clone(), scores: vec![1.0; image.labels.len()], cam, height: h, width: w }
-        }).collect();
+        let rows: Vec<CamRow> = dataset
+            .shard(shard)
+            .unwrap()
+            .read_all()
+            .unwrap()
+            .iter()
+            .map(|image| {
+                let (w, h, mask) = decode_mask(image.mask.as_ref().unwrap()).unwrap();
+                let (w4, h4) = (w.div_ceil(4) as usize, h.div_ceil(4) as usize);
+                let mask = &mask;
+                let cam: Vec<u8> = image
+                    .labels
+                    .iter()
+                    .flat_map(|&c| {
+                        (0..w4 * h4).flat_map(move |p| {
+                            let (x, y) = ((p % w4) * 4, (p / w4) * 4);
+                            let on = mask[y.min(h as usize - 1) * w as usize + x.min(w as usize - 1)] == c as u8;
+                            half::f16::from_f32(if on { 0.8 } else { 0.1 }).to_le_bytes()
+                        })
+                    })
+                    .collect();
+                CamRow { id: image.id.clone(), classes: image.labels.clone(), scores: vec![1.0; image.labels.len()], cam, height: h, width: w }
+            })
+            .collect();
         shards.push(write_shard(&out.join(shard_file_name(shard)), &rows, ShardLayout::default()).unwrap());
     }
     let m = dataset.manifest();
-    Manifest { format_version: FORMAT_VERSION, kind: DatasetKind::Cams, split: m.split.clone(), classes: m.classes.clone(), rows: m.rows, shards, source: "test: CAMs from masks".into() }.write(out).unwrap();
+    Manifest {
+        format_version: FORMAT_VERSION,
+        kind: DatasetKind::Cams,
+        split: m.split.clone(),
+        classes: m.classes.clone(),
+        rows: m.rows,
+        shards,
+        source: "test: CAMs from masks".into(),
+    }
+    .write(out)
+    .unwrap();
 }
 
 /// Peak RSS in KiB of `wsss-dist args` run to completion in `dir` (its own, via wait4).

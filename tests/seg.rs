@@ -121,7 +121,10 @@ fn two_ranks_equal_one_process(model: &[&str], files: &[&str], tolerance: f64) {
     let (tmp, config) = pipeline();
     let dir = tmp.path();
     let args = |run: &str, batch: usize| {
-        let mut args: Vec<String> = ["train", "seg", "--config", &config, "--set", &format!("run.name={run}"), "--set", &format!("seg.loader.batch_size={batch}")].map(String::from).to_vec();
+        let mut args: Vec<String> =
+            ["train", "seg", "--config", &config, "--set", &format!("run.name={run}"), "--set", &format!("seg.loader.batch_size={batch}")]
+                .map(String::from)
+                .to_vec();
         let common = ["--set", "seg.labels=runs/tiny/pseudo_labels/train", "--set", "seg.train.epochs=1", "--set", "seg.train.checkpoint_every=1"];
         args.extend(common.iter().chain(model).map(|a| a.to_string()));
         args
@@ -136,7 +139,8 @@ fn two_ranks_equal_one_process(model: &[&str], files: &[&str], tolerance: f64) {
             assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
             // Relative to each tensor's largest value.
             let relative = |k: &String, t: &Tensor| (t - &b[k]).abs().max().double_value(&[]) / t.abs().max().double_value(&[]).max(1e-12);
-            let (name, difference) = a.iter().map(|(k, t)| (k.clone(), relative(k, t))).fold((String::new(), 0.0), |w, (k, d)| if d > w.1 { (k, d) } else { w });
+            let (name, difference) =
+                a.iter().map(|(k, t)| (k.clone(), relative(k, t))).fold((String::new(), 0.0), |w, (k, d)| if d > w.1 { (k, d) } else { w });
             (*file, name, difference)
         })
         .collect();
@@ -155,7 +159,11 @@ fn two_ranks_equal_one_process(model: &[&str], files: &[&str], tolerance: f64) {
 #[test]
 fn deeplab_v2_on_two_ranks_equals_one_process_with_twice_the_batch() {
     let model = ["--set", "seg.model.kind=deeplab_v2", "--set", "seg.model.output_stride=8", "--set", "seg.train.lr=0.00002"];
-    two_ranks_equal_one_process(&model, &["step-00000001.optim.safetensors", "step-00000004.safetensors", "step-00000008.safetensors", "step-00000012.safetensors"], 1e-5);
+    two_ranks_equal_one_process(
+        &model,
+        &["step-00000001.optim.safetensors", "step-00000004.safetensors", "step-00000008.safetensors", "step-00000012.safetensors"],
+        1e-5,
+    );
 }
 
 /// DeepLab v3+ with its trainable BatchNorms synchronised over the 2 ranks: parameters and
@@ -216,7 +224,11 @@ fn run_trains_predicts_and_scores_the_segmenter() {
     let summary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("runs/tiny/summary.json")).unwrap()).unwrap();
     assert_eq!(summary["train_seg"]["steps"], 12);
     // The same model's predictions made by 2 MPI ranks: the same bytes.
-    let checkpoint = std::fs::read_dir(dir.join("runs/tiny/seg/checkpoints")).unwrap().map(|e| e.unwrap().path()).find(|p| p.to_str().unwrap().ends_with("step-00000012.safetensors")).unwrap();
+    let checkpoint = std::fs::read_dir(dir.join("runs/tiny/seg/checkpoints"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.to_str().unwrap().ends_with("step-00000012.safetensors"))
+        .unwrap();
     let from = format!("seg.infer.checkpoint={}", s(&checkpoint));
     let two = [&seg[..], &["--set", "run.name=two", "--set", &from]].concat();
     mpirun_ok(dir, 2, &[&["seg", "--config", config][..], &two].concat());

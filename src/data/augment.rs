@@ -41,9 +41,9 @@
 //! image, which costs one extra read pass (only when contrast is on). The mask is
 //! resized, flipped and cropped in one gather.
 
+use crate::rounding::floor;
 use fast_image_resize as fir;
 use rand::Rng;
-use crate::rounding::floor;
 
 /// Interpolation of the image resize (the mask always uses nearest neighbour); written
 /// `"bilinear"` / `"bicubic"` in configuration files.
@@ -132,28 +132,17 @@ impl AugmentParams {
     fn validate(&self) -> Result<(), AugmentError> {
         let (lo, hi) = self.resize_long;
         if lo > hi || (lo == 0 && hi > 0) {
-            return Err(AugmentError::InvalidParams(
-                "resize_long must be (0, 0) or 1 ≤ min ≤ max",
-            ));
+            return Err(AugmentError::InvalidParams("resize_long must be (0, 0) or 1 ≤ min ≤ max"));
         }
         let j = &self.jitter;
-        if ![j.brightness, j.contrast, j.saturation, j.hue]
-            .iter()
-            .all(|s| s.is_finite() && *s >= 0.0)
-        {
-            return Err(AugmentError::InvalidParams(
-                "jitter strengths must be finite and ≥ 0",
-            ));
+        if ![j.brightness, j.contrast, j.saturation, j.hue].iter().all(|s| s.is_finite() && *s >= 0.0) {
+            return Err(AugmentError::InvalidParams("jitter strengths must be finite and ≥ 0"));
         }
         if j.hue > 0.5 {
             return Err(AugmentError::InvalidParams("jitter hue must be ≤ 0.5"));
         }
-        if !self.mean.iter().all(|m| m.is_finite())
-            || !self.std.iter().all(|s| s.is_finite() && *s > 0.0)
-        {
-            return Err(AugmentError::InvalidParams(
-                "mean must be finite and std finite and > 0",
-            ));
+        if !self.mean.iter().all(|m| m.is_finite()) || !self.std.iter().all(|s| s.is_finite() && *s > 0.0) {
+            return Err(AugmentError::InvalidParams("mean must be finite and std finite and > 0"));
         }
         Ok(())
     }
@@ -236,26 +225,14 @@ pub enum AugmentError {
 ///
 /// `rgb`: row-major HWC u8 (3 bytes a pixel); `mask`: row-major u8 of the same
 /// width×height. See the module docs for the steps and the order of random draws.
-pub fn augment(
-    rgb: &[u8],
-    width: u32,
-    height: u32,
-    mask: Option<&[u8]>,
-    params: &AugmentParams,
-    rng: &mut impl Rng,
-) -> Result<Augmented, AugmentError> {
+pub fn augment(rgb: &[u8], width: u32, height: u32, mask: Option<&[u8]>, params: &AugmentParams, rng: &mut impl Rng) -> Result<Augmented, AugmentError> {
     let src = Source::new(rgb, width, height, mask, params)?;
     let plan = Plan::draw(width, height, params, rng);
     let (ow, oh) = plan.out;
     let mut chw = vec![0.0; 3 * area(ow, oh)];
     let mut out_mask = mask.map(|_| vec![0; area(ow, oh)]);
     render(&src, params, &plan, &mut chw, out_mask.as_deref_mut())?;
-    Ok(Augmented {
-        width: ow,
-        height: oh,
-        chw,
-        mask: out_mask,
-    })
+    Ok(Augmented { width: ow, height: oh, chw, mask: out_mask })
 }
 
 /// Same as [`augment`], but writes into caller-provided buffers (e.g. a slot of a batch
@@ -274,17 +251,11 @@ pub fn augment_into(
     out_mask: Option<&mut [u8]>,
 ) -> Result<(), AugmentError> {
     let src = Source::new(rgb, width, height, mask, params)?;
-    let (ow, oh) = params
-        .output_size(width, height)
-        .ok_or(AugmentError::UnknownOutputSize)?;
+    let (ow, oh) = params.output_size(width, height).ok_or(AugmentError::UnknownOutputSize)?;
     let len = area(ow, oh);
-    check_len(out_chw.len(), len.saturating_mul(3), |expected, actual| {
-        AugmentError::OutputSize { expected, actual }
-    })?;
+    check_len(out_chw.len(), len.saturating_mul(3), |expected, actual| AugmentError::OutputSize { expected, actual })?;
     match (&mask, &out_mask) {
-        (Some(_), Some(m)) => check_len(m.len(), len, |expected, actual| {
-            AugmentError::OutputMaskSize { expected, actual }
-        })?,
+        (Some(_), Some(m)) => check_len(m.len(), len, |expected, actual| AugmentError::OutputMaskSize { expected, actual })?,
         (None, None) => {}
         _ => return Err(AugmentError::MaskPresence),
     }
@@ -292,11 +263,7 @@ pub fn augment_into(
     render(&src, params, &plan, out_chw, out_mask)
 }
 
-fn check_len(
-    actual: usize,
-    expected: usize,
-    err: impl FnOnce(usize, usize) -> AugmentError,
-) -> Result<(), AugmentError> {
+fn check_len(actual: usize, expected: usize, err: impl FnOnce(usize, usize) -> AugmentError) -> Result<(), AugmentError> {
     if actual == expected {
         Ok(())
     } else {
@@ -320,33 +287,17 @@ struct Source<'a> {
 
 impl<'a> Source<'a> {
     /// Validates the settings and the buffer sizes.
-    fn new(
-        rgb: &'a [u8],
-        width: u32,
-        height: u32,
-        mask: Option<&'a [u8]>,
-        params: &AugmentParams,
-    ) -> Result<Self, AugmentError> {
+    fn new(rgb: &'a [u8], width: u32, height: u32, mask: Option<&'a [u8]>, params: &AugmentParams) -> Result<Self, AugmentError> {
         params.validate()?;
         if width == 0 || height == 0 {
             return Err(AugmentError::EmptyImage { width, height });
         }
         let pixels = area(width, height);
-        check_len(rgb.len(), pixels.saturating_mul(3), |expected, actual| {
-            AugmentError::ImageSize { expected, actual }
-        })?;
+        check_len(rgb.len(), pixels.saturating_mul(3), |expected, actual| AugmentError::ImageSize { expected, actual })?;
         if let Some(m) = mask {
-            check_len(m.len(), pixels, |expected, actual| AugmentError::MaskSize {
-                expected,
-                actual,
-            })?;
+            check_len(m.len(), pixels, |expected, actual| AugmentError::MaskSize { expected, actual })?;
         }
-        Ok(Self {
-            rgb,
-            width,
-            height,
-            mask,
-        })
+        Ok(Self { rgb, width, height, mask })
     }
 }
 
@@ -399,29 +350,13 @@ impl Plan {
     /// Draws in the order documented at the top of the module.
     fn draw(width: u32, height: u32, params: &AugmentParams, rng: &mut impl Rng) -> Self {
         let (lo, hi) = params.resize_long;
-        let resized = if hi == 0 {
-            (width, height)
-        } else {
-            resized_size(width, height, rng.random_range(lo..=hi))
-        };
+        let resized = if hi == 0 { (width, height) } else { resized_size(width, height, rng.random_range(lo..=hi)) };
         let flip = params.hflip && rng.random_bool(0.5);
         let (jitter, jitter_len) = draw_jitter(&params.jitter, rng);
         let x = draw_span(resized.0, params.crop, rng);
         let y = draw_span(resized.1, params.crop, rng);
-        let out = if params.crop > 0 {
-            (params.crop, params.crop)
-        } else {
-            resized
-        };
-        Self {
-            resized,
-            flip,
-            jitter,
-            jitter_len,
-            out,
-            x,
-            y,
-        }
+        let out = if params.crop > 0 { (params.crop, params.crop) } else { resized };
+        Self { resized, flip, jitter, jitter_len, out, x, y }
     }
 
     fn jitter(&self) -> &[JitterOp] {
@@ -442,12 +377,7 @@ impl Plan {
 /// `ColorJitter.get_params`), as a fixed array and the number in use.
 fn draw_jitter(j: &ColorJitter, rng: &mut impl Rng) -> ([JitterOp; 4], usize) {
     // Canonical order: brightness, contrast, saturation, hue (index 3).
-    const MAKE: [fn(f32) -> JitterOp; 4] = [
-        JitterOp::Brightness,
-        JitterOp::Contrast,
-        JitterOp::Saturation,
-        JitterOp::Hue,
-    ];
+    const MAKE: [fn(f32) -> JitterOp; 4] = [JitterOp::Brightness, JitterOp::Contrast, JitterOp::Saturation, JitterOp::Hue];
     let strengths = [j.brightness, j.contrast, j.saturation, j.hue];
     let mut enabled = [0usize; 4];
     let mut n = 0;
@@ -462,11 +392,7 @@ fn draw_jitter(j: &ColorJitter, rng: &mut impl Rng) -> ([JitterOp; 4], usize) {
     let mut factors = [0.0f32; 4];
     for &k in &enabled[..n] {
         let s = strengths[k];
-        factors[k] = if k == 3 {
-            rng.random_range(-s..=s)
-        } else {
-            rng.random_range((1.0 - s).max(0.0)..=1.0 + s)
-        };
+        factors[k] = if k == 3 { rng.random_range(-s..=s) } else { rng.random_range((1.0 - s).max(0.0)..=1.0 + s) };
     }
     let mut ops = [JitterOp::Brightness(1.0); 4];
     for (op, &k) in ops.iter_mut().zip(&order[..n]) {
@@ -478,36 +404,18 @@ fn draw_jitter(j: &ColorJitter, rng: &mut impl Rng) -> ([JitterOp; 4], usize) {
 /// IRNet `random_crop` along one axis of length `size`.
 fn draw_span(size: u32, crop: u32, rng: &mut impl Rng) -> Span {
     if crop == 0 {
-        Span {
-            src: 0,
-            dst: 0,
-            len: size,
-        }
+        Span { src: 0, dst: 0, len: size }
     } else if size > crop {
-        Span {
-            src: rng.random_range(0..=size - crop),
-            dst: 0,
-            len: crop,
-        }
+        Span { src: rng.random_range(0..=size - crop), dst: 0, len: crop }
     } else {
-        Span {
-            src: 0,
-            dst: rng.random_range(0..=crop - size),
-            len: size,
-        }
+        Span { src: 0, dst: rng.random_range(0..=crop - size), len: size }
     }
 }
 
 // ---------------------------------------------------------------------------------------
 // Pixel work
 
-fn render(
-    src: &Source,
-    params: &AugmentParams,
-    plan: &Plan,
-    out_chw: &mut [f32],
-    out_mask: Option<&mut [u8]>,
-) -> Result<(), AugmentError> {
+fn render(src: &Source, params: &AugmentParams, plan: &Plan, out_chw: &mut [f32], out_mask: Option<&mut [u8]>) -> Result<(), AugmentError> {
     if let (Some(m), Some(out)) = (src.mask, out_mask) {
         write_mask(m, src.width, src.height, plan, out);
     }
@@ -525,11 +433,7 @@ fn render(
 /// Two single-axis passes, horizontal first as PIL does: `fast_image_resize` would run
 /// the vertical pass first for u8 images, and since each pass rounds and clamps to u8,
 /// the order shows where a bicubic kernel overshoots.
-fn resize_rgb(
-    src: &Source,
-    (rw, rh): (u32, u32),
-    filter: ResizeFilter,
-) -> Result<Vec<u8>, AugmentError> {
+fn resize_rgb(src: &Source, (rw, rh): (u32, u32), filter: ResizeFilter) -> Result<Vec<u8>, AugmentError> {
     let kernel = match filter {
         ResizeFilter::Bilinear => fir::FilterType::Bilinear,
         ResizeFilter::Bicubic => fir::FilterType::CatmullRom,
@@ -556,9 +460,7 @@ fn nearest(i: u32, src: u32, dst: u32) -> usize {
 fn write_mask(mask: &[u8], width: u32, height: u32, plan: &Plan, out: &mut [u8]) {
     let (rw, rh) = plan.resized;
     let src_x = plan.src_x();
-    let mut cols: Vec<usize> = (src_x..src_x + plan.x.len)
-        .map(|x| nearest(x, width, rw))
-        .collect();
+    let mut cols: Vec<usize> = (src_x..src_x + plan.x.len).map(|x| nearest(x, width, rw)).collect();
     if plan.flip {
         cols.reverse();
     }
@@ -582,9 +484,7 @@ fn write_mask(mask: &[u8], width: u32, height: u32, plan: &Plan, out: &mut [u8])
 /// Source row (in the resized image) of output row `oy`, if it is inside the window.
 fn window_row(oy: usize, y: Span) -> Option<u32> {
     let oy = oy as u32;
-    (y.dst..y.dst + y.len)
-        .contains(&oy)
-        .then(|| y.src + oy - y.dst)
+    (y.dst..y.dst + y.len).contains(&oy).then(|| y.src + oy - y.dst)
 }
 
 /// Splits an output row into left padding, the window and right padding.
@@ -603,11 +503,7 @@ struct Rows {
 
 impl Rows {
     fn new(len: usize) -> Self {
-        Self {
-            r: vec![0.0; len],
-            g: vec![0.0; len],
-            b: vec![0.0; len],
-        }
+        Self { r: vec![0.0; len], g: vec![0.0; len], b: vec![0.0; len] }
     }
 
     /// Deinterleaves HWC u8 pixels into the rows, scaled to [0, 1] like `to_tensor`.
@@ -663,10 +559,7 @@ impl Rows {
         let mut lanes = [0.0f32; 8];
         let (r, g, b) = (&self.r, &self.g, &self.b);
         let len = r.len();
-        let chunks = r
-            .chunks_exact(8)
-            .zip(g.chunks_exact(8))
-            .zip(b.chunks_exact(8));
+        let chunks = r.chunks_exact(8).zip(g.chunks_exact(8)).zip(b.chunks_exact(8));
         for ((r8, g8), b8) in chunks {
             for i in 0..8 {
                 lanes[i] += grey(r8[i], g8[i], b8[i]);
@@ -706,7 +599,6 @@ fn grey(r: f32, g: f32, b: f32) -> f32 {
     0.2989 * r + 0.587 * g + 0.114 * b
 }
 
-
 /// torchvision `adjust_hue` on one pixel: RGB→HSV, h ← (h + shift) mod 1, HSV→RGB.
 /// Written with selects only (no data-dependent branches, two divisions) so that the
 /// loop over a row vectorises.
@@ -741,20 +633,14 @@ fn hue_shifted(r: f32, g: f32, b: f32, shift: f32) -> [f32; 3] {
 fn write_image(resized: &[u8], params: &AugmentParams, plan: &Plan, out: &mut [f32]) {
     let (rw, rh) = plan.resized;
     let ops = plan.jitter();
-    let contrast_mean = ops
-        .iter()
-        .position(|op| matches!(op, JitterOp::Contrast(_)))
-        .map_or(0.0, |i| grey_mean(resized, rw, rh, &ops[..i]));
+    let contrast_mean = ops.iter().position(|op| matches!(op, JitterOp::Contrast(_))).map_or(0.0, |i| grey_mean(resized, rw, rh, &ops[..i]));
     let (ow, oh) = (plan.out.0 as usize, plan.out.1 as usize);
     let mut rows = Rows::new(plan.x.len as usize);
     let row_bytes = 3 * rw as usize;
     let window = 3 * plan.src_x() as usize..3 * (plan.src_x() + plan.x.len) as usize;
     let norm = Normalizer::new(&params.mean, &params.std);
     let [pr, pg, pb] = planes(out, ow * oh);
-    let out_rows = pr
-        .chunks_exact_mut(ow)
-        .zip(pg.chunks_exact_mut(ow))
-        .zip(pb.chunks_exact_mut(ow));
+    let out_rows = pr.chunks_exact_mut(ow).zip(pg.chunks_exact_mut(ow)).zip(pb.chunks_exact_mut(ow));
     for (oy, ((or, og), ob)) in out_rows.enumerate() {
         let Some(y) = window_row(oy, plan.y) else {
             for row in [or, og, ob] {
@@ -766,10 +652,7 @@ fn write_image(resized: &[u8], params: &AugmentParams, plan: &Plan, out: &mut [f
         for &op in ops {
             rows.apply(op, contrast_mean);
         }
-        for (c, (row, src)) in [(or, &rows.r), (og, &rows.g), (ob, &rows.b)]
-            .into_iter()
-            .enumerate()
-        {
+        for (c, (row, src)) in [(or, &rows.r), (og, &rows.g), (ob, &rows.b)].into_iter().enumerate() {
             let (left, mid, right) = split_span(row, plan.x);
             left.fill(0.0);
             right.fill(0.0);
@@ -808,10 +691,7 @@ struct Normalizer {
 
 impl Normalizer {
     fn new(mean: &[f32; 3], std: &[f32; 3]) -> Self {
-        Self {
-            scale: std.map(|s| 1.0 / s),
-            bias: std::array::from_fn(|c| -mean[c] / std[c]),
-        }
+        Self { scale: std.map(|s| 1.0 / s), bias: std::array::from_fn(|c| -mean[c] / std[c]) }
     }
 
     /// Writes channel `c` of a row, mirrored when `flip`.
@@ -881,45 +761,21 @@ mod tests {
     }
 
     /// Runs `write_image` with a hand-made plan: no resize, no flip, window = `x`, `y`.
-    fn run_ops(
-        rgb: &[u8],
-        w: u32,
-        h: u32,
-        ops: &[JitterOp],
-        x: Span,
-        y: Span,
-        out: (u32, u32),
-    ) -> Vec<f32> {
+    fn run_ops(rgb: &[u8], w: u32, h: u32, ops: &[JitterOp], x: Span, y: Span, out: (u32, u32)) -> Vec<f32> {
         let mut jitter = [JitterOp::Brightness(1.0); 4];
         jitter[..ops.len()].copy_from_slice(ops);
-        let plan = Plan {
-            resized: (w, h),
-            flip: false,
-            jitter,
-            jitter_len: ops.len(),
-            out,
-            x,
-            y,
-        };
+        let plan = Plan { resized: (w, h), flip: false, jitter, jitter_len: ops.len(), out, x, y };
         let mut chw = vec![f32::NAN; 3 * (out.0 * out.1) as usize];
         write_image(rgb, &plain(), &plan, &mut chw);
         chw
     }
 
     fn full(len: u32) -> Span {
-        Span {
-            src: 0,
-            dst: 0,
-            len,
-        }
+        Span { src: 0, dst: 0, len }
     }
 
     fn one_pixel(rgb: [f32; 3], op: JitterOp) -> [f32; 3] {
-        let mut rows = Rows {
-            r: vec![rgb[0]],
-            g: vec![rgb[1]],
-            b: vec![rgb[2]],
-        };
+        let mut rows = Rows { r: vec![rgb[0]], g: vec![rgb[1]], b: vec![rgb[2]] };
         rows.apply(op, 0.0);
         [rows.r[0], rows.g[0], rows.b[0]]
     }
@@ -936,44 +792,16 @@ mod tests {
     fn contrast_blends_with_global_grey_mean() {
         // Red and blue pixels: grey 0.2989 and 0.114, mean 0.20645.
         let rgb = [255, 0, 0, 0, 0, 255];
-        let out = run_ops(
-            &rgb,
-            2,
-            1,
-            &[JitterOp::Contrast(0.5)],
-            full(2),
-            full(1),
-            (2, 1),
-        );
+        let out = run_ops(&rgb, 2, 1, &[JitterOp::Contrast(0.5)], full(2), full(1), (2, 1));
         let (hi, lo) = (0.5 + 0.5 * 0.20645, 0.5 * 0.20645);
         assert_close(&px(&out, 2, 1, 0, 0), &[hi, lo, lo], TOL);
         assert_close(&px(&out, 2, 1, 1, 0), &[lo, lo, hi], TOL);
         // Strong contrast clamps both ways: 3·1 − 2·0.20645 > 1, −2·0.20645 < 0.
-        let out = run_ops(
-            &rgb,
-            2,
-            1,
-            &[JitterOp::Contrast(3.0)],
-            full(2),
-            full(1),
-            (2, 1),
-        );
+        let out = run_ops(&rgb, 2, 1, &[JitterOp::Contrast(3.0)], full(2), full(1), (2, 1));
         assert_close(&px(&out, 2, 1, 0, 0), &[1.0, 0.0, 0.0], TOL);
         // The mean is over the whole image even when the crop keeps only the red pixel.
-        let window = Span {
-            src: 0,
-            dst: 0,
-            len: 1,
-        };
-        let out = run_ops(
-            &rgb,
-            2,
-            1,
-            &[JitterOp::Contrast(0.5)],
-            window,
-            full(1),
-            (1, 1),
-        );
+        let window = Span { src: 0, dst: 0, len: 1 };
+        let out = run_ops(&rgb, 2, 1, &[JitterOp::Contrast(0.5)], window, full(1), (1, 1));
         assert_close(&out, &[hi, lo, lo], TOL);
     }
 
@@ -996,11 +824,7 @@ mod tests {
         let half = [0.5 + 0.5 * g, 0.1 + 0.5 * g, 0.5 * g];
         assert_close(&one_pixel(p, JitterOp::Saturation(0.5)), &half, TOL);
         // 2x − grey: 1.5837 → 1, −0.0163 → 0, −0.4163 → 0.
-        assert_close(
-            &one_pixel(p, JitterOp::Saturation(2.0)),
-            &[1.0, 0.0, 0.0],
-            TOL,
-        );
+        assert_close(&one_pixel(p, JitterOp::Saturation(2.0)), &[1.0, 0.0, 0.0], TOL);
         assert_close(&one_pixel(p, JitterOp::Saturation(1.0)), &p, TOL);
     }
 
@@ -1037,19 +861,12 @@ mod tests {
     fn normalisation_values() {
         let (w, h) = (5, 4);
         let rgb = noise_rgb(w, h, 3);
-        let params = AugmentParams {
-            mean: IMAGENET_MEAN,
-            std: IMAGENET_STD,
-            ..plain()
-        };
+        let params = AugmentParams { mean: IMAGENET_MEAN, std: IMAGENET_STD, ..plain() };
         let out = augment(&rgb, w as u32, h as u32, None, &params, &mut rng(0)).unwrap();
         assert_eq!((out.width, out.height), (w as u32, h as u32));
         for y in 0..h {
             for x in 0..w {
-                let expected: [f32; 3] = std::array::from_fn(|c| {
-                    (f32::from(rgb[3 * (y * w + x) + c]) / 255.0 - IMAGENET_MEAN[c])
-                        / IMAGENET_STD[c]
-                });
+                let expected: [f32; 3] = std::array::from_fn(|c| (f32::from(rgb[3 * (y * w + x) + c]) / 255.0 - IMAGENET_MEAN[c]) / IMAGENET_STD[c]);
                 assert_close(&px(&out.chw, w, h, x, y), &expected, 1e-6);
             }
         }
@@ -1066,10 +883,7 @@ mod tests {
     fn pads_small_image_at_random_offset() {
         let (w, h, crop) = (3usize, 2usize, 5usize);
         let (rgb, mask) = id_image(w, h);
-        let params = AugmentParams {
-            crop: crop as u32,
-            ..plain()
-        };
+        let params = AugmentParams { crop: crop as u32, ..plain() };
         let mut seen = std::collections::HashSet::new();
         for seed in 0..200 {
             let out = augment_seeded(&rgb, &mask, w, h, &params, seed);
@@ -1085,11 +899,7 @@ mod tests {
                     if inside {
                         let id = ((y - y0) * w + x - x0) as u8;
                         assert_eq!(m[y * crop + x], id);
-                        assert_close(
-                            &p,
-                            &[f32::from(id) / 255.0, 100.0 / 255.0, 200.0 / 255.0],
-                            1e-6,
-                        );
+                        assert_close(&p, &[f32::from(id) / 255.0, 100.0 / 255.0, 200.0 / 255.0], 1e-6);
                     } else {
                         assert_eq!(m[y * crop + x], 255);
                         assert_eq!(p, [0.0; 3]);
@@ -1097,21 +907,14 @@ mod tests {
                 }
             }
         }
-        assert_eq!(
-            seen.len(),
-            (crop - w + 1) * (crop - h + 1),
-            "every offset occurs"
-        );
+        assert_eq!(seen.len(), (crop - w + 1) * (crop - h + 1), "every offset occurs");
     }
 
     #[test]
     fn crops_large_image_at_random_window() {
         let (w, h, crop) = (6usize, 5usize, 3usize);
         let (rgb, mask) = id_image(w, h);
-        let params = AugmentParams {
-            crop: crop as u32,
-            ..plain()
-        };
+        let params = AugmentParams { crop: crop as u32, ..plain() };
         let mut seen = std::collections::HashSet::new();
         for seed in 0..200 {
             let out = augment_seeded(&rgb, &mask, w, h, &params, seed);
@@ -1123,11 +926,7 @@ mod tests {
                 for x in 0..crop {
                     let id = ((y0 + y) * w + x0 + x) as u8;
                     assert_eq!(m[y * crop + x], id);
-                    assert_close(
-                        &px(&out.chw, crop, crop, x, y)[..1],
-                        &[f32::from(id) / 255.0],
-                        1e-6,
-                    );
+                    assert_close(&px(&out.chw, crop, crop, x, y)[..1], &[f32::from(id) / 255.0], 1e-6);
                 }
             }
         }
@@ -1138,10 +937,7 @@ mod tests {
     fn crops_one_axis_and_pads_the_other() {
         let (w, h, crop) = (7usize, 2usize, 4usize);
         let (rgb, mask) = id_image(w, h);
-        let params = AugmentParams {
-            crop: crop as u32,
-            ..plain()
-        };
+        let params = AugmentParams { crop: crop as u32, ..plain() };
         for seed in 0..50 {
             let out = augment_seeded(&rgb, &mask, w, h, &params, seed);
             let m = out.mask.unwrap();
@@ -1159,20 +955,14 @@ mod tests {
 
     /// The colour of region `label` of the alignment test.
     fn region_colour(label: u8) -> [u8; 3] {
-        [
-            40 * (label % 4) + 20,
-            60 * (label / 4) + 30,
-            200 - 15 * label,
-        ]
+        [40 * (label % 4) + 20, 60 * (label / 4) + 30, 200 - 15 * label]
     }
 
     /// 500×375 image of 4×3 rectangular regions; the mask holds the region label.
     fn region_image() -> (Vec<u8>, Vec<u8>, u32, u32) {
         let (w, h) = (500u32, 375u32);
         let label = |x: u32, y: u32| (x * 4 / w + 4 * (y * 3 / h)) as u8;
-        let mask: Vec<u8> = (0..h)
-            .flat_map(|y| (0..w).map(move |x| label(x, y)))
-            .collect();
+        let mask: Vec<u8> = (0..h).flat_map(|y| (0..w).map(move |x| label(x, y))).collect();
         let rgb = mask.iter().flat_map(|&l| region_colour(l)).collect();
         (rgb, mask, w, h)
     }
@@ -1181,10 +971,7 @@ mod tests {
     fn image_and_mask_stay_aligned() {
         let (rgb, mask, w, h) = region_image();
         for filter in [ResizeFilter::Bilinear, ResizeFilter::Bicubic] {
-            let params = AugmentParams {
-                filter,
-                ..AugmentParams::default()
-            };
+            let params = AugmentParams { filter, ..AugmentParams::default() };
             for seed in 0..6 {
                 let out = augment(&rgb, w, h, Some(&mask), &params, &mut rng(seed)).unwrap();
                 let checked = check_alignment(&out, &params);
@@ -1203,14 +990,12 @@ mod tests {
         for y in r..h - r {
             for x in r..w - r {
                 let l = m[y * w + x];
-                let uniform =
-                    (y - r..=y + r).all(|yy| (x - r..=x + r).all(|xx| m[yy * w + xx] == l));
+                let uniform = (y - r..=y + r).all(|yy| (x - r..=x + r).all(|xx| m[yy * w + xx] == l));
                 if l == 255 || !uniform {
                     continue;
                 }
                 let p = px(&out.chw, w, h, x, y);
-                let rgb: [f32; 3] =
-                    std::array::from_fn(|c| (p[c] * params.std[c] + params.mean[c]) * 255.0);
+                let rgb: [f32; 3] = std::array::from_fn(|c| (p[c] * params.std[c] + params.mean[c]) * 255.0);
                 let expected = region_colour(l).map(f32::from);
                 assert_close(&rgb, &expected, 0.51);
                 checked += 1;
@@ -1220,15 +1005,7 @@ mod tests {
     }
 
     fn mirror_rgb(rgb: &[u8], w: usize) -> Vec<u8> {
-        rgb.chunks_exact(3 * w)
-            .flat_map(|row| {
-                row.chunks_exact(3)
-                    .rev()
-                    .flatten()
-                    .copied()
-                    .collect::<Vec<_>>()
-            })
-            .collect()
+        rgb.chunks_exact(3 * w).flat_map(|row| row.chunks_exact(3).rev().flatten().copied().collect::<Vec<_>>()).collect()
     }
 
     #[test]
@@ -1236,17 +1013,10 @@ mod tests {
         let (w, h) = (5usize, 3usize);
         let rgb = noise_rgb(w, h, 11);
         let mask: Vec<u8> = (0..(w * h) as u8).collect();
-        let params = AugmentParams {
-            hflip: true,
-            ..plain()
-        };
-        let unflipped =
-            augment(&rgb, w as u32, h as u32, Some(&mask), &plain(), &mut rng(0)).unwrap();
+        let params = AugmentParams { hflip: true, ..plain() };
+        let unflipped = augment(&rgb, w as u32, h as u32, Some(&mask), &plain(), &mut rng(0)).unwrap();
         let mirrored_rgb = mirror_rgb(&rgb, w);
-        let mirrored_mask: Vec<u8> = mask
-            .chunks_exact(w)
-            .flat_map(|r| r.iter().rev().copied())
-            .collect();
+        let mirrored_mask: Vec<u8> = mask.chunks_exact(w).flat_map(|r| r.iter().rev().copied()).collect();
         let (mut flips, mut keeps) = (0, 0);
         for seed in 0..40 {
             let out = augment_seeded(&rgb, &mask, w, h, &params, seed);
@@ -1257,20 +1027,10 @@ mod tests {
             flips += 1;
             assert_eq!(out.mask.as_deref(), Some(&mirrored_mask[..]));
             for (x, y) in (0..w).flat_map(|x| (0..h).map(move |y| (x, y))) {
-                assert_eq!(
-                    px(&out.chw, w, h, x, y),
-                    px(&unflipped.chw, w, h, w - 1 - x, y)
-                );
+                assert_eq!(px(&out.chw, w, h, x, y), px(&unflipped.chw, w, h, w - 1 - x, y));
             }
             // The same draw on the mirrored input flips it back.
-            let back = augment(
-                &mirrored_rgb,
-                w as u32,
-                h as u32,
-                Some(&mirrored_mask),
-                &params,
-                &mut rng(seed),
-            );
+            let back = augment(&mirrored_rgb, w as u32, h as u32, Some(&mirrored_mask), &params, &mut rng(seed));
             assert_eq!(back.unwrap(), unflipped);
         }
         assert!(flips > 5 && keeps > 5, "{flips} flips, {keeps} keeps");
@@ -1282,11 +1042,7 @@ mod tests {
         let w = 8usize;
         let mask: Vec<u8> = (0..w as u8).collect();
         let rgb: Vec<u8> = mask.iter().flat_map(|&m| [m, m, m]).collect();
-        let params = AugmentParams {
-            hflip: true,
-            crop: 3,
-            ..plain()
-        };
+        let params = AugmentParams { hflip: true, crop: 3, ..plain() };
         for seed in 0..40 {
             let out = augment(&rgb, w as u32, 1, Some(&mask), &params, &mut rng(seed)).unwrap();
             let m = out.mask.unwrap();
@@ -1319,10 +1075,7 @@ mod tests {
     #[test]
     fn random_resize_output_sizes() {
         let rgb = noise_rgb(50, 30, 1);
-        let params = AugmentParams {
-            resize_long: (20, 80),
-            ..plain()
-        };
+        let params = AugmentParams { resize_long: (20, 80), ..plain() };
         assert_eq!(params.output_size(50, 30), None);
         let mut longs = std::collections::HashSet::new();
         for seed in 0..100 {
@@ -1333,18 +1086,12 @@ mod tests {
             longs.insert(out.width);
         }
         assert!(longs.len() > 30);
-        let fixed = AugmentParams {
-            resize_long: (64, 64),
-            ..plain()
-        };
+        let fixed = AugmentParams { resize_long: (64, 64), ..plain() };
         assert_eq!(fixed.output_size(50, 30), Some((64, 38)));
         let out = augment(&rgb, 50, 30, None, &fixed, &mut rng(0)).unwrap();
         assert_eq!((out.width, out.height), (64, 38));
         assert_eq!(plain().output_size(50, 30), Some((50, 30)));
-        assert_eq!(
-            AugmentParams::default().output_size(50, 30),
-            Some((512, 512))
-        );
+        assert_eq!(AugmentParams::default().output_size(50, 30), Some((512, 512)));
     }
 
     #[test]
@@ -1352,27 +1099,14 @@ mod tests {
         let rgb = [10u8, 128, 250].repeat(6);
         let mask = [0u8, 1, 2, 3, 4, 5];
         // 6×1 → 3×1 (long side 3): nearest takes ⌊(i + ½)·2⌋ = 1, 3, 5.
-        let params = AugmentParams {
-            resize_long: (3, 3),
-            ..plain()
-        };
+        let params = AugmentParams { resize_long: (3, 3), ..plain() };
         let out = augment(&rgb, 6, 1, Some(&mask), &params, &mut rng(0)).unwrap();
         assert_eq!(out.mask.as_deref(), Some(&[1u8, 3, 5][..]));
-        assert_close(
-            &px(&out.chw, 3, 1, 1, 0),
-            &[10.0 / 255.0, 128.0 / 255.0, 250.0 / 255.0],
-            1e-6,
-        );
+        assert_close(&px(&out.chw, 3, 1, 1, 0), &[10.0 / 255.0, 128.0 / 255.0, 250.0 / 255.0], 1e-6);
         // 3×1 → 6×2 up: ⌊(i + ½)/2⌋ = 0, 0, 1, 1, 2, 2 on both rows.
-        let params = AugmentParams {
-            resize_long: (6, 6),
-            ..plain()
-        };
+        let params = AugmentParams { resize_long: (6, 6), ..plain() };
         let out = augment(&rgb[..9], 3, 1, Some(&mask[..3]), &params, &mut rng(0)).unwrap();
-        assert_eq!(
-            out.mask.as_deref(),
-            Some(&[0u8, 0, 1, 1, 2, 2].repeat(2)[..])
-        );
+        assert_eq!(out.mask.as_deref(), Some(&[0u8, 0, 1, 1, 2, 2].repeat(2)[..]));
     }
 
     #[test]
@@ -1382,88 +1116,29 @@ mod tests {
         let crop = AugmentParams { crop: 2, ..plain() };
         let mut r = rng(0);
         let err = augment(&rgb, 4, 3, Some(&mask[..11]), &plain(), &mut r).unwrap_err();
-        assert!(matches!(
-            err,
-            AugmentError::MaskSize {
-                expected: 12,
-                actual: 11
-            }
-        ));
+        assert!(matches!(err, AugmentError::MaskSize { expected: 12, actual: 11 }));
         let err = augment(&rgb[..35], 4, 3, None, &plain(), &mut r).unwrap_err();
-        assert!(matches!(
-            err,
-            AugmentError::ImageSize {
-                expected: 36,
-                actual: 35
-            }
-        ));
+        assert!(matches!(err, AugmentError::ImageSize { expected: 36, actual: 35 }));
         let err = augment(&[], 0, 3, None, &plain(), &mut r).unwrap_err();
         assert!(matches!(err, AugmentError::EmptyImage { .. }));
         let (mut chw, mut m) = (vec![0.0; 12], vec![0u8; 4]);
         let err = augment_into(&rgb, 4, 3, None, &crop, &mut r, &mut chw[..11], None).unwrap_err();
-        assert!(matches!(
-            err,
-            AugmentError::OutputSize {
-                expected: 12,
-                actual: 11
-            }
-        ));
-        let err = augment_into(
-            &rgb,
-            4,
-            3,
-            Some(&mask),
-            &crop,
-            &mut r,
-            &mut chw,
-            Some(&mut m[..3]),
-        )
-        .unwrap_err();
-        assert!(matches!(
-            err,
-            AugmentError::OutputMaskSize {
-                expected: 4,
-                actual: 3
-            }
-        ));
+        assert!(matches!(err, AugmentError::OutputSize { expected: 12, actual: 11 }));
+        let err = augment_into(&rgb, 4, 3, Some(&mask), &crop, &mut r, &mut chw, Some(&mut m[..3])).unwrap_err();
+        assert!(matches!(err, AugmentError::OutputMaskSize { expected: 4, actual: 3 }));
         let err = augment_into(&rgb, 4, 3, Some(&mask), &crop, &mut r, &mut chw, None).unwrap_err();
         assert!(matches!(err, AugmentError::MaskPresence));
-        let err =
-            augment_into(&rgb, 4, 3, None, &crop, &mut r, &mut chw, Some(&mut m)).unwrap_err();
+        let err = augment_into(&rgb, 4, 3, None, &crop, &mut r, &mut chw, Some(&mut m)).unwrap_err();
         assert!(matches!(err, AugmentError::MaskPresence));
-        let random = AugmentParams {
-            resize_long: (2, 5),
-            ..plain()
-        };
+        let random = AugmentParams { resize_long: (2, 5), ..plain() };
         let err = augment_into(&rgb, 4, 3, None, &random, &mut r, &mut chw, None).unwrap_err();
         assert!(matches!(err, AugmentError::UnknownOutputSize));
         let bad = [
-            AugmentParams {
-                resize_long: (5, 2),
-                ..plain()
-            },
-            AugmentParams {
-                resize_long: (0, 2),
-                ..plain()
-            },
-            AugmentParams {
-                std: [1.0, 0.0, 1.0],
-                ..plain()
-            },
-            AugmentParams {
-                jitter: ColorJitter {
-                    hue: 0.6,
-                    ..ColorJitter::default()
-                },
-                ..plain()
-            },
-            AugmentParams {
-                jitter: ColorJitter {
-                    brightness: -0.1,
-                    ..ColorJitter::default()
-                },
-                ..plain()
-            },
+            AugmentParams { resize_long: (5, 2), ..plain() },
+            AugmentParams { resize_long: (0, 2), ..plain() },
+            AugmentParams { std: [1.0, 0.0, 1.0], ..plain() },
+            AugmentParams { jitter: ColorJitter { hue: 0.6, ..ColorJitter::default() }, ..plain() },
+            AugmentParams { jitter: ColorJitter { brightness: -0.1, ..ColorJitter::default() }, ..plain() },
         ];
         for params in bad {
             let err = augment(&rgb, 4, 3, None, &params, &mut r).unwrap_err();
@@ -1471,35 +1146,17 @@ mod tests {
         }
         // Refused calls draw nothing.
         assert_eq!(r.random::<u64>(), rng(0).random::<u64>());
-        assert!(augment_into(
-            &rgb,
-            4,
-            3,
-            Some(&mask),
-            &crop,
-            &mut r,
-            &mut chw,
-            Some(&mut m)
-        )
-        .is_ok());
+        assert!(augment_into(&rgb, 4, 3, Some(&mask), &crop, &mut r, &mut chw, Some(&mut m)).is_ok());
     }
 
     fn jitter_all() -> ColorJitter {
-        ColorJitter {
-            brightness: 0.4,
-            contrast: 0.4,
-            saturation: 0.4,
-            hue: 0.1,
-        }
+        ColorJitter { brightness: 0.4, contrast: 0.4, saturation: 0.4, hue: 0.1 }
     }
 
     #[test]
     fn deterministic_for_a_seed() {
         let (rgb, mask, w, h) = region_image();
-        let params = AugmentParams {
-            jitter: jitter_all(),
-            ..AugmentParams::default()
-        };
+        let params = AugmentParams { jitter: jitter_all(), ..AugmentParams::default() };
         let a = augment(&rgb, w, h, Some(&mask), &params, &mut rng(5)).unwrap();
         let b = augment(&rgb, w, h, Some(&mask), &params, &mut rng(5)).unwrap();
         let bits = |v: &Augmented| v.chw.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
@@ -1510,21 +1167,8 @@ mod tests {
         // augment_into writes the same values as augment.
         let mut chw = vec![0.0; 3 * 512 * 512];
         let mut m = vec![0u8; 512 * 512];
-        augment_into(
-            &rgb,
-            w,
-            h,
-            Some(&mask),
-            &params,
-            &mut rng(5),
-            &mut chw,
-            Some(&mut m),
-        )
-        .unwrap();
-        assert_eq!(
-            chw.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
-            bits(&a)
-        );
+        augment_into(&rgb, w, h, Some(&mask), &params, &mut rng(5), &mut chw, Some(&mut m)).unwrap();
+        assert_eq!(chw.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), bits(&a));
         assert_eq!(Some(m), a.mask);
     }
 
@@ -1549,11 +1193,7 @@ mod tests {
         let i = (h * 6.0).floor();
         let f = h * 6.0 - i;
         let c = |x: f32| x.clamp(0.0, 1.0);
-        let (pp, q, t) = (
-            c(v * (1.0 - s)),
-            c(v * (1.0 - s * f)),
-            c(v * (1.0 - s * (1.0 - f))),
-        );
+        let (pp, q, t) = (c(v * (1.0 - s)), c(v * (1.0 - s * f)), c(v * (1.0 - s * (1.0 - f))));
         match i as i32 % 6 {
             0 => [v, t, pp],
             1 => [q, v, pp],
@@ -1569,8 +1209,7 @@ mod tests {
         let grey = |p: &[f32; 3]| 0.2989 * p[0] + 0.587 * p[1] + 0.114 * p[2];
         let blend = |a: f32, b: f32, f: f32| (f * a + (1.0 - f) * b).clamp(0.0, 1.0);
         for &k in order {
-            let mean = (pixels.iter().map(|p| f64::from(grey(p))).sum::<f64>()
-                / pixels.len() as f64) as f32;
+            let mean = (pixels.iter().map(|p| f64::from(grey(p))).sum::<f64>() / pixels.len() as f64) as f32;
             for p in pixels.iter_mut() {
                 let g = grey(p);
                 *p = match k {
@@ -1587,16 +1226,8 @@ mod tests {
     fn jitter_matches_reference_with_documented_draws() {
         let (w, h) = (13usize, 7usize);
         let rgb = noise_rgb(w, h, 2);
-        let j = ColorJitter {
-            brightness: 0.5,
-            contrast: 0.6,
-            saturation: 0.7,
-            hue: 0.3,
-        };
-        let params = AugmentParams {
-            jitter: j,
-            ..plain()
-        };
+        let j = ColorJitter { brightness: 0.5, contrast: 0.6, saturation: 0.7, hue: 0.3 };
+        let params = AugmentParams { jitter: j, ..plain() };
         let mut orders = std::collections::HashSet::new();
         for seed in 0..30 {
             let mut r = rng(seed);
@@ -1605,17 +1236,9 @@ mod tests {
             for i in (1..4).rev() {
                 order.swap(i, r.random_range(0..=i));
             }
-            let factors = [
-                r.random_range(0.5..=1.5f32),
-                r.random_range(0.4..=1.6f32),
-                r.random_range(0.3..=1.7f32),
-                r.random_range(-0.3..=0.3f32),
-            ];
+            let factors = [r.random_range(0.5..=1.5f32), r.random_range(0.4..=1.6f32), r.random_range(0.3..=1.7f32), r.random_range(-0.3..=0.3f32)];
             orders.insert(order);
-            let mut pixels: Vec<[f32; 3]> = rgb
-                .chunks_exact(3)
-                .map(|p| [p[0], p[1], p[2]].map(|v| f32::from(v) / 255.0))
-                .collect();
+            let mut pixels: Vec<[f32; 3]> = rgb.chunks_exact(3).map(|p| [p[0], p[1], p[2]].map(|v| f32::from(v) / 255.0)).collect();
             reference_jitter(&mut pixels, &order, factors);
             for (i, p) in pixels.iter().enumerate() {
                 assert_close(&px(&out.chw, w, h, i % w, i / w), p, 1e-4);
@@ -1626,20 +1249,11 @@ mod tests {
 
     #[test]
     fn disabled_jitter_ops_draw_nothing() {
-        let only_hue = ColorJitter {
-            hue: 0.2,
-            ..ColorJitter::default()
-        };
-        let params = AugmentParams {
-            jitter: only_hue,
-            ..plain()
-        };
+        let only_hue = ColorJitter { hue: 0.2, ..ColorJitter::default() };
+        let params = AugmentParams { jitter: only_hue, ..plain() };
         let plan = Plan::draw(4, 4, &params, &mut rng(9));
         let mut r = rng(9);
-        assert_eq!(
-            plan.jitter(),
-            &[JitterOp::Hue(r.random_range(-0.2..=0.2f32))]
-        );
+        assert_eq!(plan.jitter(), &[JitterOp::Hue(r.random_range(-0.2..=0.2f32))]);
         assert!(Plan::draw(4, 4, &plain(), &mut rng(9)).jitter().is_empty());
     }
 
@@ -1648,11 +1262,7 @@ mod tests {
     #[ignore]
     fn bench_typical() {
         let (rgb, mask, w, h) = region_image();
-        let rgb: Vec<u8> = rgb
-            .iter()
-            .zip(noise_rgb(500, 375, 4))
-            .map(|(a, b)| a / 2 + b / 2)
-            .collect();
+        let rgb: Vec<u8> = rgb.iter().zip(noise_rgb(500, 375, 4)).map(|(a, b)| a / 2 + b / 2).collect();
         let mut chw = vec![0.0; 3 * 512 * 512];
         let mut m = vec![0u8; 512 * 512];
         for (name, jitter, filter) in [
@@ -1660,28 +1270,14 @@ mod tests {
             ("bicubic", ColorJitter::default(), ResizeFilter::Bicubic),
             ("bilinear+jitter", jitter_all(), ResizeFilter::Bilinear),
         ] {
-            let params = AugmentParams {
-                jitter,
-                filter,
-                ..AugmentParams::default()
-            };
+            let params = AugmentParams { jitter, filter, ..AugmentParams::default() };
             let mut r = rng(1);
             // Best of 10 batches: the machine is shared, so the minimum is the stable figure.
             let per = (0..10)
                 .map(|_| {
                     let start = std::time::Instant::now();
                     for _ in 0..50 {
-                        augment_into(
-                            &rgb,
-                            w,
-                            h,
-                            Some(&mask),
-                            &params,
-                            &mut r,
-                            &mut chw,
-                            Some(&mut m),
-                        )
-                        .unwrap();
+                        augment_into(&rgb, w, h, Some(&mask), &params, &mut r, &mut chw, Some(&mut m)).unwrap();
                     }
                     start.elapsed().as_secs_f64() / 50.0 * 1e3
                 })

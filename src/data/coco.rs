@@ -13,8 +13,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use super::codec::{decode_rgb, encode_mask};
 use super::coco_mask::{semantic_mask, MaskAnnotation, Segmentation};
+use super::codec::{decode_rgb, encode_mask};
 use super::importer::{ImportSource, RowOutcome};
 use super::schema::ImageRow;
 use super::DataError;
@@ -80,8 +80,8 @@ impl CocoSource {
     /// Parses `annotations` (an `instances_*.json`); `images_dir` holds the files it names.
     pub fn open(annotations: &Path, images_dir: &Path, keep_unlabeled: bool) -> Result<CocoSource, DataError> {
         let bytes = std::fs::read(annotations).map_err(|e| DataError::io(annotations, e))?;
-        let file: InstancesFile = serde_json::from_slice(&bytes)
-            .map_err(|e| DataError::Invalid(format!("{}: not a COCO instances file: {e}", annotations.display())))?;
+        let file: InstancesFile =
+            serde_json::from_slice(&bytes).map_err(|e| DataError::Invalid(format!("{}: not a COCO instances file: {e}", annotations.display())))?;
         drop(bytes);
         if !images_dir.is_dir() {
             return Err(DataError::Invalid(format!("{}: no such image directory", images_dir.display())));
@@ -105,10 +105,7 @@ impl CocoSource {
             let slot = *slot_of.get(&ann.image_id).ok_or_else(|| DataError::Invalid(format!("{}: unknown image_id {}", name(), ann.image_id)))?;
             per_image[slot].push((class, ann));
         }
-        let split = annotations
-            .file_stem()
-            .map(|s| s.to_string_lossy().trim_start_matches("instances_").to_string())
-            .unwrap_or_default();
+        let split = annotations.file_stem().map(|s| s.to_string_lossy().trim_start_matches("instances_").to_string()).unwrap_or_default();
         let mut classes = vec!["background".to_string()];
         classes.extend(categories.into_iter().map(|c| c.name));
         Ok(CocoSource { annotations_path: annotations.into(), images_dir: images_dir.into(), split, classes, images: file.images, per_image, keep_unlabeled })

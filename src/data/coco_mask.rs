@@ -36,9 +36,7 @@ pub enum CocoMaskError {
         pixels: u64,
     },
     /// A compressed RLE string contains a byte outside pycocotools' alphabet.
-    #[error(
-        "compressed RLE string has byte {byte:#04x} at offset {offset}, outside the alphabet '0'..='o' (ASCII 48..=111)"
-    )]
+    #[error("compressed RLE string has byte {byte:#04x} at offset {offset}, outside the alphabet '0'..='o' (ASCII 48..=111)")]
     InvalidChar {
         /// Byte offset in the string.
         offset: usize,
@@ -86,9 +84,7 @@ pub enum CocoMaskError {
         value: f64,
     },
     /// COCO run lengths are 32-bit, so larger images cannot be encoded.
-    #[error(
-        "image {height}×{width} has more than 4294967295 pixels, too many for COCO's 32-bit runs"
-    )]
+    #[error("image {height}×{width} has more than 4294967295 pixels, too many for COCO's 32-bit runs")]
     ImageTooLarge {
         /// Image height.
         height: u32,
@@ -144,11 +140,7 @@ impl Rle {
     /// An RLE from uncompressed COCO counts; errors unless they sum to `height * width`.
     pub fn from_counts(height: u32, width: u32, counts: Vec<u32>) -> Result<Rle, CocoMaskError> {
         check_counts(height, width, &counts)?;
-        Ok(Rle {
-            height,
-            width,
-            counts,
-        })
+        Ok(Rle { height, width, counts })
     }
 
     /// An RLE from pycocotools' compressed string (`rleFrString`): each run is a signed value
@@ -181,8 +173,7 @@ impl Rle {
             if index > 2 {
                 value += i64::from(runs[index - 2]);
             }
-            let run =
-                u32::try_from(value).map_err(|_| CocoMaskError::RunOutOfRange { index, value })?;
+            let run = u32::try_from(value).map_err(|_| CocoMaskError::RunOutOfRange { index, value })?;
             runs.push(run);
             value = 0;
             groups = 0;
@@ -203,34 +194,19 @@ impl Rle {
             return Err(CocoMaskError::OddPolygon { len: xy.len() });
         }
         if xy.len() < 6 {
-            return Err(CocoMaskError::TooFewPoints {
-                points: xy.len() / 2,
-            });
+            return Err(CocoMaskError::TooFewPoints { points: xy.len() / 2 });
         }
-        if let Some((index, &value)) = xy
-            .iter()
-            .enumerate()
-            .find(|(_, v)| !(v.is_finite() && v.abs() <= MAX_COORD))
-        {
+        if let Some((index, &value)) = xy.iter().enumerate().find(|(_, v)| !(v.is_finite() && v.abs() <= MAX_COORD)) {
             return Err(CocoMaskError::BadCoordinate { index, value });
         }
         let pixels = pixel_count(height, width);
         // Run boundaries are u32 positions up to height * width.
-        let total =
-            u32::try_from(pixels).map_err(|_| CocoMaskError::ImageTooLarge { height, width })?;
+        let total = u32::try_from(pixels).map_err(|_| CocoMaskError::ImageTooLarge { height, width })?;
 
         // `(int)` in C truncates toward zero, as `as i32` does; the bound above keeps it in range.
-        let up: Vec<(i32, i32)> = xy
-            .chunks_exact(2)
-            .map(|p| ((SCALE * p[0] + 0.5) as i32, (SCALE * p[1] + 0.5) as i32))
-            .collect();
+        let up: Vec<(i32, i32)> = xy.chunks_exact(2).map(|p| ((SCALE * p[0] + 0.5) as i32, (SCALE * p[1] + 0.5) as i32)).collect();
 
-        let mut crossings = ColumnCrossings {
-            height,
-            width,
-            previous: None,
-            positions: Vec::new(),
-        };
+        let mut crossings = ColumnCrossings { height, width, previous: None, positions: Vec::new() };
         for (j, &start) in up.iter().enumerate() {
             let end = up[(j + 1) % up.len()];
             trace_edge(start, end, |u, v| crossings.visit(u, v));
@@ -265,21 +241,12 @@ impl Rle {
                 }
             }
         }
-        Ok(Rle {
-            height,
-            width,
-            counts,
-        })
+        Ok(Rle { height, width, counts })
     }
 
     /// Number of foreground pixels.
     pub fn area(&self) -> u64 {
-        self.counts
-            .iter()
-            .skip(1)
-            .step_by(2)
-            .map(|&c| u64::from(c))
-            .sum()
+        self.counts.iter().skip(1).step_by(2).map(|&c| u64::from(c)).sum()
     }
 
     /// Calls `paint(index)` for every foreground pixel, index = row-major y*width + x.
@@ -334,16 +301,10 @@ pub struct MaskAnnotation {
 ///
 /// Polygon segmentations follow [`Rle::from_polygon`], so a polygon with fewer than 3 points or
 /// an empty polygon list is an error; errors name the annotation's index.
-pub fn semantic_mask(
-    height: u32,
-    width: u32,
-    annotations: &[MaskAnnotation],
-) -> Result<Vec<u8>, CocoMaskError> {
-    let pixels = usize::try_from(pixel_count(height, width))
-        .map_err(|_| CocoMaskError::ImageTooLarge { height, width })?;
+pub fn semantic_mask(height: u32, width: u32, annotations: &[MaskAnnotation]) -> Result<Vec<u8>, CocoMaskError> {
+    let pixels = usize::try_from(pixel_count(height, width)).map_err(|_| CocoMaskError::ImageTooLarge { height, width })?;
     let mut mask = Vec::new();
-    mask.try_reserve_exact(pixels)
-        .map_err(|_| CocoMaskError::Allocation { height, width })?;
+    mask.try_reserve_exact(pixels).map_err(|_| CocoMaskError::Allocation { height, width })?;
     mask.resize(pixels, 0u8);
     // Painting crowd regions first and objects over them gives "crowd only where no object is"
     // without a second coverage buffer.
@@ -352,18 +313,9 @@ pub fn semantic_mask(
             if annotation.crowd != crowd_pass {
                 continue;
             }
-            let value = if annotation.crowd {
-                255
-            } else {
-                annotation.class_id
-            };
-            paint_segmentation(height, width, &annotation.segmentation, &mut |i| {
-                mask[i] = value
-            })
-            .map_err(|cause| CocoMaskError::Annotation {
-                index,
-                cause: Box::new(cause),
-            })?;
+            let value = if annotation.crowd { 255 } else { annotation.class_id };
+            paint_segmentation(height, width, &annotation.segmentation, &mut |i| mask[i] = value)
+                .map_err(|cause| CocoMaskError::Annotation { index, cause: Box::new(cause) })?;
         }
     }
     Ok(mask)
@@ -371,22 +323,12 @@ pub fn semantic_mask(
 
 /// Calls `paint` for every pixel of `segmentation` (a pixel may come twice for overlapping
 /// polygons, which painting makes a union, as pycocotools' `merge`).
-fn paint_segmentation(
-    height: u32,
-    width: u32,
-    segmentation: &Segmentation,
-    paint: &mut impl FnMut(usize),
-) -> Result<(), CocoMaskError> {
+fn paint_segmentation(height: u32, width: u32, segmentation: &Segmentation, paint: &mut impl FnMut(usize)) -> Result<(), CocoMaskError> {
     let check_size = |rle_height: u32, rle_width: u32| {
         if (rle_height, rle_width) == (height, width) {
             Ok(())
         } else {
-            Err(CocoMaskError::SizeMismatch {
-                rle_height,
-                rle_width,
-                height,
-                width,
-            })
+            Err(CocoMaskError::SizeMismatch { rle_height, rle_width, height, width })
         }
     };
     match segmentation {
@@ -398,20 +340,12 @@ fn paint_segmentation(
                 Rle::from_polygon(height, width, polygon)?.for_each_pixel(&mut *paint);
             }
         }
-        Segmentation::Counts {
-            height: h,
-            width: w,
-            counts,
-        } => {
+        Segmentation::Counts { height: h, width: w, counts } => {
             check_size(*h, *w)?;
             check_counts(height, width, counts)?;
             paint_runs(height, width, counts, paint);
         }
-        Segmentation::Compressed {
-            height: h,
-            width: w,
-            counts,
-        } => {
+        Segmentation::Compressed { height: h, width: w, counts } => {
             check_size(*h, *w)?;
             Rle::from_compressed(height, width, counts)?.for_each_pixel(&mut *paint);
         }
@@ -431,12 +365,7 @@ fn check_counts(height: u32, width: u32, counts: &[u32]) -> Result<(), CocoMaskE
     if sum == pixels {
         Ok(())
     } else {
-        Err(CocoMaskError::CountsSum {
-            sum,
-            height,
-            width,
-            pixels,
-        })
+        Err(CocoMaskError::CountsSum { sum, height, width, pixels })
     }
 }
 
@@ -483,11 +412,7 @@ fn trace_edge(start: (i32, i32), end: (i32, i32), mut emit: impl FnMut(i32, i32)
     if dx >= dy {
         // For a zero-length edge C computes 0/0; that single point's v is never read because
         // its u equals its neighbours', so any finite slope gives the same mask.
-        let s = if dx == 0 {
-            0.0
-        } else {
-            f64::from(ye - ys) / f64::from(dx)
-        };
+        let s = if dx == 0 { 0.0 } else { f64::from(ye - ys) / f64::from(dx) };
         for d in 0..=dx {
             let t = if flip { dx - d } else { d };
             emit(t + xs, (f64::from(ys) + s * f64::from(t) + 0.5) as i32);
@@ -552,9 +477,7 @@ mod tests {
 
     /// Parses a literal picture, one string per row, '1' foreground.
     fn picture(rows: &[&str]) -> Vec<u8> {
-        rows.iter()
-            .flat_map(|r| r.bytes().map(|b| u8::from(b == b'1')))
-            .collect()
+        rows.iter().flat_map(|r| r.bytes().map(|b| u8::from(b == b'1'))).collect()
     }
 
     #[test]
@@ -623,104 +546,35 @@ mod tests {
     #[test]
     fn counts_that_do_not_cover_the_mask_are_errors() {
         let err = Rle::from_counts(3, 4, vec![2, 3, 4]).unwrap_err();
-        assert_eq!(
-            err,
-            CocoMaskError::CountsSum {
-                sum: 9,
-                height: 3,
-                width: 4,
-                pixels: 12
-            }
-        );
-        assert_eq!(
-            err.to_string(),
-            "RLE counts sum to 9 but the mask has 3×4 = 12 pixels"
-        );
-        assert!(matches!(
-            Rle::from_counts(3, 4, vec![2, 3, 4, 4]),
-            Err(CocoMaskError::CountsSum { sum: 13, .. })
-        ));
+        assert_eq!(err, CocoMaskError::CountsSum { sum: 9, height: 3, width: 4, pixels: 12 });
+        assert_eq!(err.to_string(), "RLE counts sum to 9 but the mask has 3×4 = 12 pixels");
+        assert!(matches!(Rle::from_counts(3, 4, vec![2, 3, 4, 4]), Err(CocoMaskError::CountsSum { sum: 13, .. })));
         // Valid string, wrong size.
-        assert!(matches!(
-            Rle::from_compressed(10, 9, "X125`1N"),
-            Err(CocoMaskError::CountsSum {
-                sum: 100,
-                pixels: 90,
-                ..
-            })
-        ));
+        assert!(matches!(Rle::from_compressed(10, 9, "X125`1N"), Err(CocoMaskError::CountsSum { sum: 100, pixels: 90, .. })));
     }
 
     #[test]
     fn malformed_compressed_strings_are_errors() {
-        assert_eq!(
-            Rle::from_compressed(2, 2, "0 4"),
-            Err(CocoMaskError::InvalidChar {
-                offset: 1,
-                byte: b' '
-            })
-        );
+        assert_eq!(Rle::from_compressed(2, 2, "0 4"), Err(CocoMaskError::InvalidChar { offset: 1, byte: b' ' }));
         // 'X' carries the continuation bit, and nothing follows.
-        assert_eq!(
-            Rle::from_compressed(2, 2, "1X"),
-            Err(CocoMaskError::TruncatedString { index: 1 })
-        );
+        assert_eq!(Rle::from_compressed(2, 2, "1X"), Err(CocoMaskError::TruncatedString { index: 1 }));
         // Eight continued groups.
-        assert_eq!(
-            Rle::from_compressed(2, 2, "PPPPPPPP0"),
-            Err(CocoMaskError::ValueTooLong { index: 0 })
-        );
+        assert_eq!(Rle::from_compressed(2, 2, "PPPPPPPP0"), Err(CocoMaskError::ValueTooLong { index: 0 }));
         // A first run of -1 ('O').
-        assert_eq!(
-            Rle::from_compressed(2, 2, "O"),
-            Err(CocoMaskError::RunOutOfRange {
-                index: 0,
-                value: -1
-            })
-        );
+        assert_eq!(Rle::from_compressed(2, 2, "O"), Err(CocoMaskError::RunOutOfRange { index: 0, value: -1 }));
         // The third run is still absolute: -2 ('N').
-        assert_eq!(
-            Rle::from_compressed(2, 2, "11N"),
-            Err(CocoMaskError::RunOutOfRange {
-                index: 2,
-                value: -2
-            })
-        );
+        assert_eq!(Rle::from_compressed(2, 2, "11N"), Err(CocoMaskError::RunOutOfRange { index: 2, value: -2 }));
         // The fourth is a delta: 1 + -2 = -1.
-        assert_eq!(
-            Rle::from_compressed(2, 2, "111N"),
-            Err(CocoMaskError::RunOutOfRange {
-                index: 3,
-                value: -1
-            })
-        );
+        assert_eq!(Rle::from_compressed(2, 2, "111N"), Err(CocoMaskError::RunOutOfRange { index: 3, value: -1 }));
     }
 
     #[test]
     fn malformed_polygons_are_errors() {
-        assert_eq!(
-            Rle::from_polygon(4, 4, &[0.0, 0.0, 2.0, 0.0, 2.0]),
-            Err(CocoMaskError::OddPolygon { len: 5 })
-        );
-        assert_eq!(
-            Rle::from_polygon(4, 4, &[0.0, 0.0, 2.0, 2.0]),
-            Err(CocoMaskError::TooFewPoints { points: 2 })
-        );
-        assert!(matches!(
-            Rle::from_polygon(4, 4, &[0.0, 0.0, 2.0, f64::NAN, 1.0, 1.0]),
-            Err(CocoMaskError::BadCoordinate { index: 3, .. })
-        ));
-        assert!(matches!(
-            Rle::from_polygon(4, 4, &[0.0, 0.0, 2.0e9, 0.0, 1.0, 1.0]),
-            Err(CocoMaskError::BadCoordinate { index: 2, .. })
-        ));
-        assert_eq!(
-            Rle::from_polygon(70_000, 70_000, &[0.0, 0.0, 2.0, 0.0, 1.0, 1.0]),
-            Err(CocoMaskError::ImageTooLarge {
-                height: 70_000,
-                width: 70_000
-            })
-        );
+        assert_eq!(Rle::from_polygon(4, 4, &[0.0, 0.0, 2.0, 0.0, 2.0]), Err(CocoMaskError::OddPolygon { len: 5 }));
+        assert_eq!(Rle::from_polygon(4, 4, &[0.0, 0.0, 2.0, 2.0]), Err(CocoMaskError::TooFewPoints { points: 2 }));
+        assert!(matches!(Rle::from_polygon(4, 4, &[0.0, 0.0, 2.0, f64::NAN, 1.0, 1.0]), Err(CocoMaskError::BadCoordinate { index: 3, .. })));
+        assert!(matches!(Rle::from_polygon(4, 4, &[0.0, 0.0, 2.0e9, 0.0, 1.0, 1.0]), Err(CocoMaskError::BadCoordinate { index: 2, .. })));
+        assert_eq!(Rle::from_polygon(70_000, 70_000, &[0.0, 0.0, 2.0, 0.0, 1.0, 1.0]), Err(CocoMaskError::ImageTooLarge { height: 70_000, width: 70_000 }));
     }
 
     #[test]
@@ -732,17 +586,9 @@ mod tests {
         let rle = Rle::from_polygon(0, 0, &[0.0, 0.0, 2.0, 0.0, 1.0, 1.0]).unwrap();
         assert_eq!(rle.counts, vec![0]);
         // Hand-built RLEs with too many pixels paint only inside the mask.
-        let bad = Rle {
-            height: 2,
-            width: 2,
-            counts: vec![1, 10],
-        };
+        let bad = Rle { height: 2, width: 2, counts: vec![1, 10] };
         assert_eq!(decode(&bad), picture(&["01", "11"]));
-        let empty = Rle {
-            height: 0,
-            width: 5,
-            counts: vec![0, 4],
-        };
+        let empty = Rle { height: 0, width: 5, counts: vec![0, 4] };
         empty.for_each_pixel(|_| panic!("no pixel expected"));
     }
 
@@ -755,37 +601,13 @@ mod tests {
     fn semantic_mask_paints_in_order_and_crowds_only_where_free() {
         let annotations = [
             // Class 3 on x 0..=2, y 0..=1.
-            MaskAnnotation {
-                class_id: 3,
-                crowd: false,
-                segmentation: rectangle(0.0, 0.0, 3.0, 2.0),
-            },
+            MaskAnnotation { class_id: 3, crowd: false, segmentation: rectangle(0.0, 0.0, 3.0, 2.0) },
             // Class 7 on x 2..=3, y 1..=2: column-major positions 9, 10, 13, 14; wins over class 3 at (2,1).
-            MaskAnnotation {
-                class_id: 7,
-                crowd: false,
-                segmentation: Segmentation::Counts {
-                    height: 4,
-                    width: 5,
-                    counts: vec![9, 2, 2, 2, 5],
-                },
-            },
+            MaskAnnotation { class_id: 7, crowd: false, segmentation: Segmentation::Counts { height: 4, width: 5, counts: vec![9, 2, 2, 2, 5] } },
             // Crowd on positions 14..=19: (3,2), (3,3) and all of x=4; "14, 6" is ">6".
-            MaskAnnotation {
-                class_id: 9,
-                crowd: true,
-                segmentation: Segmentation::Compressed {
-                    height: 4,
-                    width: 5,
-                    counts: ">6".to_string(),
-                },
-            },
+            MaskAnnotation { class_id: 9, crowd: true, segmentation: Segmentation::Compressed { height: 4, width: 5, counts: ">6".to_string() } },
             // Class 2 on (4,0), listed after the crowd yet drawn over it.
-            MaskAnnotation {
-                class_id: 2,
-                crowd: false,
-                segmentation: rectangle(4.0, 0.0, 5.0, 1.0),
-            },
+            MaskAnnotation { class_id: 2, crowd: false, segmentation: rectangle(4.0, 0.0, 5.0, 1.0) },
         ];
         let mask = semantic_mask(4, 5, &annotations).unwrap();
         #[rustfmt::skip]
@@ -806,10 +628,7 @@ mod tests {
         let annotations = [MaskAnnotation {
             class_id: 4,
             crowd: false,
-            segmentation: Segmentation::Polygons(vec![
-                vec![0.0, 0.0, 2.0, 0.0, 2.0, 1.0, 0.0, 1.0],
-                vec![1.0, 0.0, 3.0, 0.0, 3.0, 2.0, 1.0, 2.0],
-            ]),
+            segmentation: Segmentation::Polygons(vec![vec![0.0, 0.0, 2.0, 0.0, 2.0, 1.0, 0.0, 1.0], vec![1.0, 0.0, 3.0, 0.0, 3.0, 2.0, 1.0, 2.0]]),
         }];
         let mask = semantic_mask(2, 3, &annotations).unwrap();
         assert_eq!(mask, vec![4, 4, 4, 0, 4, 4]);
@@ -818,31 +637,12 @@ mod tests {
     #[test]
     fn semantic_mask_rejects_mismatched_sizes_and_names_the_annotation() {
         let annotations = [
-            MaskAnnotation {
-                class_id: 1,
-                crowd: false,
-                segmentation: rectangle(0.0, 0.0, 1.0, 1.0),
-            },
-            MaskAnnotation {
-                class_id: 1,
-                crowd: true,
-                segmentation: Segmentation::Counts {
-                    height: 5,
-                    width: 4,
-                    counts: vec![20],
-                },
-            },
+            MaskAnnotation { class_id: 1, crowd: false, segmentation: rectangle(0.0, 0.0, 1.0, 1.0) },
+            MaskAnnotation { class_id: 1, crowd: true, segmentation: Segmentation::Counts { height: 5, width: 4, counts: vec![20] } },
         ];
         let err = semantic_mask(4, 5, &annotations).unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "annotation #1: RLE is 5×4 (height×width) but the image is 4×5"
-        );
-        let empty = [MaskAnnotation {
-            class_id: 1,
-            crowd: false,
-            segmentation: Segmentation::Polygons(vec![]),
-        }];
+        assert_eq!(err.to_string(), "annotation #1: RLE is 5×4 (height×width) but the image is 4×5");
+        let empty = [MaskAnnotation { class_id: 1, crowd: false, segmentation: Segmentation::Polygons(vec![]) }];
         assert!(matches!(
             semantic_mask(4, 5, &empty),
             Err(CocoMaskError::Annotation { index: 0, cause }) if *cause == CocoMaskError::NoPolygons
@@ -854,10 +654,7 @@ mod tests {
 
     impl Lcg {
         fn next(&mut self) -> u32 {
-            self.0 = self
-                .0
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
+            self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
             (self.0 >> 32) as u32
         }
         /// Uniform in `lo..=hi`.
@@ -884,11 +681,7 @@ mod tests {
     /// Random runs covering `height * width`, alternating 0s and 1s, first run possibly empty.
     fn random_counts(rng: &mut Lcg, height: u32, width: u32) -> Vec<u32> {
         let total = height * width;
-        let mut counts = vec![if rng.range(0, 2) == 0 {
-            0
-        } else {
-            rng.range(1, total / 4)
-        }];
+        let mut counts = vec![if rng.range(0, 2) == 0 { 0 } else { rng.range(1, total / 4) }];
         let mut used = counts[0];
         while used < total {
             let longest = rng.range(1, total / 3).min(total - used);
@@ -900,15 +693,11 @@ mod tests {
     }
 
     fn python() -> std::path::PathBuf {
-        let bundled =
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".deps/pyenv/bin/python");
+        let bundled = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".deps/pyenv/bin/python");
         match std::env::var_os("WSSS_TEST_PYTHON") {
             Some(p) => std::path::PathBuf::from(p),
             None if bundled.exists() => bundled,
-            None => panic!(
-                "pycocotools cross-check needs Python: set WSSS_TEST_PYTHON or create {} (scripts/setup.sh)",
-                bundled.display()
-            ),
+            None => panic!("pycocotools cross-check needs Python: set WSSS_TEST_PYTHON or create {} (scripts/setup.sh)", bundled.display()),
         }
     }
 
@@ -958,22 +747,12 @@ json.dump(out, sys.stdout)
         let writer = std::thread::spawn(move || stdin.write_all(body.as_bytes()));
         let output = child.wait_with_output().unwrap();
         writer.join().unwrap().unwrap();
-        assert!(
-            output.status.success(),
-            "pycocotools script failed ({}): {}",
-            output.status,
-            String::from_utf8_lossy(&output.stderr)
-        );
+        assert!(output.status.success(), "pycocotools script failed ({}): {}", output.status, String::from_utf8_lossy(&output.stderr));
         serde_json::from_slice(&output.stdout).unwrap()
     }
 
     fn json_mask(value: &serde_json::Value) -> Vec<u8> {
-        value
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_u64().unwrap() as u8)
-            .collect()
+        value.as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u8).collect()
     }
 
     #[test]
@@ -1008,53 +787,30 @@ json.dump(out, sys.stdout)
             "rles": rle_cases.iter().map(|(h, w, c)| serde_json::json!({"height": h, "width": w, "counts": c})).collect::<Vec<_>>(),
         });
         let reply = run_pycocotools(&request);
-        assert_eq!(
-            reply["polygons"].as_array().unwrap().len(),
-            polygon_cases.len()
-        );
+        assert_eq!(reply["polygons"].as_array().unwrap().len(), polygon_cases.len());
         assert_eq!(reply["rles"].as_array().unwrap().len(), rle_cases.len());
 
         let mut foreground = 0;
-        for (case, ((height, width, polygons), expected)) in polygon_cases
-            .iter()
-            .zip(reply["polygons"].as_array().unwrap())
-            .enumerate()
-        {
+        for (case, ((height, width, polygons), expected)) in polygon_cases.iter().zip(reply["polygons"].as_array().unwrap()).enumerate() {
             let mut union = vec![0u8; (height * width) as usize];
             for (polygon, string) in polygons.iter().zip(expected["strings"].as_array().unwrap()) {
                 let ours = Rle::from_polygon(*height, *width, polygon).unwrap();
-                let theirs =
-                    Rle::from_compressed(*height, *width, string.as_str().unwrap()).unwrap();
-                assert_eq!(
-                    ours.counts, theirs.counts,
-                    "polygon case {case}: {polygon:?}"
-                );
+                let theirs = Rle::from_compressed(*height, *width, string.as_str().unwrap()).unwrap();
+                assert_eq!(ours.counts, theirs.counts, "polygon case {case}: {polygon:?}");
                 ours.for_each_pixel(|i| union[i] = 1);
             }
-            assert_eq!(
-                union,
-                json_mask(&expected["mask"]),
-                "polygon case {case}: merged mask"
-            );
+            assert_eq!(union, json_mask(&expected["mask"]), "polygon case {case}: merged mask");
             foreground += union.iter().filter(|&&p| p == 1).count();
         }
         // Guard against a vacuous comparison of empty masks.
-        assert!(
-            foreground > 1000,
-            "random polygons covered only {foreground} pixels"
-        );
+        assert!(foreground > 1000, "random polygons covered only {foreground} pixels");
 
-        for (case, ((height, width, counts), expected)) in rle_cases
-            .iter()
-            .zip(reply["rles"].as_array().unwrap())
-            .enumerate()
-        {
+        for (case, ((height, width, counts), expected)) in rle_cases.iter().zip(reply["rles"].as_array().unwrap()).enumerate() {
             let ours = Rle::from_counts(*height, *width, counts.clone()).unwrap();
             let mask = json_mask(&expected["mask"]);
             assert_eq!(decode(&ours), mask, "RLE case {case}: decoded mask");
             for key in ["string", "encoded"] {
-                let parsed =
-                    Rle::from_compressed(*height, *width, expected[key].as_str().unwrap()).unwrap();
+                let parsed = Rle::from_compressed(*height, *width, expected[key].as_str().unwrap()).unwrap();
                 assert_eq!(&parsed.counts, counts, "RLE case {case}: {key}");
             }
         }

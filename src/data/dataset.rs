@@ -156,16 +156,8 @@ mod tests {
         let mut all = Vec::new();
         let mut shards = Vec::new();
         for (s, n) in [3usize, 0, 4].into_iter().enumerate() {
-            let rows: Vec<ImageRow> = (0..n)
-                .map(|i| ImageRow {
-                    id: format!("s{s}r{i}"),
-                    image: vec![s as u8, i as u8],
-                    width: 1,
-                    height: 1,
-                    labels: vec![1],
-                    mask: None,
-                })
-                .collect();
+            let rows: Vec<ImageRow> =
+                (0..n).map(|i| ImageRow { id: format!("s{s}r{i}"), image: vec![s as u8, i as u8], width: 1, height: 1, labels: vec![1], mask: None }).collect();
             shards.push(write_shard(&dir.join(shard_file_name(s)), &rows, ShardLayout::default()).unwrap());
             all.extend(rows);
         }

@@ -114,7 +114,8 @@ fn write_all(source: &dyn ImportSource, staging: &Path, options: ImportOptions, 
         shards.push(info);
     }
     let rows = shards.iter().map(|s| s.rows).sum();
-    let manifest = Manifest { format_version: FORMAT_VERSION, kind: DatasetKind::Images, split: source.split(), classes, rows, shards, source: source.describe() };
+    let manifest =
+        Manifest { format_version: FORMAT_VERSION, kind: DatasetKind::Images, split: source.split(), classes, rows, shards, source: source.describe() };
     manifest.write(staging)?;
     Ok(ImportSummary { rows, shards: manifest.shards.len(), bytes, skipped })
 }

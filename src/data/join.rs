@@ -39,7 +39,11 @@ pub fn join_by_id(images: &Dataset<ImageRow>, labels: &Dataset<PseudoRow>) -> Re
             rows.push(label_start + row);
         }
         if let Some(id) = position.keys().min() {
-            return Err(DataError::Invalid(format!("pseudo-label id {id} (shard {file} of {}) has no image in {}", labels.dir().display(), images.dir().display())));
+            return Err(DataError::Invalid(format!(
+                "pseudo-label id {id} (shard {file} of {}) has no image in {}",
+                labels.dir().display(),
+                images.dir().display()
+            )));
         }
         label_start += label_ids.len();
     }
@@ -55,19 +59,34 @@ mod tests {
 
     fn write<R: ShardRow>(dir: &Path, kind: DatasetKind, shards: &[Vec<R>]) {
         std::fs::create_dir_all(dir).unwrap();
-        let infos: Vec<_> = shards.iter().enumerate().map(|(k, rows)| write_shard(&dir.join(shard_file_name(k)), rows, ShardLayout::default()).unwrap()).collect();
+        let infos: Vec<_> =
+            shards.iter().enumerate().map(|(k, rows)| write_shard(&dir.join(shard_file_name(k)), rows, ShardLayout::default()).unwrap()).collect();
         let rows = shards.iter().map(|s| s.len() as u64).sum();
-        Manifest { format_version: FORMAT_VERSION, kind, split: "train".into(), classes: vec!["background".into(), "a".into()], rows, shards: infos, source: "test".into() }.write(dir).unwrap();
+        Manifest {
+            format_version: FORMAT_VERSION,
+            kind,
+            split: "train".into(),
+            classes: vec!["background".into(), "a".into()],
+            rows,
+            shards: infos,
+            source: "test".into(),
+        }
+        .write(dir)
+        .unwrap();
     }
 
     fn images(dir: &Path, shards: &[&[&str]]) -> Dataset {
-        let rows: Vec<Vec<ImageRow>> = shards.iter().map(|ids| ids.iter().map(|id| ImageRow { id: id.to_string(), image: vec![1], width: 1, height: 1, labels: vec![1], mask: None }).collect()).collect();
+        let rows: Vec<Vec<ImageRow>> = shards
+            .iter()
+            .map(|ids| ids.iter().map(|id| ImageRow { id: id.to_string(), image: vec![1], width: 1, height: 1, labels: vec![1], mask: None }).collect())
+            .collect();
         write(dir, DatasetKind::Images, &rows);
         Dataset::open(dir).unwrap()
     }
 
     fn labels(dir: &Path, shards: &[&[&str]]) -> Dataset<PseudoRow> {
-        let rows: Vec<Vec<PseudoRow>> = shards.iter().map(|ids| ids.iter().map(|id| PseudoRow { id: id.to_string(), mask: vec![2], method: "threshold".into() }).collect()).collect();
+        let rows: Vec<Vec<PseudoRow>> =
+            shards.iter().map(|ids| ids.iter().map(|id| PseudoRow { id: id.to_string(), mask: vec![2], method: "threshold".into() }).collect()).collect();
         write(dir, DatasetKind::PseudoLabels, &rows);
         Dataset::open_as(dir).unwrap()
     }

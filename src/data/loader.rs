@@ -97,7 +97,14 @@ impl Loader {
             return Err(DataError::Invalid(format!("sampler covers {} rows, dataset has {}", sampler.len, dataset.len())));
         }
         let num_classes = dataset.manifest().num_classes() as usize;
-        Ok(Loader { dataset, sampler, spec: LoaderSpec { threads: spec.threads.max(1), prefetch: spec.prefetch.max(1), ..spec }, crop, num_classes, masks: None })
+        Ok(Loader {
+            dataset,
+            sampler,
+            spec: LoaderSpec { threads: spec.threads.max(1), prefetch: spec.prefetch.max(1), ..spec },
+            crop,
+            num_classes,
+            masks: None,
+        })
     }
 
     /// Batches carry the masks of `labels` (a pseudo-label dataset of the same images; `rows`
@@ -235,8 +242,7 @@ impl BatchJob {
             }
         };
         let mut rng = ChaCha8Rng::seed_from_u64(mix_seed(&[self.spec.seed, self.cursor.epoch, index as u64]));
-        augment_into(&rgb.pixels, rgb.width, rgb.height, decoded_mask.as_deref(), &self.spec.augment, &mut rng, image, mask)
-            .map_err(|e| e.to_string())
+        augment_into(&rgb.pixels, rgb.width, rgb.height, decoded_mask.as_deref(), &self.spec.augment, &mut rng, image, mask).map_err(|e| e.to_string())
     }
 }
 

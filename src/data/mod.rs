@@ -2,9 +2,9 @@
 //! Library code: returns [`DataError`]s that name the file, shard, row or image id; never prints.
 
 pub mod augment;
-pub mod codec;
 pub mod coco;
 pub mod coco_mask;
+pub mod codec;
 pub mod dataset;
 pub mod importer;
 pub mod integrity;

@@ -5,8 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, ArrayRef, AsArray, BinaryArray, BinaryBuilder, Float32Builder, ListArray, ListBuilder, RecordBatch,
-    StringArray, UInt16Builder, UInt32Array,
+    Array, ArrayRef, AsArray, BinaryArray, BinaryBuilder, Float32Builder, ListArray, ListBuilder, RecordBatch, StringArray, UInt16Builder, UInt32Array,
 };
 use arrow::datatypes::{ArrowPrimitiveType, DataType, Field, Float32Type, Schema, SchemaRef, UInt16Type};
 use serde::{Deserialize, Serialize};
@@ -117,8 +116,7 @@ impl Manifest {
             std::io::ErrorKind::NotFound => DataError::MissingManifest { dir: dir.into() },
             _ => DataError::io(&path, e),
         })?;
-        let manifest: Manifest = serde_json::from_str(&text)
-            .map_err(|e| DataError::BadManifest { path: path.clone(), message: e.to_string() })?;
+        let manifest: Manifest = serde_json::from_str(&text).map_err(|e| DataError::BadManifest { path: path.clone(), message: e.to_string() })?;
         manifest.check(&path)?;
         Ok(manifest)
     }
@@ -445,10 +443,7 @@ fn foreign(file: &Path, message: String) -> DataError {
 
 fn column<'a, T: 'static>(batch: &'a RecordBatch, name: &str, file: &Path) -> Result<&'a T, DataError> {
     let array = batch.column_by_name(name).ok_or_else(|| foreign(file, format!("no column `{name}`")))?;
-    array
-        .as_any()
-        .downcast_ref::<T>()
-        .ok_or_else(|| foreign(file, format!("column `{name}` has type {:?}, not the one wsss-dist writes", array.data_type())))
+    array.as_any().downcast_ref::<T>().ok_or_else(|| foreign(file, format!("column `{name}` has type {:?}, not the one wsss-dist writes", array.data_type())))
 }
 
 /// A list column whose items are the primitive type `T`, checked once.
@@ -476,14 +471,7 @@ mod tests {
     use super::*;
 
     fn row(id: &str, labels: &[u16], mask: Option<&[u8]>) -> ImageRow {
-        ImageRow {
-            id: id.into(),
-            image: vec![1, 2, 3, id.len() as u8],
-            width: 7,
-            height: 5,
-            labels: labels.to_vec(),
-            mask: mask.map(<[u8]>::to_vec),
-        }
+        ImageRow { id: id.into(), image: vec![1, 2, 3, id.len() as u8], width: 7, height: 5, labels: labels.to_vec(), mask: mask.map(<[u8]>::to_vec) }
     }
 
     #[test]
@@ -525,7 +513,12 @@ mod tests {
     fn class_ids_must_be_in_range_and_unique() {
         assert!(row("a", &[1, 3], None).check(3).is_ok());
         assert!(row("a", &[], None).check(3).is_ok());
-        for (labels, expected) in [(&[0u16][..], "class id 0 out of range 1..=3"), (&[99], "class id 99 out of range 1..=3"), (&[1, 1], "not sorted and unique"), (&[2, 1], "not sorted and unique")] {
+        for (labels, expected) in [
+            (&[0u16][..], "class id 0 out of range 1..=3"),
+            (&[99], "class id 99 out of range 1..=3"),
+            (&[1, 1], "not sorted and unique"),
+            (&[2, 1], "not sorted and unique"),
+        ] {
             let err = row("a", labels, None).check(3).unwrap_err();
             assert!(err.starts_with("labels: ") && err.contains(expected), "{labels:?}: {err}");
         }
@@ -536,7 +529,14 @@ mod tests {
     /// A CAM holding NaN or infinity (f16 0x7e00, 0x7c00) or a non-finite score is refused.
     #[test]
     fn cam_rows_must_be_finite() {
-        let finite = CamRow { id: "a".into(), classes: vec![1], scores: vec![0.5], cam: [0x3c00u16, 0x0000, 0xfbff, 0x0001].iter().flat_map(|v| v.to_le_bytes()).collect(), height: 8, width: 8 };
+        let finite = CamRow {
+            id: "a".into(),
+            classes: vec![1],
+            scores: vec![0.5],
+            cam: [0x3c00u16, 0x0000, 0xfbff, 0x0001].iter().flat_map(|v| v.to_le_bytes()).collect(),
+            height: 8,
+            width: 8,
+        };
         assert!(finite.check(1).is_ok(), "1, 0, -65504 and a subnormal are finite");
         for bits in [0x7e00u16, 0x7c00, 0xfc00] {
             let mut cam = finite.clone();

@@ -5,10 +5,8 @@ use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
-use parquet::arrow::arrow_reader::{
-    ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder, RowSelection, RowSelector,
-};
 use arrow::array::AsArray;
+use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder, RowSelection, RowSelector};
 use parquet::arrow::{ArrowWriter, ProjectionMask};
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::metadata::PageIndexPolicy;
@@ -39,8 +37,7 @@ pub fn shard_file_name(index: usize) -> String {
 }
 
 fn writer_properties<R: ShardRow>(layout: ShardLayout) -> Result<WriterProperties, DataError> {
-    let zstd = ZstdLevel::try_new(layout.zstd_level)
-        .map_err(|e| DataError::Invalid(format!("zstd level {}: {e}", layout.zstd_level)))?;
+    let zstd = ZstdLevel::try_new(layout.zstd_level).map_err(|e| DataError::Invalid(format!("zstd level {}: {e}", layout.zstd_level)))?;
     let mut builder = WriterProperties::builder()
         .set_compression(Compression::ZSTD(zstd))
         .set_max_row_group_row_count(Some(layout.rows_per_group.max(1)))
@@ -121,8 +118,7 @@ impl<R: ShardRow> ShardReader<R> {
     pub fn open(path: &Path) -> Result<ShardReader<R>, DataError> {
         let file = File::open(path).map_err(|e| DataError::io(path, e))?;
         let options = ArrowReaderOptions::new().with_offset_index_policy(PageIndexPolicy::Optional);
-        let metadata = ArrowReaderMetadata::load(&file, options)
-            .map_err(|source| DataError::Parquet { path: path.into(), source })?;
+        let metadata = ArrowReaderMetadata::load(&file, options).map_err(|source| DataError::Parquet { path: path.into(), source })?;
         let expected = R::schema();
         let found = metadata.schema();
         for field in expected.fields() {
@@ -183,7 +179,10 @@ impl<R: ShardRow> ShardReader<R> {
         let mut ids = Vec::with_capacity(self.num_rows());
         for batch in reader {
             let batch = batch.map_err(|e| DataError::Parquet { path: self.path.clone(), source: e.into() })?;
-            let column = batch.column(0).as_string_opt::<i32>().ok_or_else(|| DataError::ForeignShard { path: self.path.clone(), message: "column `id` is not a string".into() })?;
+            let column = batch
+                .column(0)
+                .as_string_opt::<i32>()
+                .ok_or_else(|| DataError::ForeignShard { path: self.path.clone(), message: "column `id` is not a string".into() })?;
             ids.extend(column.iter().map(|id| id.unwrap_or_default().to_string()));
         }
         Ok(ids)
@@ -199,9 +198,7 @@ impl<R: ShardRow> ShardReader<R> {
         let mut wanted: Vec<usize> = positions.to_vec();
         wanted.sort_unstable();
         wanted.dedup();
-        let rows = self.collect(
-            self.builder()?.with_row_selection(selection_of(&wanted, total)).with_batch_size(wanted.len().max(1)),
-        )?;
+        let rows = self.collect(self.builder()?.with_row_selection(selection_of(&wanted, total)).with_batch_size(wanted.len().max(1)))?;
         Ok(positions.iter().map(|p| rows[wanted.binary_search(p).expect("was selected")].clone()).collect())
     }
 }

@@ -120,8 +120,8 @@ pub fn dataset_stats(dataset: &Dataset) -> Result<DatasetStats, DataError> {
                     t.width = (row.width, row.width as u64, row.width);
                     t.height = (row.height, row.height as u64, row.height);
                     if let Some(bytes) = &row.mask {
-                        let (_, _, ids) = decode_mask(bytes)
-                            .map_err(|message| DataError::BadImage { what: format!("{} id {}", path.display(), row.id), message })?;
+                        let (_, _, ids) =
+                            decode_mask(bytes).map_err(|message| DataError::BadImage { what: format!("{} id {}", path.display(), row.id), message })?;
                         t.rows_with_mask = 1;
                         t.mask_pixels = ids.len() as u64;
                         for v in ids {

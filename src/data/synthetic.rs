@@ -18,9 +18,9 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use super::codec::{encode_mask, encode_rgb_png};
-use crate::rounding::floor;
 use super::importer::{ImportSource, RowOutcome};
 use super::{DataError, ImageRow};
+use crate::rounding::floor;
 
 /// Most classes the generator has distinct marks and context textures for.
 pub const MAX_CLASSES: u16 = 20;
@@ -156,51 +156,16 @@ impl SyntheticParams {
         check_int("classes", self.classes.into(), 1, MAX_CLASSES.into())?;
         check_int("size", self.size, SIZE_RANGE.0, SIZE_RANGE.1)?;
         check_int("min_objects", self.min_objects, 1, MAX_OBJECTS)?;
-        check_int(
-            "max_objects",
-            self.max_objects,
-            self.min_objects,
-            MAX_OBJECTS,
-        )?;
+        check_int("max_objects", self.max_objects, self.min_objects, MAX_OBJECTS)?;
         check_f32("context_prob", self.context_prob, 0.0, 1.0)?;
-        check_f32(
-            "min_object_scale",
-            self.min_object_scale,
-            SCALE_RANGE.0,
-            SCALE_RANGE.1,
-        )?;
-        check_f32(
-            "max_object_scale",
-            self.max_object_scale,
-            self.min_object_scale,
-            SCALE_RANGE.1,
-        )?;
+        check_f32("min_object_scale", self.min_object_scale, SCALE_RANGE.0, SCALE_RANGE.1)?;
+        check_f32("max_object_scale", self.max_object_scale, self.min_object_scale, SCALE_RANGE.1)?;
         let (lo, hi) = MARK_FRACTION_RANGE;
         check_f32("min_mark_fraction", self.min_mark_fraction, lo, hi)?;
-        check_f32(
-            "max_mark_fraction",
-            self.max_mark_fraction,
-            self.min_mark_fraction,
-            hi,
-        )?;
-        check_f32(
-            "max_overlap",
-            self.max_overlap,
-            OVERLAP_RANGE.0,
-            OVERLAP_RANGE.1,
-        )?;
-        check_f32(
-            "min_contrast",
-            self.min_contrast,
-            CONTRAST_RANGE.0,
-            CONTRAST_RANGE.1,
-        )?;
-        check_f32(
-            "body_texture",
-            self.body_texture,
-            BODY_TEXTURE_RANGE.0,
-            BODY_TEXTURE_RANGE.1,
-        )?;
+        check_f32("max_mark_fraction", self.max_mark_fraction, self.min_mark_fraction, hi)?;
+        check_f32("max_overlap", self.max_overlap, OVERLAP_RANGE.0, OVERLAP_RANGE.1)?;
+        check_f32("min_contrast", self.min_contrast, CONTRAST_RANGE.0, CONTRAST_RANGE.1)?;
+        check_f32("body_texture", self.body_texture, BODY_TEXTURE_RANGE.0, BODY_TEXTURE_RANGE.1)?;
         check_f32("noise", self.noise, NOISE_RANGE.0, NOISE_RANGE.1)
     }
 
@@ -208,12 +173,7 @@ impl SyntheticParams {
     fn sanitized(&self) -> SyntheticParams {
         let d = SyntheticParams::default();
         let min_objects = self.min_objects.clamp(1, MAX_OBJECTS);
-        let min_scale = clamp_f32(
-            self.min_object_scale,
-            SCALE_RANGE.0,
-            SCALE_RANGE.1,
-            d.min_object_scale,
-        );
+        let min_scale = clamp_f32(self.min_object_scale, SCALE_RANGE.0, SCALE_RANGE.1, d.min_object_scale);
         let (mlo, mhi) = MARK_FRACTION_RANGE;
         let min_mark = clamp_f32(self.min_mark_fraction, mlo, mhi, d.min_mark_fraction);
         SyntheticParams {
@@ -223,37 +183,12 @@ impl SyntheticParams {
             max_objects: self.max_objects.clamp(min_objects, MAX_OBJECTS),
             context_prob: clamp_f32(self.context_prob, 0.0, 1.0, d.context_prob),
             min_object_scale: min_scale,
-            max_object_scale: clamp_f32(
-                self.max_object_scale,
-                min_scale,
-                SCALE_RANGE.1,
-                d.max_object_scale,
-            ),
+            max_object_scale: clamp_f32(self.max_object_scale, min_scale, SCALE_RANGE.1, d.max_object_scale),
             min_mark_fraction: min_mark,
-            max_mark_fraction: clamp_f32(
-                self.max_mark_fraction,
-                min_mark,
-                mhi,
-                d.max_mark_fraction,
-            ),
-            max_overlap: clamp_f32(
-                self.max_overlap,
-                OVERLAP_RANGE.0,
-                OVERLAP_RANGE.1,
-                d.max_overlap,
-            ),
-            min_contrast: clamp_f32(
-                self.min_contrast,
-                CONTRAST_RANGE.0,
-                CONTRAST_RANGE.1,
-                d.min_contrast,
-            ),
-            body_texture: clamp_f32(
-                self.body_texture,
-                BODY_TEXTURE_RANGE.0,
-                BODY_TEXTURE_RANGE.1,
-                d.body_texture,
-            ),
+            max_mark_fraction: clamp_f32(self.max_mark_fraction, min_mark, mhi, d.max_mark_fraction),
+            max_overlap: clamp_f32(self.max_overlap, OVERLAP_RANGE.0, OVERLAP_RANGE.1, d.max_overlap),
+            min_contrast: clamp_f32(self.min_contrast, CONTRAST_RANGE.0, CONTRAST_RANGE.1, d.min_contrast),
+            body_texture: clamp_f32(self.body_texture, BODY_TEXTURE_RANGE.0, BODY_TEXTURE_RANGE.1, d.body_texture),
             noise: clamp_f32(self.noise, NOISE_RANGE.0, NOISE_RANGE.1, d.noise),
         }
     }
@@ -281,12 +216,7 @@ const MARK_PAIRS: [(&str, [f32; 3], &str, [f32; 3]); 5] = [
     ("red", [220.0, 30.0, 40.0], "white", [245.0, 245.0, 240.0]),
     ("blue", [30.0, 70.0, 225.0], "yellow", [250.0, 215.0, 30.0]),
     ("green", [20.0, 170.0, 70.0], "black", [15.0, 15.0, 20.0]),
-    (
-        "magenta",
-        [205.0, 40.0, 200.0],
-        "cyan",
-        [40.0, 215.0, 225.0],
-    ),
+    ("magenta", [205.0, 40.0, 200.0], "cyan", [40.0, 215.0, 225.0]),
     ("orange", [250.0, 135.0, 20.0], "navy", [25.0, 25.0, 120.0]),
 ];
 const MARK_PATTERNS: [&str; 4] = ["checker", "stripes", "rings", "cross"];
@@ -383,7 +313,6 @@ enum TextureKind {
     Dots,
 }
 
-
 /// Triangle wave with period 1: 1 at integers, 0 half-way between.
 fn tri(u: f32) -> f32 {
     (2.0 * (u - floor(u)) - 1.0).abs()
@@ -420,13 +349,7 @@ struct Texture {
 
 impl Texture {
     fn new(id: usize, size: u32, rng: &mut ChaCha8Rng) -> Texture {
-        let kind = [
-            TextureKind::Stripes,
-            TextureKind::Checker,
-            TextureKind::Waves,
-            TextureKind::Blotches,
-            TextureKind::Dots,
-        ][id % 5];
+        let kind = [TextureKind::Stripes, TextureKind::Checker, TextureKind::Waves, TextureKind::Blotches, TextureKind::Dots][id % 5];
         // Textures of one kind differ in orientation and a little in period as well as colour.
         let period = KIND_PERIODS[id % 5] * (1.0 + 0.1 * (id / 5) as f32) * size as f32;
         let m = TEXTURE_MEANS[id];
@@ -462,9 +385,7 @@ impl Texture {
                 (i & 1) as f32
             }
             TextureKind::Waves => 0.5 * (tri(u + self.phase[0]) + tri(0.7 * v + self.phase[1])),
-            TextureKind::Blotches => {
-                value_noise(&self.grid, self.grid_w, x * self.freq, y * self.freq)
-            }
+            TextureKind::Blotches => value_noise(&self.grid, self.grid_w, x * self.freq, y * self.freq),
             TextureKind::Dots => {
                 let fu = u + self.phase[0] - floor(u + self.phase[0]) - 0.5;
                 let fv = v + self.phase[1] - floor(v + self.phase[1]) - 0.5;
@@ -520,11 +441,7 @@ impl Shape {
         match rng.random_range(0..3u32) {
             0 => {
                 let aspect: f32 = rng.random_range(1.0..=1.7);
-                Shape::Ellipse {
-                    a: radius,
-                    b: radius / aspect,
-                    rot: random_half_turn(rng),
-                }
+                Shape::Ellipse { a: radius, b: radius / aspect, rot: random_half_turn(rng) }
             }
             1 => {
                 let aspect: f32 = rng.random_range(1.0..=1.7);
@@ -532,12 +449,7 @@ impl Shape {
                 // Sized so the farthest point (on a corner arc) is exactly `radius` away.
                 let hy = radius / ((sq(aspect - k) + sq(1.0 - k)).sqrt() + k);
                 let corner = k * hy;
-                Shape::RoundedRect {
-                    hx: aspect * hy,
-                    hy,
-                    corner,
-                    rot: random_half_turn(rng),
-                }
+                Shape::RoundedRect { hx: aspect * hy, hy, corner, rot: random_half_turn(rng) }
             }
             _ => {
                 let mut cos = [0.0; 3];
@@ -547,11 +459,7 @@ impl Shape {
                     sin[k] = rng.random_range(-0.045..=0.045f32);
                 }
                 let wobble: f32 = cos.iter().chain(&sin).map(|c| c.abs()).sum();
-                Shape::Blob {
-                    r0: radius / (1.0 + wobble),
-                    cos,
-                    sin,
-                }
+                Shape::Blob { r0: radius / (1.0 + wobble), cos, sin }
             }
         }
     }
@@ -562,12 +470,7 @@ impl Shape {
                 let (u, v) = ((dx * c + dy * s) / a, (dy * c - dx * s) / b);
                 u * u + v * v <= 1.0
             }
-            Shape::RoundedRect {
-                hx,
-                hy,
-                corner,
-                rot: [c, s],
-            } => {
+            Shape::RoundedRect { hx, hy, corner, rot: [c, s] } => {
                 let qx = ((dx * c + dy * s).abs() - (hx - corner)).max(0.0);
                 let qy = ((dy * c - dx * s).abs() - (hy - corner)).max(0.0);
                 qx * qx + qy * qy <= corner * corner
@@ -583,12 +486,7 @@ impl Shape {
                 let (c2, s2) = (c1 * c1 - s1 * s1, 2.0 * c1 * s1);
                 let (c3, s3) = (c2 * c1 - s2 * s1, c2 * s1 + s2 * c1);
                 let (c4, s4) = (c2 * c2 - s2 * s2, 2.0 * c2 * s2);
-                let wobble = cos[0] * c2
-                    + sin[0] * s2
-                    + cos[1] * c3
-                    + sin[1] * s3
-                    + cos[2] * c4
-                    + sin[2] * s4;
+                let wobble = cos[0] * c2 + sin[0] * s2 + cos[1] * c3 + sin[1] * s3 + cos[2] * c4 + sin[2] * s4;
                 d <= r0 * (1.0 + wobble)
             }
         }
@@ -606,10 +504,8 @@ impl Raster {
     fn new(shape: &Shape, radius: f32) -> Raster {
         let half = radius.ceil() as i32;
         let side = (2 * half + 1) as u32;
-        let inside: Vec<bool> = (-half..=half)
-            .flat_map(|dy| (-half..=half).map(move |dx| (dx as f32, dy as f32)))
-            .map(|(dx, dy)| shape.contains(dx, dy))
-            .collect();
+        let inside: Vec<bool> =
+            (-half..=half).flat_map(|dy| (-half..=half).map(move |dx| (dx as f32, dy as f32))).map(|(dx, dy)| shape.contains(dx, dy)).collect();
         let area = inside.iter().filter(|&&b| b).count() as u32;
         Raster { side, inside, area }
     }
@@ -622,9 +518,7 @@ impl Raster {
     /// Whether every pixel within sqrt(r2) of (cx, cy) is inside the shape.
     fn disk_inside(&self, cx: i32, cy: i32, r2: f32) -> bool {
         let r = r2.sqrt() as i32;
-        (-r..=r).all(|dy| {
-            (-r..=r).all(|dx| (dx * dx + dy * dy) as f32 > r2 || self.at(cx + dx, cy + dy))
-        })
+        (-r..=r).all(|dy| (-r..=r).all(|dx| (dx * dx + dy * dy) as f32 > r2 || self.at(cx + dx, cy + dy)))
     }
 }
 
@@ -700,10 +594,7 @@ fn place_objects(p: &SyntheticParams, rng: &mut ChaCha8Rng) -> (Vec<Placed>, Vec
                     x0,
                     y0,
                     radius,
-                    centre: [
-                        (x0 + raster.side / 2) as f32 + 0.5,
-                        (y0 + raster.side / 2) as f32 + 0.5,
-                    ],
+                    centre: [(x0 + raster.side / 2) as f32 + 0.5, (y0 + raster.side / 2) as f32 + 0.5],
                     mark_x: x0 + mx as u32,
                     mark_y: y0 + my as u32,
                     mark_r2,
@@ -736,15 +627,7 @@ fn place_mark(raster: &Raster, mark_r2: u32, rng: &mut ChaCha8Rng) -> (i32, i32)
 
 /// Whether a raster at (x0, y0) keeps clear of earlier marks and overlaps each earlier
 /// object by at most `max_overlap` of the smaller area.
-fn fits(
-    p: &SyntheticParams,
-    raster: &Raster,
-    x0: u32,
-    y0: u32,
-    placed: &[Placed],
-    owner: &[u8],
-    guarded: &[bool],
-) -> bool {
+fn fits(p: &SyntheticParams, raster: &Raster, x0: u32, y0: u32, placed: &[Placed], owner: &[u8], guarded: &[bool]) -> bool {
     let mut shared = [0u32; MAX_OBJECTS as usize];
     let s = raster.side as usize;
     for (j, row) in raster.inside.chunks_exact(s).enumerate() {
@@ -758,10 +641,7 @@ fn fits(
             }
         }
     }
-    placed
-        .iter()
-        .zip(shared)
-        .all(|(o, n)| n as f32 <= p.max_overlap * raster.area.min(o.raster.area) as f32)
+    placed.iter().zip(shared).all(|(o, n)| n as f32 <= p.max_overlap * raster.area.min(o.raster.area) as f32)
 }
 
 /// Writes a placed object into the owner map (on top of earlier ones) and guards its mark.
@@ -824,9 +704,7 @@ impl Body {
     fn colour(&self, x: f32, y: f32) -> [f32; 3] {
         let (dx, dy) = (x - self.centre[0], y - self.centre[1]);
         let t = match self.kind {
-            BodyKind::Shading => {
-                ((dx * self.dir[0] + dy * self.dir[1]) * self.inv_radius).clamp(-1.0, 1.0)
-            }
+            BodyKind::Shading => ((dx * self.dir[0] + dy * self.dir[1]) * self.inv_radius).clamp(-1.0, 1.0),
             BodyKind::Stripes => 2.0 * tri((dx * self.dir[0] + dy * self.dir[1]) * self.freq) - 1.0,
             BodyKind::Blotches => {
                 // Map the enclosing disk onto grid coordinates 0..=3 (clamped for safety at the rim).
@@ -852,34 +730,21 @@ fn distance(a: [f32; 3], b: [f32; 3]) -> f32 {
 /// MARK_CLEARANCE from every mark colour of every class (a class-independent rule, so that
 /// marks stand out without the body hinting at its class). Keeps the best draw if none
 /// qualifies.
-fn body_colours(
-    p: &SyntheticParams,
-    objs: &[Placed],
-    bg: &Texture,
-    rng: &mut ChaCha8Rng,
-) -> Vec<[f32; 3]> {
+fn body_colours(p: &SyntheticParams, objs: &[Placed], bg: &Texture, rng: &mut ChaCha8Rng) -> Vec<[f32; 3]> {
     let (lo, hi) = BODY_CHANNEL_RANGE;
     let mut bases: Vec<[f32; 3]> = Vec::with_capacity(objs.len());
     for (k, obj) in objs.iter().enumerate() {
         let mut refs = vec![bg.a, bg.b];
         for (j, other) in objs[..k].iter().enumerate() {
-            let d =
-                (sq(obj.centre[0] - other.centre[0]) + sq(obj.centre[1] - other.centre[1])).sqrt();
+            let d = (sq(obj.centre[0] - other.centre[0]) + sq(obj.centre[1] - other.centre[1])).sqrt();
             if d < obj.radius + other.radius + 2.0 {
                 refs.push(bases[j]);
             }
         }
         // Slack of a colour: how far it clears the tighter of the two requirements.
         let slack = |c: [f32; 3]| {
-            let near = refs
-                .iter()
-                .map(|&r| distance(c, r))
-                .fold(f32::INFINITY, f32::min);
-            let mark = MARK_PAIRS
-                .iter()
-                .flat_map(|&(_, a, _, b)| [a, b])
-                .map(|m| distance(c, m))
-                .fold(f32::INFINITY, f32::min);
+            let near = refs.iter().map(|&r| distance(c, r)).fold(f32::INFINITY, f32::min);
+            let mark = MARK_PAIRS.iter().flat_map(|&(_, a, _, b)| [a, b]).map(|m| distance(c, m)).fold(f32::INFINITY, f32::min);
             (near - p.min_contrast).min(mark - MARK_CLEARANCE)
         };
         let mut best = ([0.0; 3], f32::NEG_INFINITY);
@@ -899,8 +764,7 @@ fn body_colours(
 }
 
 fn random_body(p: &SyntheticParams, obj: &Placed, base: [f32; 3], rng: &mut ChaCha8Rng) -> Body {
-    let kind = [BodyKind::Shading, BodyKind::Stripes, BodyKind::Blotches]
-        [rng.random_range(0..3u32) as usize];
+    let kind = [BodyKind::Shading, BodyKind::Stripes, BodyKind::Blotches][rng.random_range(0..3u32) as usize];
     // Second-tone direction: a random point of the cube's surface, normalised.
     let mut v: [f32; 3] = [0; 3].map(|_| rng.random_range(-1.0..=1.0));
     v[rng.random_range(0..3u32) as usize] = if rng.random_bool(0.5) { 1.0 } else { -1.0 };
@@ -962,19 +826,8 @@ fn compose(p: &SyntheticParams, seed: u64, index: u64) -> Layout {
     };
     let texture = Texture::new(background.texture_id(), p.size, &mut rng);
     let bases = body_colours(p, &objects, &texture, &mut rng);
-    let bodies = objects
-        .iter()
-        .zip(bases)
-        .map(|(o, base)| random_body(p, o, base, &mut rng))
-        .collect();
-    Layout {
-        objects,
-        bodies,
-        owner,
-        background,
-        texture,
-        noise_seed: rng.random(),
-    }
+    let bodies = objects.iter().zip(bases).map(|(o, base)| random_body(p, o, base, &mut rng)).collect();
+    Layout { objects, bodies, owner, background, texture, noise_seed: rng.random() }
 }
 
 /// SplitMix64 finaliser: per-pixel noise bits far cheaper than drawing them from ChaCha.
@@ -1033,16 +886,8 @@ fn render(p: &SyntheticParams, layout: &Layout) -> SyntheticSample {
             rgb[3 * i + c] = (colour[c] + tri * noise_scale + 0.5).clamp(0.0, 255.0) as u8;
         }
     }
-    let labels = (1..=MAX_CLASSES)
-        .filter(|&c| present[usize::from(c)])
-        .collect();
-    SyntheticSample {
-        width: size,
-        height: size,
-        rgb,
-        mask,
-        labels,
-    }
+    let labels = (1..=MAX_CLASSES).filter(|&c| present[usize::from(c)]).collect();
+    SyntheticSample { width: size, height: size, rgb, mask, labels }
 }
 
 /// Generates image `index` of the dataset with `seed`.
@@ -1134,133 +979,24 @@ mod tests {
         assert_eq!(SyntheticParams::default().validate(), Ok(()));
         let d = SyntheticParams::default();
         let cases: Vec<(&str, SyntheticParams)> = vec![
-            (
-                "classes",
-                SyntheticParams {
-                    classes: 0,
-                    ..d.clone()
-                },
-            ),
-            (
-                "classes",
-                SyntheticParams {
-                    classes: 21,
-                    ..d.clone()
-                },
-            ),
-            (
-                "size",
-                SyntheticParams {
-                    size: 31,
-                    ..d.clone()
-                },
-            ),
-            (
-                "size",
-                SyntheticParams {
-                    size: 1025,
-                    ..d.clone()
-                },
-            ),
-            (
-                "min_objects",
-                SyntheticParams {
-                    min_objects: 0,
-                    ..d.clone()
-                },
-            ),
-            (
-                "max_objects",
-                SyntheticParams {
-                    min_objects: 3,
-                    max_objects: 2,
-                    ..d.clone()
-                },
-            ),
-            (
-                "max_objects",
-                SyntheticParams {
-                    max_objects: 9,
-                    ..d.clone()
-                },
-            ),
-            (
-                "context_prob",
-                SyntheticParams {
-                    context_prob: 1.5,
-                    ..d.clone()
-                },
-            ),
-            (
-                "context_prob",
-                SyntheticParams {
-                    context_prob: f32::NAN,
-                    ..d.clone()
-                },
-            ),
-            (
-                "min_object_scale",
-                SyntheticParams {
-                    min_object_scale: 0.05,
-                    ..d.clone()
-                },
-            ),
-            (
-                "max_object_scale",
-                SyntheticParams {
-                    max_object_scale: 0.2,
-                    ..d.clone()
-                },
-            ),
-            (
-                "max_object_scale",
-                SyntheticParams {
-                    max_object_scale: 0.9,
-                    ..d.clone()
-                },
-            ),
-            (
-                "min_mark_fraction",
-                SyntheticParams {
-                    min_mark_fraction: 0.0,
-                    ..d.clone()
-                },
-            ),
-            (
-                "max_mark_fraction",
-                SyntheticParams {
-                    max_mark_fraction: 0.05,
-                    ..d.clone()
-                },
-            ),
-            (
-                "max_overlap",
-                SyntheticParams {
-                    max_overlap: -0.1,
-                    ..d.clone()
-                },
-            ),
-            (
-                "min_contrast",
-                SyntheticParams {
-                    min_contrast: 200.0,
-                    ..d.clone()
-                },
-            ),
-            (
-                "body_texture",
-                SyntheticParams {
-                    body_texture: 50.0,
-                    ..d.clone()
-                },
-            ),
-            (
-                "noise",
-                SyntheticParams {
-                    noise: f32::INFINITY,
-                    ..d.clone()
-                },
-            ),
+            ("classes", SyntheticParams { classes: 0, ..d.clone() }),
+            ("classes", SyntheticParams { classes: 21, ..d.clone() }),
+            ("size", SyntheticParams { size: 31, ..d.clone() }),
+            ("size", SyntheticParams { size: 1025, ..d.clone() }),
+            ("min_objects", SyntheticParams { min_objects: 0, ..d.clone() }),
+            ("max_objects", SyntheticParams { min_objects: 3, max_objects: 2, ..d.clone() }),
+            ("max_objects", SyntheticParams { max_objects: 9, ..d.clone() }),
+            ("context_prob", SyntheticParams { context_prob: 1.5, ..d.clone() }),
+            ("context_prob", SyntheticParams { context_prob: f32::NAN, ..d.clone() }),
+            ("min_object_scale", SyntheticParams { min_object_scale: 0.05, ..d.clone() }),
+            ("max_object_scale", SyntheticParams { max_object_scale: 0.2, ..d.clone() }),
+            ("max_object_scale", SyntheticParams { max_object_scale: 0.9, ..d.clone() }),
+            ("min_mark_fraction", SyntheticParams { min_mark_fraction: 0.0, ..d.clone() }),
+            ("max_mark_fraction", SyntheticParams { max_mark_fraction: 0.05, ..d.clone() }),
+            ("max_overlap", SyntheticParams { max_overlap: -0.1, ..d.clone() }),
+            ("min_contrast", SyntheticParams { min_contrast: 200.0, ..d.clone() }),
+            ("body_texture", SyntheticParams { body_texture: 50.0, ..d.clone() }),
+            ("noise", SyntheticParams { noise: f32::INFINITY, ..d.clone() }),
         ];
         for (field, p) in cases {
             let err = p.validate().expect_err(field);
@@ -1313,9 +1049,7 @@ mod tests {
         let a = generate(&p, 42, 7);
         assert_eq!(a, generate(&p, 42, 7));
         let p2 = p.clone();
-        let b = std::thread::spawn(move || generate(&p2, 42, 7))
-            .join()
-            .unwrap();
+        let b = std::thread::spawn(move || generate(&p2, 42, 7)).join().unwrap();
         assert_eq!(a, b);
         assert_ne!(a.rgb, generate(&p, 42, 8).rgb);
         assert_ne!(a.rgb, generate(&p, 43, 7).rgb);
@@ -1344,22 +1078,14 @@ mod tests {
     #[test]
     fn labels_are_the_classes_in_the_mask() {
         for classes in [1u16, 6, 20] {
-            let p = SyntheticParams {
-                classes,
-                ..Default::default()
-            };
+            let p = SyntheticParams { classes, ..Default::default() };
             for i in 0..300 {
                 let layout = compose(&p, 5, i);
                 let s = render(&p, &layout);
                 assert_eq!(s.labels, classes_in(&s.mask), "image {i}");
-                assert!(
-                    !s.labels.is_empty() && s.labels.iter().all(|&c| (1..=classes).contains(&c))
-                );
+                assert!(!s.labels.is_empty() && s.labels.iter().all(|&c| (1..=classes).contains(&c)));
                 let n = layout.objects.len() as u32;
-                assert!(
-                    (p.min_objects..=p.max_objects).contains(&n),
-                    "image {i}: {n} objects"
-                );
+                assert!((p.min_objects..=p.max_objects).contains(&n), "image {i}: {n} objects");
                 // Every object stays visible, so its class is labelled.
                 assert!(layout.objects.iter().all(|o| s.labels.contains(&o.class)));
             }
@@ -1380,27 +1106,15 @@ mod tests {
                 let (mut seen_a, mut seen_b) = (false, false);
                 for (x, y) in mark_pixels(o) {
                     let idx = (y * s.width + x) as usize;
-                    assert_eq!(
-                        u16::from(s.mask[idx]),
-                        o.class,
-                        "image {i}: mark pixel ({x},{y})"
-                    );
+                    assert_eq!(u16::from(s.mask[idx]), o.class, "image {i}: mark pixel ({x},{y})");
                     let px = &s.rgb[3 * idx..3 * idx + 3];
-                    let near =
-                        |c: [f32; 3]| (0..3).all(|k| (i32::from(px[k]) - c[k] as i32).abs() <= tol);
-                    assert!(
-                        near(a) || near(b),
-                        "image {i}: pixel {px:?} is not a mark colour"
-                    );
+                    let near = |c: [f32; 3]| (0..3).all(|k| (i32::from(px[k]) - c[k] as i32).abs() <= tol);
+                    assert!(near(a) || near(b), "image {i}: pixel {px:?} is not a mark colour");
                     seen_a |= near(a);
                     seen_b |= near(b);
                 }
                 // Both colours of the pattern show, so the mark is a pattern, not a blob.
-                assert!(
-                    seen_a && seen_b,
-                    "image {i}: class {} mark shows one colour",
-                    o.class
-                );
+                assert!(seen_a && seen_b, "image {i}: class {} mark shows one colour", o.class);
                 marks += 1;
             }
         }
@@ -1410,11 +1124,7 @@ mod tests {
     #[test]
     fn mark_area_fraction_is_in_range() {
         for (lo, hi) in [(0.10f32, 0.20f32), (0.05, 0.08), (0.25, 0.3)] {
-            let p = SyntheticParams {
-                min_mark_fraction: lo,
-                max_mark_fraction: hi,
-                ..Default::default()
-            };
+            let p = SyntheticParams { min_mark_fraction: lo, max_mark_fraction: hi, ..Default::default() };
             let mut fractions = Vec::new();
             for i in 0..300 {
                 for o in compose(&p, 3, i).objects {
@@ -1426,10 +1136,7 @@ mod tests {
             }
             // The range is used, not just one end of it.
             let mean = fractions.iter().sum::<f32>() / fractions.len() as f32;
-            assert!(
-                (mean - 0.5 * (lo + hi)).abs() < 0.2 * (hi - lo),
-                "mean {mean}"
-            );
+            assert!((mean - 0.5 * (lo + hi)).abs() < 0.2 * (hi - lo), "mean {mean}");
         }
     }
 
@@ -1463,11 +1170,7 @@ mod tests {
             let mean = sum.map(|v| v / count);
             let nearest = (0..TEXTURE_MEANS.len())
                 .min_by(|&a, &b| {
-                    let d = |t: usize| {
-                        (0..3)
-                            .map(|k| (mean[k] - f64::from(TEXTURE_MEANS[t][k])).powi(2))
-                            .sum::<f64>()
-                    };
+                    let d = |t: usize| (0..3).map(|k| (mean[k] - f64::from(TEXTURE_MEANS[t][k])).powi(2)).sum::<f64>();
                     d(a).total_cmp(&d(b))
                 })
                 .unwrap();
@@ -1492,37 +1195,22 @@ mod tests {
         }
         let nf = n as f64;
         let sd = (prob * (1.0 - prob) / nf).sqrt();
-        assert!(
-            (context_images / nf - prob).abs() < 4.0 * sd,
-            "context fraction {}",
-            context_images / nf
-        );
+        assert!((context_images / nf - prob).abs() < 4.0 * sd, "context fraction {}", context_images / nf);
         for c in 1..=c_max {
             assert!(with[c] > 200.0, "class {c} in only {} images", with[c]);
             let tol = 4.0 * variance[c].sqrt();
-            assert!(
-                (shown[c] - expected[c]).abs() < tol,
-                "class {c}: T_c in {} images, expected {}",
-                shown[c],
-                expected[c]
-            );
+            assert!((shown[c] - expected[c]).abs() < tol, "class {c}: T_c in {} images, expected {}", shown[c], expected[c]);
             // Images with c alone show T_c with probability context_prob itself.
             let frac = single_shown[c] / single[c];
             let sd1 = (prob * (1.0 - prob) / single[c]).sqrt();
-            assert!(
-                (frac - prob).abs() < 4.0 * sd1,
-                "class {c}: alone, T_c fraction {frac}"
-            );
+            assert!((frac - prob).abs() < 4.0 * sd1, "class {c}: alone, T_c fraction {frac}");
         }
     }
 
     #[test]
     fn context_prob_extremes() {
         for (prob, want) in [(0.0f32, false), (1.0, true)] {
-            let p = SyntheticParams {
-                context_prob: prob,
-                ..Default::default()
-            };
+            let p = SyntheticParams { context_prob: prob, ..Default::default() };
             for i in 0..100 {
                 let is_context = matches!(compose(&p, 2, i).background, Background::Context(_));
                 assert_eq!(is_context, want);
@@ -1546,11 +1234,7 @@ mod tests {
                         if (b == a + 1 && x + 1 == w) || b >= w * w {
                             continue;
                         }
-                        let d: f64 = (0..3)
-                            .map(|k| {
-                                (f64::from(s.rgb[3 * a + k]) - f64::from(s.rgb[3 * b + k])).abs()
-                            })
-                            .sum();
+                        let d: f64 = (0..3).map(|k| (f64::from(s.rgb[3 * a + k]) - f64::from(s.rgb[3 * b + k])).abs()).sum();
                         if s.mask[a] != s.mask[b] {
                             e += d;
                             en += 1.0;
@@ -1566,24 +1250,15 @@ mod tests {
             weak_images += usize::from(e / en < 60.0);
         }
         let (edge, flat) = (edge / edge_n, flat / flat_n);
-        assert!(
-            edge > 4.0 * flat,
-            "boundary |dRGB| {edge:.1} vs inside {flat:.1}"
-        );
-        assert!(
-            weak_images <= 2,
-            "{weak_images} images with weak boundaries"
-        );
+        assert!(edge > 4.0 * flat, "boundary |dRGB| {edge:.1} vs inside {flat:.1}");
+        assert!(weak_images <= 2, "{weak_images} images with weak boundaries");
     }
 
     #[test]
     fn bodies_are_class_agnostic() {
         // Without context textures the body colour cannot depend on the class at all:
         // the mean base colour of each class's bodies agrees within sampling error.
-        let p = SyntheticParams {
-            context_prob: 0.0,
-            ..Default::default()
-        };
+        let p = SyntheticParams { context_prob: 0.0, ..Default::default() };
         let c_max = usize::from(p.classes);
         let mut sum = vec![[0.0f64; 3]; c_max + 1];
         let mut count = vec![0.0f64; c_max + 1];
@@ -1597,19 +1272,13 @@ mod tests {
             }
         }
         let all: f64 = count.iter().sum();
-        let overall: Vec<f64> = (0..3)
-            .map(|k| sum.iter().map(|s| s[k]).sum::<f64>() / all)
-            .collect();
+        let overall: Vec<f64> = (0..3).map(|k| sum.iter().map(|s| s[k]).sum::<f64>() / all).collect();
         // Channel s.d. is at most that of a uniform on BODY_CHANNEL_RANGE (205 / sqrt 12).
         let sd = 205.0 / 12f64.sqrt();
         for c in 1..=c_max {
             for k in 0..3 {
                 let m = sum[c][k] / count[c];
-                assert!(
-                    (m - overall[k]).abs() < 4.0 * sd / count[c].sqrt(),
-                    "class {c} channel {k}: {m:.1} vs {:.1}",
-                    overall[k]
-                );
+                assert!((m - overall[k]).abs() < 4.0 * sd / count[c].sqrt(), "class {c} channel {k}: {m:.1} vs {:.1}", overall[k]);
             }
         }
     }
@@ -1618,10 +1287,7 @@ mod tests {
     #[ignore = "timing, not a check: cargo test --release -- --ignored --nocapture speed"]
     fn speed() {
         for (size, n) in [(128u32, 3000u64), (512, 200)] {
-            let p = SyntheticParams {
-                size,
-                ..Default::default()
-            };
+            let p = SyntheticParams { size, ..Default::default() };
             let t = Instant::now();
             let bytes: usize = (0..n).map(|i| generate(&p, 2, i).rgb.len()).sum();
             let per = t.elapsed().as_secs_f64() / n as f64;

@@ -92,7 +92,14 @@ fn verify_rows<R: FullCheck>(dir: &Path, manifest: &Manifest, progress: &(dyn Fn
 
 type ShardRows = (u64, Vec<(String, usize, usize)>);
 
-fn verify_shard<R: FullCheck>(dir: &Path, s: usize, info: &super::ShardInfo, num_classes: u16, problems: &mut Vec<Problem>, progress: &(dyn Fn(usize) + Sync)) -> ShardRows {
+fn verify_shard<R: FullCheck>(
+    dir: &Path,
+    s: usize,
+    info: &super::ShardInfo,
+    num_classes: u16,
+    problems: &mut Vec<Problem>,
+    progress: &(dyn Fn(usize) + Sync),
+) -> ShardRows {
     let path = dir.join(&info.file);
     let shard_problem = |message: String| Problem { shard: info.file.clone(), row: None, id: None, message };
     match file_sha256(&path) {

@@ -13,10 +13,28 @@ use super::DataError;
 
 /// Class names of ids 0..=20.
 pub const VOC_CLASSES: [&str; 21] = [
-    "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
-    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
+    "background",
+    "aeroplane",
+    "bicycle",
+    "bird",
+    "boat",
+    "bottle",
+    "bus",
+    "car",
+    "cat",
+    "chair",
+    "cow",
+    "diningtable",
+    "dog",
+    "horse",
+    "motorbike",
+    "person",
+    "pottedplant",
+    "sheep",
+    "sofa",
+    "train",
+    "tvmonitor",
 ];
-
 
 /// A VOC split ready to import.
 pub struct VocSource {
@@ -76,10 +94,10 @@ impl VocSource {
         rgb.chunks_exact(3)
             .map(|px| {
                 let color = [px[0], px[1], px[2]];
-                self.colors.get(&color).copied().ok_or_else(|| DataError::BadImage {
-                    what: what.into(),
-                    message: format!("colour {color:?} is not a VOC palette colour"),
-                })
+                self.colors
+                    .get(&color)
+                    .copied()
+                    .ok_or_else(|| DataError::BadImage { what: what.into(), message: format!("colour {color:?} is not a VOC palette colour") })
             })
             .collect()
     }

@@ -10,9 +10,9 @@
 use std::ffi::c_void;
 use std::sync::Arc;
 
+use mpi::collective::CommunicatorCollectives;
 use mpi::ffi;
 use mpi::raw::AsRaw;
-use mpi::collective::CommunicatorCollectives;
 use mpi::topology::{Communicator as _, SimpleCommunicator};
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
@@ -59,7 +59,12 @@ pub trait Communicator {
     /// Element-wise mean over the ranks, in place (floating-point tensors).
     fn all_reduce_mean(&self, tensor: &mut Tensor) -> Result<(), CommError> {
         if !tensor.is_floating_point() {
-            return Err(CommError::Unsupported { backend: self.backend(), operation: "average", what: format!("{:?}", tensor.kind()), expected: "a floating-point kind" });
+            return Err(CommError::Unsupported {
+                backend: self.backend(),
+                operation: "average",
+                what: format!("{:?}", tensor.kind()),
+                expected: "a floating-point kind",
+            });
         }
         self.all_reduce_sum(tensor)?;
         if self.size() > 1 {
@@ -86,7 +91,11 @@ pub fn all_gather_text(comm: &dyn Communicator, text: &str, device: Device) -> R
     padded.resize(longest.max(1), 0);
     let gathered = comm.all_gather(&Tensor::from_slice(&padded).to_device(device))?.to_device(Device::Cpu);
     let bytes = Vec::<u8>::try_from(gathered.flatten(0, -1)).expect("a u8 tensor converts");
-    Ok(lengths.iter().enumerate().map(|(rank, &len)| String::from_utf8_lossy(&bytes[rank * padded.len()..rank * padded.len() + len as usize]).into_owned()).collect())
+    Ok(lengths
+        .iter()
+        .enumerate()
+        .map(|(rank, &len)| String::from_utf8_lossy(&bytes[rank * padded.len()..rank * padded.len() + len as usize]).into_owned())
+        .collect())
 }
 
 /// The communicator for `backend` on `device`: a world of one needs no library unless NCCL is
@@ -112,7 +121,12 @@ pub fn connect(world: &World, backend: Backend, device: Device) -> Result<Box<dy
 fn check(tensor: &Tensor, backend: &'static str, operation: &'static str, device_ok: bool, kinds: &[Kind]) -> Result<(), CommError> {
     let what = || format!("{:?} {:?} {:?}", tensor.kind(), tensor.device(), tensor.size());
     if !device_ok {
-        return Err(CommError::Unsupported { backend, operation, what: what(), expected: if backend == "nccl" { "NCCL takes CUDA tensors" } else { "MPI takes CPU tensors" } });
+        return Err(CommError::Unsupported {
+            backend,
+            operation,
+            what: what(),
+            expected: if backend == "nccl" { "NCCL takes CUDA tensors" } else { "MPI takes CPU tensors" },
+        });
     }
     if !kinds.contains(&tensor.kind()) {
         return Err(CommError::Unsupported { backend, operation, what: what(), expected: "the kinds are f32, f64, i64 and u8 (NCCL also f16 and bf16)" });
@@ -225,7 +239,12 @@ impl Communicator for MpiComm {
     fn all_gather(&self, tensor: &Tensor) -> Result<Tensor, CommError> {
         Self::check(tensor, "all-gather")?;
         if tensor.numel() > MPI_MAX_COUNT {
-            return Err(CommError::Unsupported { backend: "mpi", operation: "all-gather", what: format!("{:?}", tensor.size()), expected: "all-gather is for small values" });
+            return Err(CommError::Unsupported {
+                backend: "mpi",
+                operation: "all-gather",
+                what: format!("{:?}", tensor.size()),
+                expected: "all-gather is for small values",
+            });
         }
         let mut shape = vec![self.size() as i64];
         shape.extend(tensor.size());
@@ -269,7 +288,8 @@ impl NcclComm {
                 "libnccl.so is not found: link it to the libnccl.so.2 of the torch install (nvidia/nccl/lib) in a directory on LD_LIBRARY_PATH; launch/mpirun.sh does this".into(),
             ));
         }
-        let context = cudarc::driver::CudaContext::new(device).map_err(|e| CommError::Library { call: "cuDevicePrimaryCtxRetain", message: format!("{e:?}") })?;
+        let context =
+            cudarc::driver::CudaContext::new(device).map_err(|e| CommError::Library { call: "cuDevicePrimaryCtxRetain", message: format!("{e:?}") })?;
         let nccl = |call: &'static str| move |e: result::NcclError| CommError::Library { call, message: format!("{:?}", e.0) };
         let mut id = if world.rank == 0 { result::get_uniqueid().map_err(nccl("ncclGetUniqueId"))? } else { sys::ncclUniqueId { internal: [0; 128] } };
         if let Some(mpi) = world.mpi_communicator() {
@@ -338,7 +358,14 @@ impl Communicator for NcclComm {
         shape.extend(tensor.size());
         let gathered = Tensor::empty(shape.as_slice(), (tensor.kind(), tensor.device()));
         Self::status("ncclAllGather", unsafe {
-            cudarc::nccl::result::all_gather(tensor.data_ptr(), gathered.data_ptr(), tensor.numel(), Self::datatype(tensor.kind()), self.comm, std::ptr::null_mut())
+            cudarc::nccl::result::all_gather(
+                tensor.data_ptr(),
+                gathered.data_ptr(),
+                tensor.numel(),
+                Self::datatype(tensor.kind()),
+                self.comm,
+                std::ptr::null_mut(),
+            )
         })?;
         Ok(gathered)
     }

@@ -99,7 +99,10 @@ impl Bucket {
         for param in &self.params {
             let at = param.grad().data_ptr() as usize;
             if !(start..end).contains(&at) {
-                return Err(CommError::Library { call: "gradient all-reduce", message: format!("the gradient of a {:?} parameter is no longer in its bucket", param.size()) });
+                return Err(CommError::Library {
+                    call: "gradient all-reduce",
+                    message: format!("the gradient of a {:?} parameter is no longer in its bucket", param.size()),
+                });
             }
         }
         Ok(())

@@ -126,7 +126,10 @@ impl MapOutput {
         } else if Manifest::exists(&self.dir) {
             let done = (0..self.tasks).map(|t| self.read_record(t)).collect::<Result<Vec<_>, _>>()?;
             if let Some(missing) = done.iter().position(Option::is_none) {
-                return Err(DataError::Invalid(format!("{}: complete, but task {missing}'s record or shard is missing or changed (rerun with --force)", self.dir.display())));
+                return Err(DataError::Invalid(format!(
+                    "{}: complete, but task {missing}'s record or shard is missing or changed (rerun with --force)",
+                    self.dir.display()
+                )));
             }
             return Ok(MapPlan { pending: Vec::new(), done: done.into_iter().flatten().collect(), complete: true });
         }
@@ -269,7 +272,14 @@ enum Message<R> {
 }
 
 /// Rank 0's coordinator: answers requests until every other rank has been told "no task".
-fn coordinate<R: serde::de::DeserializeOwned>(comm: &mpi::topology::SimpleCommunicator, remotes: usize, next: &dyn Fn() -> Option<usize>, finish: &dyn Fn(R), on_images: &dyn Fn(u64), stopping: &AtomicBool) -> Result<(), MapError> {
+fn coordinate<R: serde::de::DeserializeOwned>(
+    comm: &mpi::topology::SimpleCommunicator,
+    remotes: usize,
+    next: &dyn Fn() -> Option<usize>,
+    finish: &dyn Fn(R),
+    on_images: &dyn Fn(u64),
+    stopping: &AtomicBool,
+) -> Result<(), MapError> {
     let mut finished = 0;
     while finished < remotes {
         // Poll and sleep rather than block: a blocking receive spins a core in MPI's progress
@@ -391,7 +401,14 @@ mod tests {
             &[2, 0, 5],
             |task, images_done| {
                 images_done(task as u64 + 1);
-                Ok(TaskRecord { task, shard: ShardInfo { file: String::new(), rows: 0, sha256: String::new() }, rank: 0, images: 0, skipped: vec![], seconds: BTreeMap::new() })
+                Ok(TaskRecord {
+                    task,
+                    shard: ShardInfo { file: String::new(), rows: 0, sha256: String::new() },
+                    rank: 0,
+                    images: 0,
+                    skipped: vec![],
+                    seconds: BTreeMap::new(),
+                })
             },
             &Progress { images: &|n| _ = images.fetch_add(n, std::sync::atomic::Ordering::Relaxed), done: &|r: &TaskRecord| seen.lock().unwrap().push(r.task) },
         )

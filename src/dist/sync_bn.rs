@@ -14,13 +14,7 @@ use tch::{Device, Tensor};
 use super::comm::sum_values;
 use super::Communicator;
 
-type SumFn = extern "C" fn(
-    context: *const c_void,
-    values: *mut f64,
-    len: i64,
-    error: *mut c_char,
-    capacity: i64,
-) -> c_int;
+type SumFn = extern "C" fn(context: *const c_void, values: *mut f64, len: i64, error: *mut c_char, capacity: i64) -> c_int;
 
 extern "C" {
     fn wsss_sync_batch_norm(
@@ -52,13 +46,7 @@ unsafe impl Sync for StatsSync {}
 
 impl std::fmt::Debug for StatsSync {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "StatsSync({} ranks over {}, {:?})",
-            self.comm.size(),
-            self.comm.backend(),
-            self.device
-        )
+        write!(f, "StatsSync({} ranks over {}, {:?})", self.comm.size(), self.comm.backend(), self.device)
     }
 }
 
@@ -110,24 +98,11 @@ impl StatsSync {
 
 /// The C++ function's callback: `values` summed over the ranks, in place. Returns 0, or 1 with
 /// the reason in `error`.
-extern "C" fn sum_over_ranks(
-    context: *const c_void,
-    values: *mut f64,
-    len: i64,
-    error: *mut c_char,
-    capacity: i64,
-) -> c_int {
+extern "C" fn sum_over_ranks(context: *const c_void, values: *mut f64, len: i64, error: *mut c_char, capacity: i64) -> c_int {
     // SAFETY: `context` is the `StatsSync` that started the forward pass, `values` the C++
     // side's buffer of `len` doubles.
-    let (sync, values) = unsafe {
-        (
-            &*(context as *const StatsSync),
-            std::slice::from_raw_parts_mut(values, len as usize),
-        )
-    };
-    let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
-        sum_values(sync.comm.as_ref(), values, sync.device)
-    }));
+    let (sync, values) = unsafe { (&*(context as *const StatsSync), std::slice::from_raw_parts_mut(values, len as usize)) };
+    let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| sum_values(sync.comm.as_ref(), values, sync.device)));
     let message = match outcome {
         Ok(Ok(sums)) => {
             values.copy_from_slice(&sums);
@@ -152,20 +127,8 @@ mod tests {
     use crate::dist::comm::LocalComm;
     use tch::{Kind, Tensor};
 
-    fn state<'a>(
-        weight: &'a Tensor,
-        bias: &'a Tensor,
-        mean: &'a Tensor,
-        var: &'a Tensor,
-    ) -> BatchNormState<'a> {
-        BatchNormState {
-            weight,
-            bias,
-            running_mean: mean,
-            running_var: var,
-            momentum: 0.1,
-            eps: 1e-5,
-        }
+    fn state<'a>(weight: &'a Tensor, bias: &'a Tensor, mean: &'a Tensor, var: &'a Tensor) -> BatchNormState<'a> {
+        BatchNormState { weight, bias, running_mean: mean, running_var: var, momentum: 0.1, eps: 1e-5 }
     }
 
     /// On one rank it is PyTorch's training-mode BatchNorm: output, input/weight/bias
@@ -204,32 +167,15 @@ mod tests {
     #[test]
     fn a_single_value_per_channel_uses_the_running_statistics() {
         let sync = StatsSync::new(Arc::new(LocalComm), Device::Cpu);
-        let x = Tensor::from_slice(&[5.0f32, 1.0])
-            .view([1, 2, 1, 1])
-            .set_requires_grad(true);
-        let (w, b) = (
-            Tensor::from_slice(&[2.0f32, 0.5]),
-            Tensor::from_slice(&[1.0f32, -1.0]),
-        );
-        let (mean, var) = (
-            Tensor::from_slice(&[3.0f32, 0.0]),
-            Tensor::from_slice(&[4.0f32, 0.25]),
-        );
+        let x = Tensor::from_slice(&[5.0f32, 1.0]).view([1, 2, 1, 1]).set_requires_grad(true);
+        let (w, b) = (Tensor::from_slice(&[2.0f32, 0.5]), Tensor::from_slice(&[1.0f32, -1.0]));
+        let (mean, var) = (Tensor::from_slice(&[3.0f32, 0.0]), Tensor::from_slice(&[4.0f32, 0.25]));
         let y = sync.batch_norm(&x, &state(&w, &b, &mean, &var)).unwrap();
         // (5−3)/2·2+1 = 3; (1−0)/0.5·0.5−1 = 0 (eps aside).
-        assert!(
-            y.flatten(0, -1)
-                .allclose(&Tensor::from_slice(&[3.0f32, 0.0]), 1e-4, 1e-4, false),
-            "{y}"
-        );
+        assert!(y.flatten(0, -1).allclose(&Tensor::from_slice(&[3.0f32, 0.0]), 1e-4, 1e-4, false), "{y}");
         y.sum(Kind::Float).backward();
         // dy/dx = weight/sqrt(var + eps): 1 and 1.
-        assert!(x.grad().flatten(0, -1).allclose(
-            &Tensor::from_slice(&[1.0f32, 1.0]),
-            1e-4,
-            1e-4,
-            false
-        ));
+        assert!(x.grad().flatten(0, -1).allclose(&Tensor::from_slice(&[1.0f32, 1.0]), 1e-4, 1e-4, false));
         assert_eq!(Vec::<f32>::try_from(&mean).unwrap(), [3.0, 0.0]);
         assert_eq!(Vec::<f32>::try_from(&var).unwrap(), [4.0, 0.25]);
     }
@@ -249,11 +195,7 @@ mod tests {
         let halves: Vec<[Tensor; 6]> = std::thread::scope(|scope| {
             let handles: Vec<_> = (0..2)
                 .map(|rank| {
-                    let (x, upstream, shared) = (
-                        x.narrow(0, 2 * rank, 2).copy(),
-                        upstream.narrow(0, 2 * rank, 2).copy(),
-                        shared.clone(),
-                    );
+                    let (x, upstream, shared) = (x.narrow(0, 2 * rank, 2).copy(), upstream.narrow(0, 2 * rank, 2).copy(), shared.clone());
                     let (weight, bias) = (weight.copy(), bias.copy());
                     scope.spawn(move || {
                         let sync = StatsSync::new(Arc::new(ThreadRank { rank: rank as usize, shared }), Device::Cpu);
@@ -264,18 +206,10 @@ mod tests {
             handles.into_iter().map(|h| h.join().unwrap()).collect()
         });
         let close = |a: &Tensor, b: &Tensor, what: &str| {
-            assert!(
-                a.allclose(b, 1e-5, 1e-5, false),
-                "{what}: max |difference| {}",
-                (a - b).abs().max().double_value(&[])
-            )
+            assert!(a.allclose(b, 1e-5, 1e-5, false), "{what}: max |difference| {}", (a - b).abs().max().double_value(&[]))
         };
         for (i, what) in [(0, "output"), (1, "input gradient")] {
-            close(
-                &whole[i],
-                &Tensor::cat(&[&halves[0][i], &halves[1][i]], 0),
-                what,
-            );
+            close(&whole[i], &Tensor::cat(&[&halves[0][i], &halves[1][i]], 0), what);
         }
         for (i, what) in [(2, "weight gradient"), (3, "bias gradient")] {
             close(&whole[i], &(&halves[0][i] + &halves[1][i]), what);
@@ -294,10 +228,7 @@ mod tests {
 
     impl ThreadSums {
         fn new(ranks: usize) -> ThreadSums {
-            ThreadSums {
-                slots: std::sync::Mutex::new(vec![Vec::new(); ranks]),
-                barrier: std::sync::Barrier::new(ranks),
-            }
+            ThreadSums { slots: std::sync::Mutex::new(vec![Vec::new(); ranks]), barrier: std::sync::Barrier::new(ranks) }
         }
 
         fn ranks(&self) -> usize {
@@ -325,25 +256,15 @@ mod tests {
             self.shared.barrier.wait();
             let slots = self.shared.slots.lock().unwrap().clone();
             self.shared.barrier.wait();
-            let sums: Vec<f64> = (0..slots[0].len())
-                .map(|i| slots.iter().map(|s| s[i]).sum())
-                .collect();
+            let sums: Vec<f64> = (0..slots[0].len()).map(|i| slots.iter().map(|s| s[i]).sum()).collect();
             tensor.copy_(&Tensor::from_slice(&sums));
             Ok(())
         }
-        fn broadcast(
-            &self,
-            _tensor: &mut Tensor,
-            _root: usize,
-        ) -> Result<(), crate::dist::CommError> {
-            Err(crate::dist::CommError::Config(
-                "the test's thread ranks only sum".into(),
-            ))
+        fn broadcast(&self, _tensor: &mut Tensor, _root: usize) -> Result<(), crate::dist::CommError> {
+            Err(crate::dist::CommError::Config("the test's thread ranks only sum".into()))
         }
         fn all_gather(&self, _tensor: &Tensor) -> Result<Tensor, crate::dist::CommError> {
-            Err(crate::dist::CommError::Config(
-                "the test's thread ranks only sum".into(),
-            ))
+            Err(crate::dist::CommError::Config("the test's thread ranks only sum".into()))
         }
         fn barrier(&self) -> Result<(), crate::dist::CommError> {
             self.shared.barrier.wait();

@@ -88,7 +88,13 @@ mod tests {
     fn exact_filter(rgb: &[f32], width: usize, height: usize, sigma_rgb: f32, sigma_xy: f32, seg: &[f32], channels: usize) -> Vec<f64> {
         let feature = |p: usize| {
             let (x, y) = ((p % width) as f64, (p / width) as f64);
-            [x / sigma_xy as f64, y / sigma_xy as f64, rgb[3 * p] as f64 / sigma_rgb as f64, rgb[3 * p + 1] as f64 / sigma_rgb as f64, rgb[3 * p + 2] as f64 / sigma_rgb as f64]
+            [
+                x / sigma_xy as f64,
+                y / sigma_xy as f64,
+                rgb[3 * p] as f64 / sigma_rgb as f64,
+                rgb[3 * p + 1] as f64 / sigma_rgb as f64,
+                rgb[3 * p + 2] as f64 / sigma_rgb as f64,
+            ]
         };
         let pixels = width * height;
         let mut out = vec![0f64; pixels * channels];

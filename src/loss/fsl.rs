@@ -29,7 +29,10 @@ fn kernel(d2: &Tensor, sigma: f64) -> Tensor {
 
 fn check_shapes(image: &Tensor, predictions: &Tensor) -> (i64, i64, i64) {
     let (xs, ys) = (image.size(), predictions.size());
-    assert!(xs.len() == 4 && ys.len() == 4 && xs[0] == ys[0] && xs[2..] == ys[2..] && xs[1] == 3, "feature_similarity_loss: image [N, 3, h, w] and predictions [N, K, h, w] expected, got {xs:?} and {ys:?}");
+    assert!(
+        xs.len() == 4 && ys.len() == 4 && xs[0] == ys[0] && xs[2..] == ys[2..] && xs[1] == 3,
+        "feature_similarity_loss: image [N, 3, h, w] and predictions [N, K, h, w] expected, got {xs:?} and {ys:?}"
+    );
     (xs[0], xs[2], xs[3])
 }
 
@@ -43,7 +46,7 @@ pub fn feature_similarity_loss(image: &Tensor, predictions: &Tensor, mu: f64, si
     let x = image.to_kind(Kind::Float).clamp(0.0, 1.0).flatten(2, -1).transpose(1, 2); // [N, hw, 3]
     let colour = tch::no_grad(|| colour_term(&(Tensor::cdist(&x, &x, 1.0, None::<i64>) / 3.0), mu));
     let y = predictions.to_kind(Kind::Float).flatten(2, -1).transpose(1, 2); // [N, hw, K]
-    // ½‖y_i − y_j‖² = ½(‖y_i‖² + ‖y_j‖²) − y_i·y_j: smooth everywhere (cdist's square root is not at 0).
+                                                                             // ½‖y_i − y_j‖² = ½(‖y_i‖² + ‖y_j‖²) − y_i·y_j: smooth everywhere (cdist's square root is not at 0).
     let norms = y.square().sum_dim_intlist([2].as_slice(), true, Kind::Float);
     let dy = (&norms + norms.transpose(1, 2)) * 0.5 - y.bmm(&y.transpose(1, 2));
     let k = kernel(&pairwise_squared_distances(h, w, device), sigma);
@@ -209,7 +212,10 @@ mod tests {
     fn pulls_inside_colour_regions_and_pushes_across_edges() {
         let predictions = || Tensor::from_slice(&[0.6f32, 0.4, 0.6, 0.4]).view([1, 1, 2, 2]).set_requires_grad(true);
         let gap = |p: &Tensor| (p.double_value(&[0, 0, 0, 0]) - p.double_value(&[0, 0, 0, 1])).abs();
-        for (image, inside) in [(Tensor::full([1, 3, 2, 2], 0.5, (Kind::Float, Device::Cpu)), true), (Tensor::from_slice(&[0.1f32, 0.9, 0.1, 0.9]).view([1, 1, 2, 2]).repeat([1, 3, 1, 1]), false)] {
+        for (image, inside) in [
+            (Tensor::full([1, 3, 2, 2], 0.5, (Kind::Float, Device::Cpu)), true),
+            (Tensor::from_slice(&[0.1f32, 0.9, 0.1, 0.9]).view([1, 1, 2, 2]).repeat([1, 3, 1, 1]), false),
+        ] {
             let p = predictions();
             let loss = feature_similarity_loss(&image, &p, 2.5, 5.0);
             assert_eq!(loss.double_value(&[]) > 0.0, inside);

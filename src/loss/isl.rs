@@ -63,10 +63,14 @@ mod tests {
             let total: f64 = weights.iter().sum();
             let counts = indices.get(0).get(class as i64).bincount(None::<Tensor>, 4);
             let counts: Vec<i64> = Vec::try_from(counts).unwrap();
-            let chi2: f64 = counts.iter().zip(&weights).map(|(&o, w)| {
-                let e = draws as f64 * w / total;
-                (o as f64 - e).powi(2) / e
-            }).sum();
+            let chi2: f64 = counts
+                .iter()
+                .zip(&weights)
+                .map(|(&o, w)| {
+                    let e = draws as f64 * w / total;
+                    (o as f64 - e).powi(2) / e
+                })
+                .sum();
             assert!(chi2 < 16.27, "class {class}: counts {counts:?}, χ² {chi2}");
         }
     }

@@ -62,11 +62,16 @@ impl Objective {
                     tch::no_grad(|| net.spotlight.forward(images, compute, Mode::Train))
                 };
                 let compensation = net.compensation.forward(images, compute, Mode::Train);
-                let spot_cls = if self.spotlight_trains { self.classification(&spotlight, labels, generator) } else { multilabel_soft_margin(&spotlight.logits, labels) };
+                let spot_cls =
+                    if self.spotlight_trains { self.classification(&spotlight, labels, generator) } else { multilabel_soft_margin(&spotlight.logits, labels) };
                 let loss = (spot_cls + self.classification(&compensation, labels, generator)) * 0.5
                     + cross_supervision(&spotlight.logit_maps, &compensation.logit_maps) * self.lambda_cps;
                 let loss = self.add_fsl(loss, &compensation, images, labels);
-                if self.spotlight_trains { self.add_fsl(loss, &spotlight, images, labels) } else { loss }
+                if self.spotlight_trains {
+                    self.add_fsl(loss, &spotlight, images, labels)
+                } else {
+                    loss
+                }
             }
         }
     }
@@ -152,7 +157,8 @@ mod tests {
         let mut frozen = method(Base::Amr, true, true);
         frozen.amr.freeze_spotlight = true;
         let is_c = importance_sampling_loss(&out.compensation.logit_maps, &labels, 10, &mut ChaCha8Rng::seed_from_u64(0)).double_value(&[]);
-        let fs_c = feature_similarity_loss(&image_at(&images, 4, 4, MEAN, STD), &prediction_vectors(&out.compensation.logit_maps, &labels), 2.5, 5.0).double_value(&[]);
+        let fs_c = feature_similarity_loss(&image_at(&images, 4, 4, MEAN, STD), &prediction_vectors(&out.compensation.logit_maps, &labels), 2.5, 5.0)
+            .double_value(&[]);
         let expected = 0.5 * gap_s + 0.5 * (0.8 * gap_c + 0.2 * is_c) + 0.05 * cps + fs_c;
         assert!(close(loss(&amr, &frozen, &images, &labels), expected));
     }
@@ -171,7 +177,11 @@ mod tests {
         assert!(vars["compensation.layer4.1.conv2.weight"].grad().abs().sum(Kind::Float).double_value(&[]) > 0.0);
         // Into the AMM's parameters (not necessarily every one: at a random start the channel
         // MLP's hidden ReLUs can all be 0 for a batch, which zeroes its last weight's gradient).
-        let amm: f64 = vars.iter().filter(|(name, v)| name.starts_with("compensation.layer1.0.amm.") && v.grad().defined()).map(|(_, v)| v.grad().abs().sum(Kind::Float).double_value(&[])).sum();
+        let amm: f64 = vars
+            .iter()
+            .filter(|(name, v)| name.starts_with("compensation.layer1.0.amm.") && v.grad().defined())
+            .map(|(_, v)| v.grad().abs().sum(Kind::Float).double_value(&[]))
+            .sum();
         assert!(amm > 0.0, "no gradient reaches compensation.layer1.0.amm");
         assert!(vars["compensation.layer1.0.amm.spatial.conv.weight"].grad().abs().sum(Kind::Float).double_value(&[]) > 0.0);
     }

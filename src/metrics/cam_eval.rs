@@ -65,9 +65,7 @@ impl CamSweep {
         debug_assert_eq!(cams.len(), labels.len() * pixels);
         let (best_score, best_class) = strongest(cams, pixels);
         for (tau, matrix) in self.thresholds.iter().zip(&mut self.matrices) {
-            let pred: Vec<u8> = (0..pixels)
-                .map(|p| if best_score[p] > *tau { labels[best_class[p]] as u8 } else { 0 })
-                .collect();
+            let pred: Vec<u8> = (0..pixels).map(|p| if best_score[p] > *tau { labels[best_class[p]] as u8 } else { 0 }).collect();
             matrix.add(gt, &pred)?;
         }
         let top = (0..labels.len()).max_by(|&a, &b| scores[a].total_cmp(&scores[b]).then(b.cmp(&a)));

@@ -102,7 +102,11 @@ impl ConfusionMatrix {
     pub fn pixel_accuracy(&self) -> f64 {
         let total: u64 = self.counts.iter().sum();
         let correct: u64 = (0..self.classes).map(|c| self.count(c, c)).sum();
-        if total == 0 { 0.0 } else { correct as f64 / total as f64 }
+        if total == 0 {
+            0.0
+        } else {
+            correct as f64 / total as f64
+        }
     }
 }
 

@@ -40,10 +40,7 @@ fn percent(iou: Option<f64>) -> String {
 /// Per-class IoU (in %) at the best τ, at the method's τ and for the image-label baseline,
 /// then the τ sweep.
 pub fn cam_markdown(report: &CamReport) -> String {
-    let mut text = format!(
-        "| class | CAM, best τ = {:.2} | CAM, τ = {:.2} | image-label baseline |\n|---|---:|---:|---:|\n",
-        report.best_tau, report.tau
-    );
+    let mut text = format!("| class | CAM, best τ = {:.2} | CAM, τ = {:.2} | image-label baseline |\n|---|---:|---:|---:|\n", report.best_tau, report.tau);
     for (c, name) in report.classes.iter().enumerate() {
         text += &format!("| {name} | {} | {} | {} |\n", percent(report.best.iou[c]), percent(report.at_tau.iou[c]), percent(report.baseline.iou[c]));
     }
@@ -85,7 +82,14 @@ mod tests {
 
     #[test]
     fn pseudo_report_lists_classes_and_coverage() {
-        let report = PseudoReport { classes: vec!["background".into(), "cat".into()], miou: 0.625, iou: vec![Some(0.75), Some(0.5)], pixel_accuracy: 0.9, labelled: 0.8, miou_all_pixels: 0.5 };
+        let report = PseudoReport {
+            classes: vec!["background".into(), "cat".into()],
+            miou: 0.625,
+            iou: vec![Some(0.75), Some(0.5)],
+            pixel_accuracy: 0.9,
+            labelled: 0.8,
+            miou_all_pixels: 0.5,
+        };
         let text = pseudo_markdown(&report);
         assert!(text.contains("| cat | 50.0 |") && text.contains("**62.5**") && text.contains("80.0%") && text.contains("counted as errors: 50.0"), "{text}");
     }

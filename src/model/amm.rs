@@ -104,7 +104,8 @@ mod tests {
     fn gauss_modulation_matches_the_formula() {
         let v = Tensor::from_slice(&[1.0f32, 2.0, 3.0, 4.0]).view([2, 2]);
         let s = (5.0f64 / 3.0).sqrt();
-        let expected: Vec<f64> = [1.0, 2.0, 3.0, 4.0].iter().map(|x: &f64| (-(x - 2.5).powi(2) / (2.0 * s * s)).exp() / ((2.0 * std::f64::consts::PI).sqrt() * s)).collect();
+        let expected: Vec<f64> =
+            [1.0, 2.0, 3.0, 4.0].iter().map(|x: &f64| (-(x - 2.5).powi(2) / (2.0 * s * s)).exp() / ((2.0 * std::f64::consts::PI).sqrt() * s)).collect();
         let got = values(&gauss_modulation(&v));
         assert!(got.iter().zip(&expected).all(|(a, b)| (a - b).abs() < 1e-6), "{got:?} vs {expected:?}");
         // The middle values are lifted above the extremes: G(2) = G(3) > G(1) = G(4).
@@ -144,7 +145,17 @@ mod tests {
         names.sort();
         assert_eq!(
             names,
-            ["channel.0.bias", "channel.0.weight", "channel.2.bias", "channel.2.weight", "spatial.bn.bias", "spatial.bn.running_mean", "spatial.bn.running_var", "spatial.bn.weight", "spatial.conv.weight"]
+            [
+                "channel.0.bias",
+                "channel.0.weight",
+                "channel.2.bias",
+                "channel.2.weight",
+                "spatial.bn.bias",
+                "spatial.bn.running_mean",
+                "spatial.bn.running_var",
+                "spatial.bn.weight",
+                "spatial.conv.weight"
+            ]
         );
         assert_eq!(vars["channel.0.weight"].size(), [2, 32], "D/16 hidden units");
         for name in ["channel.0.weight", "channel.2.bias", "spatial.conv.weight", "spatial.bn.weight", "spatial.bn.bias"] {
@@ -170,7 +181,12 @@ mod tests {
             (-(v.to_kind(Kind::Double) - m).square() / (s.square() * 2.0)).exp() / (s * (2.0 * std::f64::consts::PI).sqrt())
         };
         let gap = x.mean_dim([2, 3].as_slice(), false, Kind::Float);
-        let a = gap.matmul(&vars["channel.0.weight"].tr()).g_add(&vars["channel.0.bias"]).relu().matmul(&vars["channel.2.weight"].tr()).g_add(&vars["channel.2.bias"]);
+        let a = gap
+            .matmul(&vars["channel.0.weight"].tr())
+            .g_add(&vars["channel.0.bias"])
+            .relu()
+            .matmul(&vars["channel.2.weight"].tr())
+            .g_add(&vars["channel.2.bias"]);
         let xc = x.to_kind(Kind::Double) * gauss(&a).view([3, 16, 1, 1]);
         let p = Tensor::stack(&[xc.amax([1].as_slice(), false), xc.mean_dim([1].as_slice(), false, Kind::Double)], 1);
         // Eval-mode BN with fresh statistics (mean 0, var 1, weight 1, bias 0): b/√(1+1e-5).

@@ -10,8 +10,8 @@
 use tch::nn;
 use tch::{Kind, Tensor};
 
-use super::cam::{BranchOutput, CamNet};
 use super::backbone::BackboneSpec;
+use super::cam::{BranchOutput, CamNet};
 use super::layers::Mode;
 
 /// Path of the spotlight branch's parameters.
@@ -33,10 +33,7 @@ pub struct AmrOutput {
 
 impl AmrNet {
     pub fn new(vs: &nn::Path, spec: BackboneSpec, num_classes: i64) -> AmrNet {
-        AmrNet {
-            spotlight: CamNet::new(&(vs / SPOTLIGHT), spec, num_classes),
-            compensation: CamNet::with_amm(&(vs / COMPENSATION), spec, num_classes),
-        }
+        AmrNet { spotlight: CamNet::new(&(vs / SPOTLIGHT), spec, num_classes), compensation: CamNet::with_amm(&(vs / COMPENSATION), spec, num_classes) }
     }
 
     /// Both branches on a batch of normalised images [N, 3, H, W]: logits [N, C] and logit
@@ -105,7 +102,13 @@ mod tests {
         let vs = VarStore::new(Device::Cpu);
         let net = AmrNet::new(&vs.root(), BackboneSpec::resnet(Depth::Resnet18, [2, 2, 2, 1]), 3);
         let vars = vs.variables();
-        for name in ["spotlight.conv1.weight", "spotlight.classifier.weight", "compensation.layer4.1.conv2.weight", "compensation.layer1.0.amm.channel.0.weight", "compensation.classifier.weight"] {
+        for name in [
+            "spotlight.conv1.weight",
+            "spotlight.classifier.weight",
+            "compensation.layer4.1.conv2.weight",
+            "compensation.layer1.0.amm.channel.0.weight",
+            "compensation.classifier.weight",
+        ] {
             assert!(vars.contains_key(name), "{name}");
         }
         assert!(!vars.keys().any(|k| k.starts_with("spotlight.") && k.contains(".amm.")), "the spotlight has no AMM");
@@ -115,7 +118,9 @@ mod tests {
             assert_eq!(branch.logit_maps.size(), [2, 3, 4, 4]);
         }
         // The losses of both branches reach both backbones, the AMMs included.
-        let loss = out.spotlight.logits.sum(Kind::Float) + out.compensation.logits.sum(Kind::Float) + cross_supervision(&out.spotlight.logit_maps, &out.compensation.logit_maps);
+        let loss = out.spotlight.logits.sum(Kind::Float)
+            + out.compensation.logits.sum(Kind::Float)
+            + cross_supervision(&out.spotlight.logit_maps, &out.compensation.logit_maps);
         loss.backward();
         for name in ["spotlight.layer3.0.conv1.weight", "compensation.layer3.0.conv1.weight", "compensation.layer2.1.amm.spatial.conv.weight"] {
             assert!(vars[name].grad().abs().sum(Kind::Float).double_value(&[]) > 0.0, "{name}");

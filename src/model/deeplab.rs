@@ -128,7 +128,11 @@ impl Segmenter {
         let d = backbone.out_channels();
         let head = match kind {
             SegKind::DeeplabV2 => Head::V2(V2Head {
-                branches: V2_RATES.iter().enumerate().map(|(i, &rate)| conv_bias(&(&path / format!("c{i}")), d, num_classes, 3, rate, nn::Init::Randn { mean: 0.0, stdev: 0.01 })).collect(),
+                branches: V2_RATES
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &rate)| conv_bias(&(&path / format!("c{i}")), d, num_classes, 3, rate, nn::Init::Randn { mean: 0.0, stdev: 0.01 }))
+                    .collect(),
             }),
             SegKind::DeeplabV3plus => {
                 let scale = 16 / backbone.output_stride();
@@ -140,7 +144,8 @@ impl Segmenter {
                     let spec = ConvSpec { dilation: rate * scale, ..ConvSpec::plain(d, c, 3, 1) };
                     aspp.push(ConvBnRelu::new(&(&convs / (i + 1)), "0", "1", spec));
                 }
-                let kaiming = nn::Init::Kaiming { dist: nn::init::NormalOrUniform::Normal, fan: nn::init::FanInOut::FanIn, non_linearity: nn::init::NonLinearity::ReLU };
+                let kaiming =
+                    nn::Init::Kaiming { dist: nn::init::NormalOrUniform::Normal, fan: nn::init::FanInOut::FanIn, non_linearity: nn::init::NonLinearity::ReLU };
                 Head::V3Plus(V3PlusHead {
                     project: ConvBnRelu::new(&(&path / "project"), "0", "1", ConvSpec::plain(backbone.low_level_channels(), V3_LOW_LEVEL_CHANNELS, 1, 1)),
                     aspp,

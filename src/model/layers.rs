@@ -48,7 +48,14 @@ impl BatchNorm {
         } else {
             (vs.ones_no_train("weight", &[channels]), vs.zeros_no_train("bias", &[channels]))
         };
-        BatchNorm { weight, bias, running_mean: vs.zeros_no_train("running_mean", &[channels]), running_var: vs.ones_no_train("running_var", &[channels]), trainable, sync: None }
+        BatchNorm {
+            weight,
+            bias,
+            running_mean: vs.zeros_no_train("running_mean", &[channels]),
+            running_var: vs.ones_no_train("running_var", &[channels]),
+            trainable,
+            sync: None,
+        }
     }
 
     /// Training-mode statistics over the batches of every rank of `sync` (PyTorch's
@@ -79,7 +86,14 @@ impl BatchNorm {
     /// the synchronised layer does when the value is the only one over every rank.
     fn train(&self, xs: &Tensor) -> Tensor {
         if let Some(sync) = &self.sync {
-            let state = BatchNormState { weight: &self.weight, bias: &self.bias, running_mean: &self.running_mean, running_var: &self.running_var, momentum: BN_MOMENTUM, eps: BN_EPS };
+            let state = BatchNormState {
+                weight: &self.weight,
+                bias: &self.bias,
+                running_mean: &self.running_mean,
+                running_var: &self.running_var,
+                momentum: BN_MOMENTUM,
+                eps: BN_EPS,
+            };
             return sync.batch_norm(xs, &state).unwrap_or_else(|e| panic!("{e}"));
         }
         if xs.numel() as i64 == xs.size()[1] {

@@ -48,7 +48,11 @@ impl ConvBn {
         let mut h = self.bn.run(&self.conv.forward(xs), mode);
         // torchvision's ReLU6(inplace=True), i.e. hardtanh_(0, 6): its backward is one fused
         // kernel, where clamp's is four passes (~10% of a DeepLab v3+ step, perf-measured).
-        if self.relu6 { h.relu6_() } else { h }
+        if self.relu6 {
+            h.relu6_()
+        } else {
+            h
+        }
     }
 }
 
@@ -89,7 +93,11 @@ impl InvertedResidual {
             Some(amm) => amm.forward(&h, mode),
             None => h,
         };
-        if self.shortcut { h + xs } else { h }
+        if self.shortcut {
+            h + xs
+        } else {
+            h
+        }
     }
 }
 
@@ -150,7 +158,11 @@ impl MobileNetV2 {
     }
 
     pub fn out_channels(&self) -> i64 {
-        if self.last.is_some() { LAST_CHANNELS } else { SETTINGS[SETTINGS.len() - 1].1 }
+        if self.last.is_some() {
+            LAST_CHANNELS
+        } else {
+            SETTINGS[SETTINGS.len() - 1].1
+        }
     }
 
     /// Channels of `features.3`, the stride-4 features of DeepLab v3+'s decoder.
@@ -227,10 +239,14 @@ mod tests {
             assert_eq!(net.output_stride(), os);
             let out = tch::no_grad(|| net.run(&Tensor::randn([1, 3, 64, 96], (Kind::Float, Device::Cpu)), Mode::Eval));
             assert_eq!(out.size(), [1, 1280, 64 / os, 96 / os]);
-            let dilations: Vec<(i64, i64)> = net.blocks.iter().map(|b| {
-                let dw = &b.layers[b.layers.len() - 2].conv;
-                (dw.stride(), dw.dilation())
-            }).collect();
+            let dilations: Vec<(i64, i64)> = net
+                .blocks
+                .iter()
+                .map(|b| {
+                    let dw = &b.layers[b.layers.len() - 2].conv;
+                    (dw.stride(), dw.dilation())
+                })
+                .collect();
             // features.14 opens the 160-channel stage, features.7 the 64-channel one.
             match os {
                 32 => assert!(dilations.iter().all(|&(_, d)| d == 1)),
@@ -254,7 +270,8 @@ mod tests {
         let net = MobileNetV2::new(&vs.root(), [2, 2, 2, 1], true);
         let with_shortcut: Vec<usize> = net.blocks.iter().enumerate().filter(|(_, b)| b.shortcut).map(|(i, _)| i + 1).collect();
         assert_eq!(with_shortcut, [3, 5, 6, 8, 9, 10, 12, 13, 15, 16]);
-        let mut with_amm: Vec<usize> = vs.variables().keys().filter_map(|k| k.strip_suffix(".amm.spatial.conv.weight")?.strip_prefix("features.")?.parse().ok()).collect();
+        let mut with_amm: Vec<usize> =
+            vs.variables().keys().filter_map(|k| k.strip_suffix(".amm.spatial.conv.weight")?.strip_prefix("features.")?.parse().ok()).collect();
         with_amm.sort();
         assert_eq!(with_amm, with_shortcut);
     }

@@ -16,8 +16,8 @@ use tch::{Device, Tensor};
 
 use crate::optim::ParamGroup;
 use amr::AmrNet;
-use cam::CamNet;
 use backbone::BackboneSpec;
+use cam::CamNet;
 
 /// The base method a classifier trains with (`method.base`).
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]

@@ -86,7 +86,11 @@ impl Block {
         let residual = self.convs.iter().enumerate().fold(xs.shallow_clone(), |h, (i, (conv, bn))| {
             let mut h = bn.run(&conv.forward(&h), mode);
             // In place, as torchvision's ReLU(inplace=True): one tensor less per activation.
-            if i < last { h.relu_() } else { h }
+            if i < last {
+                h.relu_()
+            } else {
+                h
+            }
         });
         let residual = match &self.amm {
             Some(amm) => amm.forward(&residual, mode),
@@ -226,7 +230,14 @@ mod tests {
         let vs = VarStore::new(Device::Cpu);
         ResNet::new(&vs.root(), Depth::Resnet101, [2, 2, 2, 1]);
         let vars = vs.variables();
-        for name in ["conv1.weight", "bn1.running_var", "layer1.0.downsample.0.weight", "layer1.0.downsample.1.bias", "layer3.22.bn2.running_mean", "layer4.2.conv3.weight"] {
+        for name in [
+            "conv1.weight",
+            "bn1.running_var",
+            "layer1.0.downsample.0.weight",
+            "layer1.0.downsample.1.bias",
+            "layer3.22.bn2.running_mean",
+            "layer4.2.conv3.weight",
+        ] {
             assert!(vars.contains_key(name), "missing {name}");
         }
         assert_eq!(vars["layer4.2.conv3.weight"].size(), [2048, 512, 1, 1]);
@@ -239,7 +250,8 @@ mod tests {
         ResNet::new(&vs.root(), Depth::Resnet18, [2, 2, 2, 1]);
         let trainable = vs.trainable_variables();
         let all = vs.variables();
-        let expected: Vec<&String> = all.keys().filter(|k| k.ends_with("weight") && !k.contains("bn") && *k != "conv1.weight" && !k.ends_with("downsample.1.weight")).collect();
+        let expected: Vec<&String> =
+            all.keys().filter(|k| k.ends_with("weight") && !k.contains("bn") && *k != "conv1.weight" && !k.ends_with("downsample.1.weight")).collect();
         assert_eq!(trainable.len(), expected.len());
         assert!(trainable.iter().all(|t| t.requires_grad()));
         assert!(!all["conv1.weight"].requires_grad() && !all["layer1.0.bn1.weight"].requires_grad());

@@ -68,20 +68,14 @@ pub struct ImportRules<'a> {
 /// torchvision ResNet or MobileNetV2 weights into a CAM network: the classifier and AMR's
 /// attention modules are new; the ImageNet heads (ResNet's `fc.`, MobileNetV2's
 /// `classifier.1.`) and the BN step counters are not ours.
-pub const TORCHVISION_BACKBONE: ImportRules<'static> = ImportRules {
-    new_layers: &[super::cam::CLASSIFIER, "amm"],
-    ignored_prefixes: &["fc.", "classifier.1."],
-    ignored_suffixes: &["num_batches_tracked"],
-};
+pub const TORCHVISION_BACKBONE: ImportRules<'static> =
+    ImportRules { new_layers: &[super::cam::CLASSIFIER, "amm"], ignored_prefixes: &["fc.", "classifier.1."], ignored_suffixes: &["num_batches_tracked"] };
 
 /// torchvision ImageNet weights into a segmenter's backbone (imported under `backbone.`): the
 /// ImageNet classifier and MobileNetV2's `features.18` (DeepLab ends at `features.17`) are
 /// ignored; every backbone tensor must be in the file.
-pub const TORCHVISION_SEG_BACKBONE: ImportRules<'static> = ImportRules {
-    new_layers: &[],
-    ignored_prefixes: &["fc.", "classifier.1.", "features.18."],
-    ignored_suffixes: &["num_batches_tracked"],
-};
+pub const TORCHVISION_SEG_BACKBONE: ImportRules<'static> =
+    ImportRules { new_layers: &[], ignored_prefixes: &["fc.", "classifier.1.", "features.18."], ignored_suffixes: &["num_batches_tracked"] };
 
 /// What an import did.
 #[derive(Debug, Default)]
@@ -150,10 +144,7 @@ pub fn restore_named(targets: &BTreeMap<String, Tensor>, file: &BTreeMap<String,
     let mismatch = KeyMismatch {
         missing: targets.keys().filter(|k| !file.contains_key(*k)).cloned().collect(),
         unexpected: file.keys().filter(|k| !targets.contains_key(*k)).cloned().collect(),
-        misshaped: targets
-            .iter()
-            .filter_map(|(k, v)| file.get(k).filter(|t| t.size() != v.size()).map(|t| (k.clone(), v.size(), t.size())))
-            .collect(),
+        misshaped: targets.iter().filter_map(|(k, v)| file.get(k).filter(|t| t.size() != v.size()).map(|t| (k.clone(), v.size(), t.size()))).collect(),
     };
     if !mismatch.is_empty() {
         return Err(WeightError::Mismatch { path: path.into(), mismatch });
@@ -198,8 +189,8 @@ pub fn named(vs: &VarStore) -> BTreeMap<String, Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::cam::CamNet;
     use crate::model::backbone::BackboneSpec;
+    use crate::model::cam::CamNet;
     use crate::model::resnet::Depth;
     use tch::Kind;
 

@@ -47,11 +47,7 @@ impl CrfParams {
 
     /// A description of what is wrong with these settings, if anything.
     pub fn check(&self) -> Result<(), String> {
-        let positive = [
-            ("smoothness_sxy", self.smoothness_sxy),
-            ("appearance_sxy", self.appearance_sxy),
-            ("appearance_srgb", self.appearance_srgb),
-        ];
+        let positive = [("smoothness_sxy", self.smoothness_sxy), ("appearance_sxy", self.appearance_sxy), ("appearance_srgb", self.appearance_srgb)];
         // The lattice takes features (pixels and levels over θ) under 10⁷: θ ≥ 0.01 keeps a
         // 100k-pixel-wide image inside that.
         for (key, value) in positive {

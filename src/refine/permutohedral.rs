@@ -118,7 +118,9 @@ impl Lattice {
         let d = self.dim;
         let slots = self.vertices + 1;
         let values = scratch.values.lanes::<W>(slots);
-        for (p, ((value, offsets), weights)) in input.chunks_exact(channels).zip(self.offsets.chunks_exact(d + 1)).zip(self.weights.chunks_exact(d + 1)).enumerate() {
+        for (p, ((value, offsets), weights)) in
+            input.chunks_exact(channels).zip(self.offsets.chunks_exact(d + 1)).zip(self.weights.chunks_exact(d + 1)).enumerate()
+        {
             let mut point = [[0f32; LANE]; W];
             let s = scaling.map_or(1.0, |(scale, _)| scale[p]);
             for (c, &x) in value[first..first + block].iter().enumerate() {
@@ -149,7 +151,9 @@ impl Lattice {
             std::mem::swap(&mut from, &mut to);
         }
         let alpha = 1.0f32 / (1.0 + 2f32.powi(-(d as i32)));
-        for (p, ((result, offsets), weights)) in out.chunks_exact_mut(channels).zip(self.offsets.chunks_exact(d + 1)).zip(self.weights.chunks_exact(d + 1)).enumerate() {
+        for (p, ((result, offsets), weights)) in
+            out.chunks_exact_mut(channels).zip(self.offsets.chunks_exact(d + 1)).zip(self.weights.chunks_exact(d + 1)).enumerate()
+        {
             let mut point = [[0f32; LANE]; W];
             for (&o, &w) in offsets.iter().zip(weights) {
                 let x = &from[o as usize];
@@ -370,8 +374,20 @@ impl<const D: usize, const D1: usize> Simplices<D, D1> {
             for l in 0..LANES {
                 let r = rank[i][l] + sum[l];
                 let (below, above) = (r < 0, r > D as i32);
-                rank[i][l] = if below { r + D1 as i32 } else if above { r - D1 as i32 } else { r };
-                rem0[i][l] = if below { rem0[i][l] + up } else if above { rem0[i][l] - up } else { rem0[i][l] };
+                rank[i][l] = if below {
+                    r + D1 as i32
+                } else if above {
+                    r - D1 as i32
+                } else {
+                    r
+                };
+                rem0[i][l] = if below {
+                    rem0[i][l] + up
+                } else if above {
+                    rem0[i][l] - up
+                } else {
+                    rem0[i][l]
+                };
             }
         }
         Simplices { elevated, rem0, rank }

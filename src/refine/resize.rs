@@ -57,7 +57,8 @@ mod tests {
         let maps: Vec<f32> = (0..k * h * w).map(|i| ((i * 7919) % 101) as f32 / 101.0).collect();
         for (height, width) in [(17, 27), (5, 7), (3, 4), (20, 25)] {
             let ours = resize_bilinear(&maps, h, w, height, width);
-            let reference = Tensor::from_slice(&maps).view([1, k as i64, h as i64, w as i64]).upsample_bilinear2d([height as i64, width as i64], false, None, None);
+            let reference =
+                Tensor::from_slice(&maps).view([1, k as i64, h as i64, w as i64]).upsample_bilinear2d([height as i64, width as i64], false, None, None);
             let reference = Vec::<f32>::try_from(reference.to_kind(Kind::Float).flatten(0, -1)).unwrap();
             let diff = ours.iter().zip(&reference).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
             assert!(diff < 1e-6, "{height}x{width}: max difference {diff}");

@@ -59,7 +59,8 @@ impl<'a> CamInference<'a> {
         input.check_unique_ids()?;
         let checkpoint = super::model_to_load(&config.cam.checkpoint, &config.run_dir(), "run `wsss-dist train cam` first, or set cam.checkpoint")?;
         let model = Model::new(config.method.base, config.model.backbone(), input.manifest().num_classes() as i64, device);
-        weights::restore(&model.vs, &checkpoint).context("loading the CAM model (do [model], method.base and the dataset's classes match the training run?)")?;
+        weights::restore(&model.vs, &checkpoint)
+            .context("loading the CAM model (do [model], method.base and the dataset's classes match the training run?)")?;
         let normalise = Normalise::new(config.loader.mean, config.loader.std, device);
         // What shapes the CAMs: the weights, the network, the scales, the normalisation.
         let settings = serde_json::to_string(&json!({
@@ -75,7 +76,14 @@ impl<'a> CamInference<'a> {
             kind: DatasetKind::Cams,
             split: input.manifest().split.clone(),
             classes: input.manifest().classes.clone(),
-            source: format!("wsss-dist cam of {} with {} ({}, scales {:?}, flip {})", input_dir.display(), checkpoint.display(), method_summary(config), config.cam.scales, config.cam.flip),
+            source: format!(
+                "wsss-dist cam of {} with {} ({}, scales {:?}, flip {})",
+                input_dir.display(),
+                checkpoint.display(),
+                method_summary(config),
+                config.cam.scales,
+                config.cam.flip
+            ),
         };
         Ok(CamInference { config, input, checkpoint, model, normalise, job })
     }
@@ -83,8 +91,20 @@ impl<'a> CamInference<'a> {
     /// The CAMs of task `task`'s images, in order, each handed to `each(where, image, cam)`
     /// (`where`: file and row group, for messages) and counted to `images_done`. Returns the
     /// skipped images and the seconds by phase.
-    pub fn task(&self, task: usize, images_done: &dyn Fn(u64), each: impl FnMut(&str, ImageRow, CamRow)) -> anyhow::Result<(Vec<String>, BTreeMap<String, f64>)> {
-        for_each_image(&self.input, task, self.config.run.max_image_pixels, images_done, |image| cam_row(&self.model, image, &self.normalise, self.config, self.input.manifest().num_classes()), each)
+    pub fn task(
+        &self,
+        task: usize,
+        images_done: &dyn Fn(u64),
+        each: impl FnMut(&str, ImageRow, CamRow),
+    ) -> anyhow::Result<(Vec<String>, BTreeMap<String, f64>)> {
+        for_each_image(
+            &self.input,
+            task,
+            self.config.run.max_image_pixels,
+            images_done,
+            |image| cam_row(&self.model, image, &self.normalise, self.config, self.input.manifest().num_classes()),
+            each,
+        )
     }
 }
 

@@ -55,7 +55,15 @@ pub fn run_cam(config: &Config, world: &World) -> anyhow::Result<Summary> {
     println!("CAM evaluation of {} ({} images, {} without a CAM)\n\n{markdown}", gt.dir().display(), gt.len() - missing.len(), missing.len());
     let details = json!({ "images": gt.len() - missing.len(), "missing": missing, "report": report });
     let out = write_report(config, "cam", &details, &markdown)?;
-    info!("best τ {:.2}: mIoU {:.1}; τ {:.2}: {:.1}; image-label baseline {:.1}; written to {}", report.best_tau, 100.0 * report.best.miou, report.tau, 100.0 * report.at_tau.miou, 100.0 * report.baseline.miou, out.display());
+    info!(
+        "best τ {:.2}: mIoU {:.1}; τ {:.2}: {:.1}; image-label baseline {:.1}; written to {}",
+        report.best_tau,
+        100.0 * report.best.miou,
+        report.tau,
+        100.0 * report.at_tau.miou,
+        100.0 * report.baseline.miou,
+        out.display()
+    );
     Ok(Summary::ok(details))
 }
 
@@ -69,7 +77,14 @@ fn open_with_gt<R: ShardRow>(config: &Config, split: Split, dir: &Path, what: &s
     ensure!(rows.manifest().classes == gt.manifest().classes, "{} and {} have different class lists", dir.display(), gt_dir.display());
     gt.check_unique_ids()?;
     rows.check_unique_ids()?;
-    ensure!(rows.num_shards() == gt.num_shards(), "{} has {} shards but {} has {}: shard k holds the {what} of image shard k", dir.display(), rows.num_shards(), gt_dir.display(), gt.num_shards());
+    ensure!(
+        rows.num_shards() == gt.num_shards(),
+        "{} has {} shards but {} has {}: shard k holds the {what} of image shard k",
+        dir.display(),
+        rows.num_shards(),
+        gt_dir.display(),
+        gt.num_shards()
+    );
     Ok((gt, rows))
 }
 
@@ -110,7 +125,8 @@ fn walk_with_gt<R: ShardRow>(
         }
     }
     bar.finish_and_clear();
-    let mut missing: Vec<String> = all_gather_text(comm, &missing.join("\n"), Device::Cpu)?.iter().flat_map(|t| t.lines().map(String::from).collect::<Vec<_>>()).collect();
+    let mut missing: Vec<String> =
+        all_gather_text(comm, &missing.join("\n"), Device::Cpu)?.iter().flat_map(|t| t.lines().map(String::from).collect::<Vec<_>>()).collect();
     missing.sort();
     Ok(missing)
 }
@@ -218,7 +234,14 @@ fn evaluate_label_maps(config: &Config, world: &World, maps: &LabelMaps) -> anyh
         warn!("{} image(s) have no {} (skipped by `{}`) and are left out: {}", missing.len(), maps.what, maps.stage, missing.join(", "));
     }
     let labelled = coverage[0] as f64 / coverage[1].max(1) as f64;
-    let report = PseudoReport { classes: gt.manifest().classes.clone(), miou: matrix.miou(), iou: matrix.iou(), pixel_accuracy: matrix.pixel_accuracy(), labelled, miou_all_pixels: complete.miou_of_first(classes) };
+    let report = PseudoReport {
+        classes: gt.manifest().classes.clone(),
+        miou: matrix.miou(),
+        iou: matrix.iou(),
+        pixel_accuracy: matrix.pixel_accuracy(),
+        labelled,
+        miou_all_pixels: complete.miou_of_first(classes),
+    };
     let markdown = pseudo_markdown(&report);
     println!("Evaluation of the {} in {} ({} images, {} without one)\n\n{markdown}", maps.what, maps.dir.display(), gt.len() - missing.len(), missing.len());
     let details = json!({ "images": gt.len() - missing.len(), "missing": missing, "method": rows.manifest().source, "report": report });

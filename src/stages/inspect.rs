@@ -31,12 +31,8 @@ pub fn render(dir: &Path, s: &DatasetStats) -> String {
     let _ = writeln!(w, "width     min {} / mean {:.1} / max {}", s.width.min, s.width.mean, s.width.max);
     let _ = writeln!(w, "height    min {} / mean {:.1} / max {}", s.height.min, s.height.mean, s.height.max);
     let _ = writeln!(w, "masks     {} of {} rows", s.rows_with_mask, s.rows);
-    let bins: Vec<String> = s
-        .labels_per_image
-        .iter()
-        .enumerate()
-        .map(|(k, n)| if k + 1 == s.labels_per_image.len() { format!("{k}+:{n}") } else { format!("{k}:{n}") })
-        .collect();
+    let bins: Vec<String> =
+        s.labels_per_image.iter().enumerate().map(|(k, n)| if k + 1 == s.labels_per_image.len() { format!("{k}+:{n}") } else { format!("{k}:{n}") }).collect();
     let _ = writeln!(w, "labels    per image {}", bins.join(" "));
     let width = s.classes.iter().map(String::len).max().unwrap_or(0).max("ignore".len());
     let _ = writeln!(w, "\n  id  {:<width$}  images  pixels", "class");

@@ -16,14 +16,14 @@ use tch::Device;
 use tracing::{info, warn};
 
 use super::progress_bar;
-use crate::data::schema::{Manifest, ShardInfo, FORMAT_VERSION};
 use crate::data::lock::DirLock;
+use crate::data::schema::{Manifest, ShardInfo, FORMAT_VERSION};
 use crate::data::shard::{write_shard, ShardLayout, ShardReader};
 use crate::data::{Dataset, DatasetKind, ImageRow, ShardRow};
 use crate::dist::comm::{all_gather_text, sum_values};
-use crate::stop::Stopped;
 use crate::dist::map::{schedule, MapError, MapOutput, MapPlan, Progress, TaskRecord};
 use crate::dist::{self, Backend, World};
+use crate::stop::Stopped;
 
 /// What the stage describes of its job.
 #[derive(Clone)]
@@ -130,7 +130,11 @@ where
     // Rank 0 holds every output's lock until the job ends: one writer per output directory.
     let _locks = if world.is_root() { jobs.iter().map(|j| DirLock::acquire(&j.out)).collect::<Result<Vec<_>, _>>()? } else { Vec::new() };
     let plan_text = if world.is_root() {
-        let plans = outputs.iter().zip(jobs).map(|(o, j)| o.prepare(force).with_context(|| format!("preparing {}", j.out.display()))).collect::<anyhow::Result<Vec<_>>>()?;
+        let plans = outputs
+            .iter()
+            .zip(jobs)
+            .map(|(o, j)| o.prepare(force).with_context(|| format!("preparing {}", j.out.display())))
+            .collect::<anyhow::Result<Vec<_>>>()?;
         serde_json::to_string(&Plan::merge(plans, task_images.len()))?
     } else {
         String::new()
@@ -165,7 +169,11 @@ where
                 return Err(MapError::Task(format!("task {task} made {} shard(s) for {} output(s)", out.shards.len(), outputs.len())));
             }
             let write_started = Instant::now();
-            let written = outputs.iter().zip(out.shards).map(|(output, shard)| Ok((shard.rows.write(output, task)?, shard.skipped))).collect::<Result<Vec<_>, MapError>>()?;
+            let written = outputs
+                .iter()
+                .zip(out.shards)
+                .map(|(output, shard)| Ok((shard.rows.write(output, task)?, shard.skipped)))
+                .collect::<Result<Vec<_>, MapError>>()?;
             let mut seconds = out.seconds;
             seconds.insert("write".into(), write_started.elapsed().as_secs_f64());
             seconds.insert("total".into(), started.elapsed().as_secs_f64());
@@ -187,7 +195,11 @@ where
     let unfinished = if world.is_root() { (pending.len() - reports.len()) as f64 } else { 0.0 };
     let unfinished = sum_values(comm.as_ref(), &[unfinished], Device::Cpu)?[0];
     if unfinished > 0.0 {
-        let kept = format!("{} of {} task(s) done and kept in {outs} ({unfinished} left, no manifest yet); run the same command again to finish", plan.done.len() + pending.len() - unfinished as usize, task_images.len());
+        let kept = format!(
+            "{} of {} task(s) done and kept in {outs} ({unfinished} left, no manifest yet); run the same command again to finish",
+            plan.done.len() + pending.len() - unfinished as usize,
+            task_images.len()
+        );
         return Err(Stopped { cause: crate::stop::cause(), kept }.into());
     }
     if !world.is_root() {
@@ -204,7 +216,15 @@ fn finish_job(job: &MapJob, done: Vec<TaskRecord>, records: Vec<TaskRecord>, sta
     ensure!(all.iter().map(|r| r.task).eq(0..job.task_images.len()), "{}: the tasks done do not cover every input shard", job.what);
     let shards: Vec<ShardInfo> = all.iter().map(|r| r.shard.clone()).collect();
     let rows = shards.iter().map(|s| s.rows).sum();
-    let manifest = Manifest { format_version: FORMAT_VERSION, kind: job.kind, split: job.split.clone(), classes: job.classes.clone(), rows, shards, source: job.source.clone() };
+    let manifest = Manifest {
+        format_version: FORMAT_VERSION,
+        kind: job.kind,
+        split: job.split.clone(),
+        classes: job.classes.clone(),
+        rows,
+        shards,
+        source: job.source.clone(),
+    };
     manifest.write(&job.out)?;
     let mut details = summary(job, &all, records.len(), &records, started);
     details["progress_images"] = json!(images_seen);
@@ -213,9 +233,23 @@ fn finish_job(job: &MapJob, done: Vec<TaskRecord>, records: Vec<TaskRecord>, sta
     if skipped > 0 {
         warn!("{}: {skipped} input(s) skipped (listed in the summary)", job.what);
     }
-    info!("{}: wrote {rows} rows to {} in {:.1} s: {} task(s) computed, {} reused; {skipped} skipped", job.what, job.out.display(), started.elapsed().as_secs_f64(), records.len(), all.len() - records.len());
+    info!(
+        "{}: wrote {rows} rows to {} in {:.1} s: {} task(s) computed, {} reused; {skipped} skipped",
+        job.what,
+        job.out.display(),
+        started.elapsed().as_secs_f64(),
+        records.len(),
+        all.len() - records.len()
+    );
     for rank in details["ranks"].as_array().into_iter().flatten() {
-        info!("{}: rank {}: {} images in {} task(s), {:.2} images/s", job.what, rank["rank"], rank["images"], rank["tasks"], rank["images_per_second"].as_f64().unwrap_or(0.0));
+        info!(
+            "{}: rank {}: {} images in {} task(s), {:.2} images/s",
+            job.what,
+            rank["rank"],
+            rank["images"],
+            rank["tasks"],
+            rank["images_per_second"].as_f64().unwrap_or(0.0)
+        );
     }
     Ok(details)
 }
@@ -300,7 +334,10 @@ pub fn usable(row: &ImageRow, num_classes: u16, max_pixels: u64) -> Result<(), S
     row.check(num_classes)?;
     let pixels = u64::from(row.width) * u64::from(row.height);
     if pixels > max_pixels {
-        return Err(format!("the image is {}x{} = {pixels} pixels, over run.max_image_pixels = {max_pixels} (resize it before import, or raise the key)", row.width, row.height));
+        return Err(format!(
+            "the image is {}x{} = {pixels} pixels, over run.max_image_pixels = {max_pixels} (resize it before import, or raise the key)",
+            row.width, row.height
+        ));
     }
     Ok(())
 }

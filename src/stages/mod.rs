@@ -39,10 +39,7 @@ pub fn progress_bar(world: &World, len: u64, what: &str) -> ProgressBar {
         return ProgressBar::hidden();
     }
     let bar = ProgressBar::new(len);
-    bar.set_style(
-        ProgressStyle::with_template("{msg:>10} {wide_bar} {pos}/{len} [{elapsed_precise}, {per_sec}, eta {eta}]")
-            .expect("a valid template"),
-    );
+    bar.set_style(ProgressStyle::with_template("{msg:>10} {wide_bar} {pos}/{len} [{elapsed_precise}, {per_sec}, eta {eta}]").expect("a valid template"));
     bar.set_message(what.to_string());
     bar
 }

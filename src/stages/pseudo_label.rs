@@ -36,7 +36,14 @@ pub fn run(config: &Config, world: &World, force: bool) -> anyhow::Result<Summar
     images.check_unique_ids()?;
     cams.check_unique_ids()?;
     ensure!(cams.manifest().classes == images.manifest().classes, "{} and {} have different class lists", cam_dir.display(), images_dir.display());
-    ensure!(cams.num_shards() == images.num_shards(), "{} has {} shards but {} has {}: CAM shard k holds the CAMs of image shard k", cam_dir.display(), cams.num_shards(), images_dir.display(), images.num_shards());
+    ensure!(
+        cams.num_shards() == images.num_shards(),
+        "{} has {} shards but {} has {}: CAM shard k holds the CAMs of image shard k",
+        cam_dir.display(),
+        cams.num_shards(),
+        images_dir.display(),
+        images.num_shards()
+    );
     // CAMs written by `cam` are named by its job's fingerprint; others by their checksums.
     let cam_identity = job_fingerprint(&cam_dir).unwrap_or_else(|| fingerprint(&[cams.manifest()], ""));
     let labelling = Labelling::new(config, images.manifest(), &cam_identity)?;
@@ -52,13 +59,18 @@ pub fn run(config: &Config, world: &World, force: bool) -> anyhow::Result<Summar
         let mut refine_seconds = 0.0;
         for group in 0..reader.num_row_groups() {
             let read = Instant::now();
-            let batch: Vec<(ImageRow, Option<CamRow>)> = reader.read_row_group(group)?.into_iter().map(|image| {
-                let cam = by_id.remove(&image.id);
-                (image, cam)
-            }).collect();
+            let batch: Vec<(ImageRow, Option<CamRow>)> = reader
+                .read_row_group(group)?
+                .into_iter()
+                .map(|image| {
+                    let cam = by_id.remove(&image.id);
+                    (image, cam)
+                })
+                .collect();
             read_seconds += read.elapsed().as_secs_f64();
             let refine = Instant::now();
-            let results: Vec<Result<PseudoRow, String>> = labelling.pool.install(|| batch.par_iter().map(|(image, cam)| labelling.label(image, cam.as_ref())).collect());
+            let results: Vec<Result<PseudoRow, String>> =
+                labelling.pool.install(|| batch.par_iter().map(|(image, cam)| labelling.label(image, cam.as_ref())).collect());
             refine_seconds += refine.elapsed().as_secs_f64();
             let place = format!("{file} row group {group}");
             for ((image, _), result) in batch.iter().zip(results) {
@@ -66,7 +78,13 @@ pub fn run(config: &Config, world: &World, force: bool) -> anyhow::Result<Summar
             }
             images_done(batch.len() as u64);
         }
-        ensure!(by_id.is_empty(), "{}: CAMs of images that are not in {file} of {}: {:?}", cam_dir.display(), images_dir.display(), by_id.keys().take(3).collect::<Vec<_>>());
+        ensure!(
+            by_id.is_empty(),
+            "{}: CAMs of images that are not in {file} of {}: {:?}",
+            cam_dir.display(),
+            images_dir.display(),
+            by_id.keys().take(3).collect::<Vec<_>>()
+        );
         seconds.insert("read".into(), read_seconds);
         seconds.insert("refine".into(), refine_seconds);
         Ok(TaskOutput::single(rows, skipped, seconds))
@@ -96,7 +114,12 @@ impl Labelling {
             kind: DatasetKind::PseudoLabels,
             split: images.split.clone(),
             classes: images.classes.clone(),
-            source: format!("wsss-dist pseudo-label ({}) of {} with the CAMs of {}", settings.method.name(), config.dataset(config.cam.split).display(), config.cam_dir().display()),
+            source: format!(
+                "wsss-dist pseudo-label ({}) of {} with the CAMs of {}",
+                settings.method.name(),
+                config.dataset(config.cam.split).display(),
+                config.cam_dir().display()
+            ),
         };
         let pool = rayon::ThreadPoolBuilder::new().num_threads(settings.threads).build().context("starting the refinement threads")?;
         Ok(Labelling { job, params: settings.params(), pool, num_classes: images.num_classes(), max_pixels: config.run.max_image_pixels })

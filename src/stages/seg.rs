@@ -6,7 +6,6 @@
 //! (DeepLab's settings) from the same forward passes (`pred_crf/<split>`). `export png` and
 //! `eval seg` read them.
 
-
 use anyhow::Context;
 use serde_json::json;
 use tch::nn::VarStore;
@@ -50,20 +49,36 @@ pub fn run(config: &Config, world: &World, force: bool) -> anyhow::Result<Summar
         .map(|&crf| MapJob {
             what: if crf { "seg + crf" } else { "seg" },
             out: config.with_seg_crf(crf).seg_pred_dir(),
-            fingerprint: fingerprint(&[input.manifest()], &format!("{settings}|crf {}", crf.then(|| serde_json::to_string(&infer.crf_params).unwrap_or_default()).unwrap_or_default())),
+            fingerprint: fingerprint(
+                &[input.manifest()],
+                &format!("{settings}|crf {}", crf.then(|| serde_json::to_string(&infer.crf_params).unwrap_or_default()).unwrap_or_default()),
+            ),
             task_images: input.manifest().shards.iter().map(|s| s.rows).collect(),
             kind: DatasetKind::PseudoLabels,
             split: input.manifest().split.clone(),
             classes: input.manifest().classes.clone(),
-            source: format!("wsss-dist seg of {} with {} ({method}, scales {:?}, flip {}, crf {crf})", input_dir.display(), checkpoint.display(), infer.scales, infer.flip),
+            source: format!(
+                "wsss-dist seg of {} with {} ({method}, scales {:?}, flip {}, crf {crf})",
+                input_dir.display(),
+                checkpoint.display(),
+                infer.scales,
+                infer.flip
+            ),
         })
         .collect();
     let details = execute(world, &jobs, force, |task, images_done| {
         let (mut plain, mut refined) = (Vec::new(), Vec::new());
-        let (skipped, seconds) = for_each_image(&input, task, config.run.max_image_pixels, images_done, |image| predict(&net, image, &normalise, infer, &method), |_, _, (row, crf_row)| {
-            plain.push(row);
-            refined.extend(crf_row);
-        })?;
+        let (skipped, seconds) = for_each_image(
+            &input,
+            task,
+            config.run.max_image_pixels,
+            images_done,
+            |image| predict(&net, image, &normalise, infer, &method),
+            |_, _, (row, crf_row)| {
+                plain.push(row);
+                refined.extend(crf_row);
+            },
+        )?;
         let mut shards = vec![ShardOutput::new(plain, skipped.clone())];
         if infer.crf {
             shards.push(ShardOutput::new(refined, skipped));
@@ -79,7 +94,9 @@ fn predict(net: &Segmenter, image: &ImageRow, normalise: &Normalise, infer: &Seg
     let rgb = decode_row_image(image)?;
     let (w, h) = (rgb.width as usize, rgb.height as usize);
     let image_size = [rgb.height as i64, rgb.width as i64];
-    let probabilities = tch::no_grad(|| mean_softmax(net, &fit_long_side(&normalise.apply(&rgb.pixels, rgb.width, rgb.height), infer.max_side), image_size, &infer.scales, infer.flip));
+    let probabilities = tch::no_grad(|| {
+        mean_softmax(net, &fit_long_side(&normalise.apply(&rgb.pixels, rgb.width, rgb.height), infer.max_side), image_size, &infer.scales, infer.flip)
+    });
     let classes = probabilities.size()[0] as usize;
     let q = pixel_major(&probabilities);
     let row = |labels: Vec<u8>| PseudoRow { id: image.id.clone(), mask: encode_mask(rgb.width, rgb.height, &labels), method: method.into() };

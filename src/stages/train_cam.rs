@@ -87,8 +87,10 @@ fn initialise(config: &Config, model: &Model, calibration: &dyn Fn() -> anyhow::
         let prefix = if branch.is_empty() { String::new() } else { format!("{branch}.") };
         let spotlight_init = &config.method.amr.spotlight_init;
         if branch == SPOTLIGHT && !spotlight_init.as_os_str().is_empty() {
-            let path = super::model_to_load(spotlight_init, spotlight_init, "config key `method.amr.spotlight_init` names a run of `train cam` or its model file")?;
-            let report = weights::import_under(&model.vs, &prefix, &path, &weights::EXACT).context("config key `method.amr.spotlight_init` (a CAM network of the same model.arch, depth and classes)")?;
+            let path =
+                super::model_to_load(spotlight_init, spotlight_init, "config key `method.amr.spotlight_init` names a run of `train cam` or its model file")?;
+            let report = weights::import_under(&model.vs, &prefix, &path, &weights::EXACT)
+                .context("config key `method.amr.spotlight_init` (a CAM network of the same model.arch, depth and classes)")?;
             info!("spotlight branch: loaded {} tensors from {}", report.loaded, path.display());
         } else if config.model.init.as_os_str().is_empty() {
             calibrate.push((branch, net));
@@ -99,7 +101,14 @@ fn initialise(config: &Config, model: &Model, calibration: &dyn Fn() -> anyhow::
                 config.model.init.display()
             );
             let report = weights::import_under(&model.vs, &prefix, &config.model.init, &weights::TORCHVISION_BACKBONE).context("config key `model.init`")?;
-            info!("{}loaded {} tensors from {} (new: {}; ignored: {} key(s))", branch_label(branch), report.loaded, config.model.init.display(), report.kept_init.join(", "), report.ignored.len());
+            info!(
+                "{}loaded {} tensors from {} (new: {}; ignored: {} key(s))",
+                branch_label(branch),
+                report.loaded,
+                config.model.init.display(),
+                report.kept_init.join(", "),
+                report.ignored.len()
+            );
         }
     }
     if calibrate.is_empty() {
@@ -116,5 +125,9 @@ fn initialise(config: &Config, model: &Model, calibration: &dyn Fn() -> anyhow::
 
 /// "spotlight branch: " for log lines, "" for the single CAM network.
 fn branch_label(branch: &str) -> String {
-    if branch.is_empty() { String::new() } else { format!("{branch} branch: ") }
+    if branch.is_empty() {
+        String::new()
+    } else {
+        format!("{branch} branch: ")
+    }
 }

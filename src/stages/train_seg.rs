@@ -29,8 +29,12 @@ use crate::optim::ParamGroup;
 pub fn run(config: &Config, world: &World, resume: bool) -> anyhow::Result<Summary> {
     let images = Dataset::open(&config.data.train).with_context(|| format!("config key `data.train` ({})", config.data.train.display()))?;
     let labels_dir = config.seg_labels_dir();
-    let labels = Dataset::<PseudoRow>::open_as(&labels_dir)
-        .with_context(|| format!("config key `seg.labels` ({}): make the pseudo-labels of the train split first (`wsss-dist cam --pseudo-labels` with cam.split = \"train\")", labels_dir.display()))?;
+    let labels = Dataset::<PseudoRow>::open_as(&labels_dir).with_context(|| {
+        format!(
+            "config key `seg.labels` ({}): make the pseudo-labels of the train split first (`wsss-dist cam --pseudo-labels` with cam.split = \"train\")",
+            labels_dir.display()
+        )
+    })?;
     ensure!(
         labels.manifest().classes == images.manifest().classes,
         "{}: its classes {:?} differ from those of the images in {} ({:?})",
@@ -105,8 +109,13 @@ impl Task for SegTask<'_> {
             self.net.calibrate_batch_norm(&batch.images.to_device(self.device));
             return Ok(());
         }
-        ensure!(init.exists(), "config key `seg.model.init`: {} does not exist (`make weights` fetches torchvision's ImageNet MobileNetV2; docs/weights.md)", init.display());
-        let report = weights::import_under(&self.vs, &format!("{BACKBONE}."), init, &weights::TORCHVISION_SEG_BACKBONE).context("config key `seg.model.init`")?;
+        ensure!(
+            init.exists(),
+            "config key `seg.model.init`: {} does not exist (`make weights` fetches torchvision's ImageNet MobileNetV2; docs/weights.md)",
+            init.display()
+        );
+        let report =
+            weights::import_under(&self.vs, &format!("{BACKBONE}."), init, &weights::TORCHVISION_SEG_BACKBONE).context("config key `seg.model.init`")?;
         info!("segmenter backbone: loaded {} tensors from {} (ignored: {} key(s))", report.loaded, init.display(), report.ignored.len());
         Ok(())
     }

@@ -36,9 +36,9 @@ use super::{progress_bar, Summary};
 use crate::checkpoint::{CheckpointMeta, Checkpoints, RngState};
 use crate::config::{Config, LoaderConfig, OnNonFinite, TrainConfig};
 use crate::data::loader::{Batch, Loader, LoaderSpec};
+use crate::data::lock::DirLock;
 use crate::data::sampler::{mix_seed, Cursor, Sampler};
 use crate::data::schema::PseudoRow;
-use crate::data::lock::DirLock;
 use crate::data::{atomic_write, Dataset};
 use crate::dist::comm::sum_values;
 use crate::dist::{self, Communicator, GradientBuckets, World};
@@ -127,17 +127,14 @@ pub fn train<T: Task>(
 ) -> anyhow::Result<Summary> {
     let (keys, train) = (stage.keys, stage.train);
     let device = super::compute_device(config, world)?;
-    ensure!(!train.bf16 || device.is_cuda() || config.run.device == "cpu", "config key `{keys}train.bf16`: bf16 autocast needs a CUDA device (set run.device = \"cpu\" to force it on the CPU)");
+    ensure!(
+        !train.bf16 || device.is_cuda() || config.run.device == "cpu",
+        "config key `{keys}train.bf16`: bf16 autocast needs a CUDA device (set run.device = \"cpu\" to force it on the CPU)"
+    );
     let comm: Arc<dyn Communicator> = Arc::from(dist::connect(world, config.dist.backend, device)?);
     let dataset = &data.images;
-    let sampler = Sampler {
-        len: dataset.len(),
-        seed: config.run.seed,
-        rank: world.rank,
-        world: world.size,
-        shuffle: stage.loader.shuffle,
-        uneven: stage.loader.uneven,
-    };
+    let sampler =
+        Sampler { len: dataset.len(), seed: config.run.seed, rank: world.rank, world: world.size, shuffle: stage.loader.shuffle, uneven: stage.loader.uneven };
     let schedule = Schedule::new(stage, &sampler);
     ensure!(schedule.steps_per_epoch > 0, "{}: no training images for rank {} of {}", dataset.dir().display(), world.rank, world.size);
     let loader_spec = stage.loader.spec(config.run.seed);
@@ -276,7 +273,16 @@ pub fn train<T: Task>(
                 if world.is_root() && step % train.log_every == 0 {
                     let seconds = step_input.data_wait_s + step_input.compute_s;
                     let images_per_s = images / seconds;
-                    metrics.append(&StepMetrics { step, epoch: cursor.epoch, loss, lr, images, images_per_s, data_wait_s: step_input.data_wait_s, compute_s: step_input.compute_s })?;
+                    metrics.append(&StepMetrics {
+                        step,
+                        epoch: cursor.epoch,
+                        loss,
+                        lr,
+                        images,
+                        images_per_s,
+                        data_wait_s: step_input.data_wait_s,
+                        compute_s: step_input.compute_s,
+                    })?;
                     bar.set_message(format!("train loss {loss:.4} {images_per_s:.1} img/s"));
                 }
             }
@@ -289,7 +295,8 @@ pub fn train<T: Task>(
             }
             if stop_requested && step < stop_at {
                 bar.finish_and_clear();
-                let kept = format!("every rank finished step {step} of {total_steps}, checkpoint written to {}; continue with --resume", checkpoints.dir().display());
+                let kept =
+                    format!("every rank finished step {step} of {total_steps}, checkpoint written to {}; continue with --resume", checkpoints.dir().display());
                 return Err(Stopped { cause: crate::stop::cause(), kept }.into());
             }
             if step >= stop_at {
@@ -378,7 +385,10 @@ struct Trainer<T> {
 
 /// What one step did. A skipped step still advances the schedule.
 enum StepOutcome {
-    Trained { loss: f64, images: f64 },
+    Trained {
+        loss: f64,
+        images: f64,
+    },
     /// Every sample of the step was skipped (unreadable) on every rank.
     EmptyBatch,
     /// The loss was not finite on some rank: no update anywhere.
@@ -428,9 +438,7 @@ impl<T: Task> Trainer<T> {
     /// reached any rank: the same answer on every rank, so all stop after the same step.
     fn finish_step(&mut self, input: &StepInput) -> anyhow::Result<(StepOutcome, bool)> {
         let flags = [input.images, input.loss_sum, f64::from(u8::from(input.non_finite)), f64::from(u8::from(crate::stop::requested().is_some()))];
-        let [images, loss_sum, non_finite, stop] = sum_values(self.comm.as_ref(), &flags, self.device)?[..] else {
-            unreachable!("four values in, four out")
-        };
+        let [images, loss_sum, non_finite, stop] = sum_values(self.comm.as_ref(), &flags, self.device)?[..] else { unreachable!("four values in, four out") };
         Ok((self.update(images, loss_sum, non_finite > 0.0)?, stop > 0.0))
     }
 
@@ -466,7 +474,15 @@ fn broadcast_state(comm: &dyn Communicator, vars: &VarStore) -> anyhow::Result<(
     Ok(())
 }
 
-fn save_checkpoint<T: Task>(config: &Config, world: &World, train: &TrainConfig, checkpoints: &Checkpoints, trainer: &Trainer<T>, cursor: Cursor, losses: &mut Vec<f64>) -> anyhow::Result<()> {
+fn save_checkpoint<T: Task>(
+    config: &Config,
+    world: &World,
+    train: &TrainConfig,
+    checkpoints: &Checkpoints,
+    trainer: &Trainer<T>,
+    cursor: Cursor,
+    losses: &mut Vec<f64>,
+) -> anyhow::Result<()> {
     let sgd = &trainer.sgd;
     let step = sgd.step_count();
     let loss = (!losses.is_empty()).then(|| losses.iter().sum::<f64>() / losses.len() as f64);
@@ -504,7 +520,15 @@ fn save_checkpoint<T: Task>(config: &Config, world: &World, train: &TrainConfig,
 /// position per rank (a few samples are then seen twice); the step counter is renumbered to
 /// the new steps per epoch, so the learning-rate schedule continues at the same fraction of
 /// the training; the global batch is the new per-rank batch × ranks × micro-batches.
-fn restore(config: &Config, world: &World, schedule: &Schedule, checkpoints: &Checkpoints, meta: &CheckpointMeta, vars: &VarStore, sgd: &mut Sgd) -> anyhow::Result<Cursor> {
+fn restore(
+    config: &Config,
+    world: &World,
+    schedule: &Schedule,
+    checkpoints: &Checkpoints,
+    meta: &CheckpointMeta,
+    vars: &VarStore,
+    sgd: &mut Sgd,
+) -> anyhow::Result<Cursor> {
     let (cursor, step) = if meta.world_size == world.size {
         (meta.cursor, meta.step)
     } else {
@@ -518,7 +542,12 @@ fn restore(config: &Config, world: &World, schedule: &Schedule, checkpoints: &Ch
         (cursor, step)
     };
     if meta.config_hash != config.hash() {
-        warn!("the config differs from the one that wrote the checkpoint of step {} (hash {} vs {}): continuing with the current config", meta.step, meta.config_hash, config.hash());
+        warn!(
+            "the config differs from the one that wrote the checkpoint of step {} (hash {} vs {}): continuing with the current config",
+            meta.step,
+            meta.config_hash,
+            config.hash()
+        );
     }
     weights::restore(vars, &checkpoints.model_path(meta))?;
     let path = checkpoints.optimizer_path(meta);
@@ -603,12 +632,24 @@ mod tests {
 
     fn batch(images: usize) -> Batch {
         let indices: Vec<usize> = (0..images).collect();
-        Batch { images: Tensor::zeros([images as i64, 3, 4, 4], (Kind::Float, Device::Cpu)), labels: Tensor::zeros([images as i64, 2], (Kind::Float, Device::Cpu)), masks: None, ids: indices.iter().map(|i| format!("img{i}")).collect(), indices, skipped: vec![], cursor: Cursor::default() }
+        Batch {
+            images: Tensor::zeros([images as i64, 3, 4, 4], (Kind::Float, Device::Cpu)),
+            labels: Tensor::zeros([images as i64, 2], (Kind::Float, Device::Cpu)),
+            masks: None,
+            ids: indices.iter().map(|i| format!("img{i}")).collect(),
+            indices,
+            skipped: vec![],
+            cursor: Cursor::default(),
+        }
     }
 
     fn gradient(trainer: &Trainer<Probe>) -> Vec<f32> {
         let grad = trainer.task.w.grad();
-        if grad.defined() { Vec::try_from(&grad).unwrap() } else { vec![0.0, 0.0] }
+        if grad.defined() {
+            Vec::try_from(&grad).unwrap()
+        } else {
+            vec![0.0, 0.0]
+        }
     }
 
     /// A micro-batch with no readable sample runs no forward pass and counts no image.

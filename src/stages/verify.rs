@@ -21,13 +21,7 @@ pub fn run(dir: &Path, json: bool, world: &World) -> anyhow::Result<Summary> {
         for problem in &report.problems {
             println!("{problem}");
         }
-        println!(
-            "{}: {} shard(s), {} rows checked, {} problem(s)",
-            dir.display(),
-            report.shards,
-            report.rows_checked,
-            report.problems.len()
-        );
+        println!("{}: {} shard(s), {} rows checked, {} problem(s)", dir.display(), report.shards, report.rows_checked, report.problems.len());
     }
     info!("verified {}", dir.display());
     Ok(Summary { ok: report.problems.is_empty(), details })

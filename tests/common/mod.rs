@@ -27,9 +27,7 @@ pub fn wsss_fails(dir: &Path, args: &[&str], code: i32) -> String {
 
 /// The test venv's Python (pyarrow, pycocotools, pillow), made by `make setup`.
 pub fn python() -> PathBuf {
-    let path = std::env::var_os("WSSS_TEST_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".deps/pyenv/bin/python"));
+    let path = std::env::var_os("WSSS_TEST_PYTHON").map(PathBuf::from).unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".deps/pyenv/bin/python"));
     assert!(path.exists(), "no test Python at {} (run `make setup` or set WSSS_TEST_PYTHON)", path.display());
     path
 }
