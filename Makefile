@@ -14,7 +14,7 @@ export WSSS_TEST_PYTHON ?= $(DEPS)/pyenv/bin/python
 CARGO ?= cargo
 BIN := target/release/wsss-dist
 
-.PHONY: all setup build weights test demo bench bench-setup clean
+.PHONY: all setup build weights test lint demo bench bench-setup clean
 all: build
 
 setup:
@@ -27,8 +27,13 @@ build: setup
 weights:
 	@bash scripts/fetch-weights.sh
 
-test: setup
+# Formatting and clippy (warnings denied; the allowed lints are in Cargo.toml), then every test.
+test: lint
 	@CARGO=$(CARGO) bash scripts/test.sh
+
+lint: setup
+	$(CARGO) fmt --check
+	$(CARGO) clippy --all-targets -q -- -D warnings
 
 demo: build weights
 	$(BIN) run --config configs/synthetic.toml

@@ -1,8 +1,8 @@
 //! 1. Link fixes for libtorch (README, "Building"):
 //!    a. an rpath to libtorch's lib dir, so the binary runs with no LD_LIBRARY_PATH;
 //!    b. with a CUDA libtorch, keep libtorch.so linked despite rustc's --as-needed, or CUDA is
-//!       silently unavailable at run time. A CPU-only libtorch has no libtorch_cuda.so, and
-//!       forcing -ltorch there would pull in the CUDA libraries it lacks.
+//!    silently unavailable at run time. A CPU-only libtorch has no libtorch_cuda.so, and
+//!    forcing -ltorch there would pull in the CUDA libraries it lacks.
 //! 2. The MPI_IN_PLACE shim, compiled with the MPI library rsmpi links.
 //! 3. The synchronised BatchNorm (an autograd function tch cannot define), compiled against
 //!    libtorch's headers as torch-sys compiles its own C++.

@@ -284,6 +284,8 @@ fn cams_from_masks(images: &Path, out: &Path) {
 
 /// Peak RSS in KiB of `wsss-dist args` run to completion in `dir` (its own, via wait4).
 fn peak_rss_kib(dir: &Path, args: &[&str]) -> i64 {
+    // Waited for by wait4 below, which also reports the peak RSS.
+    #[allow(clippy::zombie_processes)]
     let child = std::process::Command::new(env!("CARGO_BIN_EXE_wsss-dist")).args(args).current_dir(dir).stderr(Stdio::null()).spawn().unwrap();
     let mut status = 0;
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };

@@ -23,6 +23,9 @@ pub enum RowOutcome {
 /// A dataset to import: `len` items, each turned into a row independently (in parallel).
 pub trait ImportSource: Sync {
     fn len(&self) -> usize;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
     /// Class names for ids 0..=C, "background" first.
     fn classes(&self) -> Vec<String>;
     fn split(&self) -> String;

@@ -268,7 +268,9 @@ fn recycle_large_allocations() {
 /// # Safety
 /// `tensor` must be contiguous, on the CPU, hold elements of type `T`, and nothing else may
 /// read or write it while the slice lives.
-unsafe fn storage<'a, T>(tensor: &'a Tensor) -> &'a mut [T] {
+// A mutable view of a tensor's storage is what this function is for (see Safety).
+#[allow(clippy::mut_from_ref)]
+unsafe fn storage<T>(tensor: &Tensor) -> &mut [T] {
     debug_assert!(tensor.is_contiguous());
     let len = tensor.numel();
     if len == 0 {

@@ -58,7 +58,7 @@ pub fn verify(dir: &Path, progress: &(dyn Fn(usize) + Sync)) -> Result<VerifyRep
 
 fn verify_rows<R: FullCheck>(dir: &Path, manifest: &Manifest, progress: &(dyn Fn(usize) + Sync)) -> VerifyReport {
     let num_classes = manifest.num_classes();
-    let results: Vec<(u64, Vec<Problem>, Vec<(String, usize, usize)>)> = manifest
+    let results: Vec<(u64, Vec<Problem>, Vec<IdPlace>)> = manifest
         .shards
         .par_iter()
         .enumerate()
@@ -90,7 +90,9 @@ fn verify_rows<R: FullCheck>(dir: &Path, manifest: &Manifest, progress: &(dyn Fn
     VerifyReport { shards: manifest.shards.len(), rows_checked, problems }
 }
 
-type ShardRows = (u64, Vec<(String, usize, usize)>);
+/// An id and where it is: (id, shard, row).
+type IdPlace = (String, usize, usize);
+type ShardRows = (u64, Vec<IdPlace>);
 
 fn verify_shard<R: FullCheck>(
     dir: &Path,

@@ -137,7 +137,7 @@ mod tests {
         assert!(worst < 0.25, "the lattice is the Gaussian kernel × {scale:.3} to within {worst:.3}");
         // Colour separates the regions: pixel 0 (left, p ≈ 0.8) gathers little of the right
         // region's (p ≈ 0.3) mass, so its second channel stays well below its first.
-        let left_from_right = exact[0 * channels + 1] / exact[0 * channels];
+        let left_from_right = exact[1] / exact[0];
         assert!(left_from_right < 0.3, "{left_from_right}");
     }
 

@@ -141,7 +141,10 @@ mod tests {
     }
 
     /// Tensors → the per-pixel vectors `reference` reads.
-    fn unpack(image: &Tensor, predictions: &Tensor) -> (Vec<Vec<[f64; 3]>>, Vec<Vec<Vec<f64>>>) {
+    /// Per image: each pixel's colour, and each pixel's prediction vector.
+    type Pixels = (Vec<Vec<[f64; 3]>>, Vec<Vec<Vec<f64>>>);
+
+    fn unpack(image: &Tensor, predictions: &Tensor) -> Pixels {
         let (n, k, h, w) = predictions.size4().unwrap();
         let xv: Vec<f64> = Vec::try_from(image.to_kind(Kind::Double).clamp(0.0, 1.0).permute([0, 2, 3, 1]).flatten(0, -1)).unwrap();
         let yv: Vec<f64> = Vec::try_from(predictions.to_kind(Kind::Double).permute([0, 2, 3, 1]).flatten(0, -1)).unwrap();

@@ -102,6 +102,8 @@ impl V3PlusHead {
     }
 }
 
+// One head per process: the size difference of the variants costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 enum Head {
     V2(V2Head),

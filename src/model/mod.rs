@@ -31,6 +31,8 @@ pub enum Base {
 }
 
 /// The classification network of a method.
+// One network per process: the size difference of the variants costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Network {
     Cam(CamNet),

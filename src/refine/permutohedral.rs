@@ -32,7 +32,7 @@ impl Lattice {
     /// divided by the kernel's standard deviations. `dim` must be 1 to 8 and the features finite and
     /// under 10⁷ in magnitude.
     pub fn new(features: &[f32], dim: usize) -> Lattice {
-        assert!(dim >= 1 && features.len() % dim == 0, "features must be points × dim");
+        assert!(dim >= 1 && features.len().is_multiple_of(dim), "features must be points × dim");
         assert!(features.iter().all(|f| f.is_finite()), "lattice features must be finite");
         // One instance per dimension, so that every per-point loop has a fixed length.
         match dim {

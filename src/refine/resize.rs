@@ -15,7 +15,7 @@ pub fn full_resolution(cam: &CamRow) -> Vec<f32> {
 
 /// Resizes `maps` ([K, h, w] row-major) to [K, height, width].
 pub fn resize_bilinear(maps: &[f32], h: usize, w: usize, height: usize, width: usize) -> Vec<f32> {
-    assert!(h > 0 && w > 0 && maps.len() % (h * w) == 0, "maps must be K × h × w");
+    assert!(h > 0 && w > 0 && maps.len().is_multiple_of(h * w), "maps must be K × h × w");
     let rows = taps(h, height);
     let cols = taps(w, width);
     let mut out = Vec::with_capacity(maps.len() / (h * w) * height * width);

@@ -51,7 +51,7 @@ pub fn run(config: &Config, world: &World, force: bool) -> anyhow::Result<Summar
             out: config.with_seg_crf(crf).seg_pred_dir(),
             fingerprint: fingerprint(
                 &[input.manifest()],
-                &format!("{settings}|crf {}", crf.then(|| serde_json::to_string(&infer.crf_params).unwrap_or_default()).unwrap_or_default()),
+                &format!("{settings}|crf {}", if crf { serde_json::to_string(&infer.crf_params).unwrap_or_default() } else { String::new() }),
             ),
             task_images: input.manifest().shards.iter().map(|s| s.rows).collect(),
             kind: DatasetKind::PseudoLabels,

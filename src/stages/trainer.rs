@@ -82,8 +82,11 @@ pub struct TrainData {
     pub images: Arc<Dataset>,
     /// A pseudo-label dataset of the same images and, for each image row, its row there
     /// ([`crate::data::join::join_by_id`]).
-    pub pseudo_labels: Option<(Arc<Dataset<PseudoRow>>, Arc<Vec<usize>>)>,
+    pub pseudo_labels: Option<PseudoLabelRows>,
 }
+
+/// A pseudo-label dataset and, for each image row, its row there.
+pub type PseudoLabelRows = (Arc<Dataset<PseudoRow>>, Arc<Vec<usize>>);
 
 impl TrainData {
     fn loader(&self, sampler: Sampler, spec: LoaderSpec) -> anyhow::Result<Loader> {
@@ -270,7 +273,7 @@ pub fn train<T: Task>(
             let step = trainer.sgd.step_count();
             if loss.is_finite() {
                 losses.push(loss);
-                if world.is_root() && step % train.log_every == 0 {
+                if world.is_root() && step.is_multiple_of(train.log_every) {
                     let seconds = step_input.data_wait_s + step_input.compute_s;
                     let images_per_s = images / seconds;
                     metrics.append(&StepMetrics {
@@ -290,7 +293,7 @@ pub fn train<T: Task>(
             if epoch_done {
                 cursor = Cursor { epoch: cursor.epoch + 1, position: 0 };
             }
-            if step % train.checkpoint_every == 0 || step == stop_at || stop_requested {
+            if step.is_multiple_of(train.checkpoint_every) || step == stop_at || stop_requested {
                 save_checkpoint(config, world, train, &checkpoints, &trainer, cursor, &mut losses)?;
             }
             if stop_requested && step < stop_at {
@@ -534,7 +537,7 @@ fn restore(
     } else {
         let consumed = meta.cursor.position * meta.world_size;
         let cursor = Cursor { epoch: meta.cursor.epoch, position: consumed / schedule.world };
-        if consumed % schedule.world != 0 {
+        if !consumed.is_multiple_of(schedule.world) {
             warn!("resuming on {} rank(s) a run of {}: {consumed} samples of epoch {} were consumed, which does not divide among {} ranks; {} sample(s) will be seen twice", world.size, meta.world_size, cursor.epoch, world.size, consumed % schedule.world);
         }
         let step = schedule.steps_at(cursor);
