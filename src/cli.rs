@@ -54,6 +54,17 @@ pub enum Command {
     },
     /// Run the whole pipeline of a config (what `make demo` calls).
     Run(ConfigArgs),
+    /// The run's report: one self-contained HTML file (curves, τ sweep, per-class IoU, samples).
+    Report {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Where to write it (default `<run dir>/report.html`).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Sample images shown with their CAM, pseudo-label and ground truth.
+        #[arg(long, default_value_t = 8)]
+        samples: usize,
+    },
     /// Show versions and what this machine offers (libtorch, CUDA, MPI, NCCL).
     Info,
 }

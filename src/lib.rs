@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod model;
 pub mod optim;
 pub mod refine;
+pub mod report;
 pub mod rounding;
 pub mod stages;
 pub mod stop;

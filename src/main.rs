@@ -115,6 +115,7 @@ fn dispatch(command: &Command, world: &World) -> anyhow::Result<Summary> {
         Command::Eval { command: EvalCommand::Pseudo(args) } => stages::eval::run_pseudo(&load(args)?, world),
         Command::Eval { command: EvalCommand::Seg(args) } => stages::eval::run_seg(&load(args)?, world),
         Command::Run(args) => stages::run::run(&load(args)?, world),
+        Command::Report { config, out, samples } => stages::report::run(&load(config)?, out.as_deref(), *samples),
         Command::Info => stages::info::run(),
     }
 }

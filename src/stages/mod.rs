@@ -10,6 +10,7 @@ pub mod info;
 pub mod inspect;
 pub mod map_phase;
 pub mod pseudo_label;
+pub mod report;
 pub mod run;
 pub mod seg;
 pub mod train_cam;

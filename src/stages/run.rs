@@ -21,6 +21,9 @@ use crate::data::synthetic::SyntheticSource;
 use crate::data::{atomic_write, Dataset};
 use crate::dist::World;
 
+/// Sample images in the report `run` writes.
+const REPORT_SAMPLES: usize = 8;
+
 pub fn run(config: &Config, world: &World) -> anyhow::Result<Summary> {
     if config.seg.enabled && config.cam.split != Split::Train {
         bail!("config key `cam.split`: with seg.enabled the segmenter trains on the pseudo-labels of cam.split, which must be \"train\"");
@@ -59,13 +62,14 @@ pub fn run(config: &Config, world: &World) -> anyhow::Result<Summary> {
     if world.is_root() {
         atomic_write(&run_dir.join("summary.json"), serde_json::to_string_pretty(&details)?.as_bytes())?;
         info!("{}", side_by_side(&details));
+        super::report::run(config, None, REPORT_SAMPLES)?;
         info!("run directory {}", run_dir.display());
     }
     Ok(Summary::ok(details))
 }
 
 /// The run's figures on one line: CAM, pseudo-labels and (when trained) the segmenter.
-fn side_by_side(details: &serde_json::Value) -> String {
+pub(super) fn side_by_side(details: &serde_json::Value) -> String {
     let percent = |v: &serde_json::Value| v.as_f64().map_or("?".to_string(), |x| format!("{:.1}", 100.0 * x));
     let cam = &details["eval_cam"]["report"];
     let pseudo = &details["eval_pseudo"]["report"];

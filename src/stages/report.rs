@@ -1,0 +1,212 @@
+//! `wsss-dist report --config F [--out FILE] [--samples N]`: the run's report as one
+//! self-contained HTML file (default `<run dir>/report.html`; `crate::report` builds it):
+//! loss, learning-rate and images/s curves of each training stage from its `metrics.jsonl`,
+//! the CAMs' τ sweep, per-class IoU of the CAMs, the pseudo-labels and (when present) the
+//! segmenter, and sample images of `cam.split` with their CAM heat map, pseudo-label,
+//! predictions and ground truth overlaid. What the run has not made yet is said on the page.
+//! `run` writes it at the end.
+
+use std::path::Path;
+
+use anyhow::Context;
+use serde_json::{json, Value};
+use tracing::info;
+
+use super::Summary;
+use crate::config::Config;
+use crate::data::codec::{decode_mask, decode_row_image, Rgb};
+use crate::data::{atomic_write, CamRow, Dataset, ImageRow, PseudoRow, ShardRow};
+use crate::refine::resize::full_resolution;
+use crate::report::{html, overlay_heat, overlay_labels, thumbnail, Chart, Point, Report, SampleRow, Table};
+
+/// Height of a sample panel in pixels.
+const PANEL_HEIGHT: u32 = 160;
+
+pub fn run(config: &Config, out: Option<&Path>, samples: usize) -> anyhow::Result<Summary> {
+    let run_dir = config.run_dir();
+    let mut report = Report { title: format!("wsss-dist run {} ({})", config.run.name, run_dir.display()), ..Report::default() };
+    if let Some(summary) = read_json(&run_dir.join("summary.json")).filter(|s| s.get("eval_cam").is_some()) {
+        report.summary.push(super::run::side_by_side(&summary));
+    }
+    for (stage, dir) in [("CAM classifier", run_dir.clone()), ("segmenter", config.seg_dir())] {
+        match read_metrics(&dir.join("metrics.jsonl")) {
+            Some(lines) => report.charts.extend(curves(stage, &lines)),
+            None if stage == "CAM classifier" => report.notes.push(format!("no training metrics at {}/metrics.jsonl", dir.display())),
+            None => {}
+        }
+    }
+    let eval = run_dir.join("eval");
+    let cam = read_json(&eval.join("cam.json"));
+    match &cam {
+        Some(cam) => report.charts.push(sweep_chart(&cam["report"])),
+        None => report.notes.push(format!("no CAM evaluation at {}/cam.json (`wsss-dist eval cam`)", eval.display())),
+    }
+    report.tables.push(iou_table(cam.as_ref(), &eval));
+    report.samples = sample_rows(config, samples, &mut report.notes)?;
+    let page = html(&report)?;
+    let out = out.map_or_else(|| run_dir.join("report.html"), Path::to_path_buf);
+    if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    }
+    atomic_write(&out, page.as_bytes())?;
+    info!(
+        "report: {} ({} charts, {} sample images, {:.1} MiB)",
+        out.display(),
+        report.charts.len(),
+        report.samples.len(),
+        page.len() as f64 / (1 << 20) as f64
+    );
+    Ok(Summary::ok(json!({ "out": out, "charts": report.charts.len(), "samples": report.samples.len(), "notes": report.notes })))
+}
+
+fn read_json(path: &Path) -> Option<Value> {
+    serde_json::from_slice(&std::fs::read(path).ok()?).ok()
+}
+
+/// The lines of a `metrics.jsonl`, or `None` where there is none (or nothing in it).
+fn read_metrics(path: &Path) -> Option<Vec<Value>> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let lines: Vec<Value> = text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    (!lines.is_empty()).then_some(lines)
+}
+
+/// Loss, learning rate and images/s against the step.
+fn curves(stage: &str, lines: &[Value]) -> Vec<Chart> {
+    let series = |key: &str| -> Vec<Point> { lines.iter().filter_map(|l| Some(Point { x: l["step"].as_f64()?, y: l[key].as_f64()? })).collect() };
+    [("loss", "training loss"), ("lr", "learning rate"), ("images_per_s", "images/s")]
+        .into_iter()
+        .map(|(key, label)| Chart {
+            title: format!("{stage}: {label}"),
+            x_label: "step".into(),
+            y_label: label.into(),
+            series: vec![(label.into(), series(key))],
+        })
+        .collect()
+}
+
+/// CAM mIoU (%) over τ, and the image-label baseline as a flat line.
+fn sweep_chart(report: &Value) -> Chart {
+    let sweep: Vec<Point> =
+        report["sweep"].as_array().into_iter().flatten().filter_map(|p| Some(Point { x: p["tau"].as_f64()?, y: 100.0 * p["miou"].as_f64()? })).collect();
+    let baseline = 100.0 * report["baseline"]["miou"].as_f64().unwrap_or(f64::NAN);
+    let flat = sweep.iter().map(|p| Point { x: p.x, y: baseline }).collect();
+    Chart {
+        title: "CAM mIoU over the background threshold τ".into(),
+        x_label: "τ".into(),
+        y_label: "mIoU (%)".into(),
+        series: vec![("CAM".into(), sweep), ("image-label baseline".into(), flat)],
+    }
+}
+
+/// Per-class IoU (%) of every evaluation the run has: the CAMs at their best τ, the
+/// image-label baseline, the pseudo-labels, the segmenter (without and with the CRF).
+fn iou_table(cam: Option<&Value>, eval: &Path) -> Table {
+    let mut columns: Vec<(String, Value)> = Vec::new();
+    let mut classes: Vec<String> = Vec::new();
+    if let Some(cam) = cam {
+        let report = &cam["report"];
+        classes = serde_json::from_value(report["classes"].clone()).unwrap_or_default();
+        columns.push((format!("CAM (τ {:.2})", report["best_tau"].as_f64().unwrap_or(f64::NAN)), report["best"].clone()));
+        columns.push(("image-label baseline".into(), report["baseline"].clone()));
+    }
+    for (file, name) in [("pseudo.json", "pseudo-labels"), ("seg.json", "segmenter"), ("seg_crf.json", "segmenter + CRF")] {
+        if let Some(value) = read_json(&eval.join(file)) {
+            if classes.is_empty() {
+                classes = serde_json::from_value(value["report"]["classes"].clone()).unwrap_or_default();
+            }
+            columns.push((name.into(), value["report"].clone()));
+        }
+    }
+    let percent = |v: &Value| v.as_f64().map_or("–".to_string(), |x| format!("{:.1}", 100.0 * x));
+    let mut rows: Vec<Vec<String>> =
+        classes.iter().enumerate().map(|(c, name)| std::iter::once(name.clone()).chain(columns.iter().map(|(_, r)| percent(&r["iou"][c]))).collect()).collect();
+    rows.push(std::iter::once("mIoU".to_string()).chain(columns.iter().map(|(_, r)| percent(&r["miou"]))).collect());
+    Table { caption: "IoU per class (%)".into(), header: std::iter::once("class".to_string()).chain(columns.into_iter().map(|(n, _)| n)).collect(), rows }
+}
+
+/// The first `count` images of `cam.split` (in shard and row order) with their CAM heat map,
+/// pseudo-label, segmenter predictions (where they were made for this split) and ground
+/// truth. A missing dataset is noted and its column left out.
+fn sample_rows(config: &Config, count: usize, notes: &mut Vec<String>) -> anyhow::Result<Vec<SampleRow>> {
+    let images_dir = config.dataset(config.cam.split);
+    let Ok(images) = Dataset::open(images_dir) else {
+        notes.push(format!("no images at {} for the samples", images_dir.display()));
+        return Ok(Vec::new());
+    };
+    let rows = first_rows(&images, count)?;
+    let cams: Option<Dataset<CamRow>> = open_or_note(&config.cam_dir(), "CAMs", notes);
+    let labels: Option<Dataset<PseudoRow>> = open_or_note(&config.pseudo_dir(), "pseudo-labels", notes);
+    let seg_split = config.seg.infer.split == config.cam.split;
+    let predictions: Vec<(&str, Dataset<PseudoRow>)> = [(false, "segmenter"), (true, "segmenter + CRF")]
+        .into_iter()
+        .filter(|_| seg_split)
+        .filter_map(|(crf, name)| Dataset::open_as(&config.with_seg_crf(crf).seg_pred_dir()).ok().map(|d| (name, d)))
+        .collect();
+    if config.seg.enabled && !seg_split {
+        notes.push(format!("the segmenter predicts the {:?} split, the samples are of cam.split: its columns are left out", config.seg.infer.split));
+    }
+    let num_classes = images.manifest().num_classes();
+    let mut out = Vec::with_capacity(rows.len());
+    for (shard, image) in rows {
+        image.check(num_classes).map_err(|e| anyhow::anyhow!("{} id {}: {e}", images_dir.display(), image.id))?;
+        let photo = decode_row_image(&image).map_err(|e| anyhow::anyhow!("{} id {}: {e}", images_dir.display(), image.id))?;
+        let mut panels = vec![("photo".to_string(), thumbnail(&photo, PANEL_HEIGHT))];
+        if let Some(cam) = cams.as_ref().and_then(|d| row_of(d, shard, &image.id)) {
+            panels.push(("CAM (max over its classes)".into(), thumbnail(&overlay_heat(&photo, &max_over_classes(&cam)), PANEL_HEIGHT)));
+        }
+        for (name, dataset) in labels.iter().map(|d| ("pseudo-labels", d)).chain(predictions.iter().map(|(n, d)| (*n, d))) {
+            if let Some(row) = row_of(dataset, shard, &image.id) {
+                panels.push((name.into(), label_panel(&photo, &row.mask)?));
+            }
+        }
+        if let Some(mask) = &image.mask {
+            panels.push(("ground truth".into(), label_panel(&photo, mask)?));
+        }
+        out.push(SampleRow { id: image.id, panels });
+    }
+    Ok(out)
+}
+
+/// The dataset at `dir`, or a note saying it is missing.
+fn open_or_note<R: ShardRow>(dir: &Path, what: &str, notes: &mut Vec<String>) -> Option<Dataset<R>> {
+    match Dataset::open_as(dir) {
+        Ok(dataset) => Some(dataset),
+        Err(_) => {
+            notes.push(format!("no {what} at {}: not in the samples", dir.display()));
+            None
+        }
+    }
+}
+
+/// The first `count` rows, with their shard.
+fn first_rows(images: &Dataset, count: usize) -> anyhow::Result<Vec<(usize, ImageRow)>> {
+    let mut rows = Vec::new();
+    for shard in 0..images.num_shards() {
+        let reader = images.shard(shard)?;
+        for group in 0..reader.num_row_groups() {
+            if rows.len() >= count {
+                return Ok(rows);
+            }
+            rows.extend(reader.read_row_group(group)?.into_iter().map(|r| (shard, r)).take(count - rows.len()));
+        }
+    }
+    Ok(rows)
+}
+
+/// The row of `id` in shard `shard` (map-phase outputs keep the image shards' split).
+fn row_of<R: ShardRow>(dataset: &Dataset<R>, shard: usize, id: &str) -> Option<R> {
+    dataset.shard(shard).ok()?.read_all().ok()?.into_iter().find(|r| r.id() == id)
+}
+
+/// Each pixel's largest CAM value over the image's classes (0 with none).
+fn max_over_classes(cam: &CamRow) -> Vec<f32> {
+    let pixels = (cam.width * cam.height) as usize;
+    let maps = full_resolution(cam);
+    (0..pixels).map(|p| maps.iter().skip(p).step_by(pixels.max(1)).copied().fold(0.0, f32::max)).collect()
+}
+
+fn label_panel(photo: &Rgb, mask: &[u8]) -> anyhow::Result<Rgb> {
+    let (w, h, ids) = decode_mask(mask).map_err(anyhow::Error::msg)?;
+    anyhow::ensure!((w, h) == (photo.width, photo.height), "a {w}x{h} label map for a {}x{} image", photo.width, photo.height);
+    Ok(thumbnail(&overlay_labels(photo, &ids), PANEL_HEIGHT))
+}
