@@ -51,12 +51,14 @@ def main():
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (benchmarks/gpu/check.sh)")
+    parser.add_argument("--bf16", action="store_true", help="bf16 autocast of the forward pass")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     backbone, classifier = build(args.depth, args.classes)
     ranks, rank = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0))
-    model = CamClassifier(backbone, classifier)
+    model = CamClassifier(backbone, classifier).to(args.device)
     if ranks > 1:
         torch.distributed.init_process_group("gloo")
         model = torch.nn.parallel.DistributedDataParallel(model)
@@ -69,15 +71,16 @@ def main():
         lr=lr, momentum=0.9, weight_decay=1e-4,
     )
     base = [g["lr"] for g in optimizer.param_groups]
-    images = torch.randn(args.batch, 3, args.size, args.size)
-    labels = torch.randint(0, 2, (args.batch, args.classes)).float()
+    images = torch.randn(args.batch, 3, args.size, args.size, device=args.device)
+    labels = torch.randint(0, 2, (args.batch, args.classes), device=args.device).float()
     times = []
     for step in range(total):
         start = time.perf_counter()
         for group, lr0 in zip(optimizer.param_groups, base):
             group["lr"] = lr0 * (1 - step / total) ** 0.9
-        logits = model(images)
-        loss = F.multilabel_soft_margin_loss(logits, labels)
+        with torch.autocast(args.device, dtype=torch.bfloat16, enabled=args.bf16):
+            logits = model(images)
+        loss = F.multilabel_soft_margin_loss(logits.float(), labels)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -87,7 +90,7 @@ def main():
     times.sort()
     median = times[len(times) // 2]
     if rank == 0:
-        print(json.dumps({"tool": "pytorch", "ranks": ranks, "median_step_s": median, "images_per_s": args.batch * ranks / median, "steps": times}))
+        print(json.dumps({"tool": "pytorch", "device": args.device, "bf16": args.bf16, "ranks": ranks, "median_step_s": median, "images_per_s": args.batch * ranks / median, "steps": times}))
     if ranks > 1:
         torch.distributed.destroy_process_group()
 

@@ -32,6 +32,8 @@ fn keep_freed_memory() {
 
 fn main() -> ExitCode {
     keep_freed_memory();
+    // Before any tch call: libtorch's CUDA backend, where the machine has one.
+    let cuda_backend = wsss_dist::dist::device::load_cuda_backend();
     let cli = Cli::parse();
     let world = World::from_env();
     // Rank 0 logs; the other ranks only warn and fail (WSSS_LOG overrides both).
@@ -45,6 +47,9 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_target(false)
         .init();
+    if let Err(reason) = &cuda_backend {
+        tracing::debug!("libtorch's CUDA backend is not loaded ({reason}): CPU only");
+    }
     let world = match world {
         Ok(world) => world,
         Err(e) => {

@@ -12,6 +12,7 @@ pub fn run() -> anyhow::Result<Summary> {
     let (cuda_driver, nccl) = unsafe { (cudarc::driver::sys::is_culib_present(), cudarc::nccl::sys::is_culib_present()) };
     let details = json!({
         "wsss_dist": env!("CARGO_PKG_VERSION"),
+        "libtorch_cuda_backend": crate::dist::device::load_cuda_backend().map_or_else(|e| format!("not loaded: {e}"), |l| format!("{l} loaded")),
         "libtorch_cuda_available": cuda,
         "cuda_devices": if cuda { tch::Cuda::device_count() } else { 0 },
         "cuda_driver_library": cuda_driver,
