@@ -3,6 +3,7 @@
 
 pub mod dense_crf;
 pub mod fsl;
+pub mod irn;
 pub mod isl;
 pub mod multilabel;
 pub mod objective;

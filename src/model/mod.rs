@@ -5,6 +5,7 @@ pub mod amr;
 pub mod backbone;
 pub mod cam;
 pub mod deeplab;
+pub mod irn;
 pub mod layers;
 pub mod mobilenet;
 pub mod resnet;

@@ -23,7 +23,7 @@ pub enum Depth {
 
 impl Depth {
     /// Blocks per stage and whether they are bottlenecks (torchvision's table).
-    fn layout(self) -> ([usize; 4], bool) {
+    pub(super) fn layout(self) -> ([usize; 4], bool) {
         match self {
             Depth::Resnet18 => ([2, 2, 2, 2], false),
             Depth::Resnet34 => ([3, 4, 6, 3], false),
@@ -186,10 +186,20 @@ impl ResNet {
 
     /// layer1's output (stride 4) and the last feature map.
     pub fn run_levels(&self, xs: &Tensor, mode: Mode) -> (Tensor, Tensor) {
+        let mut stages = self.run_stages(xs, mode);
+        let high = stages.pop().expect("five stages");
+        (stages.swap_remove(1), high)
+    }
+
+    /// The output of each stage: the stem (after the max pool, stride 4), layer1 … layer4.
+    pub fn run_stages(&self, xs: &Tensor, mode: Mode) -> Vec<Tensor> {
         let stem = self.bn1.run(&self.conv1.forward(xs), mode).relu_().max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false);
-        let low = self.layers[0].iter().fold(stem, |h, block| block.run(&h, mode));
-        let high = self.layers[1..].iter().flatten().fold(low.shallow_clone(), |h, block| block.run(&h, mode));
-        (low, high)
+        let mut stages = vec![stem];
+        for layer in &self.layers {
+            let input = stages.last().expect("the stem").shallow_clone();
+            stages.push(layer.iter().fold(input, |h, block| block.run(&h, mode)));
+        }
+        stages
     }
 }
 
