@@ -174,6 +174,15 @@ pub enum TrainCommand {
         #[arg(long)]
         resume: bool,
     },
+    /// IRNet's inter-pixel relation network (`[irn]`, docs/methods.md §8) on data.train and its
+    /// irn_seeds pseudo-labels.
+    Irn {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Continue from the latest checkpoint in `<run dir>/irn`.
+        #[arg(long)]
+        resume: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]

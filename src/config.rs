@@ -52,6 +52,7 @@ pub struct Config {
     pub method: MethodConfig,
     pub pseudo_label: PseudoLabelConfig,
     pub seg: SegConfig,
+    pub irn: IrnConfig,
 }
 
 /// `[run]`: where a run writes and the seed every random choice derives from.
@@ -125,6 +126,68 @@ pub struct SegConfig {
     pub loader: LoaderConfig,
     pub loss: SegLossConfig,
     pub infer: SegInferConfig,
+}
+
+/// `[irn]`: IRNet's inter-pixel relation network (docs/methods.md §8), trained by `train irn` on
+/// the `irn_seeds` pseudo-labels of the train split into `<run dir>/irn`. Its training and
+/// loader settings are sections of their own, as the segmenter's.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct IrnConfig {
+    /// The `irn_seeds` pseudo-labels of `data.train`; "" is `<run dir>/pseudo_labels/train`.
+    pub labels: PathBuf,
+    /// The frozen backbone: a ResNet of this depth at strides (2, 2, 2, 1).
+    pub depth: Depth,
+    /// torchvision ImageNet ResNet weights for the backbone (safetensors); "" starts from a
+    /// random backbone with calibrated BatchNorm statistics (tests only: the boundaries need
+    /// ImageNet features).
+    pub init: PathBuf,
+    /// Radius of the training pairs (IRNet's 10: 152 directions).
+    pub radius: i32,
+    pub train: TrainConfig,
+    pub loader: LoaderConfig,
+}
+
+impl Default for IrnConfig {
+    fn default() -> Self {
+        IrnConfig {
+            labels: PathBuf::new(),
+            depth: Depth::Resnet50,
+            init: PathBuf::new(),
+            radius: 10,
+            // IRNet's recipe: batch 32, crop 512, 3 epochs, lr 0.1 (the displacement branch at
+            // 10×), weight decay 1e-4, poly 0.9. Its `SGD(params, lr, weight_decay)` puts the
+            // weight decay where momentum goes: it trains with momentum 1e-4, i.e. none, and so
+            // does this default (with 0.9 the displacement branch at lr 1.0 takes steps ten
+            // times the reference's).
+            train: TrainConfig { epochs: 3, lr: 0.1, momentum: 0.0, weight_decay: 1e-4, head_lr_mult: 10.0, ..TrainConfig::default() },
+            // IRNet's `rescale=(0.5, 1.5)` of the photo, flip, crop 512; no colour jitter.
+            loader: LoaderConfig {
+                batch_size: 32,
+                crop: 512,
+                resize_long: [250, 750],
+                brightness: 0.0,
+                contrast: 0.0,
+                saturation: 0.0,
+                hue: 0.0,
+                ..LoaderConfig::default()
+            },
+        }
+    }
+}
+
+impl IrnConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        self.train.validate("irn.train")?;
+        self.loader.validate("irn.loader")?;
+        if !(2..=16).contains(&self.radius) {
+            return invalid("irn.radius", "must be in 2..=16 (IRNet trains at 10)");
+        }
+        if self.loader.crop < 4 * (2 * self.radius as u32 + 1) {
+            return invalid("irn.loader.crop", "must leave a stride-4 grid larger than the pairs' reach: at least 4 × (2 · irn.radius + 1) pixels");
+        }
+        Ok(())
+    }
 }
 
 /// DeepLab's training crops, by `seg.model.kind` when `seg.loader.crop` is not set: 513 for v3+
@@ -916,6 +979,7 @@ impl Config {
         self.loader.validate("loader")?;
         self.train.validate("train")?;
         self.seg.validate()?;
+        self.irn.validate()?;
         self.cam.validate()?;
         self.eval.validate()?;
         self.method.validate()?;
@@ -975,11 +1039,26 @@ impl Config {
 
     /// The pseudo-labels `train seg` learns from.
     pub fn seg_labels_dir(&self) -> PathBuf {
-        if self.seg.labels.as_os_str().is_empty() {
+        self.train_labels_or(&self.seg.labels)
+    }
+
+    /// The pseudo-labels `train irn` learns from.
+    pub fn irn_labels_dir(&self) -> PathBuf {
+        self.train_labels_or(&self.irn.labels)
+    }
+
+    /// `explicit`, or where `pseudo-label` writes the train split's: `<run dir>/pseudo_labels/train`.
+    fn train_labels_or(&self, explicit: &Path) -> PathBuf {
+        if explicit.as_os_str().is_empty() {
             self.run_dir().join("pseudo_labels").join("train")
         } else {
-            self.seg.labels.clone()
+            explicit.to_path_buf()
         }
+    }
+
+    /// Where `train irn` writes: `<run dir>/irn`.
+    pub fn irn_dir(&self) -> PathBuf {
+        self.run_dir().join("irn")
     }
 
     /// Where `train seg` writes: `<run dir>/seg`.

@@ -108,6 +108,7 @@ fn dispatch(command: &Command, world: &World) -> anyhow::Result<Summary> {
         }
         Command::Train { command: TrainCommand::Cam { config, resume } } => stages::train_cam::run(&load(config)?, world, *resume),
         Command::Train { command: TrainCommand::Seg { config, resume } } => stages::train_seg::run(&load(config)?, world, *resume),
+        Command::Train { command: TrainCommand::Irn { config, resume } } => stages::train_irn::run(&load(config)?, world, *resume),
         Command::Cam { args, pseudo_labels: false } => stages::cam::run(&load(&args.config)?, world, args.force),
         Command::Cam { args, pseudo_labels: true } => {
             let (cams, labels) = stages::cam_and_labels::run(&load(&args.config)?, world, args.force)?;

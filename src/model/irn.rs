@@ -74,6 +74,9 @@ pub struct IrnOutput {
 /// displacement branch at lr × 10, IRNet's groups).
 pub const EDGE: &str = "fc_edge";
 pub const DISPLACEMENT: &str = "fc_dp";
+/// The branches' layers (new when ImageNet weights are imported into the backbone).
+pub const BRANCH_LAYERS: [&str; 13] =
+    ["fc_edge1", "fc_edge2", "fc_edge3", "fc_edge4", "fc_edge5", "fc_edge6", "fc_dp1", "fc_dp2", "fc_dp3", "fc_dp4", "fc_dp5", "fc_dp6", "fc_dp7"];
 
 impl IrnNet {
     pub fn new(vs: &nn::Path, depth: Depth) -> IrnNet {
@@ -142,6 +145,11 @@ impl IrnNet {
             Mode::Eval | Mode::Calibrate => displacement - self.mean_shift.view([1, 2, 1, 1]),
         };
         IrnOutput { edge_logits, displacement }
+    }
+
+    /// Sets the frozen backbone's BatchNorm statistics from one batch (a random start).
+    pub fn calibrate_batch_norm(&self, images: &Tensor) {
+        let _ = tch::no_grad(|| self.backbone.run_stages(images, Mode::Calibrate));
     }
 
     /// IRNet's boundary map of one image at inference: the image and its flip in one batch,

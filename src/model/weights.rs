@@ -77,6 +77,11 @@ pub const TORCHVISION_BACKBONE: ImportRules<'static> =
 pub const TORCHVISION_SEG_BACKBONE: ImportRules<'static> =
     ImportRules { new_layers: &[], ignored_prefixes: &["fc.", "classifier.1.", "features.18."], ignored_suffixes: &["num_batches_tracked"] };
 
+/// torchvision ImageNet ResNet weights into IRNet's backbone: the two branches are new, the
+/// ImageNet classifier is not ours.
+pub const TORCHVISION_IRN_BACKBONE: ImportRules<'static> =
+    ImportRules { new_layers: &super::irn::BRANCH_LAYERS, ignored_prefixes: &["fc."], ignored_suffixes: &["num_batches_tracked"] };
+
 /// What an import did.
 #[derive(Debug, Default)]
 pub struct ImportReport {

@@ -14,6 +14,7 @@ pub mod report;
 pub mod run;
 pub mod seg;
 pub mod train_cam;
+pub mod train_irn;
 pub mod train_seg;
 pub mod trainer;
 pub mod verify;

@@ -14,10 +14,7 @@ use tracing::{info, warn};
 use super::trainer::{self, Stage, Task, TaskContext, TrainData};
 use super::Summary;
 use crate::config::Config;
-use crate::data::join::join_by_id;
 use crate::data::loader::Batch;
-use crate::data::schema::PseudoRow;
-use crate::data::Dataset;
 use crate::dist::sync_bn::StatsSync;
 use crate::dist::World;
 use crate::loss::dense_crf::DenseCrfLoss;
@@ -27,24 +24,7 @@ use crate::model::weights;
 use crate::optim::ParamGroup;
 
 pub fn run(config: &Config, world: &World, resume: bool) -> anyhow::Result<Summary> {
-    let images = Dataset::open(&config.data.train).with_context(|| format!("config key `data.train` ({})", config.data.train.display()))?;
-    let labels_dir = config.seg_labels_dir();
-    let labels = Dataset::<PseudoRow>::open_as(&labels_dir).with_context(|| {
-        format!(
-            "config key `seg.labels` ({}): make the pseudo-labels of the train split first (`wsss-dist cam --pseudo-labels` with cam.split = \"train\")",
-            labels_dir.display()
-        )
-    })?;
-    ensure!(
-        labels.manifest().classes == images.manifest().classes,
-        "{}: its classes {:?} differ from those of the images in {} ({:?})",
-        labels_dir.display(),
-        labels.manifest().classes,
-        images.dir().display(),
-        images.manifest().classes
-    );
-    let rows = join_by_id(&images, &labels)?;
-    let data = TrainData { images: Arc::new(images), pseudo_labels: Some((Arc::new(labels), Arc::new(rows))) };
+    let data = TrainData::with_labels(config, &config.seg_labels_dir(), "seg.labels")?;
     let stage = Stage { keys: "seg.", train: &config.seg.train, loader: &config.seg.loader, dir: config.seg_dir() };
     trainer::train(config, world, resume, &stage, data, |context| Ok(SegTask::new(config, context)))
 }

@@ -89,6 +89,28 @@ pub struct TrainData {
 pub type PseudoLabelRows = (Arc<Dataset<PseudoRow>>, Arc<Vec<usize>>);
 
 impl TrainData {
+    /// `data.train` joined by id with the pseudo-label dataset at `labels_dir` (`key` names its
+    /// config key in errors): what the segmenter and IRNet's network learn from.
+    pub fn with_labels(config: &Config, labels_dir: &Path, key: &str) -> anyhow::Result<TrainData> {
+        let images = Dataset::open(&config.data.train).with_context(|| format!("config key `data.train` ({})", config.data.train.display()))?;
+        let labels = Dataset::<PseudoRow>::open_as(labels_dir).with_context(|| {
+            format!(
+                "config key `{key}` ({}): make the pseudo-labels of the train split first (`wsss-dist cam --pseudo-labels` with cam.split = \"train\")",
+                labels_dir.display()
+            )
+        })?;
+        ensure!(
+            labels.manifest().classes == images.manifest().classes,
+            "{}: its classes {:?} differ from those of the images in {} ({:?})",
+            labels_dir.display(),
+            labels.manifest().classes,
+            images.dir().display(),
+            images.manifest().classes
+        );
+        let rows = crate::data::join::join_by_id(&images, &labels)?;
+        Ok(TrainData { images: Arc::new(images), pseudo_labels: Some((Arc::new(labels), Arc::new(rows))) })
+    }
+
     fn loader(&self, sampler: Sampler, spec: LoaderSpec) -> anyhow::Result<Loader> {
         let loader = Loader::new(self.images.clone(), sampler, spec)?;
         Ok(match &self.pseudo_labels {
