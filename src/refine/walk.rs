@@ -160,6 +160,37 @@ pub fn propagate(cams: &[f32], boundary: &[f32], height: usize, width: usize, pa
     out
 }
 
+/// IRNet's pseudo-label of one image (`make_sem_seg_labels.py`): its stride-4 CAMs ([K, h, w],
+/// the maps of `classes`) walked over `boundary` ([h, w]), upsampled ×4 (bilinear) and cropped
+/// to `height` × `width`, divided by their global maximum, with a background score of
+/// `bg_threshold` in front; the argmax as class ids (background wins ties). An image whose walked
+/// maps are nowhere positive is all background.
+pub fn walk_labels(cams: &[f32], classes: &[u16], boundary: &[f32], grid: (usize, usize), size: (usize, usize), params: &WalkParams, bg_threshold: f32) -> Vec<u8> {
+    labels_of_walked(&propagate(cams, boundary, grid.0, grid.1, params), classes, grid, size, bg_threshold)
+}
+
+/// The label step of [`walk_labels`] on maps already walked.
+fn labels_of_walked(walked: &[f32], classes: &[u16], (h, w): (usize, usize), (height, width): (usize, usize), bg_threshold: f32) -> Vec<u8> {
+    let pixels = height * width;
+    if classes.is_empty() {
+        return vec![0; pixels];
+    }
+    let up = super::resize::resize_bilinear(walked, h, w, 4 * h, 4 * w);
+    let mut cropped: Vec<f32> = Vec::with_capacity(classes.len() * pixels);
+    for map in up.chunks_exact(16 * h * w) {
+        for row in map.chunks_exact(4 * w).take(height) {
+            cropped.extend_from_slice(&row[..width]);
+        }
+    }
+    let top = cropped.iter().copied().fold(0.0f32, f32::max);
+    if top <= 0.0 {
+        return vec![0; pixels];
+    }
+    cropped.iter_mut().for_each(|v| *v /= top);
+    let keys: Vec<u8> = std::iter::once(0).chain(classes.iter().map(|&c| c as u8)).collect();
+    super::pseudo::threshold_labels(&cropped, pixels, bg_threshold).into_iter().map(|l| keys[l as usize]).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -251,6 +282,28 @@ mod tests {
         let walked = propagate(&cams, &boundary, h, w, &WalkParams::default());
         let (left, right): (f32, f32) = (0..h * w).fold((0.0, 0.0), |(l, r), p| if p % w < 6 { (l + walked[p], r) } else { (l, r + walked[p]) });
         assert!(left > 5.0 * right, "left {left}, right {right}");
+    }
+
+    /// IRNet's label step on the sparse walk and on the dense formula gives the same labels, on
+    /// an image whose size is not a multiple of 4 (the ×4 upsampling is cropped).
+    #[test]
+    fn walked_labels_equal_the_dense_formulas() {
+        let (h, w, height, width) = (9usize, 11usize, 34usize, 43usize);
+        let boundary: Vec<f32> = (0..h * w).map(|p| if p % w == 6 { 0.9 } else { 0.0 }).collect();
+        // Class 3 on the left (columns 0–2), class 7 right of the boundary (columns 8–10).
+        let active = |class: usize, x: usize| if class == 0 { x < 3 } else { x >= 8 };
+        let cams: Vec<f32> = (0..2 * h * w).map(|k| if active(k / (h * w), (k % (h * w)) % w) { 0.9 } else { 0.05 }).collect();
+        let params = WalkParams::default();
+        let sparse = walk_labels(&cams, &[3, 7], &boundary, (h, w), (height, width), &params, 0.25);
+        let dense: Vec<f32> = dense_walk(&cams, &boundary, h, w, &params).into_iter().map(|v| v as f32).collect();
+        let reference = labels_of_walked(&dense, &[3, 7], (h, w), (height, width), 0.25);
+        assert_eq!(sparse.len(), height * width);
+        assert_eq!(sparse, reference);
+        // Both classes and the background occur: the comparison is not of a constant map.
+        for id in [0, 3, 7] {
+            assert!(sparse.contains(&id), "{id} missing");
+        }
+        assert_eq!(labels_of_walked(&vec![0.0; 2 * h * w], &[3, 7], (h, w), (height, width), 0.25), vec![0; height * width]);
     }
 
     /// With no boundary anywhere a connected grid mixes towards the stationary distribution:
