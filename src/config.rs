@@ -21,6 +21,7 @@ use crate::model::resnet::{Depth, Strides};
 use crate::model::Base;
 use crate::refine::crf::CrfParams;
 use crate::refine::pseudo::{PseudoMethod, PseudoParams};
+use crate::refine::walk::WalkParams;
 
 /// A configuration error: names the file or the key at fault.
 #[derive(Debug, thiserror::Error)]
@@ -144,6 +145,9 @@ pub struct IrnConfig {
     pub init: PathBuf,
     /// Radius of the training pairs (IRNet's 10: 152 directions).
     pub radius: i32,
+    /// The network `pseudo-label --method irn_rw` uses; "" is the newest checkpoint in
+    /// `<run dir>/irn`.
+    pub checkpoint: PathBuf,
     pub train: TrainConfig,
     pub loader: LoaderConfig,
 }
@@ -155,6 +159,7 @@ impl Default for IrnConfig {
             depth: Depth::Resnet50,
             init: PathBuf::new(),
             radius: 10,
+            checkpoint: PathBuf::new(),
             // IRNet's recipe: batch 32, crop 512, 3 epochs, lr 0.1 (the displacement branch at
             // 10×), weight decay 1e-4, poly 0.9. Its `SGD(params, lr, weight_decay)` puts the
             // weight decay where momentum goes: it trains with momentum 1e-4, i.e. none, and so
@@ -617,7 +622,8 @@ impl Default for CamConfig {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct PseudoLabelConfig {
-    /// "threshold", "crf" or "irn_seeds".
+    /// "threshold", "crf", "irn_seeds" or "irn_rw" (IRNet's random walk over the boundaries of
+    /// `train irn`'s network, `irn.checkpoint`).
     pub method: PseudoMethod,
     /// τ of `threshold`.
     pub tau: f32,
@@ -633,6 +639,8 @@ pub struct PseudoLabelConfig {
     pub out: PathBuf,
     /// The dense CRF (IRNet's settings by default; SEAM/HFPL use appearance_sxy 80, appearance_srgb 13).
     pub crf: CrfParams,
+    /// `irn_rw`: the random walk (docs/methods.md §8).
+    pub walk: WalkParams,
 }
 
 impl Default for PseudoLabelConfig {
@@ -647,6 +655,7 @@ impl Default for PseudoLabelConfig {
             threads: 0,
             out: PathBuf::new(),
             crf: CrfParams::default(),
+            walk: WalkParams::default(),
         }
     }
 }
@@ -662,6 +671,7 @@ impl PseudoLabelConfig {
             bg_threshold: self.bg_threshold,
             gt_prob: self.gt_prob,
             crf: self.crf,
+            walk: self.walk,
         }
     }
 
@@ -677,6 +687,7 @@ impl PseudoLabelConfig {
         if !(self.bg_power > 0.0 && self.bg_power.is_finite()) {
             return invalid("pseudo_label.bg_power", "must be a positive number");
         }
+        self.walk.check().map_err(|(key, message)| ConfigError::Invalid { key: format!("pseudo_label.walk.{key}"), message: message.into() })?;
         check_crf(&self.crf, "pseudo_label.crf")
     }
 }
@@ -1029,28 +1040,39 @@ impl Config {
     }
 
     /// Where `pseudo-label` writes (and `eval pseudo` reads) the pseudo-label dataset.
+    /// (`<run dir>/pseudo_labels/<split>`, or `pseudo_labels_rw/` for `irn_rw`, whose
+    /// network learns from the `irn_seeds` labels in `pseudo_labels/`.)
     pub fn pseudo_dir(&self) -> PathBuf {
         if self.pseudo_label.out.as_os_str().is_empty() {
-            self.run_dir().join("pseudo_labels").join(self.split_name())
+            self.run_dir().join(self.labels_folder()).join(self.split_name())
         } else {
             self.pseudo_label.out.clone()
         }
     }
 
+    /// Where the pseudo-labels of `pseudo_label.method` go in the run directory.
+    fn labels_folder(&self) -> &'static str {
+        if self.pseudo_label.method == PseudoMethod::IrnRw {
+            "pseudo_labels_rw"
+        } else {
+            "pseudo_labels"
+        }
+    }
+
     /// The pseudo-labels `train seg` learns from.
     pub fn seg_labels_dir(&self) -> PathBuf {
-        self.train_labels_or(&self.seg.labels)
+        self.train_labels_or(&self.seg.labels, self.labels_folder())
     }
 
-    /// The pseudo-labels `train irn` learns from.
+    /// The `irn_seeds` pseudo-labels `train irn` learns from.
     pub fn irn_labels_dir(&self) -> PathBuf {
-        self.train_labels_or(&self.irn.labels)
+        self.train_labels_or(&self.irn.labels, "pseudo_labels")
     }
 
-    /// `explicit`, or where `pseudo-label` writes the train split's: `<run dir>/pseudo_labels/train`.
-    fn train_labels_or(&self, explicit: &Path) -> PathBuf {
+    /// `explicit`, or the train split's pseudo-labels in `folder` of the run directory.
+    fn train_labels_or(&self, explicit: &Path, folder: &str) -> PathBuf {
         if explicit.as_os_str().is_empty() {
-            self.run_dir().join("pseudo_labels").join("train")
+            self.run_dir().join(folder).join("train")
         } else {
             explicit.to_path_buf()
         }

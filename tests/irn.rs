@@ -1,11 +1,13 @@
 //! `train irn` through the binary, on the irn_seeds pseudo-labels of a real (tiny) CAM run:
-//! it learns (the loss falls), checkpoints IRNet's branches, and a stopped run resumes bitwise.
+//! it learns (the loss falls), checkpoints IRNet's branches, and a stopped run resumes bitwise;
+//! then `pseudo-label --method irn_rw` walks over its boundaries as a map phase: every image
+//! labelled, the same bytes on 1 and 2 ranks, nothing recomputed on a rerun.
 
 mod common;
 
 use std::path::Path;
 
-use common::{wsss_fails, wsss_ok};
+use common::{mpirun_ok, wsss_fails, wsss_ok};
 
 /// 48 synthetic images of 32 px; ResNet-18 for the CAMs and for IRNet's backbone; IRNet on 32 px
 /// crops (a stride-4 grid of 8) with pairs of radius 3.
@@ -83,4 +85,45 @@ fn train_irn_learns_from_irn_seeds_and_resumes_bitwise() {
         let b = std::fs::read(dir.join("runs/parts/irn/checkpoints").join(file)).unwrap();
         assert!(a == b, "{file} differs after resuming");
     }
+}
+
+#[test]
+fn irn_rw_pseudo_labels_are_a_map_phase() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    std::fs::write(dir.join("config.toml"), TINY).unwrap();
+    let config = ["--config", "config.toml"];
+    wsss_ok(dir, &["data", "import", "synthetic", "--out", "data/train", "--images", "48", "--size", "32", "--shard-rows", "20"]);
+    wsss_ok(dir, &["data", "import", "synthetic", "--out", "data/val", "--images", "8", "--size", "32", "--split", "val"]);
+    for stage in [&["train", "cam"][..], &["cam"], &["pseudo-label"], &["train", "irn"]] {
+        wsss_ok(dir, &[stage, &config].concat());
+    }
+    let rw = ["--set", "pseudo_label.method=irn_rw"];
+    // The one-pass map phase computes no boundaries: it refuses, naming the key.
+    let err = wsss_fails(dir, &[&["cam", "--pseudo-labels"][..], &config, &rw, &["--set", "cam.out=fused"]].concat(), 2);
+    assert!(err.contains("pseudo_label.method") && err.contains("irn_rw"), "{err}");
+    wsss_ok(dir, &[&["pseudo-label"][..], &config, &rw].concat());
+    let out = dir.join("runs/tiny/pseudo_labels_rw/train");
+    let summary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join(".map/summary.json")).unwrap()).unwrap();
+    assert_eq!((summary["rows"].as_u64(), summary["skipped"].as_u64()), (Some(48), Some(0)), "{summary}");
+    assert!(summary["seconds_by_phase"]["boundary"].as_f64().is_some(), "{summary}");
+    assert!(dir.join("runs/tiny/pseudo_labels/train/_manifest.json").exists(), "the irn_seeds labels it learnt from are kept");
+    // Every label is background or a class of its image, never uncertain.
+    let check = common::run_python(
+        "import glob, io, sys, numpy as np, pyarrow.parquet as pq\nfrom PIL import Image\n\
+         labels = {r['id']: np.asarray(Image.open(io.BytesIO(r['mask']))) for f in sorted(glob.glob(sys.argv[1] + '/*.parquet')) for r in pq.read_table(f).to_pylist()}\n\
+         images = {r['id']: set(r['labels']) for f in sorted(glob.glob(sys.argv[2] + '/*.parquet')) for r in pq.read_table(f).to_pylist()}\n\
+         ok = all(set(np.unique(m).tolist()) <= images[i] | {0} for i, m in labels.items())\n\
+         print(len(labels), ok, sum((m > 0).mean() for m in labels.values()) > 0)",
+        &[common::s(&out), common::s(&dir.join("data/train"))],
+    );
+    assert_eq!(check.trim(), "48 True True");
+    wsss_ok(dir, &[&["eval", "pseudo"][..], &config, &rw].concat());
+    // 2 ranks write the same bytes; a rerun recomputes nothing.
+    mpirun_ok(dir, 2, &[&["pseudo-label"][..], &config, &rw, &["--set", "pseudo_label.out=rw2"]].concat());
+    for shard in ["part-00000.parquet", "part-00001.parquet", "part-00002.parquet"] {
+        assert!(std::fs::read(out.join(shard)).unwrap() == std::fs::read(dir.join("rw2").join(shard)).unwrap(), "{shard}");
+    }
+    let log = String::from_utf8_lossy(&common::wsss(dir, &[&["pseudo-label"][..], &config, &rw].concat()).stderr).into_owned();
+    assert!(log.contains("complete for these inputs and settings"), "{log}");
 }

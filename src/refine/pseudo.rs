@@ -7,6 +7,8 @@
 //!   `argmax({0.05} ∪ {A_c})` each refined by the CRF with the label unary (p = 0.7); a pixel
 //!   keeps the foreground pass's class, is background where both passes say background, and
 //!   is 255 where only the foreground pass says background.
+//! - `irn_rw`: IRNet's random walk over the boundaries of `train irn`'s network
+//!   (`refine::walk::walk_labels`): it needs the boundary map, which the stage makes.
 
 use serde::{Deserialize, Serialize};
 
@@ -21,6 +23,7 @@ pub enum PseudoMethod {
     Threshold,
     Crf,
     IrnSeeds,
+    IrnRw,
 }
 
 impl PseudoMethod {
@@ -29,6 +32,7 @@ impl PseudoMethod {
             PseudoMethod::Threshold => "threshold",
             PseudoMethod::Crf => "crf",
             PseudoMethod::IrnSeeds => "irn_seeds",
+            PseudoMethod::IrnRw => "irn_rw",
         }
     }
 }
@@ -47,6 +51,8 @@ pub struct PseudoParams {
     /// `irn_seeds`: the label unary's probability of the given label (0.7).
     pub gt_prob: f32,
     pub crf: CrfParams,
+    /// `irn_rw`: the walk and its labels.
+    pub walk: super::walk::WalkParams,
 }
 
 /// One image's input: `cams` are the maps of `classes` at full resolution ([K, H, W]).
@@ -59,13 +65,14 @@ pub struct PseudoInput<'a> {
     pub rgb: &'a [u8],
 }
 
-/// The pseudo-label map of one image, H × W class ids.
-pub fn pseudo_label(input: &PseudoInput, params: &PseudoParams) -> Vec<u8> {
+/// The pseudo-label map of one image, H × W class ids, by the methods that need only the CAMs
+/// and the image (`irn_rw`, which also needs a boundary map, is an error here).
+pub fn pseudo_label(input: &PseudoInput, params: &PseudoParams) -> Result<Vec<u8>, String> {
     let pixels = input.width * input.height;
     assert_eq!(input.cams.len(), input.classes.len() * pixels, "cams must be classes × H × W");
     // keys[i]: the class id of label i (0 = background).
     let keys: Vec<u8> = std::iter::once(0).chain(input.classes.iter().map(|&c| c as u8)).collect();
-    match params.method {
+    Ok(match params.method {
         PseudoMethod::Threshold => threshold_labels(input.cams, pixels, params.tau).into_iter().map(|l| keys[l as usize]).collect(),
         PseudoMethod::Crf => {
             let labels = keys.len();
@@ -95,7 +102,8 @@ pub fn pseudo_label(input: &PseudoInput, params: &PseudoParams) -> Vec<u8> {
                 })
                 .collect()
         }
-    }
+        PseudoMethod::IrnRw => return Err("irn_rw needs the boundary map of `train irn`'s network (refine::walk::walk_labels)".into()),
+    })
 }
 
 /// Per pixel, `argmax({τ} ∪ {A_k})` as an index: 0 for τ (which wins ties), k + 1 for map k.
@@ -126,11 +134,11 @@ mod tests {
         // 1×4 image, classes {3, 5}: A_3 = [0.9, 0.1, 0.3, 0.0], A_5 = [0.2, 0.6, 0.3, 0.05].
         let cams = [0.9, 0.1, 0.3, 0.0, 0.2, 0.6, 0.3, 0.05];
         let input = PseudoInput { classes: &[3, 5], cams: &cams, width: 4, height: 1, rgb: &[0; 12] };
-        assert_eq!(pseudo_label(&input, &params(PseudoMethod::Threshold)), vec![3, 5, 0, 0]);
+        assert_eq!(pseudo_label(&input, &params(PseudoMethod::Threshold)).unwrap(), vec![3, 5, 0, 0]);
         let p = PseudoParams { tau: 0.25, ..params(PseudoMethod::Threshold) };
-        assert_eq!(pseudo_label(&input, &p), vec![3, 5, 3, 0]);
+        assert_eq!(pseudo_label(&input, &p).unwrap(), vec![3, 5, 3, 0]);
         let none = PseudoInput { classes: &[], cams: &[], width: 4, height: 1, rgb: &[0; 12] };
-        assert_eq!(pseudo_label(&none, &p), vec![0; 4]);
+        assert_eq!(pseudo_label(&none, &p).unwrap(), vec![0; 4]);
     }
 
     /// A 20×12 image split into a dark left and a bright right half; the CAM of class 7 is
@@ -146,7 +154,7 @@ mod tests {
     fn irn_seeds_follow_the_colour_edge_and_mark_disagreements() {
         let (rgb, cam) = halves();
         let input = PseudoInput { classes: &[7], cams: &cam, width: 20, height: 12, rgb: &rgb };
-        let seeds = pseudo_label(&input, &params(PseudoMethod::IrnSeeds));
+        let seeds = pseudo_label(&input, &params(PseudoMethod::IrnSeeds)).unwrap();
         // Row 6: the raw 0.30 threshold crosses at x = 7, inside the dark half; the CRF moves
         // the foreground to the bright half. At bg 0.05 everything is "class 7" except the
         // far left, so the dark half is uncertain, not background.
@@ -157,7 +165,7 @@ mod tests {
         // The same image with a much lower CAM on the left is background there.
         let low: Vec<f32> = cam.iter().enumerate().map(|(p, &v)| if p % 20 < 10 { 0.0 } else { v }).collect();
         let input = PseudoInput { cams: &low, ..input };
-        let seeds = pseudo_label(&input, &params(PseudoMethod::IrnSeeds));
+        let seeds = pseudo_label(&input, &params(PseudoMethod::IrnSeeds)).unwrap();
         assert!(seeds[6 * 20..6 * 20 + 10].iter().all(|&l| l == 0), "{:?}", &seeds[6 * 20..7 * 20]);
     }
 
@@ -165,7 +173,7 @@ mod tests {
     fn crf_method_snaps_to_the_edge() {
         let (rgb, cam) = halves();
         let input = PseudoInput { classes: &[7], cams: &cam, width: 20, height: 12, rgb: &rgb };
-        let labels = pseudo_label(&input, &params(PseudoMethod::Crf));
+        let labels = pseudo_label(&input, &params(PseudoMethod::Crf)).unwrap();
         for y in 0..12 {
             assert!(labels[y * 20..y * 20 + 10].iter().all(|&l| l == 0), "row {y}: {:?}", &labels[y * 20..(y + 1) * 20]);
             assert!(labels[y * 20 + 10..(y + 1) * 20].iter().all(|&l| l == 7), "row {y}: {:?}", &labels[y * 20..(y + 1) * 20]);

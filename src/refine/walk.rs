@@ -130,18 +130,41 @@ impl Transition {
     }
 }
 
-/// IRNet's settings of the walk (`make_sem_seg_labels.py`): radius 5, β 10, 2^8 steps.
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// IRNet's settings of the walk and its labels (`make_sem_seg_labels.py`): radius 5, β 10,
+/// 2^8 steps, background score 0.25 (`[pseudo_label.walk]`).
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct WalkParams {
     pub radius: i32,
     pub beta: f32,
     /// The walk takes 2^exp_times steps (IRNet squares the matrix this many times).
     pub exp_times: u32,
+    /// The background's score against the walked maps divided by their maximum.
+    pub bg_threshold: f32,
 }
 
 impl Default for WalkParams {
     fn default() -> Self {
-        WalkParams { radius: 5, beta: 10.0, exp_times: 8 }
+        WalkParams { radius: 5, beta: 10.0, exp_times: 8, bg_threshold: 0.25 }
+    }
+}
+
+impl WalkParams {
+    /// The key at fault and why, for values the walk cannot take.
+    pub fn check(&self) -> Result<(), (&'static str, &'static str)> {
+        if !(2..=16).contains(&self.radius) {
+            return Err(("radius", "must be in 2..=16 (IRNet walks at 5)"));
+        }
+        if !(self.beta > 0.0 && self.beta.is_finite()) {
+            return Err(("beta", "must be a positive number"));
+        }
+        if self.exp_times > 16 {
+            return Err(("exp_times", "must be at most 16 (2^16 steps)"));
+        }
+        if !(0.0..=1.0).contains(&self.bg_threshold) {
+            return Err(("bg_threshold", "must lie in [0, 1]"));
+        }
+        Ok(())
     }
 }
 
@@ -163,10 +186,10 @@ pub fn propagate(cams: &[f32], boundary: &[f32], height: usize, width: usize, pa
 /// IRNet's pseudo-label of one image (`make_sem_seg_labels.py`): its stride-4 CAMs ([K, h, w],
 /// the maps of `classes`) walked over `boundary` ([h, w]), upsampled ×4 (bilinear) and cropped
 /// to `height` × `width`, divided by their global maximum, with a background score of
-/// `bg_threshold` in front; the argmax as class ids (background wins ties). An image whose walked
+/// `params.bg_threshold` in front; the argmax as class ids (background wins ties). An image whose walked
 /// maps are nowhere positive is all background.
-pub fn walk_labels(cams: &[f32], classes: &[u16], boundary: &[f32], grid: (usize, usize), size: (usize, usize), params: &WalkParams, bg_threshold: f32) -> Vec<u8> {
-    labels_of_walked(&propagate(cams, boundary, grid.0, grid.1, params), classes, grid, size, bg_threshold)
+pub fn walk_labels(cams: &[f32], classes: &[u16], boundary: &[f32], grid: (usize, usize), size: (usize, usize), params: &WalkParams) -> Vec<u8> {
+    labels_of_walked(&propagate(cams, boundary, grid.0, grid.1, params), classes, grid, size, params.bg_threshold)
 }
 
 /// The label step of [`walk_labels`] on maps already walked.
@@ -271,7 +294,7 @@ mod tests {
         let (h, w) = (9usize, 11usize);
         let boundary: Vec<f32> = (0..h * w).map(|p| if p % w == 6 { 0.9 } else { 0.05 * ((p * 7) % 3) as f32 }).collect();
         let cams: Vec<f32> = (0..2 * h * w).map(|k| if (k % (h * w)) % w < 3 + 4 * (k / (h * w)) { 1.0 } else { 0.1 }).collect();
-        for params in [WalkParams { radius: 5, beta: 10.0, exp_times: 8 }, WalkParams { radius: 3, beta: 2.0, exp_times: 4 }] {
+        for params in [WalkParams::default(), WalkParams { radius: 3, beta: 2.0, exp_times: 4, bg_threshold: 0.25 }] {
             let sparse = propagate(&cams, &boundary, h, w, &params);
             let dense = dense_walk(&cams, &boundary, h, w, &params);
             let top = dense.iter().cloned().fold(0.0, f64::max);
@@ -294,7 +317,7 @@ mod tests {
         let active = |class: usize, x: usize| if class == 0 { x < 3 } else { x >= 8 };
         let cams: Vec<f32> = (0..2 * h * w).map(|k| if active(k / (h * w), (k % (h * w)) % w) { 0.9 } else { 0.05 }).collect();
         let params = WalkParams::default();
-        let sparse = walk_labels(&cams, &[3, 7], &boundary, (h, w), (height, width), &params, 0.25);
+        let sparse = walk_labels(&cams, &[3, 7], &boundary, (h, w), (height, width), &params);
         let dense: Vec<f32> = dense_walk(&cams, &boundary, h, w, &params).into_iter().map(|v| v as f32).collect();
         let reference = labels_of_walked(&dense, &[3, 7], (h, w), (height, width), 0.25);
         assert_eq!(sparse.len(), height * width);

@@ -31,7 +31,11 @@ pub fn run(config: &Config, world: &World, force: bool) -> anyhow::Result<(Summa
     if cams_done && !force {
         return Ok((cam::run_with(&inference, world, false)?, pseudo_label::run(config, world, false)?));
     }
-    let labelling = Labelling::new(config, inference.input.manifest(), &inference.job.fingerprint)?;
+    anyhow::ensure!(
+        config.pseudo_label.method != crate::refine::pseudo::PseudoMethod::IrnRw,
+        "config key `pseudo_label.method`: irn_rw walks over the boundaries of IRNet's network, which the one-pass `cam --pseudo-labels` does not compute: run `cam`, then `pseudo-label`"
+    );
+    let labelling = Labelling::new(config, inference.input.manifest(), &inference.job.fingerprint, "")?;
     // pseudo_label.threads = 0 is one thread per core: count the pool's.
     let in_flight_limit = 2 * labelling.pool.current_num_threads();
     let jobs = [inference.job.clone(), labelling.job.clone()];
@@ -54,7 +58,7 @@ pub fn run(config: &Config, world: &World, force: bool) -> anyhow::Result<(Summa
                 cam_rows.push(cam);
                 scope.spawn(move |_| {
                     let started = Instant::now();
-                    let result = labelling.label(&image, Some(&for_labels));
+                    let result = labelling.label(&image, Some(&for_labels), None);
                     let seconds = started.elapsed().as_secs_f64();
                     labelled.lock().expect("the results lock is never poisoned").push(Labelled { place, id: image.id, result, seconds });
                     let _ = ended.send(());

@@ -17,16 +17,21 @@ use rayon::prelude::*;
 use serde_json::json;
 use tracing::warn;
 
+use super::cam::Normalise;
 use super::map_phase::{execute, fingerprint, guarded, usable, MapJob, TaskOutput};
 use super::Summary;
 use crate::config::Config;
 use crate::data::codec::{decode_row_image, encode_mask};
 use crate::data::schema::Manifest;
+use crate::data::shard::file_sha256;
 use crate::data::{CamRow, Dataset, DatasetKind, ImageRow, PseudoRow, ShardRow};
 use crate::dist::map::job_fingerprint;
 use crate::dist::World;
-use crate::refine::pseudo::{pseudo_label, PseudoInput, PseudoParams};
+use crate::model::irn::IrnNet;
+use crate::model::weights;
+use crate::refine::pseudo::{pseudo_label, PseudoInput, PseudoMethod, PseudoParams};
 use crate::refine::resize::full_resolution;
+use crate::refine::walk::walk_labels;
 
 pub fn run(config: &Config, world: &World, force: bool) -> anyhow::Result<Summary> {
     let images_dir = config.dataset(config.cam.split);
@@ -46,7 +51,12 @@ pub fn run(config: &Config, world: &World, force: bool) -> anyhow::Result<Summar
     );
     // CAMs written by `cam` are named by its job's fingerprint; others by their checksums.
     let cam_identity = job_fingerprint(&cam_dir).unwrap_or_else(|| fingerprint(&[cams.manifest()], ""));
-    let labelling = Labelling::new(config, images.manifest(), &cam_identity)?;
+    let (boundaries, network) = match config.pseudo_label.method {
+        PseudoMethod::IrnRw => Boundaries::load(config, world).map(|(b, identity)| (Some(b), identity))?,
+        _ => (None, String::new()),
+    };
+    let labelling = Labelling::new(config, images.manifest(), &cam_identity, &network)?;
+    let (num_classes, max_pixels) = (images.manifest().num_classes(), config.run.max_image_pixels);
     let details = execute(world, std::slice::from_ref(&labelling.job), force, |task, images_done| {
         let mut seconds = BTreeMap::new();
         let read = Instant::now();
@@ -56,7 +66,7 @@ pub fn run(config: &Config, world: &World, force: bool) -> anyhow::Result<Summar
         let mut rows = Vec::with_capacity(reader.num_rows());
         let mut skipped = Vec::new();
         let mut read_seconds = read.elapsed().as_secs_f64();
-        let mut refine_seconds = 0.0;
+        let (mut refine_seconds, mut boundary_seconds) = (0.0, 0.0);
         for group in 0..reader.num_row_groups() {
             let read = Instant::now();
             let batch: Vec<(ImageRow, Option<CamRow>)> = reader
@@ -68,9 +78,19 @@ pub fn run(config: &Config, world: &World, force: bool) -> anyhow::Result<Summar
                 })
                 .collect();
             read_seconds += read.elapsed().as_secs_f64();
+            // irn_rw: the boundary maps first, one image after another on libtorch's threads.
+            let boundary = Instant::now();
+            let maps: Vec<Result<Option<Vec<f32>>, String>> =
+                batch.iter().map(|(image, _)| boundaries.as_ref().map(|b| b.of(image, num_classes, max_pixels)).transpose()).collect();
+            boundary_seconds += boundary.elapsed().as_secs_f64();
             let refine = Instant::now();
-            let results: Vec<Result<PseudoRow, String>> =
-                labelling.pool.install(|| batch.par_iter().map(|(image, cam)| labelling.label(image, cam.as_ref())).collect());
+            let results: Vec<Result<PseudoRow, String>> = labelling.pool.install(|| {
+                batch
+                    .par_iter()
+                    .zip(&maps)
+                    .map(|((image, cam), map)| labelling.label(image, cam.as_ref(), map.as_ref().map_err(Clone::clone)?.as_deref()))
+                    .collect()
+            });
             refine_seconds += refine.elapsed().as_secs_f64();
             let place = format!("{file} row group {group}");
             for ((image, _), result) in batch.iter().zip(results) {
@@ -87,6 +107,9 @@ pub fn run(config: &Config, world: &World, force: bool) -> anyhow::Result<Summar
         );
         seconds.insert("read".into(), read_seconds);
         seconds.insert("refine".into(), refine_seconds);
+        if boundaries.is_some() {
+            seconds.insert("boundary".into(), boundary_seconds);
+        }
         Ok(TaskOutput::single(rows, skipped, seconds))
     })?;
     Ok(Summary::ok(json!({ "method": config.pseudo_label.method.name(), "map": details[0] })))
@@ -102,14 +125,23 @@ pub(super) struct Labelling {
     max_pixels: u64,
 }
 
+/// IRNet's network at inference, for the boundary maps of `irn_rw` (apart from [`Labelling`],
+/// which the refinement threads share: a network runs on the stage's thread).
+struct Boundaries {
+    _vs: tch::nn::VarStore,
+    net: IrnNet,
+    normalise: Normalise,
+}
+
 impl Labelling {
     /// `cam_identity` names the CAMs: the fingerprint of the `cam` job that makes them.
-    pub fn new(config: &Config, images: &Manifest, cam_identity: &str) -> anyhow::Result<Labelling> {
+    /// `network` names what else shapes the labels (`irn_rw`: the network's checkpoint).
+    pub fn new(config: &Config, images: &Manifest, cam_identity: &str, network: &str) -> anyhow::Result<Labelling> {
         let settings = &config.pseudo_label;
         let job = MapJob {
             what: "pseudo-label",
             out: config.pseudo_dir(),
-            fingerprint: fingerprint(&[images], &format!("{cam_identity}|{}", serde_json::to_string(settings)?)),
+            fingerprint: fingerprint(&[images], &format!("{cam_identity}|{}{network}", serde_json::to_string(settings)?)),
             task_images: images.shards.iter().map(|s| s.rows).collect(),
             kind: DatasetKind::PseudoLabels,
             split: images.split.clone(),
@@ -125,10 +157,11 @@ impl Labelling {
         Ok(Labelling { job, params: settings.params(), pool, num_classes: images.num_classes(), max_pixels: config.run.max_image_pixels })
     }
 
-    /// The pseudo-label row of one image; an error is the reason to skip it.
-    pub fn label(&self, image: &ImageRow, cam: Option<&CamRow>) -> Result<PseudoRow, String> {
+    /// The pseudo-label row of one image (with its boundary map for `irn_rw`); an error is the
+    /// reason to skip it.
+    pub fn label(&self, image: &ImageRow, cam: Option<&CamRow>, boundary: Option<&[f32]>) -> Result<PseudoRow, String> {
         usable(image, self.num_classes, self.max_pixels)?;
-        guarded(|| label_image(image, cam, &self.params, self.num_classes))
+        guarded(|| label_image(image, cam, &self.params, self.num_classes, boundary))
     }
 }
 
@@ -145,17 +178,51 @@ pub(super) fn keep(result: Result<PseudoRow, String>, place: &str, id: &str, row
 }
 
 /// The pseudo-label row of one image; an error is the reason to skip it.
-fn label_image(image: &ImageRow, cam: Option<&CamRow>, params: &PseudoParams, num_classes: u16) -> Result<PseudoRow, String> {
+fn label_image(image: &ImageRow, cam: Option<&CamRow>, params: &PseudoParams, num_classes: u16, boundary: Option<&[f32]>) -> Result<PseudoRow, String> {
     let cam = cam.ok_or("no CAM for this image (skipped by `cam`?)")?;
     // A NaN CAM would otherwise come out as an all-background label map.
     cam.check(num_classes).map_err(|e| format!("its CAM: {e}"))?;
     if (cam.width, cam.height) != (image.width, image.height) {
         return Err(format!("the CAM is for {}x{}, the image is {}x{}", cam.width, cam.height, image.width, image.height));
     }
+    let row = |labels: Vec<u8>| PseudoRow { id: image.id.clone(), mask: encode_mask(image.width, image.height, &labels), method: params.method.name().into() };
+    if let Some(boundary) = boundary {
+        let (h4, w4) = cam.map_size();
+        if boundary.len() != (h4 * w4) as usize {
+            return Err(format!("the boundary map has {} values, the CAMs' grid {h4}x{w4}", boundary.len()));
+        }
+        let cams: Vec<f32> = cam.cam.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect();
+        let size = (image.height as usize, image.width as usize);
+        return Ok(row(walk_labels(&cams, &cam.classes, boundary, (h4 as usize, w4 as usize), size, &params.walk)));
+    }
     let rgb = decode_row_image(image)?;
     let (w, h) = (rgb.width as usize, rgb.height as usize);
     let cams = full_resolution(cam);
     let input = PseudoInput { classes: &cam.classes, cams: &cams, width: w, height: h, rgb: &rgb.pixels };
-    let labels = pseudo_label(&input, params);
-    Ok(PseudoRow { id: image.id.clone(), mask: encode_mask(rgb.width, rgb.height, &labels), method: params.method.name().into() })
+    let labels = pseudo_label(&input, params)?;
+    Ok(row(labels))
+}
+
+impl Boundaries {
+    /// The network of `irn.checkpoint` (or `<run dir>/irn`'s newest), and the checkpoint's
+    /// SHA-256 for the job's fingerprint.
+    fn load(config: &Config, world: &World) -> anyhow::Result<(Boundaries, String)> {
+        let device = super::compute_device(config, world)?;
+        let checkpoint = super::model_to_load(&config.irn.checkpoint, &config.irn_dir(), "run `wsss-dist train irn` first, or set irn.checkpoint")?;
+        let vs = tch::nn::VarStore::new(device);
+        let net = IrnNet::new(&vs.root(), config.irn.depth);
+        weights::restore(&vs, &checkpoint).context("loading IRNet's network (do irn.depth and the checkpoint match?)")?;
+        let normalise = Normalise::new(config.irn.loader.mean, config.irn.loader.std, device);
+        Ok((Boundaries { _vs: vs, net, normalise }, format!("|irn {}", file_sha256(&checkpoint)?)))
+    }
+
+    /// The boundary map of one image at the CAMs' stride 4; an error is the reason to skip it.
+    fn of(&self, image: &ImageRow, num_classes: u16, max_pixels: u64) -> Result<Vec<f32>, String> {
+        usable(image, num_classes, max_pixels)?;
+        guarded(|| {
+            let rgb = decode_row_image(image)?;
+            let map = tch::no_grad(|| self.net.boundary(&self.normalise.apply(&rgb.pixels, rgb.width, rgb.height)));
+            Vec::<f32>::try_from(map.to_device(tch::Device::Cpu).flatten(0, -1)).map_err(|e| e.to_string())
+        })
+    }
 }
