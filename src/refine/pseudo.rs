@@ -126,7 +126,16 @@ mod tests {
     use super::*;
 
     fn params(method: PseudoMethod) -> PseudoParams {
-        PseudoParams { method, tau: 0.3, bg_power: 8.0, fg_threshold: 0.3, bg_threshold: 0.05, gt_prob: 0.7, crf: CrfParams::default() }
+        PseudoParams {
+            method,
+            tau: 0.3,
+            bg_power: 8.0,
+            fg_threshold: 0.3,
+            bg_threshold: 0.05,
+            gt_prob: 0.7,
+            crf: CrfParams::default(),
+            walk: Default::default(),
+        }
     }
 
     #[test]
