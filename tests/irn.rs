@@ -1,7 +1,8 @@
 //! `train irn` through the binary, on the irn_seeds pseudo-labels of a real (tiny) CAM run:
 //! it learns (the loss falls), checkpoints IRNet's branches, and a stopped run resumes bitwise;
 //! then `pseudo-label --method irn_rw` walks over its boundaries as a map phase: every image
-//! labelled, the same bytes on 1 and 2 ranks, nothing recomputed on a rerun.
+//! labelled, the same bytes on 1 and 2 ranks, nothing recomputed on a rerun, and `run` chains
+//! the steps to the same bytes.
 
 mod common;
 
@@ -126,4 +127,20 @@ fn irn_rw_pseudo_labels_are_a_map_phase() {
     }
     let log = String::from_utf8_lossy(&common::wsss(dir, &[&["pseudo-label"][..], &config, &rw].concat()).stderr).into_owned();
     assert!(log.contains("complete for these inputs and settings"), "{log}");
+
+    // `run` chains the same steps (irn_seeds, train irn, the walk) and writes the same bytes.
+    let err = wsss_fails(dir, &[&["run"][..], &config, &rw, &["--set", "cam.split=val"]].concat(), 2);
+    assert!(err.contains("cam.split") && err.contains("irn_rw"), "{err}");
+    wsss_ok(dir, &[&["run"][..], &config, &rw, &["--set", "run.name=chained"]].concat());
+    let chained = dir.join("runs/chained");
+    for shard in ["part-00000.parquet", "part-00001.parquet", "part-00002.parquet"] {
+        assert!(std::fs::read(out.join(shard)).unwrap() == std::fs::read(chained.join("pseudo_labels_rw/train").join(shard)).unwrap(), "{shard}");
+    }
+    let summary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(chained.join("summary.json")).unwrap()).unwrap();
+    for (key, file) in [("eval_seeds", "pseudo.json"), ("eval_pseudo", "pseudo_rw.json")] {
+        let written: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(chained.join("eval").join(file)).unwrap()).unwrap();
+        assert_eq!(summary[key]["report"], written["report"], "{key}");
+    }
+    assert!(summary["eval_pseudo"]["report"]["labelled"].as_f64() == Some(1.0), "the walk labels every pixel: {}", summary["eval_pseudo"]);
+    assert!(summary["eval_seeds"]["report"]["labelled"].as_f64().unwrap() < 1.0, "seeds leave pixels uncertain: {}", summary["eval_seeds"]);
 }

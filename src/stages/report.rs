@@ -109,7 +109,9 @@ fn iou_table(cam: Option<&Value>, eval: &Path) -> Table {
         columns.push((format!("CAM (τ {:.2})", report["best_tau"].as_f64().unwrap_or(f64::NAN)), report["best"].clone()));
         columns.push(("image-label baseline".into(), report["baseline"].clone()));
     }
-    for (file, name) in [("pseudo.json", "pseudo-labels"), ("seg.json", "segmenter"), ("seg_crf.json", "segmenter + CRF")] {
+    for (file, name) in
+        [("pseudo.json", "pseudo-labels"), ("pseudo_rw.json", "random-walk pseudo-labels"), ("seg.json", "segmenter"), ("seg_crf.json", "segmenter + CRF")]
+    {
         if let Some(value) = read_json(&eval.join(file)) {
             if classes.is_empty() {
                 classes = serde_json::from_value(value["report"]["classes"].clone()).unwrap_or_default();

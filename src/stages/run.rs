@@ -5,8 +5,10 @@
 //! `cam_and_labels`; on the CPU in two), then evaluate both. With `seg.enabled` it goes on:
 //! train the segmenter on those pseudo-labels (`cam.split` must then be the train split),
 //! predict `seg.infer.split` with it (and with the CRF too when `seg.infer.crf`) and evaluate
-//! the predictions. The map phases skip what an
-//! earlier run finished, and training continues the stage's checkpoints.
+//! the predictions. With `pseudo_label.method = "irn_rw"` the labels come in three steps
+//! (docs/methods.md §8): `irn_seeds` labels of the train split (to `irn.labels`), `train irn`
+//! on them, then the random walk. The map phases skip what an earlier run finished, and
+//! training continues the stage's checkpoints.
 
 use std::path::Path;
 
@@ -14,12 +16,13 @@ use anyhow::{bail, Context};
 use serde_json::json;
 use tracing::info;
 
-use super::{cam, cam_and_labels, eval, import::import_source, pseudo_label, seg, train_cam, train_seg, Summary};
+use super::{cam, cam_and_labels, eval, import::import_source, pseudo_label, seg, train_cam, train_irn, train_seg, Summary};
 use crate::config::{Config, DataSource, Split};
 use crate::data::importer::ImportOptions;
 use crate::data::synthetic::SyntheticSource;
 use crate::data::{atomic_write, Dataset};
 use crate::dist::World;
+use crate::refine::pseudo::PseudoMethod;
 
 /// Sample images in the report `run` writes.
 const REPORT_SAMPLES: usize = 8;
@@ -27,6 +30,10 @@ const REPORT_SAMPLES: usize = 8;
 pub fn run(config: &Config, world: &World) -> anyhow::Result<Summary> {
     if config.seg.enabled && config.cam.split != Split::Train {
         bail!("config key `cam.split`: with seg.enabled the segmenter trains on the pseudo-labels of cam.split, which must be \"train\"");
+    }
+    let random_walk = config.pseudo_label.method == PseudoMethod::IrnRw;
+    if random_walk && config.cam.split != Split::Train {
+        bail!("config key `cam.split`: pseudo_label.method = \"irn_rw\" trains IRNet's network on the irn_seeds labels of cam.split, which must be \"train\"");
     }
     let run_dir = config.run.dir.join(&config.run.name);
     if world.is_root() {
@@ -42,17 +49,27 @@ pub fn run(config: &Config, world: &World) -> anyhow::Result<Summary> {
         info!("{split}: {} images in {} ({} classes)", dataset.len(), dir.display(), dataset.manifest().num_classes());
     }
     details["train"] = train_cam::run(config, world, true)?.details;
+    // The random walk's network learns from irn_seeds labels, made from the CAMs as any
+    // other method's labels are.
+    let first_labels = if random_walk { seeds_config(config) } else { config.clone() };
     // One pass (refinement fed by inference) pays when inference runs on a GPU; on the CPU
     // both stages already use every core, and two passes measured faster (3.48 vs 3.26 img/s,
     // benchmarks/results/refine.md).
     let (cams, labels) = if super::compute_device(config, world)?.is_cuda() {
-        cam_and_labels::run(config, world, false)?
+        cam_and_labels::run(&first_labels, world, false)?
     } else {
-        (cam::run(config, world, false)?, pseudo_label::run(config, world, false)?)
+        (cam::run(config, world, false)?, pseudo_label::run(&first_labels, world, false)?)
     };
     details["cam"] = cams.details;
     details["eval_cam"] = eval::run_cam(config, world)?.details;
-    details["pseudo_label"] = labels.details;
+    if random_walk {
+        details["seeds"] = labels.details;
+        details["eval_seeds"] = eval::run_pseudo(&first_labels, world)?.details;
+        details["train_irn"] = train_irn::run(config, world, true)?.details;
+        details["pseudo_label"] = pseudo_label::run(config, world, false)?.details;
+    } else {
+        details["pseudo_label"] = labels.details;
+    }
     details["eval_pseudo"] = eval::run_pseudo(config, world)?.details;
     if config.seg.enabled {
         details["train_seg"] = train_seg::run(config, world, true)?.details;
@@ -68,20 +85,32 @@ pub fn run(config: &Config, world: &World) -> anyhow::Result<Summary> {
     Ok(Summary::ok(details))
 }
 
+/// `config` making the `irn_seeds` labels that `train irn` reads.
+fn seeds_config(config: &Config) -> Config {
+    let mut seeds = config.clone();
+    seeds.pseudo_label.method = PseudoMethod::IrnSeeds;
+    seeds.pseudo_label.out = config.irn_labels_dir();
+    seeds
+}
+
 /// The run's figures on one line: CAM, pseudo-labels and (when trained) the segmenter.
 pub(super) fn side_by_side(details: &serde_json::Value) -> String {
     let percent = |v: &serde_json::Value| v.as_f64().map_or("?".to_string(), |x| format!("{:.1}", 100.0 * x));
     let cam = &details["eval_cam"]["report"];
     let pseudo = &details["eval_pseudo"]["report"];
+    let labels = |report: &serde_json::Value| {
+        format!("{} on {}% of pixels ({} over every pixel)", percent(&report["miou"]), percent(&report["labelled"]), percent(&report["miou_all_pixels"]))
+    };
     let mut line = format!(
-        "mIoU: CAM {} (best τ {}), image-label baseline {}; pseudo-labels {} on {}% of pixels ({} over every pixel)",
+        "mIoU: CAM {} (best τ {}), image-label baseline {}; ",
         percent(&cam["best"]["miou"]),
         cam["best_tau"].as_f64().map_or("?".to_string(), |t| format!("{t:.2}")),
         percent(&cam["baseline"]["miou"]),
-        percent(&pseudo["miou"]),
-        percent(&pseudo["labelled"]),
-        percent(&pseudo["miou_all_pixels"])
     );
+    if let Some(seeds) = details.get("eval_seeds") {
+        line += &format!("irn_seeds {}; random-walk ", labels(&seeds["report"]));
+    }
+    line += &format!("pseudo-labels {}", labels(pseudo));
     for (key, what) in [("seg", "segmenter"), ("seg_crf", "segmenter + CRF")] {
         if let Some(report) = details["eval_seg"].get(key) {
             line += &format!("; {what} {}", percent(&report["report"]["miou"]));
