@@ -140,4 +140,7 @@ p=$(printf '%s\n' "${plain[@]}" | median); c=$(printf '%s\n' "${crf[@]}" | media
 printf 'dense-CRF loss: v3+ step %.3f s without, %.3f s with: %.0f%% of the step   (runs: without %s | with %s)\n' \
   "$p" "$c" "$(awk -v a="$p" -v b="$c" 'BEGIN {print 100 * (b - a) / b}')" "${plain[*]}" "${crf[*]}"
 
+echo "== random walk (pseudo-label --method irn_rw) vs IRNet's dense computation in PyTorch: one thread each, the same generated boundaries and CAMs (target: >= 10x per core at >= 99.5% label agreement)"
+bash benchmarks/walk.sh
+
 if have_voc; then bash benchmarks/refine.sh; else not_run "refinement and the whole map phase (benchmarks/refine.sh)"; fi

@@ -137,11 +137,13 @@ pub struct SegConfig {
 pub struct IrnConfig {
     /// The `irn_seeds` pseudo-labels of `data.train`; "" is `<run dir>/pseudo_labels/train`.
     pub labels: PathBuf,
-    /// The frozen backbone: a ResNet of this depth at strides (2, 2, 2, 1).
+    /// The frozen backbone at strides (2, 2, 2, 1): a ResNet of `irn.depth` (IRNet's ResNet-50),
+    /// or torchvision's MobileNetV2 (whose ImageNet weights `make weights` fetches).
+    pub arch: Arch,
     pub depth: Depth,
-    /// torchvision ImageNet ResNet weights for the backbone (safetensors); "" starts from a
-    /// random backbone with calibrated BatchNorm statistics (tests only: the boundaries need
-    /// ImageNet features).
+    /// torchvision ImageNet weights for the backbone (safetensors); "" starts from a random
+    /// backbone with calibrated BatchNorm statistics (tests only: the boundaries need ImageNet
+    /// features).
     pub init: PathBuf,
     /// Radius of the training pairs (IRNet's 10: 152 directions).
     pub radius: i32,
@@ -156,6 +158,7 @@ impl Default for IrnConfig {
     fn default() -> Self {
         IrnConfig {
             labels: PathBuf::new(),
+            arch: Arch::Resnet,
             depth: Depth::Resnet50,
             init: PathBuf::new(),
             radius: 10,
@@ -182,6 +185,14 @@ impl Default for IrnConfig {
 }
 
 impl IrnConfig {
+    /// The backbone of `irn.arch` / `irn.depth` at IRNet's strides.
+    pub fn backbone_spec(&self) -> BackboneSpec {
+        match self.arch {
+            Arch::Resnet => BackboneSpec::resnet(self.depth, [2, 2, 2, 1]),
+            Arch::MobilenetV2 => BackboneSpec::mobilenet_v2([2, 2, 2, 1]),
+        }
+    }
+
     fn validate(&self) -> Result<(), ConfigError> {
         self.train.validate("irn.train")?;
         self.loader.validate("irn.loader")?;

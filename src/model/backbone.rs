@@ -56,6 +56,14 @@ impl Backbone {
         }
     }
 
+    /// IRNet's frozen backbone: MobileNetV2 ends at `features.17` (its last stage output).
+    pub fn for_relations(vs: &tch::nn::Path, spec: BackboneSpec) -> Backbone {
+        match spec.arch {
+            Arch::Resnet => Backbone::ResNet(ResNet::new(vs, spec.depth, spec.strides)),
+            Arch::MobilenetV2 => Backbone::MobileNetV2(MobileNetV2::without_last(vs, spec.strides)),
+        }
+    }
+
     /// The backbone of a DeepLab segmenter: a ResNet's stride-1 stages dilate
     /// ([`ResNet::dilated`]; MobileNetV2's always do), and MobileNetV2 ends at `features.17`
     /// ([`MobileNetV2::without_last`]).
@@ -95,6 +103,23 @@ impl Backbone {
         match self {
             Backbone::ResNet(net) => net.output_stride(),
             Backbone::MobileNetV2(net) => net.output_stride(),
+        }
+    }
+
+    /// IRNet's five feature maps at strides 4, 4, 8, 16, 16 (strides (2, 2, 2, 1)): a ResNet's
+    /// stem and layer1–4, MobileNetV2's `features.2`, `.3`, `.6`, `.13`, `.17`.
+    pub fn run_stages(&self, xs: &Tensor, mode: Mode) -> Vec<Tensor> {
+        match self {
+            Backbone::ResNet(net) => net.run_stages(xs, mode),
+            Backbone::MobileNetV2(net) => net.run_stages(xs, mode),
+        }
+    }
+
+    /// Channels of [`Backbone::run_stages`]' outputs.
+    pub fn stage_channels(&self) -> [i64; 5] {
+        match self {
+            Backbone::ResNet(net) => net.stage_channels(),
+            Backbone::MobileNetV2(net) => net.stage_channels(),
         }
     }
 

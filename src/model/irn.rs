@@ -1,5 +1,6 @@
 //! IRNet's inter-pixel relation network (docs/methods.md §8; jiwoon-ahn/irn
-//! `net/resnet50_irn.py`): a frozen ResNet (strides (2, 2, 2, 1), its features detached) with
+//! `net/resnet50_irn.py`): a frozen ResNet (strides (2, 2, 2, 1), its features detached; or a
+//! MobileNetV2, whose five stage outputs have the same strides) with
 //! two heads at stride 4 — the class-boundary branch (`edge`: each stage's features to 32
 //! channels, GroupNorm(4), ReLU, upsampled to stride 4, concatenated, 1×1 to one channel) and
 //! the displacement branch (`dp1` … `dp7`, GroupNorm, two output channels, a mean shift at
@@ -13,8 +14,8 @@
 use tch::nn;
 use tch::{Kind, Tensor};
 
+use super::backbone::{Backbone, BackboneSpec};
 use super::layers::Mode;
-use super::resnet::{Depth, ResNet};
 
 /// A 1×1 convolution (no bias) followed by GroupNorm with affine parameters.
 #[derive(Debug)]
@@ -54,7 +55,7 @@ impl ConvGroupNorm {
 /// The network: backbone, boundary and displacement branches.
 #[derive(Debug)]
 pub struct IrnNet {
-    backbone: ResNet,
+    backbone: Backbone,
     edge: Vec<ConvGroupNorm>,
     edge_out_weight: Tensor,
     edge_out_bias: Tensor,
@@ -79,11 +80,11 @@ pub const BRANCH_LAYERS: [&str; 13] =
     ["fc_edge1", "fc_edge2", "fc_edge3", "fc_edge4", "fc_edge5", "fc_edge6", "fc_dp1", "fc_dp2", "fc_dp3", "fc_dp4", "fc_dp5", "fc_dp6", "fc_dp7"];
 
 impl IrnNet {
-    pub fn new(vs: &nn::Path, depth: Depth) -> IrnNet {
-        let backbone = ResNet::new(vs, depth, [2, 2, 2, 1]);
-        let expansion = if depth.layout().1 { 4 } else { 1 };
-        // Stage channels: the stem, then layer1–4.
-        let c = [64, 64 * expansion, 128 * expansion, 256 * expansion, 512 * expansion];
+    /// The network on the backbone of `spec` (its strides must be (2, 2, 2, 1)).
+    pub fn new(vs: &nn::Path, spec: BackboneSpec) -> IrnNet {
+        assert_eq!(spec.strides, [2, 2, 2, 1], "IRNet's branches expect stage strides 4, 4, 8, 16, 16");
+        let backbone = Backbone::for_relations(vs, spec);
+        let c = backbone.stage_channels();
         let edge = (0..5).map(|i| ConvGroupNorm::new(&(vs / format!("{EDGE}{}", i + 1)), c[i], 32, 4)).collect();
         let bound = 1.0 / 160f64.sqrt();
         let edge6 = vs / format!("{EDGE}6");
@@ -164,36 +165,43 @@ impl IrnNet {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::resnet::Depth;
     use tch::{nn::VarStore, Device};
 
     /// Shapes at stride 4 of the input (⌈H/4⌉ as the CAMs' grid), IRNet's names, and only the
-    /// branches learn: the backbone receives no gradient.
+    /// branches learn: the backbone receives no gradient. Both backbone families.
     #[test]
     fn outputs_at_stride_4_and_only_the_branches_learn() {
-        tch::manual_seed(0);
-        let vs = VarStore::new(Device::Cpu);
-        let net = IrnNet::new(&vs.root(), Depth::Resnet18);
-        let images = Tensor::randn([2, 3, 70, 45], (Kind::Float, Device::Cpu));
-        let out = net.forward(&images, Mode::Train);
-        assert_eq!(out.edge_logits.size(), [2, 1, 18, 12], "⌈70/4⌉ × ⌈45/4⌉");
-        assert_eq!(out.displacement.size(), [2, 2, 18, 12]);
-        (out.edge_logits.sum(Kind::Float) + out.displacement.square().sum(Kind::Float)).backward();
-        let vars = vs.variables();
-        for name in [
-            "fc_edge1.0.weight",
-            "fc_edge5.1.bias",
-            "fc_edge6.weight",
-            "fc_edge6.bias",
-            "fc_dp1.0.weight",
-            "fc_dp6.1.weight",
-            "fc_dp7.0.weight",
-            "fc_dp7.3.weight",
-        ] {
-            let grad = vars[name].grad();
-            assert!(grad.defined() && grad.abs().sum(Kind::Float).double_value(&[]) > 0.0, "{name} got no gradient");
+        let backbones = [
+            (BackboneSpec::resnet(Depth::Resnet18, [2, 2, 2, 1]), "layer3.0.conv1.weight"),
+            (BackboneSpec::mobilenet_v2([2, 2, 2, 1]), "features.7.conv.0.0.weight"),
+        ];
+        for (spec, backbone_weight) in backbones {
+            tch::manual_seed(0);
+            let vs = VarStore::new(Device::Cpu);
+            let net = IrnNet::new(&vs.root(), spec);
+            let images = Tensor::randn([2, 3, 70, 45], (Kind::Float, Device::Cpu));
+            let out = net.forward(&images, Mode::Train);
+            assert_eq!(out.edge_logits.size(), [2, 1, 18, 12], "⌈70/4⌉ × ⌈45/4⌉");
+            assert_eq!(out.displacement.size(), [2, 2, 18, 12]);
+            (out.edge_logits.sum(Kind::Float) + out.displacement.square().sum(Kind::Float)).backward();
+            let vars = vs.variables();
+            for name in [
+                "fc_edge1.0.weight",
+                "fc_edge5.1.bias",
+                "fc_edge6.weight",
+                "fc_edge6.bias",
+                "fc_dp1.0.weight",
+                "fc_dp6.1.weight",
+                "fc_dp7.0.weight",
+                "fc_dp7.3.weight",
+            ] {
+                let grad = vars[name].grad();
+                assert!(grad.defined() && grad.abs().sum(Kind::Float).double_value(&[]) > 0.0, "{spec:?}: {name} got no gradient");
+            }
+            assert!(!vars[backbone_weight].grad().defined(), "{spec:?}: the backbone is frozen");
+            assert!(vars["fc_dp7.4.running_mean"].abs().sum(Kind::Float).double_value(&[]) > 0.0, "training moved the running mean");
         }
-        assert!(!vars["layer3.0.conv1.weight"].grad().defined(), "the backbone is frozen");
-        assert!(vars["fc_dp7.4.running_mean"].abs().sum(Kind::Float).double_value(&[]) > 0.0, "training moved the running mean");
     }
 
     /// The boundary map of one image averages its logits with its flip's before the sigmoid:
@@ -202,7 +210,7 @@ mod tests {
     fn the_boundary_map_is_flip_equivariant() {
         tch::manual_seed(1);
         let vs = VarStore::new(Device::Cpu);
-        let net = IrnNet::new(&vs.root(), Depth::Resnet18);
+        let net = IrnNet::new(&vs.root(), BackboneSpec::resnet(Depth::Resnet18, [2, 2, 2, 1]));
         let image = Tensor::randn([3, 64, 64], (Kind::Float, Device::Cpu));
         let boundary = tch::no_grad(|| net.boundary(&image));
         assert_eq!(boundary.size(), [16, 16]);

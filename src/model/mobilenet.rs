@@ -115,6 +115,9 @@ pub struct MobileNetV2 {
 /// low-level features are their output.
 const LOW_LEVEL_BLOCKS: usize = 3;
 
+/// The `features.N` whose outputs IRNet's branches read ([`MobileNetV2::run_stages`]).
+const IRN_TAPS: [usize; 5] = [2, 3, 6, 13, 17];
+
 impl MobileNetV2 {
     /// Builds the network under `vs` (the root for torchvision's names). `strides` must be one
     /// of [`VALID_STRIDES`] (the config checks it).
@@ -177,6 +180,26 @@ impl MobileNetV2 {
     /// [N, 3, H, W] normalised images → [N, 1280, ⌈H/os⌉, ⌈W/os⌉] features.
     pub fn run(&self, xs: &Tensor, mode: Mode) -> Tensor {
         self.run_levels(xs, mode).1
+    }
+
+    /// IRNet's five stage outputs (docs/methods.md §8): `features.2` and `features.3` (stride 4,
+    /// where a ResNet gives its stem and layer1), `features.6` (stride 8), `features.13` and
+    /// `features.17` (stride 16 at strides (2, 2, 2, 1)).
+    pub fn run_stages(&self, xs: &Tensor, mode: Mode) -> Vec<Tensor> {
+        let mut h = self.stem.run(xs, mode);
+        let mut stages = Vec::with_capacity(IRN_TAPS.len());
+        for (index, block) in self.blocks.iter().enumerate() {
+            h = block.run(&h, mode);
+            if IRN_TAPS.contains(&(index + 1)) {
+                stages.push(h.shallow_clone());
+            }
+        }
+        stages
+    }
+
+    /// Channels of [`MobileNetV2::run_stages`]' outputs.
+    pub fn stage_channels(&self) -> [i64; 5] {
+        [24, 24, 32, 96, 320]
     }
 
     /// `features.3`'s output (stride 4) and the last features.

@@ -169,6 +169,12 @@ impl ResNet {
         self.low_level_channels
     }
 
+    /// Channels of [`ResNet::run_stages`]' outputs: the stem's 64, then layer1–4.
+    pub fn stage_channels(&self) -> [i64; 5] {
+        let expansion = self.low_level_channels / 64;
+        [64, 64 * expansion, 128 * expansion, 256 * expansion, 512 * expansion]
+    }
+
     /// Channels of the feature map (512 or 2048).
     pub fn out_channels(&self) -> i64 {
         self.out_channels

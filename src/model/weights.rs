@@ -77,10 +77,14 @@ pub const TORCHVISION_BACKBONE: ImportRules<'static> =
 pub const TORCHVISION_SEG_BACKBONE: ImportRules<'static> =
     ImportRules { new_layers: &[], ignored_prefixes: &["fc.", "classifier.1.", "features.18."], ignored_suffixes: &["num_batches_tracked"] };
 
-/// torchvision ImageNet ResNet weights into IRNet's backbone: the two branches are new, the
-/// ImageNet classifier is not ours.
-pub const TORCHVISION_IRN_BACKBONE: ImportRules<'static> =
-    ImportRules { new_layers: &super::irn::BRANCH_LAYERS, ignored_prefixes: &["fc."], ignored_suffixes: &["num_batches_tracked"] };
+/// torchvision ImageNet ResNet or MobileNetV2 weights into IRNet's backbone: the two branches
+/// are new; the ImageNet classifier and MobileNetV2's `features.18` (IRNet's branches read
+/// `features.17` last) are not ours.
+pub const TORCHVISION_IRN_BACKBONE: ImportRules<'static> = ImportRules {
+    new_layers: &super::irn::BRANCH_LAYERS,
+    ignored_prefixes: &["fc.", "classifier.1.", "features.18."],
+    ignored_suffixes: &["num_batches_tracked"],
+};
 
 /// What an import did.
 #[derive(Debug, Default)]
