@@ -6,22 +6,9 @@ cross-entropy alone and with the dense-CRF loss added; the pipeline's wall time.
 
     python3 benchmarks/segmenter_table.py runs/segmenter 0 1 2
 """
-import json
-import statistics
 import sys
 
-
-def load(path):
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except FileNotFoundError:
-        return None
-
-
-def miou(report):
-    return None if report is None else 100.0 * report["report"]["miou"]
-
+from seed_table import load, miou, print_table
 
 out, seeds = sys.argv[1], sys.argv[2:]
 columns = [
@@ -37,26 +24,4 @@ columns = [
 ]
 
 
-def cell(values):
-    values = [v for v in values if v is not None]
-    if not values:
-        return "–"
-    if len(values) == 1:
-        return f"{values[0]:.1f}"
-    return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
-
-
-print("| seed | " + " | ".join(name for name, _ in columns) + " |")
-print("|---|" + "---:|" * len(columns))
-table = {name: [] for name, _ in columns}
-for seed in seeds:
-    row = []
-    for name, get in columns:
-        try:
-            value = get(seed)
-        except (TypeError, KeyError):
-            value = None
-        table[name].append(value)
-        row.append("–" if value is None else f"{value:.1f}")
-    print(f"| {seed} | " + " | ".join(row) + " |")
-print(f"| mean ± std ({len(seeds)}) | " + " | ".join(cell(table[name]) for name, _ in columns) + " |")
+print_table(columns, seeds)

@@ -24,7 +24,7 @@ pub enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
-    /// Train a network (the CAM classifier or the segmenter).
+    /// Train a network (the CAM classifier, IRNet's relation network or the segmenter).
     Train {
         #[command(subcommand)]
         command: TrainCommand,

@@ -259,6 +259,14 @@ mod tests {
         let report = import(&amr, &path, &TORCHVISION_BACKBONE).unwrap();
         assert_eq!(report.loaded, 260);
         assert_eq!(report.kept_init.len(), 1 + 10 * 9, "the classifier and the 10 residual blocks' AMMs of 9 tensors");
+        // IRNet's network reads features.17 last: features.18 is skipped, the branches are new.
+        let irn = VarStore::new(Device::Cpu);
+        crate::model::irn::IrnNet::new(&irn.root(), spec);
+        let report = import(&irn, &path, &TORCHVISION_IRN_BACKBONE).unwrap();
+        assert_eq!(report.loaded, 260 - 5, "all but features.18's conv and BatchNorm (5 tensors)");
+        assert!(report.kept_init.iter().all(|k| k.starts_with("fc_edge") || k.starts_with("fc_dp")), "{:?}", report.kept_init);
+        assert!(report.ignored.iter().any(|k| k.starts_with("features.18.")), "{:?}", report.ignored);
+        assert_eq!(named(&irn)["features.13.conv.2.weight"].mean(Kind::Float).double_value(&[]), 0.25);
     }
 
     #[test]

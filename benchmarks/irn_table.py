@@ -1,0 +1,32 @@
+"""The table of benchmarks/irn.sh: per seed and as mean ± std over the seeds, on the train
+split: the CAMs (best τ), the irn_seeds labels (on the pixels they label, the share labelled,
+over every pixel with the uncertain ones counted as errors), the random walk's labels (every
+pixel), and the time of each step.
+
+    python3 benchmarks/irn_table.py runs/irn 0 1 2
+"""
+import sys
+
+from seed_table import load, miou, print_table
+
+out, seeds = sys.argv[1], sys.argv[2:]
+
+
+def report(seed, name):
+    return load(f"{out}/irn-s{seed}/eval/{name}.json")["report"]
+
+
+def seconds(seed, stage):
+    return load(f"{out}/irn-s{seed}/summary.json")[stage]["seconds"]
+
+
+columns = [
+    ("CAM (best τ)", lambda s: 100.0 * report(s, "cam")["best"]["miou"]),
+    ("irn_seeds (labelled pixels)", lambda s: miou(load(f"{out}/irn-s{s}/eval/pseudo.json"))),
+    ("labelled %", lambda s: 100.0 * report(s, "pseudo")["labelled"]),
+    ("irn_seeds (every pixel)", lambda s: 100.0 * report(s, "pseudo")["miou_all_pixels"]),
+    ("irn_rw (every pixel)", lambda s: miou(load(f"{out}/irn-s{s}/eval/pseudo_rw.json"))),
+    ("train irn s", lambda s: seconds(s, "train_irn")),
+    ("irn_rw map phase s", lambda s: seconds(s, "pseudo_label")),
+]
+print_table(columns, seeds)
