@@ -170,16 +170,7 @@ impl Default for IrnConfig {
             // times the reference's).
             train: TrainConfig { epochs: 3, lr: 0.1, momentum: 0.0, weight_decay: 1e-4, head_lr_mult: 10.0, ..TrainConfig::default() },
             // IRNet's `rescale=(0.5, 1.5)` of the photo, flip, crop 512; no colour jitter.
-            loader: LoaderConfig {
-                batch_size: 32,
-                crop: 512,
-                resize_long: [250, 750],
-                brightness: 0.0,
-                contrast: 0.0,
-                saturation: 0.0,
-                hue: 0.0,
-                ..LoaderConfig::default()
-            },
+            loader: LoaderConfig::without_colour_jitter(32, 512),
         }
     }
 }
@@ -226,16 +217,7 @@ impl Default for SegConfig {
             // (VainF: head 0.01, backbone 0.1x); DeepLab v2's reference trains at 2.5e-4.
             train: TrainConfig { lr: 0.001, weight_decay: 5e-4, ..TrainConfig::default() },
             // Random scale, flip and crop only: DeepLab does no colour jitter.
-            loader: LoaderConfig {
-                batch_size: 10,
-                crop: V3PLUS_CROP,
-                resize_long: [250, 750],
-                brightness: 0.0,
-                contrast: 0.0,
-                saturation: 0.0,
-                hue: 0.0,
-                ..LoaderConfig::default()
-            },
+            loader: LoaderConfig::without_colour_jitter(10, V3PLUS_CROP),
         }
     }
 }
@@ -844,6 +826,12 @@ impl Default for LoaderConfig {
 }
 
 impl LoaderConfig {
+    /// Batches of `batch_size` crops of `crop` from photos resized to 250–750 px (long side),
+    /// flipped, without colour jitter: IRNet's and DeepLab's training augmentation.
+    fn without_colour_jitter(batch_size: usize, crop: u32) -> LoaderConfig {
+        LoaderConfig { batch_size, crop, resize_long: [250, 750], brightness: 0.0, contrast: 0.0, saturation: 0.0, hue: 0.0, ..LoaderConfig::default() }
+    }
+
     /// The augmentation parameters this section describes.
     pub fn augment_params(&self) -> AugmentParams {
         AugmentParams {
