@@ -16,8 +16,8 @@ def report(seed, name):
     return load(f"{out}/irn-s{seed}/eval/{name}.json")["report"]
 
 
-def seconds(seed, stage):
-    return load(f"{out}/irn-s{seed}/summary.json")[stage]["seconds"]
+def summary(seed):
+    return load(f"{out}/irn-s{seed}/summary.json")
 
 
 columns = [
@@ -26,7 +26,8 @@ columns = [
     ("labelled %", lambda s: 100.0 * report(s, "pseudo")["labelled"]),
     ("irn_seeds (every pixel)", lambda s: 100.0 * report(s, "pseudo")["miou_all_pixels"]),
     ("irn_rw (every pixel)", lambda s: miou(load(f"{out}/irn-s{s}/eval/pseudo_rw.json"))),
-    ("train irn s", lambda s: seconds(s, "train_irn")),
-    ("irn_rw map phase s", lambda s: seconds(s, "pseudo_label")),
+    # A resumed run reports the seconds of the steps it trained, not those of an earlier run.
+    ("train irn s", lambda s: summary(s)["train_irn"]["seconds"]),
+    ("irn_rw map phase s", lambda s: summary(s)["pseudo_label"]["map"]["seconds"]),
 ]
 print_table(columns, seeds)
