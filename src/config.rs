@@ -177,11 +177,8 @@ impl Default for IrnConfig {
 
 impl IrnConfig {
     /// The backbone of `irn.arch` / `irn.depth` at IRNet's strides.
-    pub fn backbone_spec(&self) -> BackboneSpec {
-        match self.arch {
-            Arch::Resnet => BackboneSpec::resnet(self.depth, [2, 2, 2, 1]),
-            Arch::MobilenetV2 => BackboneSpec::mobilenet_v2([2, 2, 2, 1]),
-        }
+    pub fn backbone(&self) -> BackboneSpec {
+        BackboneSpec { arch: self.arch, depth: self.depth, strides: [2, 2, 2, 1] }
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
@@ -1046,6 +1043,16 @@ impl Config {
             self.run_dir().join(self.labels_folder()).join(self.split_name())
         } else {
             self.pseudo_label.out.clone()
+        }
+    }
+
+    /// The name of `eval pseudo`'s report in `<run dir>/eval`: the random walk's labels are
+    /// scored apart from the irn_seeds labels it starts from.
+    pub fn pseudo_eval_name(&self) -> &'static str {
+        if self.pseudo_label.method == PseudoMethod::IrnRw {
+            "pseudo_rw"
+        } else {
+            "pseudo"
         }
     }
 

@@ -184,39 +184,30 @@ pub fn thumbnail(image: &Rgb, height: u32) -> Rgb {
 /// Class ids (0 background, 1..C, 255 uncertain or ignored) over the photo: each class in
 /// its VOC colour at half opacity, background left as it is, 255 whitened.
 pub fn overlay_labels(photo: &Rgb, labels: &[u8]) -> Rgb {
-    let pixels = photo
-        .pixels
-        .chunks_exact(3)
-        .zip(labels)
-        .flat_map(|(rgb, &label)| {
-            let colour = match label {
-                0 => None,
-                UNCERTAIN => Some([255, 255, 255]),
-                class => Some(voc_color(class)),
-            };
-            let mix = |c: u8, o: u8| ((c as u16 + o as u16) / 2) as u8;
-            match colour {
-                Some(o) => [mix(rgb[0], o[0]), mix(rgb[1], o[1]), mix(rgb[2], o[2])],
-                None => [rgb[0], rgb[1], rgb[2]],
-            }
-        })
-        .collect();
-    Rgb { width: photo.width, height: photo.height, pixels }
+    let mix = |c: u8, o: u8| ((c as u16 + o as u16) / 2) as u8;
+    blend(photo, labels, |rgb, &label| match label {
+        0 => rgb,
+        UNCERTAIN => rgb.map(|c| mix(c, 255)),
+        class => {
+            let o = voc_color(class);
+            [mix(rgb[0], o[0]), mix(rgb[1], o[1]), mix(rgb[2], o[2])]
+        }
+    })
 }
 
 /// A heat map of `activation` (one value in [0, 1] per pixel) over the photo: the jet colour
 /// map blended at 60%.
 pub fn overlay_heat(photo: &Rgb, activation: &[f32]) -> Rgb {
-    let pixels = photo
-        .pixels
-        .chunks_exact(3)
-        .zip(activation)
-        .flat_map(|(rgb, &a)| {
-            let heat = jet(a);
-            let mix = |c: u8, h: u8| (0.4 * c as f32 + 0.6 * h as f32).round() as u8;
-            [mix(rgb[0], heat[0]), mix(rgb[1], heat[1]), mix(rgb[2], heat[2])]
-        })
-        .collect();
+    let mix = |c: u8, h: u8| (0.4 * c as f32 + 0.6 * h as f32).round() as u8;
+    blend(photo, activation, |rgb, &a| {
+        let heat = jet(a);
+        [mix(rgb[0], heat[0]), mix(rgb[1], heat[1]), mix(rgb[2], heat[2])]
+    })
+}
+
+/// The photo with each pixel recoloured by `colour` from its RGB and its value in `values`.
+fn blend<T>(photo: &Rgb, values: &[T], colour: impl Fn([u8; 3], &T) -> [u8; 3]) -> Rgb {
+    let pixels = photo.pixels.chunks_exact(3).zip(values).flat_map(|(rgb, value)| colour([rgb[0], rgb[1], rgb[2]], value)).collect();
     Rgb { width: photo.width, height: photo.height, pixels }
 }
 

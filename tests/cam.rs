@@ -200,6 +200,20 @@ fn voc_mini_runs_end_to_end() {
     assert_eq!(eval["missing"].as_array().unwrap().len(), 0);
 }
 
+/// AMR + ISL + FSL in run `amr`, its spotlight the run `base` (the first 4 items: AMR alone).
+const AMR_HFPL_ON_BASE: [&str; 10] = [
+    "--set",
+    "run.name=amr",
+    "--set",
+    "method.base=amr",
+    "--set",
+    "method.amr.spotlight_init=runs/base",
+    "--set",
+    "method.isl.enabled=true",
+    "--set",
+    "method.fsl.enabled=true",
+];
+
 /// AMR with ISL and FSL: the spotlight branch starts from a trained baseline run and stays
 /// frozen, so the AMR checkpoint's CAMs at α = 1 are the baseline's CAMs byte for byte; at the
 /// default α = 0.5 the compensation branch changes them, and `eval cam` scores them.
@@ -208,18 +222,7 @@ fn amr_with_hfpl_trains_on_a_frozen_baseline_and_recalibrates() {
     let tmp = tempfile::tempdir().unwrap();
     let config = write_config(tmp.path(), &format!("{TINY}[cam]\nsplit = \"val\"\nscales = [1.0, 0.5]\n"));
     wsss_ok(tmp.path(), &["run", "--config", &config, "--set", "run.name=base"]);
-    let amr = [
-        "--set",
-        "run.name=amr",
-        "--set",
-        "method.base=amr",
-        "--set",
-        "method.amr.spotlight_init=runs/base",
-        "--set",
-        "method.isl.enabled=true",
-        "--set",
-        "method.fsl.enabled=true",
-    ];
+    let amr = AMR_HFPL_ON_BASE;
     let err = wsss_fails(tmp.path(), &[&["train", "cam", "--config", &config][..], &amr[..4]].concat(), 2);
     assert!(err.contains("method.amr.freeze_spotlight") && err.contains("spotlight_init"), "{err}");
     wsss_ok(tmp.path(), &[&["train", "cam", "--config", &config][..], &amr[..]].concat());
@@ -262,20 +265,7 @@ fn mobilenet_v2_runs_cam_and_amr_with_hfpl() {
     let report = &json(&tmp.path().join("runs/base/eval/cam.json"))["report"];
     assert!(report["best"]["miou"].as_f64().unwrap() > 0.0);
     let init = "model.init=runs/base/checkpoints/step-00000012.safetensors";
-    let amr = [
-        "--set",
-        "run.name=amr",
-        "--set",
-        "method.base=amr",
-        "--set",
-        "method.amr.spotlight_init=runs/base",
-        "--set",
-        "method.isl.enabled=true",
-        "--set",
-        "method.fsl.enabled=true",
-        "--set",
-        init,
-    ];
+    let amr = [&AMR_HFPL_ON_BASE[..], &["--set", init]].concat();
     let log = wsss(tmp.path(), &[&["train", "cam", "--config", &config][..], &mobilenet[..], &amr[..]].concat());
     let stderr = String::from_utf8_lossy(&log.stderr);
     assert!(log.status.success(), "{stderr}");

@@ -197,9 +197,11 @@ impl MobileNetV2 {
         stages
     }
 
-    /// Channels of [`MobileNetV2::run_stages`]' outputs.
+    /// Channels of [`MobileNetV2::run_stages`]' outputs (24, 24, 32, 96, 320).
     pub fn stage_channels(&self) -> [i64; 5] {
-        [24, 24, 32, 96, 320]
+        // `features.N` for N ≥ 1 is block N − 1 of SETTINGS' stages, in order.
+        let block_channels: Vec<i64> = SETTINGS.iter().flat_map(|&(_, c_out, n, _, _)| std::iter::repeat_n(c_out, n)).collect();
+        IRN_TAPS.map(|feature| block_channels[feature - 1])
     }
 
     /// `features.3`'s output (stride 4) and the last features.

@@ -24,7 +24,7 @@ use crate::dist::{self, Backend, Communicator, World};
 use crate::metrics::confusion::ConfusionMatrix;
 use crate::metrics::report::{cam_markdown, pseudo_markdown, PseudoReport};
 use crate::metrics::CamSweep;
-use crate::refine::pseudo::{PseudoMethod, UNCERTAIN};
+use crate::refine::pseudo::UNCERTAIN;
 use crate::refine::resize::full_resolution;
 
 pub fn run_cam(config: &Config, world: &World) -> anyhow::Result<Summary> {
@@ -169,9 +169,7 @@ fn sum_over_ranks(comm: &dyn Communicator, counts: &mut [u64]) -> anyhow::Result
 /// where the ground truth is not 255; per-class IoU, mIoU, and the share of pixels labelled.
 /// Written to `<run dir>/eval/pseudo.{json,md}` (`pseudo_rw.*` for `irn_rw`) and printed.
 pub fn run_pseudo(config: &Config, world: &World) -> anyhow::Result<Summary> {
-    // The random walk's labels are scored apart from the irn_seeds labels it starts from.
-    let name = if config.pseudo_label.method == PseudoMethod::IrnRw { "pseudo_rw" } else { "pseudo" };
-    let maps = LabelMaps { split: config.cam.split, dir: config.pseudo_dir(), name, what: "pseudo-labels", stage: "pseudo-label" };
+    let maps = LabelMaps { split: config.cam.split, dir: config.pseudo_dir(), name: config.pseudo_eval_name(), what: "pseudo-labels", stage: "pseudo-label" };
     evaluate_label_maps(config, world, &maps)
 }
 

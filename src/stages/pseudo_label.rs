@@ -210,8 +210,8 @@ impl Boundaries {
         let device = super::compute_device(config, world)?;
         let checkpoint = super::model_to_load(&config.irn.checkpoint, &config.irn_dir(), "run `wsss-dist train irn` first, or set irn.checkpoint")?;
         let vs = tch::nn::VarStore::new(device);
-        let net = IrnNet::new(&vs.root(), config.irn.backbone_spec());
-        weights::restore(&vs, &checkpoint).context("loading IRNet's network (do irn.depth and the checkpoint match?)")?;
+        let net = IrnNet::new(&vs.root(), config.irn.backbone());
+        weights::restore(&vs, &checkpoint).context("loading IRNet's network (do irn.arch, irn.depth and the checkpoint match?)")?;
         let normalise = Normalise::new(config.irn.loader.mean, config.irn.loader.std, device);
         Ok((Boundaries { _vs: vs, net, normalise }, format!("|irn {}", file_sha256(&checkpoint)?)))
     }

@@ -28,12 +28,13 @@ use crate::refine::pseudo::PseudoMethod;
 const REPORT_SAMPLES: usize = 8;
 
 pub fn run(config: &Config, world: &World) -> anyhow::Result<Summary> {
-    if config.seg.enabled && config.cam.split != Split::Train {
-        bail!("config key `cam.split`: with seg.enabled the segmenter trains on the pseudo-labels of cam.split, which must be \"train\"");
-    }
     let random_walk = config.pseudo_label.method == PseudoMethod::IrnRw;
-    if random_walk && config.cam.split != Split::Train {
-        bail!("config key `cam.split`: pseudo_label.method = \"irn_rw\" trains IRNet's network on the irn_seeds labels of cam.split, which must be \"train\"");
+    let learners = [
+        (config.seg.enabled, "with seg.enabled the segmenter trains on the pseudo-labels of cam.split"),
+        (random_walk, "pseudo_label.method = \"irn_rw\" trains IRNet's network on the irn_seeds labels of cam.split"),
+    ];
+    if let Some((_, why)) = learners.iter().find(|(needed, _)| *needed && config.cam.split != Split::Train) {
+        bail!("config key `cam.split`: {why}, which must be \"train\"");
     }
     let run_dir = config.run.dir.join(&config.run.name);
     if world.is_root() {

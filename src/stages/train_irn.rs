@@ -43,7 +43,7 @@ pub struct IrnTask<'a> {
 impl<'a> IrnTask<'a> {
     pub fn new(config: &'a Config, context: &TaskContext) -> IrnTask<'a> {
         let vs = VarStore::new(context.device);
-        let net = IrnNet::new(&vs.root(), config.irn.backbone_spec());
+        let net = IrnNet::new(&vs.root(), config.irn.backbone());
         IrnTask { config, vs, net, pairs: RefCell::new(None), device: context.device }
     }
 }
@@ -66,8 +66,8 @@ impl Task for IrnTask<'_> {
         ]
     }
 
-    /// The backbone from `irn.init` (torchvision's ImageNet ResNet or MobileNetV2), or a random one with its
-    /// frozen BatchNorm statistics calibrated on the first batch.
+    /// The backbone from `irn.init` (torchvision's ImageNet ResNet or MobileNetV2), or a random
+    /// one with its frozen BatchNorm statistics calibrated on the first batch.
     fn initialise(&self, calibration: &dyn Fn() -> anyhow::Result<Batch>) -> anyhow::Result<()> {
         let init = &self.config.irn.init;
         if init.as_os_str().is_empty() {
