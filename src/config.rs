@@ -352,6 +352,11 @@ pub struct SegModelConfig {
     /// torchvision ImageNet weights as safetensors for the backbone; "" starts from a random
     /// initialisation.
     pub init: PathBuf,
+    /// Start the backbone from the run's trained CAM classifier (its newest intact checkpoint)
+    /// instead of `init`: its features have already learnt to tell the dataset's classes apart
+    /// (docs/segmenter.md, "Initialisation"). The classifier must be a CAM network (`method.base
+    /// = "cam"`) of this backbone.
+    pub init_from_cam: bool,
     /// v3+'s dropout rate after the ASPP projection, in [0, 1).
     pub dropout: f64,
 }
@@ -364,6 +369,7 @@ impl Default for SegModelConfig {
             depth: Depth::Resnet101,
             output_stride: 16,
             init: PathBuf::new(),
+            init_from_cam: false,
             dropout: V3_DROPOUT,
         }
     }
@@ -575,6 +581,16 @@ impl DistConfig {
 pub enum Split {
     Train,
     Val,
+}
+
+impl Split {
+    /// "train" or "val": the split's folder name in a run directory.
+    pub fn name(self) -> &'static str {
+        match self {
+            Split::Train => "train",
+            Split::Val => "val",
+        }
+    }
 }
 
 /// `[cam]`: CAM inference (docs/methods.md §1).
@@ -1000,6 +1016,7 @@ impl Config {
                 message: format!("MobileNetV2 takes one of {:?} (output stride 32, 16, 8)", mobilenet::VALID_STRIDES),
             });
         }
+        self.check_init_from_cam()?;
         if !(self.dist.bucket_mb > 0.0 && self.dist.bucket_mb.is_finite()) {
             return Err(ConfigError::Invalid { key: "dist.bucket_mb".into(), message: "must be a positive number of MiB".into() });
         }
@@ -1010,6 +1027,26 @@ impl Config {
         }
         crate::data::schema::check_id(&self.run.name)
             .map_err(|e| ConfigError::Invalid { key: "run.name".into(), message: format!("must name one directory inside run.dir: {e}") })?;
+        Ok(())
+    }
+
+    /// `seg.model.init_from_cam` needs a CAM classifier whose parameters the segmenter's
+    /// backbone can take: a plain CAM network (AMR's are two) of the same backbone.
+    fn check_init_from_cam(&self) -> Result<(), ConfigError> {
+        let seg = &self.seg.model;
+        if !seg.init_from_cam {
+            return Ok(());
+        }
+        if self.method.base != Base::Cam {
+            return invalid("seg.model.init_from_cam", "takes a plain CAM classifier (method.base = \"cam\"), not AMR's two branches");
+        }
+        let same_depth = seg.arch == Arch::MobilenetV2 || seg.depth == self.model.depth;
+        if seg.arch != self.model.arch || !same_depth {
+            return invalid(
+                "seg.model.init_from_cam",
+                "the CAM classifier's backbone (model.arch, model.depth) must be the segmenter's (seg.model.arch, seg.model.depth)",
+            );
+        }
         Ok(())
     }
 
@@ -1094,6 +1131,13 @@ impl Config {
         self.run_dir().join("seg")
     }
 
+    /// This config with `cam.split` set to `split`: its CAMs are `cams/<split>`.
+    pub fn with_cam_split(&self, split: Split) -> Config {
+        let mut config = self.clone();
+        config.cam.split = split;
+        config
+    }
+
     /// This config with `seg.infer.crf` set to `crf`.
     pub fn with_seg_crf(&self, crf: bool) -> Config {
         let mut config = self.clone();
@@ -1104,17 +1148,12 @@ impl Config {
     /// Where `seg` writes (and `eval seg` reads) the predictions: `<run dir>/seg/pred/<split>`,
     /// `pred_crf` with the CRF.
     pub fn seg_pred_dir(&self) -> PathBuf {
-        let split = if self.seg.infer.split == Split::Train { "train" } else { "val" };
-        self.seg_dir().join(if self.seg.infer.crf { "pred_crf" } else { "pred" }).join(split)
+        self.seg_dir().join(if self.seg.infer.crf { "pred_crf" } else { "pred" }).join(self.seg.infer.split.name())
     }
 
     /// "train" or "val": the name of `cam.split`.
     pub fn split_name(&self) -> &'static str {
-        if self.cam.split == Split::Train {
-            "train"
-        } else {
-            "val"
-        }
+        self.cam.split.name()
     }
 
     /// The resolved config as TOML text (what `config show` prints and runs store).
@@ -1318,6 +1357,22 @@ mod tests {
         assert_eq!(c.loader.crop, 256);
         assert_eq!(c.run.name, "demo");
         assert_eq!(c.loader.resize_long, [100, 200]);
+    }
+
+    /// The segmenter's backbone can start from the CAM classifier only where the parameters
+    /// fit: a plain CAM network of the same backbone.
+    #[test]
+    fn init_from_cam_needs_a_cam_network_of_the_same_backbone() {
+        let mobilenet = ["model.arch=\"mobilenet_v2\"", "seg.model.arch=\"mobilenet_v2\"", "seg.model.init_from_cam=true"];
+        assert!(load_str("", &mobilenet).unwrap().seg.model.init_from_cam);
+        for (extra, why) in [("method.base=\"amr\"", "method.base"), ("model.arch=\"resnet\"", "model.arch")] {
+            let err = load_str("", &[&mobilenet[..], &[extra]].concat()).unwrap_err().to_string();
+            assert!(err.contains("seg.model.init_from_cam") && err.contains(why), "{extra}: {err}");
+        }
+        let resnets = ["seg.model.arch=\"resnet\"", "seg.model.depth=\"resnet101\"", "seg.model.init_from_cam=true"];
+        let err = load_str("", &resnets).unwrap_err().to_string();
+        assert!(err.contains("model.depth"), "ResNet-50 classifier, ResNet-101 segmenter: {err}");
+        assert!(load_str("", &[&resnets[..], &["model.depth=\"resnet101\""]].concat()).is_ok());
     }
 
     #[test]

@@ -194,8 +194,8 @@ fn missing_pseudo_labels_name_the_key() {
 }
 
 /// `run` with `seg.enabled` goes on through the segmenter: trains it on the pseudo-labels of
-/// the train split, predicts val without and with the CRF (one pass), scores both and prints
-/// the figures side by side; with `cam.split = "val"` it refuses, naming the key. 2 ranks
+/// the train split, predicts val without and with the CRF (one pass), makes and scores the CAMs
+/// of val too, and prints the figures side by side, split by split; with `cam.split = "val"` it refuses, naming the key. 2 ranks
 /// predict the same bytes as 1.
 #[test]
 fn run_trains_predicts_and_scores_the_segmenter() {
@@ -210,7 +210,21 @@ fn run_trains_predicts_and_scores_the_segmenter() {
     let out = common::wsss(dir, &[&["run", "--config", config][..], &seg].concat());
     let log = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{log}");
-    assert!(log.contains("mIoU: CAM") && log.contains("; segmenter ") && log.contains("; segmenter + CRF "), "{log}");
+    assert!(log.contains("mIoU on train: CAM") && log.contains("On val: CAM") && log.contains("; segmenter + CRF "), "{log}");
+    // The CAMs of the segmenter's split are made and scored beside those of cam.split.
+    let read =
+        |name: &str| -> serde_json::Value { serde_json::from_str(&std::fs::read_to_string(dir.join(format!("runs/tiny/eval/{name}.json"))).unwrap()).unwrap() };
+    let (cam_train, cam_val) = (read("cam"), read("cam_val"));
+    assert_eq!((cam_train["split"].as_str(), cam_val["split"].as_str()), (Some("train"), Some("val")));
+    assert_eq!((cam_train["images"].as_u64(), cam_val["images"].as_u64()), (Some(48), Some(8)));
+    // The report sets the CAMs of val beside the segmenter, and shows val samples with its
+    // predictions as well as train samples with the pseudo-labels.
+    let page = std::fs::read_to_string(dir.join("runs/tiny/report.html")).unwrap();
+    for text in ["CAM, train (τ", "pseudo-labels, train", "CAM, val (τ", "segmenter + CRF, val", "(train)", "(val)"] {
+        assert!(page.contains(text), "the report lacks {text:?}");
+    }
+    let val_samples = page.split("(val)").nth(1).unwrap();
+    assert!(val_samples.contains("segmenter + CRF") && val_samples.contains("ground truth"), "val samples without predictions");
     // Both prediction sets are complete: `seg` again computes nothing.
     let again = common::wsss(dir, &[&["seg", "--config", config][..], &seg].concat());
     let log = String::from_utf8_lossy(&again.stderr);

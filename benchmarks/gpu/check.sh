@@ -12,7 +12,8 @@
 #   3. the one-rank NCCL communicator those runs all-reduce their gradients through (the
 #      trainer's backend line and summary);
 #   4. the fused `cam --pseudo-labels` on voc-mini (data/voc-mini, imported beforehand) after a
-#      short training run: images/s and seconds by phase; `eval pseudo` of its labels.
+#      short training run: images/s and seconds by phase; `eval pseudo` of its labels;
+#   5. `train seg` (DeepLab v3+) on those labels, `seg` with the CRF, `eval seg`.
 # WSSS_GPU_CHECK_DEVICE=cpu runs the same on the CPU (the dry run of a machine without a GPU),
 # WSSS_GPU_CHECK_QUICK=1 with small images and few steps. WSSS_BIN names another binary.
 set -uo pipefail
@@ -27,6 +28,8 @@ mkdir -p "$out"
 # libtorch comes from the machine's PyTorch; the binary's other libraries travel beside it.
 torch_lib=$("$python" -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "lib"))' 2>/dev/null || true)
 export LD_LIBRARY_PATH="${torch_lib:+$torch_lib:}$(dirname "$bin")/lib:${LD_LIBRARY_PATH:-}"
+# The NCCL that libtorch loads, under the name cudarc looks for (as the launchers do).
+source launch/nccl-env.sh
 export NO_COLOR=1
 
 steps=20 size=224 images=320
@@ -78,6 +81,15 @@ if [ -f data/voc-mini/val/_manifest.json ] || [ -f data/voc-mini/val/manifest.js
   if "$bin" train cam "${voc[@]}" > "$out/voc-train.log" 2>&1 && "$bin" cam --pseudo-labels "${voc[@]}" > "$out/voc-cam.log" 2>&1 && "$bin" eval pseudo "${voc[@]}" > "$out/voc-eval.log" 2>&1; then
     rate=$("$python" -c 'import json,sys; s = json.load(open(sys.argv[1])); r = s["ranks"][0]; print(r["images"], "images,", round(r["images_per_second"], 2), "img/s; seconds by phase", {k: round(v, 1) for k, v in s["seconds_by_phase"].items()})' "$out/runs/voc/pseudo_labels/val/.map/summary.json")
     note "cam --pseudo-labels on voc-mini val ($device): $rate"
+    # 5. The segmenter on the GPU: v3+ trained on those labels (the val photos stand in for a
+    # train split), its predictions with and without the CRF as a map phase, and their scores.
+    seg=("${voc[@]}" --set data.train=data/voc-mini/val --set seg.labels="$out/runs/voc/pseudo_labels/val" --set seg.model.init= --set seg.train.steps=$steps --set seg.train.log_every=1 --set seg.infer.crf=true)
+    if "$bin" train seg "${seg[@]}" > "$out/seg-train.log" 2>&1 && "$bin" seg "${seg[@]}" > "$out/seg-infer.log" 2>&1 && "$bin" eval seg "${seg[@]}" > "$out/seg-eval.log" 2>&1; then
+      seg_rate=$("$python" -c 'import json,sys; s = json.load(open(sys.argv[1])); r = s["ranks"][0]; print(r["images"], "images,", round(r["images_per_second"], 2), "img/s")' "$out/runs/voc/seg/pred/val/.map/summary.json")
+      note "train seg (v3+ MobileNetV2, $device): $(compute_rate "$out/runs/voc/seg/metrics.jsonl") img/s (compute); seg map phase: $seg_rate; eval seg mIoU without / with the CRF: $(grep -o 'predictions: mIoU [0-9.]*' "$out/seg-eval.log" | grep -o '[0-9.]*$' | paste -sd/)"
+    else
+      note "train seg / seg / eval seg: FAILED (see $out/seg-*.log)"
+    fi
   else
     note "cam --pseudo-labels on voc-mini: FAILED (see $out/voc-*.log)"
   fi

@@ -288,6 +288,7 @@ impl NcclComm {
                 "libnccl.so is not found: link it to the libnccl.so.2 of the torch install (nvidia/nccl/lib) in a directory on LD_LIBRARY_PATH; launch/mpirun.sh does this".into(),
             ));
         }
+        check_one_nccl()?;
         let context =
             cudarc::driver::CudaContext::new(device).map_err(|e| CommError::Library { call: "cuDevicePrimaryCtxRetain", message: format!("{e:?}") })?;
         let nccl = |call: &'static str| move |e: result::NcclError| CommError::Library { call, message: format!("{:?}", e.0) };
@@ -322,6 +323,49 @@ impl NcclComm {
     fn status(call: &'static str, result: Result<cudarc::nccl::result::NcclStatus, cudarc::nccl::result::NcclError>) -> Result<(), CommError> {
         result.map(|_| ()).map_err(|e| CommError::Library { call, message: format!("{:?}", e.0) })
     }
+}
+
+/// The NCCL that cudarc loads (by the name `libnccl.so`) must be the one libtorch's CUDA
+/// backend loaded (`libnccl.so.2`, torch's own): where both are in the process as two files
+/// (a system NCCL beside torch's wheel), a communicator made by one is refused by the other's
+/// collectives as corrupted (seen on the first GPU check: `ncclInvalidArgument`).
+fn check_one_nccl() -> Result<(), CommError> {
+    let torch = loaded_file("libnccl.so.2", |symbol| {
+        let handle = unsafe { libc::dlopen(c"libnccl.so.2".as_ptr(), libc::RTLD_LAZY | libc::RTLD_NOLOAD) };
+        if handle.is_null() {
+            return None;
+        }
+        let address = unsafe { libc::dlsym(handle, symbol.as_ptr()) };
+        unsafe { libc::dlclose(handle) };
+        Some(address as *const c_void)
+    });
+    let Some(torch) = torch else {
+        return Ok(()); // libtorch loaded no NCCL of its own: nothing to clash with.
+    };
+    let cudarc = loaded_file("libnccl.so", |symbol| {
+        let library = unsafe { cudarc::nccl::sys::culib() };
+        unsafe { library.get::<unsafe extern "C" fn()>(symbol.to_bytes_with_nul()) }.ok().map(|f| *f as *const c_void)
+    });
+    match cudarc {
+        Some(file) if file != torch => Err(CommError::NcclUnavailable(format!(
+            "two NCCL libraries in this process: libtorch's {} and {}, the libnccl.so that wsss-dist's NCCL binding loads; a link named \
+             libnccl.so to the first, in a directory that comes first on LD_LIBRARY_PATH, makes them one (launch/nccl-env.sh does this)",
+            torch.display(),
+            file.display()
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// The file (links resolved) that holds `ncclAllReduce` as `lookup` finds it.
+fn loaded_file(what: &str, lookup: impl Fn(&std::ffi::CStr) -> Option<*const c_void>) -> Option<std::path::PathBuf> {
+    let address = lookup(c"ncclAllReduce").filter(|a| !a.is_null())?;
+    let mut info: libc::Dl_info = unsafe { std::mem::zeroed() };
+    if unsafe { libc::dladdr(address, &mut info) } == 0 || info.dli_fname.is_null() {
+        return Some(what.into());
+    }
+    let file = unsafe { std::ffi::CStr::from_ptr(info.dli_fname) }.to_string_lossy().into_owned();
+    Some(std::fs::canonicalize(&file).unwrap_or_else(|_| file.into()))
 }
 
 impl Communicator for NcclComm {

@@ -77,6 +77,12 @@ pub const TORCHVISION_BACKBONE: ImportRules<'static> =
 pub const TORCHVISION_SEG_BACKBONE: ImportRules<'static> =
     ImportRules { new_layers: &[], ignored_prefixes: &["fc.", "classifier.1.", "features.18."], ignored_suffixes: &["num_batches_tracked"] };
 
+/// A trained CAM classifier (`train cam`, method.base = "cam": torchvision's names at the
+/// root) into the segmenter's backbone (`seg.model.init_from_cam`): its classifier and
+/// MobileNetV2's `features.18` are not the segmenter's.
+pub const CAM_CLASSIFIER_SEG_BACKBONE: ImportRules<'static> =
+    ImportRules { new_layers: &[], ignored_prefixes: &["classifier.", "features.18."], ignored_suffixes: &["num_batches_tracked"] };
+
 /// torchvision ImageNet ResNet or MobileNetV2 weights into IRNet's backbone: the two branches
 /// are new; the ImageNet classifier and MobileNetV2's `features.18` (IRNet's branches read
 /// `features.17` last) are not ours.

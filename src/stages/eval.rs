@@ -28,6 +28,11 @@ use crate::refine::pseudo::UNCERTAIN;
 use crate::refine::resize::full_resolution;
 
 pub fn run_cam(config: &Config, world: &World) -> anyhow::Result<Summary> {
+    run_cam_as(config, world, "cam")
+}
+
+/// [`run_cam`], its report written as `<run dir>/eval/<name>.json` and `.md`.
+pub fn run_cam_as(config: &Config, world: &World, name: &str) -> anyhow::Result<Summary> {
     let comm = dist::connect(world, Backend::Mpi, Device::Cpu)?;
     let mut thresholds = config.eval.thresholds.clone();
     thresholds.push(config.eval.tau);
@@ -53,8 +58,8 @@ pub fn run_cam(config: &Config, world: &World) -> anyhow::Result<Summary> {
     let report = sweep.report(gt.manifest().classes.clone(), config.eval.tau);
     let markdown = cam_markdown(&report);
     println!("CAM evaluation of {} ({} images, {} without a CAM)\n\n{markdown}", gt.dir().display(), gt.len() - missing.len(), missing.len());
-    let details = json!({ "images": gt.len() - missing.len(), "missing": missing, "report": report });
-    let out = write_report(config, "cam", &details, &markdown)?;
+    let details = json!({ "split": config.split_name(), "images": gt.len() - missing.len(), "missing": missing, "report": report });
+    let out = write_report(config, name, &details, &markdown)?;
     info!(
         "best τ {:.2}: mIoU {:.1}; τ {:.2}: {:.1}; image-label baseline {:.1}; written to {}",
         report.best_tau,

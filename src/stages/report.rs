@@ -2,8 +2,9 @@
 //! self-contained HTML file (default `<run dir>/report.html`; `crate::report` builds it):
 //! loss, learning-rate and images/s curves of each training stage from its `metrics.jsonl`,
 //! the CAMs' τ sweep, per-class IoU of the CAMs, the pseudo-labels and (when present) the
-//! segmenter, and sample images of `cam.split` with their CAM heat map, pseudo-label,
-//! predictions and ground truth overlaid. What the run has not made yet is said on the page.
+//! segmenter and the CAMs of its split, sample images of `cam.split` with their CAM heat map and
+//! pseudo-label, and of the segmenter's split with their CAM heat map and predictions, each
+//! beside its ground truth. What the run has not made yet is said on the page.
 //! `run` writes it at the end.
 
 use std::path::Path;
@@ -13,7 +14,7 @@ use serde_json::{json, Value};
 use tracing::info;
 
 use super::Summary;
-use crate::config::Config;
+use crate::config::{Config, Split};
 use crate::data::codec::{decode_mask, decode_row_image, Rgb};
 use crate::data::{atomic_write, CamRow, Dataset, ImageRow, PseudoRow, ShardRow};
 use crate::refine::resize::full_resolution;
@@ -41,8 +42,13 @@ pub fn run(config: &Config, out: Option<&Path>, samples: usize) -> anyhow::Resul
         Some(cam) => report.charts.push(sweep_chart(&cam["report"])),
         None => report.notes.push(format!("no CAM evaluation at {}/cam.json (`wsss-dist eval cam`)", eval.display())),
     }
-    report.tables.push(iou_table(cam.as_ref(), &eval));
-    report.samples = sample_rows(config, samples, &mut report.notes)?;
+    let seg_split = config.seg.infer.split;
+    let cam_seg_split = (seg_split != config.cam.split).then(|| read_json(&eval.join(format!("{}.json", super::run::cam_eval_name(seg_split))))).flatten();
+    report.tables.push(iou_table(config, cam.as_ref(), cam_seg_split.as_ref(), &eval));
+    report.samples = sample_rows(config, config.cam.split, samples, &mut report.notes)?;
+    if config.seg.enabled && seg_split != config.cam.split {
+        report.samples.extend(sample_rows(config, seg_split, samples, &mut report.notes)?);
+    }
     let page = html(&report)?;
     let out = out.map_or_else(|| run_dir.join("report.html"), Path::to_path_buf);
     if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
@@ -98,27 +104,33 @@ fn sweep_chart(report: &Value) -> Chart {
     }
 }
 
-/// Per-class IoU (%) of every evaluation the run has: the CAMs at their best τ, the
-/// image-label baseline, the pseudo-labels, the segmenter (without and with the CRF).
-fn iou_table(cam: Option<&Value>, eval: &Path) -> Table {
+/// Per-class IoU (%) of every evaluation the run has, each column naming its split: the CAMs
+/// of `cam.split` at their best τ, the image-label baseline, the pseudo-labels, the CAMs of
+/// the segmenter's split (when it is another), the segmenter (without and with the CRF).
+fn iou_table(config: &Config, cam: Option<&Value>, cam_seg_split: Option<&Value>, eval: &Path) -> Table {
+    let (cam_split, seg_split) = (config.cam.split.name(), config.seg.infer.split.name());
     let mut columns: Vec<(String, Value)> = Vec::new();
-    let mut classes: Vec<String> = Vec::new();
+    let cam_column =
+        |cam: &Value, split: &str| (format!("CAM, {split} (τ {:.2})", cam["report"]["best_tau"].as_f64().unwrap_or(f64::NAN)), cam["report"]["best"].clone());
     if let Some(cam) = cam {
-        let report = &cam["report"];
-        classes = serde_json::from_value(report["classes"].clone()).unwrap_or_default();
-        columns.push((format!("CAM (τ {:.2})", report["best_tau"].as_f64().unwrap_or(f64::NAN)), report["best"].clone()));
-        columns.push(("image-label baseline".into(), report["baseline"].clone()));
+        columns.push(cam_column(cam, cam_split));
+        columns.push((format!("image-label baseline, {cam_split}"), cam["report"]["baseline"].clone()));
     }
-    for (file, name) in
-        [("pseudo.json", "pseudo-labels"), ("pseudo_rw.json", "random-walk pseudo-labels"), ("seg.json", "segmenter"), ("seg_crf.json", "segmenter + CRF")]
-    {
+    let evaluations = [
+        ("pseudo.json", "pseudo-labels", cam_split),
+        ("pseudo_rw.json", "random-walk pseudo-labels", cam_split),
+        ("seg.json", "segmenter", seg_split),
+        ("seg_crf.json", "segmenter + CRF", seg_split),
+    ];
+    for (file, name, split) in evaluations {
+        if file == "seg.json" {
+            columns.extend(cam_seg_split.map(|cam| cam_column(cam, seg_split)));
+        }
         if let Some(value) = read_json(&eval.join(file)) {
-            if classes.is_empty() {
-                classes = serde_json::from_value(value["report"]["classes"].clone()).unwrap_or_default();
-            }
-            columns.push((name.into(), value["report"].clone()));
+            columns.push((format!("{name}, {split}"), value["report"].clone()));
         }
     }
+    let classes: Vec<String> = columns.first().and_then(|(_, r)| serde_json::from_value(r["classes"].clone()).ok()).unwrap_or_default();
     let percent = |v: &Value| v.as_f64().map_or("–".to_string(), |x| format!("{:.1}", 100.0 * x));
     let mut rows: Vec<Vec<String>> =
         classes.iter().enumerate().map(|(c, name)| std::iter::once(name.clone()).chain(columns.iter().map(|(_, r)| percent(&r["iou"][c]))).collect()).collect();
@@ -126,27 +138,23 @@ fn iou_table(cam: Option<&Value>, eval: &Path) -> Table {
     Table { caption: "IoU per class (%)".into(), header: std::iter::once("class".to_string()).chain(columns.into_iter().map(|(n, _)| n)).collect(), rows }
 }
 
-/// The first `count` images of `cam.split` (in shard and row order) with their CAM heat map,
-/// pseudo-label, segmenter predictions (where they were made for this split) and ground
+/// The first `count` images of `split` (in shard and row order) with their CAM heat map, the
+/// pseudo-label (on `cam.split`), the segmenter's predictions (on its split) and the ground
 /// truth. A missing dataset is noted and its column left out.
-fn sample_rows(config: &Config, count: usize, notes: &mut Vec<String>) -> anyhow::Result<Vec<SampleRow>> {
-    let images_dir = config.dataset(config.cam.split);
+fn sample_rows(config: &Config, split: Split, count: usize, notes: &mut Vec<String>) -> anyhow::Result<Vec<SampleRow>> {
+    let images_dir = config.dataset(split);
     let Ok(images) = Dataset::open(images_dir) else {
         notes.push(format!("no images at {} for the samples", images_dir.display()));
         return Ok(Vec::new());
     };
     let rows = first_rows(&images, count)?;
-    let cams: Option<Dataset<CamRow>> = open_or_note(&config.cam_dir(), "CAMs", notes);
-    let labels: Option<Dataset<PseudoRow>> = open_or_note(&config.pseudo_dir(), "pseudo-labels", notes);
-    let seg_split = config.seg.infer.split == config.cam.split;
+    let cams: Option<Dataset<CamRow>> = open_or_note(&config.with_cam_split(split).cam_dir(), "CAMs", notes);
+    let labels: Option<Dataset<PseudoRow>> = (split == config.cam.split).then(|| open_or_note(&config.pseudo_dir(), "pseudo-labels", notes)).flatten();
     let predictions: Vec<(&str, Dataset<PseudoRow>)> = [(false, "segmenter"), (true, "segmenter + CRF")]
         .into_iter()
-        .filter(|_| seg_split)
+        .filter(|_| split == config.seg.infer.split)
         .filter_map(|(crf, name)| Dataset::open_as(&config.with_seg_crf(crf).seg_pred_dir()).ok().map(|d| (name, d)))
         .collect();
-    if config.seg.enabled && !seg_split {
-        notes.push(format!("the segmenter predicts the {:?} split, the samples are of cam.split: its columns are left out", config.seg.infer.split));
-    }
     let num_classes = images.manifest().num_classes();
     let mut out = Vec::with_capacity(rows.len());
     for (shard, image) in rows {
@@ -164,7 +172,7 @@ fn sample_rows(config: &Config, count: usize, notes: &mut Vec<String>) -> anyhow
         if let Some(mask) = &image.mask {
             panels.push(("ground truth".into(), label_panel(&photo, mask)?));
         }
-        out.push(SampleRow { id: image.id, panels });
+        out.push(SampleRow { id: format!("{} ({})", image.id, split.name()), panels });
     }
     Ok(out)
 }

@@ -76,6 +76,13 @@ pub fn run(config: &Config, world: &World) -> anyhow::Result<Summary> {
         details["train_seg"] = train_seg::run(config, world, true)?.details;
         details["seg"] = seg::run(config, world, false)?.details;
         details["eval_seg"] = eval::run_seg(config, world)?.details;
+        // The CAMs of the photos the segmenter is scored on, so that the run compares its
+        // stages on one split.
+        let seg_split = config.with_cam_split(config.seg.infer.split);
+        if seg_split.cam.split != config.cam.split {
+            details["cam_seg_split"] = cam::run(&seg_split, world, false)?.details;
+            details["eval_cam_seg_split"] = eval::run_cam_as(&seg_split, world, &cam_eval_name(config.seg.infer.split))?.details;
+        }
     }
     if world.is_root() {
         atomic_write(&run_dir.join("summary.json"), serde_json::to_string_pretty(&details)?.as_bytes())?;
@@ -86,6 +93,12 @@ pub fn run(config: &Config, world: &World) -> anyhow::Result<Summary> {
     Ok(Summary::ok(details))
 }
 
+/// The name of the evaluation `run` writes of the CAMs of the segmenter's split (`cam` being
+/// that of `cam.split`): `<run dir>/eval/cam_val.json`.
+pub(super) fn cam_eval_name(split: Split) -> String {
+    format!("cam_{}", split.name())
+}
+
 /// `config` making the `irn_seeds` labels that `train irn` reads.
 fn seeds_config(config: &Config) -> Config {
     let mut seeds = config.clone();
@@ -94,30 +107,39 @@ fn seeds_config(config: &Config) -> Config {
     seeds
 }
 
-/// The run's figures on one line: CAM, pseudo-labels and (when trained) the segmenter.
+/// The run's figures on one line, split by split: CAM and pseudo-labels of `cam.split`, then
+/// (when trained) the CAMs of the segmenter's split beside the segmenter's figures.
 pub(super) fn side_by_side(details: &serde_json::Value) -> String {
     let percent = |v: &serde_json::Value| v.as_f64().map_or("?".to_string(), |x| format!("{:.1}", 100.0 * x));
-    let cam = &details["eval_cam"]["report"];
-    let pseudo = &details["eval_pseudo"]["report"];
+    let split = |eval: &serde_json::Value| eval["split"].as_str().unwrap_or("?").to_string();
+    let cam = |eval: &serde_json::Value| {
+        let report = &eval["report"];
+        format!(
+            "CAM {} (best τ {}), image-label baseline {}",
+            percent(&report["best"]["miou"]),
+            report["best_tau"].as_f64().map_or("?".to_string(), |t| format!("{t:.2}")),
+            percent(&report["baseline"]["miou"]),
+        )
+    };
     let labels = |report: &serde_json::Value| {
         format!("{} on {}% of pixels ({} over every pixel)", percent(&report["miou"]), percent(&report["labelled"]), percent(&report["miou_all_pixels"]))
     };
-    let mut line = format!(
-        "mIoU: CAM {} (best τ {}), image-label baseline {}; ",
-        percent(&cam["best"]["miou"]),
-        cam["best_tau"].as_f64().map_or("?".to_string(), |t| format!("{t:.2}")),
-        percent(&cam["baseline"]["miou"]),
-    );
+    let mut line = format!("mIoU on {}: {}; ", split(&details["eval_cam"]), cam(&details["eval_cam"]));
     if let Some(seeds) = details.get("eval_seeds") {
         line += &format!("irn_seeds {}; random-walk ", labels(&seeds["report"]));
     }
-    line += &format!("pseudo-labels {}", labels(pseudo));
-    for (key, what) in [("seg", "segmenter"), ("seg_crf", "segmenter + CRF")] {
-        if let Some(report) = details["eval_seg"].get(key) {
-            line += &format!("; {what} {}", percent(&report["report"]["miou"]));
-        }
+    line += &format!("pseudo-labels {}", labels(&details["eval_pseudo"]["report"]));
+    let segmenter: Vec<String> = [("seg", "segmenter"), ("seg_crf", "segmenter + CRF")]
+        .into_iter()
+        .filter_map(|(key, what)| Some(format!("{what} {}", percent(&details["eval_seg"].get(key)?["report"]["miou"]))))
+        .collect();
+    if segmenter.is_empty() {
+        return line;
     }
-    line
+    match details.get("eval_cam_seg_split") {
+        Some(eval) => format!("{line}. On {}: {}; {}", split(eval), cam(eval), segmenter.join("; ")),
+        None => format!("{line}; {}", segmenter.join("; ")),
+    }
 }
 
 /// Generates a missing synthetic split (seeded apart from the other split by `stream`), or

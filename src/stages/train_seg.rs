@@ -2,6 +2,7 @@
 //! `data.train` ⋈ the pseudo-labels of `seg.labels` (by id), as a task of the shared trainer
 //! (`stages::trainer`), into `<run dir>/seg` (docs/segmenter.md).
 
+use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{ensure, Context};
@@ -79,9 +80,17 @@ impl Task for SegTask<'_> {
         groups
     }
 
-    /// The backbone from `seg.model.init` (torchvision's ImageNet weights), or from a random
-    /// start with its frozen BatchNorm statistics calibrated on the first batch.
+    /// The backbone from the run's CAM classifier (`seg.model.init_from_cam`), from
+    /// `seg.model.init` (torchvision's ImageNet weights), or from a random start with its frozen
+    /// BatchNorm statistics calibrated on the first batch.
     fn initialise(&self, calibration: &dyn Fn() -> anyhow::Result<Batch>) -> anyhow::Result<()> {
+        if self.config.seg.model.init_from_cam {
+            let key = "config key `seg.model.init_from_cam`";
+            let path = super::model_to_load(Path::new(""), &self.config.run_dir(), "train the CAM classifier first (`wsss-dist train cam`)").context(key)?;
+            let report = weights::import_under(&self.vs, &format!("{BACKBONE}."), &path, &weights::CAM_CLASSIFIER_SEG_BACKBONE).context(key)?;
+            info!("segmenter backbone: loaded {} tensors from the CAM classifier {}", report.loaded, path.display());
+            return Ok(());
+        }
         let init = &self.config.seg.model.init;
         if init.as_os_str().is_empty() {
             warn!("seg.model.init is not set: the segmenter's backbone starts from a random initialisation (`make weights`, docs/weights.md)");
