@@ -1366,7 +1366,7 @@ mod tests {
         let mobilenet = ["model.arch=\"mobilenet_v2\"", "seg.model.arch=\"mobilenet_v2\"", "seg.model.init_from_cam=true"];
         assert!(load_str("", &mobilenet).unwrap().seg.model.init_from_cam);
         for (extra, why) in [("method.base=\"amr\"", "method.base"), ("model.arch=\"resnet\"", "model.arch")] {
-            let err = load_str("", &[&mobilenet[..], &[extra]].concat()).unwrap_err().to_string();
+            let err = load_str("", &[&mobilenet[..], &[extra, "method.amr.freeze_spotlight=false"]].concat()).unwrap_err().to_string();
             assert!(err.contains("seg.model.init_from_cam") && err.contains(why), "{extra}: {err}");
         }
         let resnets = ["seg.model.arch=\"resnet\"", "seg.model.depth=\"resnet101\"", "seg.model.init_from_cam=true"];
