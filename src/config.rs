@@ -306,6 +306,8 @@ pub struct SegInferConfig {
     pub crf: bool,
     /// DeepLab's CRF: 10 iterations, Gaussian sxy 1 weight 3, bilateral sxy 67 srgb 3 weight 4.
     pub crf_params: CrfParams,
+    /// CRF threads per rank, each refining one image while the network waits; 0 = one per core.
+    pub crf_threads: usize,
     /// Model weights; "" takes the latest checkpoint in `<run dir>/seg`.
     pub checkpoint: PathBuf,
     /// The network sees an image at most this long (long side, before `scales`): larger
@@ -332,6 +334,7 @@ impl Default for SegInferConfig {
                 appearance_srgb: 3.0,
                 appearance_weight: 4.0,
             },
+            crf_threads: 0,
             checkpoint: PathBuf::new(),
             max_side: DEFAULT_MAX_SIDE,
         }

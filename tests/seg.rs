@@ -195,8 +195,9 @@ fn missing_pseudo_labels_name_the_key() {
 
 /// `run` with `seg.enabled` goes on through the segmenter: trains it on the pseudo-labels of
 /// the train split, predicts val without and with the CRF (one pass), makes and scores the CAMs
-/// of val too, and prints the figures side by side, split by split; with `cam.split = "val"` it refuses, naming the key. 2 ranks
-/// predict the same bytes as 1.
+/// of val too, and prints the figures side by side, split by split; with `cam.split = "val"` it
+/// refuses, naming the key. 2 ranks refining 3 images at a time each predict the same bytes as
+/// 1 rank refining one at a time.
 #[test]
 fn run_trains_predicts_and_scores_the_segmenter() {
     let tmp = tempfile::tempdir().unwrap();
@@ -206,7 +207,7 @@ fn run_trains_predicts_and_scores_the_segmenter() {
     let config = s(&config);
     let err = wsss_fails(dir, &["run", "--config", config, "--set", "seg.enabled=true", "--set", "cam.split=val"], 2);
     assert!(err.contains("`cam.split`"), "{err}");
-    let seg = ["--set", "seg.enabled=true", "--set", "seg.train.epochs=1", "--set", "seg.infer.crf=true"];
+    let seg = ["--set", "seg.enabled=true", "--set", "seg.train.epochs=1", "--set", "seg.infer.crf=true", "--set", "seg.infer.crf_threads=1"];
     let out = common::wsss(dir, &[&["run", "--config", config][..], &seg].concat());
     let log = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{log}");
@@ -244,7 +245,7 @@ fn run_trains_predicts_and_scores_the_segmenter() {
         .find(|p| p.to_str().unwrap().ends_with("step-00000012.safetensors"))
         .unwrap();
     let from = format!("seg.infer.checkpoint={}", s(&checkpoint));
-    let two = [&seg[..], &["--set", "run.name=two", "--set", &from]].concat();
+    let two = [&seg[..], &["--set", "run.name=two", "--set", &from, "--set", "seg.infer.crf_threads=3"]].concat();
     mpirun_ok(dir, 2, &[&["seg", "--config", config][..], &two].concat());
     for pred in ["pred", "pred_crf"] {
         let shard = |run: &str| std::fs::read(dir.join(format!("runs/{run}/seg/{pred}/val/part-00000.parquet"))).unwrap();

@@ -330,7 +330,7 @@ impl NcclComm {
 /// (a system NCCL beside torch's wheel), a communicator made by one is refused by the other's
 /// collectives as corrupted (seen on the first GPU check: `ncclInvalidArgument`).
 fn check_one_nccl() -> Result<(), CommError> {
-    let torch = loaded_file("libnccl.so.2", |symbol| {
+    let torch = loaded_file(|symbol| {
         let handle = unsafe { libc::dlopen(c"libnccl.so.2".as_ptr(), libc::RTLD_LAZY | libc::RTLD_NOLOAD) };
         if handle.is_null() {
             return None;
@@ -340,9 +340,9 @@ fn check_one_nccl() -> Result<(), CommError> {
         Some(address as *const c_void)
     });
     let Some(torch) = torch else {
-        return Ok(()); // libtorch loaded no NCCL of its own: nothing to clash with.
+        return Ok(()); // libtorch loaded no NCCL of its own (or its file is unknown): nothing to compare.
     };
-    let cudarc = loaded_file("libnccl.so", |symbol| {
+    let cudarc = loaded_file(|symbol| {
         let library = unsafe { cudarc::nccl::sys::culib() };
         unsafe { library.get::<unsafe extern "C" fn()>(symbol.to_bytes_with_nul()) }.ok().map(|f| *f as *const c_void)
     });
@@ -357,12 +357,13 @@ fn check_one_nccl() -> Result<(), CommError> {
     }
 }
 
-/// The file (links resolved) that holds `ncclAllReduce` as `lookup` finds it.
-fn loaded_file(what: &str, lookup: impl Fn(&std::ffi::CStr) -> Option<*const c_void>) -> Option<std::path::PathBuf> {
+/// The file (links resolved) that holds `ncclAllReduce` as `lookup` finds it; `None` where
+/// it is not found or the loader cannot name its file (then there is nothing to compare).
+fn loaded_file(lookup: impl Fn(&std::ffi::CStr) -> Option<*const c_void>) -> Option<std::path::PathBuf> {
     let address = lookup(c"ncclAllReduce").filter(|a| !a.is_null())?;
     let mut info: libc::Dl_info = unsafe { std::mem::zeroed() };
     if unsafe { libc::dladdr(address, &mut info) } == 0 || info.dli_fname.is_null() {
-        return Some(what.into());
+        return None;
     }
     let file = unsafe { std::ffi::CStr::from_ptr(info.dli_fname) }.to_string_lossy().into_owned();
     Some(std::fs::canonicalize(&file).unwrap_or_else(|_| file.into()))

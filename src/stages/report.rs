@@ -116,20 +116,12 @@ fn iou_table(config: &Config, cam: Option<&Value>, cam_seg_split: Option<&Value>
         columns.push(cam_column(cam, cam_split));
         columns.push((format!("image-label baseline, {cam_split}"), cam["report"]["baseline"].clone()));
     }
-    let evaluations = [
-        ("pseudo.json", "pseudo-labels", cam_split),
-        ("pseudo_rw.json", "random-walk pseudo-labels", cam_split),
-        ("seg.json", "segmenter", seg_split),
-        ("seg_crf.json", "segmenter + CRF", seg_split),
-    ];
-    for (file, name, split) in evaluations {
-        if file == "seg.json" {
-            columns.extend(cam_seg_split.map(|cam| cam_column(cam, seg_split)));
-        }
-        if let Some(value) = read_json(&eval.join(file)) {
-            columns.push((format!("{name}, {split}"), value["report"].clone()));
-        }
-    }
+    let evaluated = |evaluations: [(&str, &str); 2], split: &str| -> Vec<(String, Value)> {
+        evaluations.into_iter().filter_map(|(file, name)| Some((format!("{name}, {split}"), read_json(&eval.join(file))?["report"].clone()))).collect()
+    };
+    columns.extend(evaluated([("pseudo.json", "pseudo-labels"), ("pseudo_rw.json", "random-walk pseudo-labels")], cam_split));
+    columns.extend(cam_seg_split.map(|cam| cam_column(cam, seg_split)));
+    columns.extend(evaluated([("seg.json", "segmenter"), ("seg_crf.json", "segmenter + CRF")], seg_split));
     let classes: Vec<String> = columns.first().and_then(|(_, r)| serde_json::from_value(r["classes"].clone()).ok()).unwrap_or_default();
     let percent = |v: &Value| v.as_f64().map_or("–".to_string(), |x| format!("{:.1}", 100.0 * x));
     let mut rows: Vec<Vec<String>> =

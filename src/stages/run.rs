@@ -78,10 +78,11 @@ pub fn run(config: &Config, world: &World) -> anyhow::Result<Summary> {
         details["eval_seg"] = eval::run_seg(config, world)?.details;
         // The CAMs of the photos the segmenter is scored on, so that the run compares its
         // stages on one split.
-        let seg_split = config.with_cam_split(config.seg.infer.split);
-        if seg_split.cam.split != config.cam.split {
-            details["cam_seg_split"] = cam::run(&seg_split, world, false)?.details;
-            details["eval_cam_seg_split"] = eval::run_cam_as(&seg_split, world, &cam_eval_name(config.seg.infer.split))?.details;
+        let seg_split = config.seg.infer.split;
+        if seg_split != config.cam.split {
+            let cams_of_seg_split = config.with_cam_split(seg_split);
+            details["cam_seg_split"] = cam::run(&cams_of_seg_split, world, false)?.details;
+            details["eval_cam_seg_split"] = eval::run_cam_as(&cams_of_seg_split, world, &cam_eval_name(seg_split))?.details;
         }
     }
     if world.is_root() {

@@ -7,6 +7,7 @@
 //! `eval seg` read them.
 
 use anyhow::Context;
+use rayon::prelude::*;
 use serde_json::json;
 use tch::nn::VarStore;
 use tch::{Kind, Tensor};
@@ -15,13 +16,13 @@ use super::cam::{fit_long_side, Normalise};
 use super::map_phase::{execute, fingerprint, for_each_image, MapJob, ShardOutput, TaskOutput};
 use super::Summary;
 use crate::config::{Config, SegInferConfig};
-use crate::data::codec::{decode_row_image, encode_mask};
+use crate::data::codec::{decode_row_image, encode_mask, Rgb};
 use crate::data::shard::file_sha256;
 use crate::data::{Dataset, DatasetKind, ImageRow, PseudoRow};
 use crate::dist::World;
 use crate::model::deeplab::Segmenter;
 use crate::model::weights;
-use crate::refine::crf::{argmax_groups, pixel_major, DenseCrf};
+use crate::refine::crf::{argmax_groups, pixel_major, CrfParams, DenseCrf};
 
 pub fn run(config: &Config, world: &World, force: bool) -> anyhow::Result<Summary> {
     let device = super::compute_device(config, world)?;
@@ -66,19 +67,30 @@ pub fn run(config: &Config, world: &World, force: bool) -> anyhow::Result<Summar
             ),
         })
         .collect();
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(infer.crf_threads).build().context("starting the CRF threads")?;
     let details = execute(world, &jobs, force, |task, images_done| {
         let (mut plain, mut refined) = (Vec::new(), Vec::new());
+        // The CRF of a few images at a time, one per thread: it costs ~10× the forward passes on
+        // a CPU, and the network runs on libtorch's own threads.
+        let mut pending: Vec<CrfInput> = Vec::new();
+        let refine = |pending: &mut Vec<CrfInput>, refined: &mut Vec<PseudoRow>| {
+            refined.extend(pool.install(|| pending.par_drain(..).map(|input| input.refine(&infer.crf_params, &method)).collect::<Vec<_>>()));
+        };
         let (skipped, seconds) = for_each_image(
             &input,
             task,
             config.run.max_image_pixels,
             images_done,
             |image| predict(&net, image, &normalise, infer, &method),
-            |_, _, (row, crf_row)| {
+            |_, _, (row, crf_input)| {
                 plain.push(row);
-                refined.extend(crf_row);
+                pending.extend(crf_input);
+                if pending.len() >= pool.current_num_threads() {
+                    refine(&mut pending, &mut refined);
+                }
             },
         )?;
+        refine(&mut pending, &mut refined);
         let mut shards = vec![ShardOutput::new(plain, skipped.clone())];
         if infer.crf {
             shards.push(ShardOutput::new(refined, skipped));
@@ -88,23 +100,39 @@ pub fn run(config: &Config, world: &World, force: bool) -> anyhow::Result<Summar
     Ok(Summary::ok(json!({ "checkpoint": checkpoint, "map": details })))
 }
 
-/// The prediction rows of one image, without and (when `infer.crf`) with the CRF; an error is
-/// the reason to skip the image.
-fn predict(net: &Segmenter, image: &ImageRow, normalise: &Normalise, infer: &SegInferConfig, method: &str) -> Result<(PseudoRow, Option<PseudoRow>), String> {
+/// The prediction row of one image without the CRF, and (when `infer.crf`) what its CRF needs;
+/// an error is the reason to skip the image.
+fn predict(net: &Segmenter, image: &ImageRow, normalise: &Normalise, infer: &SegInferConfig, method: &str) -> Result<(PseudoRow, Option<CrfInput>), String> {
     let rgb = decode_row_image(image)?;
-    let (w, h) = (rgb.width as usize, rgb.height as usize);
     let image_size = [rgb.height as i64, rgb.width as i64];
     let probabilities = tch::no_grad(|| {
         mean_softmax(net, &fit_long_side(&normalise.apply(&rgb.pixels, rgb.width, rgb.height), infer.max_side), image_size, &infer.scales, infer.flip)
     });
     let classes = probabilities.size()[0] as usize;
     let q = pixel_major(&probabilities);
-    let row = |labels: Vec<u8>| PseudoRow { id: image.id.clone(), mask: encode_mask(rgb.width, rgb.height, &labels), method: method.into() };
-    let refined = infer.crf.then(|| {
-        let unary: Vec<f32> = q.iter().map(|p| -p.max(1e-8).ln()).collect();
-        row(argmax_groups(&DenseCrf::new(&rgb.pixels, w, h, &infer.crf_params).inference(&unary, classes, 1), classes))
-    });
-    Ok((row(argmax_groups(&q, classes)), refined))
+    let row = prediction_row(&image.id, &rgb, argmax_groups(&q, classes), method);
+    Ok((row, infer.crf.then(|| CrfInput { id: image.id.clone(), rgb, q, classes })))
+}
+
+/// One image's averaged softmax (pixel-major) and colours, awaiting the dense CRF.
+struct CrfInput {
+    id: String,
+    rgb: Rgb,
+    q: Vec<f32>,
+    classes: usize,
+}
+
+impl CrfInput {
+    /// The prediction row after the CRF, its unaries the softmax's negative log.
+    fn refine(self, params: &CrfParams, method: &str) -> PseudoRow {
+        let unary: Vec<f32> = self.q.iter().map(|p| -p.max(1e-8).ln()).collect();
+        let crf = DenseCrf::new(&self.rgb.pixels, self.rgb.width as usize, self.rgb.height as usize, params);
+        prediction_row(&self.id, &self.rgb, argmax_groups(&crf.inference(&unary, self.classes, 1), self.classes), method)
+    }
+}
+
+fn prediction_row(id: &str, rgb: &Rgb, labels: Vec<u8>, method: &str) -> PseudoRow {
+    PseudoRow { id: id.into(), mask: encode_mask(rgb.width, rgb.height, &labels), method: method.into() }
 }
 
 /// The softmax of the logits at each scale (and of the flipped input, flipped back), resized to
