@@ -33,12 +33,13 @@ import() {
 import "$VOC/voc-mini/VOC2012" train_aug data/voc-mini/train
 import "$VOC/voc-mini/VOC2012" val data/voc-mini/val
 import "$VOC/voc-small/VOC2012" train_aug data/voc-small/train
+import "$VOC/voc-small/VOC2012" val data/voc-small/val
 mkdir -p "$OUT"
 train=$(sed -n 's/^train = "\(.*\)"$/\1/p' "$CONFIG")
 "$BIN" data inspect "$train" --json > "$OUT/train-stats.json.partial" && mv "$OUT/train-stats.json.partial" "$OUT/train-stats.json"
 
 if [ "${WSSS_VARIANTS:-all}" = baseline ]; then
-    common=(--set run.dir="$OUT" --set "cam.scales=${WSSS_CAM_SCALES:-[1.0]}"
+    common=(--set run.dir="$OUT" --set cam.split=val --set seg.enabled=false --set "cam.scales=${WSSS_CAM_SCALES:-[1.0]}"
             --set "eval.thresholds=[0.05,0.1,0.15,0.2,0.25,0.3,0.35,0.4,0.45,0.5,0.55,0.6,0.65,0.7,0.75,0.8,0.85,0.9,0.95]")
     for seed in $SEEDS; do
         [ -f "$OUT/cam-s$seed/eval/pseudo.json" ] || "$BIN" run --config "$CONFIG" "${common[@]}" --set run.seed="$seed" --set run.name="cam-s$seed" > "$OUT/cam-s$seed.log" 2>&1

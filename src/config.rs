@@ -261,11 +261,15 @@ pub struct SegLossConfig {
     pub crf_sigma_xy: f32,
     /// The image and softmax are downscaled by this before the loss.
     pub crf_scale: f64,
+    /// p of the cross-entropy's class weights `w_c ∝ f_c^−p`, f_c the share of class c among
+    /// the labelled pixels of `seg.labels`, scaled to average 1 over them: 0 weighs every pixel
+    /// alike, 0.5 by the inverse square root of its class's frequency, 1 by the inverse.
+    pub class_balance: f64,
 }
 
 impl Default for SegLossConfig {
     fn default() -> Self {
-        SegLossConfig { dense_crf: false, crf_weight: 2e-9, crf_sigma_rgb: 15.0, crf_sigma_xy: 100.0, crf_scale: 0.5 }
+        SegLossConfig { dense_crf: false, crf_weight: 2e-9, crf_sigma_rgb: 15.0, crf_sigma_xy: 100.0, crf_scale: 0.5, class_balance: 0.0 }
     }
 }
 
@@ -289,6 +293,9 @@ impl SegLossConfig {
         }
         if !(self.crf_scale > 0.0 && self.crf_scale <= 1.0) {
             return invalid("seg.loss.crf_scale", "must lie in (0, 1]");
+        }
+        if !(0.0..=2.0).contains(&self.class_balance) {
+            return invalid("seg.loss.class_balance", "must lie in [0, 2]");
         }
         Ok(())
     }

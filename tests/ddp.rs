@@ -81,7 +81,10 @@ fn assert_same_training(dir: &Path, a: &str, b: &str, step: u64, tolerance: f64)
 fn collectives_on_two_ranks() {
     if std::env::var_os("OMPI_COMM_WORLD_SIZE").is_none() {
         let exe = std::env::current_exe().unwrap();
+        // Its own Open MPI session directory, as common::mpirun gives every job.
+        let session = tempfile::tempdir().unwrap();
         let out = Command::new("bash")
+            .env("TMPDIR", session.path())
             .arg(launcher())
             .arg("2")
             .arg(exe)

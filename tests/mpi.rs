@@ -4,14 +4,12 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 
 use common::s;
 use wsss_dist::data::Manifest;
 
 fn mpirun2(dir: &Path, args: &[&str]) -> std::process::Output {
-    let launcher = Path::new(env!("CARGO_MANIFEST_DIR")).join("launch/mpirun.sh");
-    Command::new("bash").arg(launcher).arg("2").arg(env!("CARGO_BIN_EXE_wsss-dist")).args(args).current_dir(dir).output().expect("mpirun runs")
+    common::mpirun(dir, 2, args).output().expect("mpirun runs")
 }
 
 #[test]

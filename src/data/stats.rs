@@ -5,7 +5,7 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use super::codec::decode_mask;
-use super::{DataError, Dataset};
+use super::{DataError, Dataset, PseudoRow};
 
 /// Min, mean and max of a quantity.
 #[derive(Debug, Clone, Copy, Serialize, PartialEq)]
@@ -94,6 +94,48 @@ fn to_range((min, sum, max): (u32, u64, u32), rows: u64) -> Range {
     Range { min, mean: sum as f64 / rows as f64, max }
 }
 
+/// Adds each id of `ids` below `counts.len()` to its count; returns how many were not (255).
+fn count_ids(ids: &[u8], counts: &mut [u64]) -> u64 {
+    let mut others = 0;
+    for &v in ids {
+        match counts.get_mut(v as usize) {
+            Some(count) => *count += 1,
+            None => others += 1,
+        }
+    }
+    others
+}
+
+/// The labelled pixels of each class id 0..=`num_classes` over every mask of a pseudo-label
+/// dataset (the segmenter's class weights).
+pub fn label_pixel_counts(dataset: &Dataset<PseudoRow>, num_classes: usize) -> Result<Vec<u64>, DataError> {
+    let mut total = vec![0u64; num_classes + 1];
+    for s in 0..dataset.num_shards() {
+        let reader = dataset.shard(s)?;
+        for group in 0..reader.num_row_groups() {
+            let counts = reader
+                .read_row_group(group)?
+                .par_iter()
+                .map(|row| {
+                    let (_, _, ids) = decode_mask(&row.mask)
+                        .map_err(|message| DataError::BadImage { what: format!("{} id {}", dataset.shard_path(s).display(), row.id), message })?;
+                    let mut counts = vec![0u64; num_classes + 1];
+                    count_ids(&ids, &mut counts);
+                    Ok::<Vec<u64>, DataError>(counts)
+                })
+                .try_reduce(
+                    || vec![0u64; num_classes + 1],
+                    |mut a, b| {
+                        add(&mut a, &b);
+                        Ok(a)
+                    },
+                )?;
+            add(&mut total, &counts);
+        }
+    }
+    Ok(total)
+}
+
 /// Computes the statistics of `dataset`; masks are decoded for the pixel histogram.
 pub fn dataset_stats(dataset: &Dataset) -> Result<DatasetStats, DataError> {
     let manifest = dataset.manifest();
@@ -124,12 +166,7 @@ pub fn dataset_stats(dataset: &Dataset) -> Result<DatasetStats, DataError> {
                             decode_mask(bytes).map_err(|message| DataError::BadImage { what: format!("{} id {}", path.display(), row.id), message })?;
                         t.rows_with_mask = 1;
                         t.mask_pixels = ids.len() as u64;
-                        for v in ids {
-                            match t.pixels.get_mut(v as usize) {
-                                Some(count) => *count += 1,
-                                None => t.ignore += 1,
-                            }
-                        }
+                        t.ignore = count_ids(&ids, &mut t.pixels);
                     }
                     Ok::<Tally, DataError>(t)
                 })

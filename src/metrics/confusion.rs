@@ -98,6 +98,21 @@ impl ConfusionMatrix {
         }
     }
 
+    /// A prediction that has collapsed onto one class: `(class, its share of the predicted
+    /// pixels, its share of the ground truth)` when at least `min_share` of the counted pixels
+    /// are predicted as one class that the ground truth gives less than `min_share - 0.1` of.
+    pub fn collapse(&self, min_share: f64) -> Option<(usize, f64, f64)> {
+        let total = self.counts.iter().sum::<u64>();
+        if total == 0 {
+            return None;
+        }
+        let share = |n: u64| n as f64 / total as f64;
+        let predicted = |c: usize| share((0..self.classes).map(|g| self.count(g, c)).sum());
+        let class = (0..self.classes).max_by(|&a, &b| predicted(a).total_cmp(&predicted(b)))?;
+        let truth = share((0..self.classes).map(|p| self.count(class, p)).sum());
+        (predicted(class) >= min_share && truth < min_share - 0.1).then(|| (class, predicted(class), truth))
+    }
+
     /// Fraction of counted pixels predicted correctly.
     pub fn pixel_accuracy(&self) -> f64 {
         let total: u64 = self.counts.iter().sum();
@@ -130,6 +145,25 @@ mod tests {
         assert_eq!(iou[3], None);
         assert!((m.miou() - 1.0 / 3.0).abs() < 1e-12);
         assert!((m.pixel_accuracy() - 0.6).abs() < 1e-12);
+    }
+
+    /// 100 pixels, 60 of class 0 and 40 of class 1: all predicted 0 is a collapse (share 1.0
+    /// against 0.6); 95 of them predicted 0 is not at 0.99; nor is predicting the class that
+    /// the ground truth is made of.
+    #[test]
+    fn a_prediction_of_one_class_is_a_collapse() {
+        let gt: Vec<u8> = (0..100).map(|i| u8::from(i >= 60)).collect();
+        let mut all_zero = ConfusionMatrix::new(2);
+        all_zero.add(&gt, &[0; 100]).unwrap();
+        assert_eq!(all_zero.collapse(0.99), Some((0, 1.0, 0.6)));
+        let mut mostly = ConfusionMatrix::new(2);
+        let pred: Vec<u8> = (0..100).map(|i| u8::from(i >= 95)).collect();
+        mostly.add(&gt, &pred).unwrap();
+        assert_eq!(mostly.collapse(0.99), None);
+        let mut uniform = ConfusionMatrix::new(2);
+        uniform.add(&[0; 100], &[0; 100]).unwrap();
+        assert_eq!(uniform.collapse(0.99), None);
+        assert_eq!(ConfusionMatrix::new(2).collapse(0.99), None);
     }
 
     /// Two classes and an extra "uncertain" column (2): gt (0, 0, 1, 1) labelled (0, 2, 1, 2).

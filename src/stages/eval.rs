@@ -196,6 +196,9 @@ pub fn run_seg(config: &Config, world: &World) -> anyhow::Result<Summary> {
     Ok(Summary::ok(details))
 }
 
+/// The share of the pixels in one predicted class at which `eval` warns of a collapse.
+const COLLAPSE_SHARE: f64 = 0.99;
+
 /// A dataset of label maps (pseudo-labels or predictions) to score: `name` names the report
 /// files, `what` the maps in messages, `stage` the stage that writes them.
 struct LabelMaps {
@@ -239,6 +242,15 @@ fn evaluate_label_maps(config: &Config, world: &World, maps: &LabelMaps) -> anyh
         warn!("{} image(s) have no {} (skipped by `{}`) and are left out: {}", missing.len(), maps.what, maps.stage, missing.join(", "));
     }
     let labelled = coverage[0] as f64 / coverage[1].max(1) as f64;
+    if let Some((class, predicted, truth)) = matrix.collapse(COLLAPSE_SHARE) {
+        warn!(
+            "the {} call {:.1}% of the pixels {} (the ground truth {:.1}%): the model has collapsed onto one class (for the segmenter, lower seg.train.lr; docs/segmenter.md)",
+            maps.what,
+            100.0 * predicted,
+            gt.manifest().classes[class],
+            100.0 * truth
+        );
+    }
     let report = PseudoReport {
         classes: gt.manifest().classes.clone(),
         miou: matrix.miou(),

@@ -16,8 +16,10 @@ use super::trainer::{self, Stage, Task, TaskContext, TrainData};
 use super::Summary;
 use crate::config::Config;
 use crate::data::loader::Batch;
+use crate::data::stats::label_pixel_counts;
 use crate::dist::sync_bn::StatsSync;
 use crate::dist::World;
+use crate::loss;
 use crate::loss::dense_crf::DenseCrfLoss;
 use crate::loss::segmentation::{pixel_cross_entropy, resize_labels};
 use crate::model::deeplab::{SegKind, Segmenter, BACKBONE, HEAD};
@@ -26,8 +28,24 @@ use crate::optim::ParamGroup;
 
 pub fn run(config: &Config, world: &World, resume: bool) -> anyhow::Result<Summary> {
     let data = TrainData::with_labels(config, &config.seg_labels_dir(), "seg.labels")?;
+    let class_weights = class_weights(config, &data)?;
     let stage = Stage { keys: "seg.", train: &config.seg.train, loader: &config.seg.loader, dir: config.seg_dir() };
-    trainer::train(config, world, resume, &stage, data, |context| Ok(SegTask::new(config, context)))
+    trainer::train(config, world, resume, &stage, data, |context| Ok(SegTask::new(config, context).with_class_weights(class_weights.as_deref())))
+}
+
+/// The cross-entropy's class weights of `seg.loss.class_balance` from the labels' pixel counts
+/// (every rank counts every mask: the same weights everywhere); None when it is 0.
+fn class_weights(config: &Config, data: &TrainData) -> anyhow::Result<Option<Vec<f64>>> {
+    let power = config.seg.loss.class_balance;
+    let Some((labels, _)) = data.pseudo_labels.as_ref().filter(|_| power > 0.0) else {
+        return Ok(None);
+    };
+    let counts =
+        label_pixel_counts(labels, labels.manifest().num_classes() as usize).context("counting the pixels of seg.labels for seg.loss.class_balance")?;
+    let weights = loss::segmentation::class_weights(&counts, power);
+    let shown: Vec<String> = labels.manifest().classes.iter().zip(&weights).filter(|(_, w)| **w > 0.0).map(|(c, w)| format!("{c} {w:.2}")).collect();
+    info!("class weights (seg.loss.class_balance {power}): {}", shown.join(", "));
+    Ok(Some(weights))
 }
 
 /// The segmenter and its loss (public for the step benchmark, `benchmarks/seg_step.rs`).
@@ -36,6 +54,7 @@ pub struct SegTask<'a> {
     vs: VarStore,
     net: Segmenter,
     dense_crf: Option<DenseCrfLoss>,
+    class_weights: Option<Tensor>,
     device: Device,
 }
 
@@ -48,7 +67,13 @@ impl<'a> SegTask<'a> {
         if context.comm.size() > 1 {
             net.synchronise_batch_norm(Arc::new(StatsSync::new(context.comm.clone(), context.device)));
         }
-        SegTask { config, vs, net, dense_crf: config.seg.loss.dense_crf_loss(), device: context.device }
+        SegTask { config, vs, net, dense_crf: config.seg.loss.dense_crf_loss(), class_weights: None, device: context.device }
+    }
+
+    /// Weights the cross-entropy's pixels by class (`seg.loss.class_balance`).
+    pub fn with_class_weights(mut self, weights: Option<&[f64]>) -> Self {
+        self.class_weights = weights.map(|w| Tensor::from_slice(w).to_kind(Kind::Float).to_device(self.device));
+        self
     }
 }
 
@@ -124,7 +149,7 @@ impl Task for SegTask<'_> {
             .map(|logits| {
                 let size = logits.size();
                 let labels = if size[2..] == masks.size()[1..] { masks.shallow_clone() } else { resize_labels(&masks, size[2], size[3]) };
-                pixel_cross_entropy(logits, &labels)
+                pixel_cross_entropy(logits, &labels, self.class_weights.as_ref())
             })
             .reduce(|a, b| a + b)
             .expect("at least one output");

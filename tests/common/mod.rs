@@ -66,6 +66,9 @@ pub fn launcher() -> PathBuf {
 pub fn mpirun(dir: &Path, ranks: usize, args: &[&str]) -> Command {
     let mut command = Command::new("bash");
     command.arg(launcher()).arg(ranks.to_string()).arg(env!("CARGO_BIN_EXE_wsss-dist")).args(args).current_dir(dir);
+    // Open MPI's session directory under the test's own folder: two mpiruns started at once
+    // race to create /tmp/ompi.<host>.<uid> and one fails ("File exists", orte_init failed).
+    command.env("TMPDIR", dir);
     command
 }
 
