@@ -30,4 +30,14 @@ for seed in $SEEDS; do
     "$BIN" run --config configs/voc_small_mobilenet.toml --set run.dir="$OUT" --set run.name="$run" --set run.seed="$seed" "$@" > "$OUT/$run.log" 2>&1
     echo $(( $(date +%s) - start )) > "$OUT/$run/wall_seconds"
 done
+# Ablation: the same segmenter predicting val at scale 1.0 alone (+ flip), beside the config's
+# scales, into a run of its own (chain-s<seed>-scale1).
+for seed in $SEEDS; do
+    run=chain-s$seed-scale1
+    [ -f "$OUT/$run/eval/seg_crf.json" ] && continue
+    ablation=(--config configs/voc_small_mobilenet.toml --set run.dir="$OUT" --set run.name="$run" --set "seg.infer.scales=[1.0]"
+        --set seg.infer.checkpoint="$OUT/chain-s$seed/seg")
+    "$BIN" seg "${ablation[@]}" > "$OUT/$run.log" 2>&1
+    "$BIN" eval seg "${ablation[@]}" >> "$OUT/$run.log" 2>&1
+done
 python3 benchmarks/voc_chain_table.py "$OUT" $SEEDS

@@ -39,6 +39,12 @@ def main():
     pseudo = [reports[s]["pseudo"] for s in seeds]
     print(f"| irn_seeds pseudo-labels, every pixel | train | {mean_std([100 * p['miou_all_pixels'] for p in pseudo])} | "
           f"labelled {mean_std([100 * p['labelled'] for p in pseudo])}% |")
+    for name, label in (("seg", "segmenter, scale 1.0 alone (ablation)"), ("seg_crf", "segmenter + CRF, scale 1.0 alone (ablation)")):
+        try:
+            values = [100 * load(f"{out}/chain-s{s}-scale1/eval/{name}.json")["report"]["miou"] for s in seeds]
+        except FileNotFoundError:
+            continue
+        print(f"| {label} | val | {mean_std(values)} | {', '.join(f'{v:.1f}' for v in values)} |")
     gain = [100 * (reports[s]["seg_crf"]["miou"] - reports[s]["cam_val"]["best"]["miou"]) for s in seeds]
     print(f"| segmenter + CRF − CAM | val | **{mean_std(gain)}** | {', '.join(f'{v:+.1f}' for v in gain)} |")
     seconds = [int(open(f"{run}/wall_seconds").read()) for run in runs.values()]

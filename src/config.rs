@@ -265,11 +265,23 @@ pub struct SegLossConfig {
     /// the labelled pixels of `seg.labels`, scaled to average 1 over them: 0 weighs every pixel
     /// alike, 0.5 by the inverse square root of its class's frequency, 1 by the inverse.
     pub class_balance: f64,
+    /// The largest weight `class_balance` gives a class, as a multiple of the most frequent
+    /// class's (unset: no cap); with a few thousand labelled pixels a class would otherwise
+    /// weigh 10–60× (docs/segmenter.md).
+    pub class_balance_max_ratio: Option<f64>,
 }
 
 impl Default for SegLossConfig {
     fn default() -> Self {
-        SegLossConfig { dense_crf: false, crf_weight: 2e-9, crf_sigma_rgb: 15.0, crf_sigma_xy: 100.0, crf_scale: 0.5, class_balance: 0.0 }
+        SegLossConfig {
+            dense_crf: false,
+            crf_weight: 2e-9,
+            crf_sigma_rgb: 15.0,
+            crf_sigma_xy: 100.0,
+            crf_scale: 0.5,
+            class_balance: 0.0,
+            class_balance_max_ratio: None,
+        }
     }
 }
 
@@ -297,6 +309,9 @@ impl SegLossConfig {
         if !(0.0..=2.0).contains(&self.class_balance) {
             return invalid("seg.loss.class_balance", "must lie in [0, 2]");
         }
+        if self.class_balance_max_ratio.is_some_and(|r| !(r >= 1.0 && r.is_finite())) {
+            return invalid("seg.loss.class_balance_max_ratio", "must be a number of at least 1");
+        }
         Ok(())
     }
 }
@@ -309,6 +324,10 @@ pub struct SegInferConfig {
     /// Input scales whose softmax outputs are averaged (with their flips when `flip`).
     pub scales: Vec<f64>,
     pub flip: bool,
+    /// Predict only each image's own classes (its image-level labels) and background, as the
+    /// CAMs are: for labelling the training photos anew from a trained segmenter (a second
+    /// round, docs/segmenter.md), never for a score to compare with a segmenter's.
+    pub image_labels: bool,
     /// Dense-CRF post-processing of the averaged softmax, with `crf_params`.
     pub crf: bool,
     /// DeepLab's CRF: 10 iterations, Gaussian sxy 1 weight 3, bilateral sxy 67 srgb 3 weight 4.
@@ -332,6 +351,7 @@ impl Default for SegInferConfig {
             split: Split::Val,
             scales: vec![1.0],
             flip: true,
+            image_labels: false,
             crf: false,
             crf_params: CrfParams {
                 iterations: 10,
@@ -533,7 +553,7 @@ impl MethodConfig {
     fn validate(&self) -> Result<(), ConfigError> {
         let (isl, fsl, amr) = (&self.isl, &self.fsl, &self.amr);
         if isl.samples < 1 {
-            return invalid("method.isl.samples", "must be at least 1");
+            return invalid("method.isl.samples", "must be a number of at least 1");
         }
         if !(0.0..=1.0).contains(&isl.weight) {
             return invalid("method.isl.weight", "must lie in [0, 1]");
@@ -711,7 +731,7 @@ impl PseudoLabelConfig {
 /// The dense CRF's settings at `section`.
 fn check_crf(crf: &CrfParams, section: &str) -> Result<(), ConfigError> {
     if crf.iterations == 0 {
-        return invalid(&format!("{section}.iterations"), "must be at least 1");
+        return invalid(&format!("{section}.iterations"), "must be a number of at least 1");
     }
     crf.check().map_err(|message| {
         let key = message.split_whitespace().next().unwrap_or_default();
@@ -884,13 +904,13 @@ impl LoaderConfig {
     fn validate(&self, section: &str) -> Result<(), ConfigError> {
         let invalid = |key: &str, message: &str| Err(ConfigError::Invalid { key: format!("{section}.{key}"), message: message.into() });
         if self.batch_size == 0 {
-            return invalid("batch_size", "must be at least 1");
+            return invalid("batch_size", "must be a number of at least 1");
         }
         if self.threads == 0 {
-            return invalid("threads", "must be at least 1");
+            return invalid("threads", "must be a number of at least 1");
         }
         if self.prefetch == 0 {
-            return invalid("prefetch", "must be at least 1");
+            return invalid("prefetch", "must be a number of at least 1");
         }
         let [lo, hi] = self.resize_long;
         if lo > hi || (lo == 0) != (hi == 0) {
@@ -935,7 +955,7 @@ impl TrainConfig {
             return invalid("", "weight_decay and poly_power must be >= 0 and head_lr_mult > 0");
         }
         if self.accumulate == 0 {
-            return invalid("accumulate", "must be at least 1");
+            return invalid("accumulate", "must be a number of at least 1");
         }
         if self.checkpoint_every == 0 || self.log_every == 0 || self.keep_checkpoints == 0 {
             return invalid("", "checkpoint_every, log_every and keep_checkpoints must be at least 1");
@@ -1423,6 +1443,8 @@ mod tests {
         assert!(err.contains("loader.resize_long"), "{err}");
         let err = load_str("", &["loader"]).unwrap_err().to_string();
         assert!(err.contains("section.key=value"), "{err}");
+        let err = load_str("", &["seg.loss.class_balance_max_ratio=0.5"]).unwrap_err().to_string();
+        assert!(err.contains("seg.loss.class_balance_max_ratio"), "{err}");
     }
 
     /// `seg.loader.crop` follows the segmenter unless given: 513 for v3+, 321 for v2.
@@ -1463,7 +1485,7 @@ mod tests {
 
     #[test]
     fn resolved_config_round_trips() {
-        let c = load_str("", &["loader.hue=0.05", "data.source=imported"]).unwrap();
+        let c = load_str("", &["loader.hue=0.05", "data.source=imported", "seg.loss.class_balance_max_ratio=3.0"]).unwrap();
         let again: Config = toml::from_str(&c.to_toml()).unwrap();
         assert_eq!(c, again);
         assert_eq!(again.data.source, DataSource::Imported);

@@ -22,13 +22,16 @@ pub fn pixel_cross_entropy(logits: &Tensor, labels: &Tensor, class_weights: Opti
     per_image.mean(Kind::Float)
 }
 
-/// The class weights `w_c = f_c^−p / Σ_k f_k^(1−p)` of the pixel counts `counts[c]`
-/// (`seg.loss.class_balance` = p): Σ_c f_c·w_c = 1. A class without pixels gets 0 (it is never
-/// a target).
-pub fn class_weights(counts: &[u64], power: f64) -> Vec<f64> {
+/// The class weights `w_c ∝ min(f_c^−p, r · min_k f_k^−p)` of the pixel counts `counts[c]`
+/// (`seg.loss.class_balance` = p, `seg.loss.class_balance_max_ratio` = r), scaled so that
+/// Σ_c f_c·w_c = 1: no class weighs more than r times the most frequent one. A class without
+/// pixels gets 0 (it is never a target).
+pub fn class_weights(counts: &[u64], power: f64, max_ratio: f64) -> Vec<f64> {
     let total = counts.iter().sum::<u64>().max(1) as f64;
     let share: Vec<f64> = counts.iter().map(|&n| n as f64 / total).collect();
-    let raw: Vec<f64> = share.iter().map(|&f| if f > 0.0 { f.powf(-power) } else { 0.0 }).collect();
+    let unclipped: Vec<f64> = share.iter().map(|&f| if f > 0.0 { f.powf(-power) } else { 0.0 }).collect();
+    let least = unclipped.iter().copied().filter(|&w| w > 0.0).fold(f64::INFINITY, f64::min);
+    let raw: Vec<f64> = unclipped.iter().map(|&w| w.min(max_ratio * least)).collect();
     let mean: f64 = share.iter().zip(&raw).map(|(f, w)| f * w).sum();
     raw.iter().map(|w| w / mean).collect()
 }
@@ -73,11 +76,22 @@ mod tests {
     #[test]
     fn class_weights_average_one_over_the_labelled_pixels() {
         let close = |a: &[f64], b: &[f64]| a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-12);
-        assert!(close(&class_weights(&[6, 2, 0], 1.0), &[2.0 / 3.0, 2.0, 0.0]));
-        assert!(close(&class_weights(&[6, 2, 0], 0.0), &[1.0, 1.0, 0.0]));
+        let unbounded = f64::INFINITY;
+        assert!(close(&class_weights(&[6, 2, 0], 1.0, unbounded), &[2.0 / 3.0, 2.0, 0.0]));
+        assert!(close(&class_weights(&[6, 2, 0], 0.0, unbounded), &[1.0, 1.0, 0.0]));
         // p = ½: raw (4/3)^½, 2; mean ¾·(4/3)^½ + ¼·2.
         let mean = 0.75 * (4.0f64 / 3.0).sqrt() + 0.5;
-        assert!(close(&class_weights(&[6, 2, 0], 0.5), &[(4.0f64 / 3.0).sqrt() / mean, 2.0 / mean, 0.0]));
+        assert!(close(&class_weights(&[6, 2, 0], 0.5, unbounded), &[(4.0f64 / 3.0).sqrt() / mean, 2.0 / mean, 0.0]));
+    }
+
+    /// Counts (80, 16, 4): shares 0.8, 0.16, 0.04; at p = 1 the raw weights 5/4, 25/4, 25 are 1 : 5 : 20;
+    /// a ratio cap of 4 makes them 5/4, 5, 5, whose share-weighted mean is
+    /// 0.8·5/4 + 0.16·5 + 0.04·5 = 2, so w = (5/8, 5/2, 5/2).
+    #[test]
+    fn class_weights_are_capped_at_a_ratio_to_the_most_frequent_class() {
+        let weights = class_weights(&[80, 16, 4], 1.0, 4.0);
+        let expected = [0.625, 2.5, 2.5];
+        assert!(weights.iter().zip(&expected).all(|(w, e)| (w - e).abs() < 1e-12), "{weights:?}");
     }
 
     /// The image of the first test with weights (3, 1): class 0's pixel counts three times, and

@@ -39,7 +39,7 @@ pub fn run(config: &Config, world: &World, force: bool) -> anyhow::Result<Summar
     // What shapes the predictions: the weights, the network, the inference settings, the
     // normalisation (and, for those with the CRF, its settings).
     let settings = serde_json::to_string(&json!({
-        "checkpoint": file_sha256(&checkpoint)?, "model": model, "infer": { "scales": infer.scales, "flip": infer.flip },
+        "checkpoint": file_sha256(&checkpoint)?, "model": model, "infer": { "scales": infer.scales, "flip": infer.flip, "image_labels": infer.image_labels },
         "mean": config.seg.loader.mean, "std": config.seg.loader.std,
     }))?;
     let method = format!("{:?}", model.kind).to_lowercase();
@@ -59,11 +59,12 @@ pub fn run(config: &Config, world: &World, force: bool) -> anyhow::Result<Summar
             split: input.manifest().split.clone(),
             classes: input.manifest().classes.clone(),
             source: format!(
-                "wsss-dist seg of {} with {} ({method}, scales {:?}, flip {}, crf {crf})",
+                "wsss-dist seg of {} with {} ({method}, scales {:?}, flip {}, image labels {}, crf {crf})",
                 input_dir.display(),
                 checkpoint.display(),
                 infer.scales,
-                infer.flip
+                infer.flip,
+                infer.image_labels
             ),
         })
         .collect();
@@ -106,12 +107,32 @@ fn predict(net: &Segmenter, image: &ImageRow, normalise: &Normalise, infer: &Seg
     let rgb = decode_row_image(image)?;
     let image_size = [rgb.height as i64, rgb.width as i64];
     let probabilities = tch::no_grad(|| {
-        mean_softmax(net, &fit_long_side(&normalise.apply(&rgb.pixels, rgb.width, rgb.height), infer.max_side), image_size, &infer.scales, infer.flip)
+        let mean =
+            mean_softmax(net, &fit_long_side(&normalise.apply(&rgb.pixels, rgb.width, rgb.height), infer.max_side), image_size, &infer.scales, infer.flip);
+        if infer.image_labels {
+            keep_image_classes(&mean, &image.labels)
+        } else {
+            mean
+        }
     });
     let classes = probabilities.size()[0] as usize;
     let q = pixel_major(&probabilities);
     let row = prediction_row(&image.id, &rgb, argmax_groups(&q, classes), method);
     Ok((row, infer.crf.then(|| CrfInput { id: image.id.clone(), rgb, q, classes })))
+}
+
+/// `probabilities` [C, H, W] with the classes not in the image's labels (background always in)
+/// set to 0 and each pixel renormalised over the rest.
+fn keep_image_classes(probabilities: &Tensor, labels: &[u16]) -> Tensor {
+    let classes = probabilities.size()[0];
+    let mut keep = vec![0f32; classes as usize];
+    keep[0] = 1.0;
+    for &label in labels.iter().filter(|&&l| (l as i64) < classes) {
+        keep[label as usize] = 1.0;
+    }
+    let kept = probabilities * Tensor::from_slice(&keep).to_device(probabilities.device()).view([classes, 1, 1]);
+    let total = kept.sum_dim_intlist([0].as_slice(), true, Kind::Float).clamp_min(1e-12);
+    kept / total
 }
 
 /// One image's averaged softmax (pixel-major) and colours, awaiting the dense CRF.
@@ -155,4 +176,20 @@ fn mean_softmax(net: &Segmenter, image: &Tensor, out: [i64; 2], scales: &[f64], 
         });
     }
     sum.expect("at least one scale") / count
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Three classes at two pixels, the image labelled with class 2 only: class 1's share goes,
+    /// the rest is renormalised (0.2, 0.3 → 0.4, 0.6 at the first pixel).
+    #[test]
+    fn image_labels_keep_background_and_the_images_classes() {
+        let probabilities = Tensor::from_slice(&[0.2f32, 0.6, 0.5, 0.1, 0.3, 0.3]).view([3, 1, 2]);
+        let kept = keep_image_classes(&probabilities, &[2]);
+        let values: Vec<f32> = Vec::try_from(kept.flatten(0, -1)).unwrap();
+        let expected = [0.4f32, 2.0 / 3.0, 0.0, 0.0, 0.6, 1.0 / 3.0];
+        assert!(values.iter().zip(&expected).all(|(v, e)| (v - e).abs() < 1e-6), "{values:?}");
+    }
 }
