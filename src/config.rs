@@ -266,9 +266,9 @@ pub struct SegLossConfig {
     /// alike, 0.5 by the inverse square root of its class's frequency, 1 by the inverse.
     pub class_balance: f64,
     /// The largest weight `class_balance` gives a class, as a multiple of the most frequent
-    /// class's (unset: no cap); with a few thousand labelled pixels a class would otherwise
-    /// weigh 10–60× (docs/segmenter.md).
-    pub class_balance_max_ratio: Option<f64>,
+    /// class's (0: no cap); with a few thousand labelled pixels a class would otherwise weigh
+    /// 10–60× (docs/segmenter.md).
+    pub class_balance_max_ratio: f64,
 }
 
 impl Default for SegLossConfig {
@@ -280,7 +280,7 @@ impl Default for SegLossConfig {
             crf_sigma_xy: 100.0,
             crf_scale: 0.5,
             class_balance: 0.0,
-            class_balance_max_ratio: None,
+            class_balance_max_ratio: 0.0,
         }
     }
 }
@@ -309,8 +309,9 @@ impl SegLossConfig {
         if !(0.0..=2.0).contains(&self.class_balance) {
             return invalid("seg.loss.class_balance", "must lie in [0, 2]");
         }
-        if self.class_balance_max_ratio.is_some_and(|r| !(r >= 1.0 && r.is_finite())) {
-            return invalid("seg.loss.class_balance_max_ratio", "must be a number of at least 1");
+        let ratio = self.class_balance_max_ratio;
+        if !(ratio == 0.0 || (ratio >= 1.0 && ratio.is_finite())) {
+            return invalid("seg.loss.class_balance_max_ratio", "must be 0 (no cap) or a number of at least 1");
         }
         Ok(())
     }
@@ -553,7 +554,7 @@ impl MethodConfig {
     fn validate(&self) -> Result<(), ConfigError> {
         let (isl, fsl, amr) = (&self.isl, &self.fsl, &self.amr);
         if isl.samples < 1 {
-            return invalid("method.isl.samples", "must be a number of at least 1");
+            return invalid("method.isl.samples", "must be 0 (no cap) or a number of at least 1");
         }
         if !(0.0..=1.0).contains(&isl.weight) {
             return invalid("method.isl.weight", "must lie in [0, 1]");
@@ -731,7 +732,7 @@ impl PseudoLabelConfig {
 /// The dense CRF's settings at `section`.
 fn check_crf(crf: &CrfParams, section: &str) -> Result<(), ConfigError> {
     if crf.iterations == 0 {
-        return invalid(&format!("{section}.iterations"), "must be a number of at least 1");
+        return invalid(&format!("{section}.iterations"), "must be 0 (no cap) or a number of at least 1");
     }
     crf.check().map_err(|message| {
         let key = message.split_whitespace().next().unwrap_or_default();
@@ -904,13 +905,13 @@ impl LoaderConfig {
     fn validate(&self, section: &str) -> Result<(), ConfigError> {
         let invalid = |key: &str, message: &str| Err(ConfigError::Invalid { key: format!("{section}.{key}"), message: message.into() });
         if self.batch_size == 0 {
-            return invalid("batch_size", "must be a number of at least 1");
+            return invalid("batch_size", "must be 0 (no cap) or a number of at least 1");
         }
         if self.threads == 0 {
-            return invalid("threads", "must be a number of at least 1");
+            return invalid("threads", "must be 0 (no cap) or a number of at least 1");
         }
         if self.prefetch == 0 {
-            return invalid("prefetch", "must be a number of at least 1");
+            return invalid("prefetch", "must be 0 (no cap) or a number of at least 1");
         }
         let [lo, hi] = self.resize_long;
         if lo > hi || (lo == 0) != (hi == 0) {
@@ -955,7 +956,7 @@ impl TrainConfig {
             return invalid("", "weight_decay and poly_power must be >= 0 and head_lr_mult > 0");
         }
         if self.accumulate == 0 {
-            return invalid("accumulate", "must be a number of at least 1");
+            return invalid("accumulate", "must be 0 (no cap) or a number of at least 1");
         }
         if self.checkpoint_every == 0 || self.log_every == 0 || self.keep_checkpoints == 0 {
             return invalid("", "checkpoint_every, log_every and keep_checkpoints must be at least 1");

@@ -195,8 +195,8 @@ fn missing_pseudo_labels_name_the_key() {
 
 /// `run` with `seg.enabled` goes on through the segmenter: trains it on the pseudo-labels of
 /// the train split, predicts val without and with the CRF (one pass), makes and scores the CAMs
-/// of val too, and prints the figures side by side, split by split; with `cam.split = "val"` it
-/// refuses, naming the key. 2 ranks refining 3 images at a time each predict the same bytes as
+/// of val too, and prints the figures side by side, split by split; with `cam.split = "val"` or
+/// `seg.infer.image_labels` it refuses, naming the key. 2 ranks refining 3 images at a time each predict the same bytes as
 /// 1 rank refining one at a time.
 #[test]
 fn run_trains_predicts_and_scores_the_segmenter() {
@@ -207,6 +207,8 @@ fn run_trains_predicts_and_scores_the_segmenter() {
     let config = s(&config);
     let err = wsss_fails(dir, &["run", "--config", config, "--set", "seg.enabled=true", "--set", "cam.split=val"], 2);
     assert!(err.contains("`cam.split`"), "{err}");
+    let err = wsss_fails(dir, &["run", "--config", config, "--set", "seg.enabled=true", "--set", "seg.infer.image_labels=true"], 2);
+    assert!(err.contains("`seg.infer.image_labels`"), "{err}");
     let seg = ["--set", "seg.enabled=true", "--set", "seg.train.epochs=1", "--set", "seg.infer.crf=true", "--set", "seg.infer.crf_threads=1"];
     let out = common::wsss(dir, &[&["run", "--config", config][..], &seg].concat());
     let log = String::from_utf8_lossy(&out.stderr);

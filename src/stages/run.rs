@@ -36,6 +36,10 @@ pub fn run(config: &Config, world: &World) -> anyhow::Result<Summary> {
     if let Some((_, why)) = learners.iter().find(|(needed, _)| *needed && config.cam.split != Split::Train) {
         bail!("config key `cam.split`: {why}, which must be \"train\"");
     }
+    if config.seg.enabled && config.seg.infer.image_labels {
+        // The segmenter's score would then know each photo's classes (docs/segmenter.md).
+        bail!("config key `seg.infer.image_labels`: `run` scores the segmenter on {}, which must not see the images' labels; set it for `wsss-dist seg` on the training photos only", config.seg.infer.split.name());
+    }
     let run_dir = config.run.dir.join(&config.run.name);
     if world.is_root() {
         std::fs::create_dir_all(&run_dir).with_context(|| format!("creating run directory {}", run_dir.display()))?;

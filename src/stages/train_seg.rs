@@ -42,7 +42,14 @@ fn class_weights(config: &Config, data: &TrainData) -> anyhow::Result<Option<Vec
     };
     let counts =
         label_pixel_counts(labels, labels.manifest().num_classes() as usize).context("counting the pixels of seg.labels for seg.loss.class_balance")?;
-    let weights = loss::segmentation::class_weights(&counts, power, config.seg.loss.class_balance_max_ratio.unwrap_or(f64::INFINITY));
+    let weights = loss::segmentation::class_weights(
+        &counts,
+        power,
+        match config.seg.loss.class_balance_max_ratio {
+            0.0 => f64::INFINITY,
+            ratio => ratio,
+        },
+    );
     let shown: Vec<String> = labels.manifest().classes.iter().zip(&weights).filter(|(_, w)| **w > 0.0).map(|(c, w)| format!("{c} {w:.2}")).collect();
     info!("class weights (seg.loss.class_balance {power}): {}", shown.join(", "));
     Ok(Some(weights))
