@@ -554,7 +554,7 @@ impl MethodConfig {
     fn validate(&self) -> Result<(), ConfigError> {
         let (isl, fsl, amr) = (&self.isl, &self.fsl, &self.amr);
         if isl.samples < 1 {
-            return invalid("method.isl.samples", "must be 0 (no cap) or a number of at least 1");
+            return invalid("method.isl.samples", "must be at least 1");
         }
         if !(0.0..=1.0).contains(&isl.weight) {
             return invalid("method.isl.weight", "must lie in [0, 1]");
@@ -732,7 +732,7 @@ impl PseudoLabelConfig {
 /// The dense CRF's settings at `section`.
 fn check_crf(crf: &CrfParams, section: &str) -> Result<(), ConfigError> {
     if crf.iterations == 0 {
-        return invalid(&format!("{section}.iterations"), "must be 0 (no cap) or a number of at least 1");
+        return invalid(&format!("{section}.iterations"), "must be at least 1");
     }
     crf.check().map_err(|message| {
         let key = message.split_whitespace().next().unwrap_or_default();
@@ -905,13 +905,13 @@ impl LoaderConfig {
     fn validate(&self, section: &str) -> Result<(), ConfigError> {
         let invalid = |key: &str, message: &str| Err(ConfigError::Invalid { key: format!("{section}.{key}"), message: message.into() });
         if self.batch_size == 0 {
-            return invalid("batch_size", "must be 0 (no cap) or a number of at least 1");
+            return invalid("batch_size", "must be at least 1");
         }
         if self.threads == 0 {
-            return invalid("threads", "must be 0 (no cap) or a number of at least 1");
+            return invalid("threads", "must be at least 1");
         }
         if self.prefetch == 0 {
-            return invalid("prefetch", "must be 0 (no cap) or a number of at least 1");
+            return invalid("prefetch", "must be at least 1");
         }
         let [lo, hi] = self.resize_long;
         if lo > hi || (lo == 0) != (hi == 0) {
@@ -956,7 +956,7 @@ impl TrainConfig {
             return invalid("", "weight_decay and poly_power must be >= 0 and head_lr_mult > 0");
         }
         if self.accumulate == 0 {
-            return invalid("accumulate", "must be 0 (no cap) or a number of at least 1");
+            return invalid("accumulate", "must be at least 1");
         }
         if self.checkpoint_every == 0 || self.log_every == 0 || self.keep_checkpoints == 0 {
             return invalid("", "checkpoint_every, log_every and keep_checkpoints must be at least 1");

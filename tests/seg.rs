@@ -196,8 +196,8 @@ fn missing_pseudo_labels_name_the_key() {
 /// `run` with `seg.enabled` goes on through the segmenter: trains it on the pseudo-labels of
 /// the train split, predicts val without and with the CRF (one pass), makes and scores the CAMs
 /// of val too, and prints the figures side by side, split by split; with `cam.split = "val"` or
-/// `seg.infer.image_labels` it refuses, naming the key. 2 ranks refining 3 images at a time each predict the same bytes as
-/// 1 rank refining one at a time.
+/// `seg.infer.image_labels` it refuses, naming the key. 2 ranks refining 3 images at a time each
+/// predict the same bytes as 1 rank refining one at a time.
 #[test]
 fn run_trains_predicts_and_scores_the_segmenter() {
     let tmp = tempfile::tempdir().unwrap();
