@@ -179,6 +179,8 @@ const MPI_MAX_COUNT: usize = i32::MAX as usize;
 
 impl MpiComm {
     fn datatype(kind: Kind) -> ffi::MPI_Datatype {
+        // SAFETY: reads of rsmpi's datatype handles, constants once MPI is initialised (a
+        // communicator exists only after that).
         unsafe {
             match kind {
                 Kind::Float => ffi::RSMPI_FLOAT,
@@ -201,6 +203,8 @@ impl MpiComm {
         let mut done = 0;
         while done < total {
             let count = (total - done).min(MPI_MAX_COUNT);
+            // SAFETY: done < total, so the offset stays inside the tensor's contiguous buffer
+            // (`check` refused non-contiguous tensors).
             let code = call(unsafe { base.add(done * element) } as *mut c_void, count as i32);
             if code != ffi::MPI_SUCCESS as i32 {
                 return Err(CommError::Library { call: call_name, message: format!("MPI error code {code}") });
@@ -225,6 +229,8 @@ impl Communicator for MpiComm {
     fn all_reduce_sum(&self, tensor: &mut Tensor) -> Result<(), CommError> {
         Self::check(tensor, "all-reduce")?;
         let datatype = Self::datatype(tensor.kind());
+        // SAFETY: `pointer` and `count` lie inside the tensor (in_pieces), of `datatype`; every
+        // rank makes the same call on a tensor of the same shape.
         Self::in_pieces(tensor, "MPI_Allreduce", |pointer, count| unsafe {
             ffi::MPI_Allreduce(wsss_mpi_in_place(), pointer, count, datatype, ffi::RSMPI_SUM, self.comm.as_raw())
         })
@@ -233,6 +239,7 @@ impl Communicator for MpiComm {
     fn broadcast(&self, tensor: &mut Tensor, root: usize) -> Result<(), CommError> {
         Self::check(tensor, "broadcast")?;
         let datatype = Self::datatype(tensor.kind());
+        // SAFETY: as for MPI_Allreduce above.
         Self::in_pieces(tensor, "MPI_Bcast", |pointer, count| unsafe { ffi::MPI_Bcast(pointer, count, datatype, root as i32, self.comm.as_raw()) })
     }
 
@@ -251,6 +258,8 @@ impl Communicator for MpiComm {
         let gathered = Tensor::empty(shape.as_slice(), (tensor.kind(), Device::Cpu));
         let datatype = Self::datatype(tensor.kind());
         let count = tensor.numel() as i32;
+        // SAFETY: `gathered` holds size × count elements of the tensor's kind; the counts fit an
+        // int (checked above).
         let code = unsafe { ffi::MPI_Allgather(tensor.data_ptr(), count, datatype, gathered.data_ptr(), count, datatype, self.comm.as_raw()) };
         if code != ffi::MPI_SUCCESS as i32 {
             return Err(CommError::Library { call: "MPI_Allgather", message: format!("MPI error code {code}") });
@@ -280,6 +289,7 @@ impl NcclComm {
     fn new(world: &World, device: usize) -> Result<NcclComm, CommError> {
         use cudarc::nccl::{result, sys};
         // cudarc panics when a library is missing: look first.
+        // SAFETY: these only try to load the libraries; nothing is called through them yet.
         if !unsafe { cudarc::driver::sys::is_culib_present() } {
             return Err(CommError::NcclUnavailable("the CUDA driver library (libcuda.so) is not found".into()));
         }
@@ -294,12 +304,14 @@ impl NcclComm {
         let nccl = |call: &'static str| move |e: result::NcclError| CommError::Library { call, message: format!("{:?}", e.0) };
         let mut id = if world.rank == 0 { result::get_uniqueid().map_err(nccl("ncclGetUniqueId"))? } else { sys::ncclUniqueId { internal: [0; 128] } };
         if let Some(mpi) = world.mpi_communicator() {
+            // SAFETY: the id is 128 bytes, broadcast as 128 int8 from rank 0 to every rank.
             let code = unsafe { ffi::MPI_Bcast(id.internal.as_mut_ptr() as *mut c_void, 128, ffi::RSMPI_INT8_T, 0, mpi.as_raw()) };
             if code != ffi::MPI_SUCCESS as i32 {
                 return Err(CommError::Library { call: "MPI_Bcast of the NCCL id", message: format!("MPI error code {code}") });
             }
         }
         let mut comm = std::ptr::null_mut();
+        // SAFETY: every rank passes the same id and size and its own rank; `comm` is written once.
         unsafe { result::comm_init_rank(&mut comm, world.size as i32, id, world.rank as i32) }.map_err(nccl("ncclCommInitRank"))?;
         Ok(NcclComm { comm, rank: world.rank, size: world.size, device: Device::Cuda(device), _context: context })
     }
@@ -331,6 +343,8 @@ impl NcclComm {
 /// collectives as corrupted (seen on the first GPU check: `ncclInvalidArgument`).
 fn check_one_nccl() -> Result<(), CommError> {
     let torch = loaded_file(|symbol| {
+        // SAFETY: RTLD_NOLOAD only looks up a library already loaded; the handle is closed
+        // below and the symbol's address only compared, never called.
         let handle = unsafe { libc::dlopen(c"libnccl.so.2".as_ptr(), libc::RTLD_LAZY | libc::RTLD_NOLOAD) };
         if handle.is_null() {
             return None;
@@ -343,6 +357,8 @@ fn check_one_nccl() -> Result<(), CommError> {
         return Ok(()); // libtorch loaded no NCCL of its own (or its file is unknown): nothing to compare.
     };
     let cudarc = loaded_file(|symbol| {
+        // SAFETY: the library is present (checked before connecting); the symbol's address is
+        // only compared, never called.
         let library = unsafe { cudarc::nccl::sys::culib() };
         unsafe { library.get::<unsafe extern "C" fn()>(symbol.to_bytes_with_nul()) }.ok().map(|f| *f as *const c_void)
     });
@@ -361,6 +377,8 @@ fn check_one_nccl() -> Result<(), CommError> {
 /// it is not found or the loader cannot name its file (then there is nothing to compare).
 fn loaded_file(lookup: impl Fn(&std::ffi::CStr) -> Option<*const c_void>) -> Option<std::path::PathBuf> {
     let address = lookup(c"ncclAllReduce").filter(|a| !a.is_null())?;
+    // SAFETY: Dl_info is plain data (pointers may be null); dladdr fills it for an address of
+    // a loaded library, and dli_fname, checked non-null, is a C string it owns.
     let mut info: libc::Dl_info = unsafe { std::mem::zeroed() };
     if unsafe { libc::dladdr(address, &mut info) } == 0 || info.dli_fname.is_null() {
         return None;
@@ -384,6 +402,8 @@ impl Communicator for NcclComm {
         Self::check(tensor, "all-reduce")?;
         let pointer = tensor.data_ptr();
         let op = cudarc::nccl::sys::ncclRedOp_t::ncclSum;
+        // SAFETY: a contiguous CUDA tensor of a checked kind, in place, on this communicator's
+        // device and stream; every rank makes the same call.
         Self::status("ncclAllReduce", unsafe {
             cudarc::nccl::result::all_reduce(pointer, pointer, tensor.numel(), Self::datatype(tensor.kind()), op, self.comm, std::ptr::null_mut())
         })
@@ -392,6 +412,7 @@ impl Communicator for NcclComm {
     fn broadcast(&self, tensor: &mut Tensor, root: usize) -> Result<(), CommError> {
         Self::check(tensor, "broadcast")?;
         let pointer = tensor.data_ptr();
+        // SAFETY: as for ncclAllReduce above.
         Self::status("ncclBroadcast", unsafe {
             cudarc::nccl::result::broadcast(pointer, pointer, tensor.numel(), Self::datatype(tensor.kind()), root as i32, self.comm, std::ptr::null_mut())
         })
@@ -402,6 +423,7 @@ impl Communicator for NcclComm {
         let mut shape = vec![self.size as i64];
         shape.extend(tensor.size());
         let gathered = Tensor::empty(shape.as_slice(), (tensor.kind(), tensor.device()));
+        // SAFETY: `gathered` holds size × numel elements of the tensor's kind on its device.
         Self::status("ncclAllGather", unsafe {
             cudarc::nccl::result::all_gather(
                 tensor.data_ptr(),
@@ -426,6 +448,7 @@ impl Communicator for NcclComm {
 
 impl Drop for NcclComm {
     fn drop(&mut self) {
+        // SAFETY: the communicator was initialised in `connect` and is destroyed once, here.
         let _ = unsafe { cudarc::nccl::result::comm_destroy(self.comm) };
     }
 }
