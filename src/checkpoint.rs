@@ -63,6 +63,11 @@ pub struct CheckpointMeta {
     pub model_sha256: Option<String>,
     #[serde(default)]
     pub optimizer_sha256: Option<String>,
+    /// The identity of the data trained on ([`crate::data::Dataset::identity`] of the images,
+    /// and of the labels where a task learns from a label dataset), checked on resume (absent
+    /// from checkpoints written before it was recorded).
+    #[serde(default)]
+    pub data_identity: Option<String>,
 }
 
 /// The checkpoint a load uses, and the newer ones passed over as damaged (one line each, for
@@ -261,6 +266,7 @@ mod tests {
             loss: Some(0.5),
             model_sha256: None,
             optimizer_sha256: None,
+            data_identity: None,
         }
     }
 

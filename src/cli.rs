@@ -52,8 +52,16 @@ pub enum Command {
         #[command(subcommand)]
         command: EvalCommand,
     },
-    /// Run the whole pipeline of a config (what `make demo` calls).
-    Run(ConfigArgs),
+    /// Run the whole pipeline of a config (what `make demo` calls). Run again, it continues
+    /// where an earlier run of the same config stopped.
+    Run {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// What a plain rerun does (every stage continues from what is already there): accepted
+        /// so that a stopped job's "continue with --resume" works for `run` too.
+        #[arg(long)]
+        resume: bool,
+    },
     /// The run's report: one self-contained HTML file (curves, τ sweep, per-class IoU, samples).
     Report {
         #[command(flatten)]
@@ -79,6 +87,10 @@ pub enum DataCommand {
     /// Check every shard and row; exits non-zero on any problem and lists every bad row.
     Verify {
         dir: PathBuf,
+        /// The image dataset a pseudo-label dataset belongs to: each mask must then have its
+        /// image's size (pseudo-label rows do not record it).
+        #[arg(long)]
+        images: Option<PathBuf>,
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,

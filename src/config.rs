@@ -451,6 +451,9 @@ pub struct TrainConfig {
     /// End this invocation after this many steps, with a checkpoint (0: run to the end);
     /// `--resume` continues. For time-limited job slots.
     pub stop_after: u64,
+    /// Let `--resume` continue on data other than the checkpoint was trained on (a dataset
+    /// written again since), with a warning; refused by default.
+    pub allow_data_change: bool,
 }
 
 impl Default for TrainConfig {
@@ -470,6 +473,7 @@ impl Default for TrainConfig {
             on_nonfinite: OnNonFinite::Error,
             accumulate: 1,
             stop_after: 0,
+            allow_data_change: false,
         }
     }
 }

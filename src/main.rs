@@ -30,8 +30,20 @@ fn keep_freed_memory() {
     }
 }
 
+/// A write past the file-size limit (`ulimit -f`) then fails with EFBIG and takes the path of
+/// any failed write (named, temporary files removed) instead of killing the process by SIGXFSZ
+/// with nothing said and a temporary file left.
+fn fail_writes_past_the_file_size_limit() {
+    // SAFETY: setting a signal's disposition to SIG_IGN installs no handler; it runs before
+    // any thread starts.
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+    }
+}
+
 fn main() -> ExitCode {
     keep_freed_memory();
+    fail_writes_past_the_file_size_limit();
     // Before any tch call: libtorch's CUDA backend, where the machine has one.
     let cuda_backend = wsss_dist::dist::device::load_cuda_backend();
     let cli = Cli::parse();
@@ -94,13 +106,13 @@ fn main() -> ExitCode {
 /// The stages that stop cleanly on SIGTERM/SIGINT/SIGUSR1 (training, map phases, the
 /// pipeline); the others keep the default of ending at once.
 fn stops_cleanly(command: &Command) -> bool {
-    matches!(command, Command::Train { .. } | Command::Cam { .. } | Command::PseudoLabel(_) | Command::Seg(_) | Command::Run(_))
+    matches!(command, Command::Train { .. } | Command::Cam { .. } | Command::PseudoLabel(_) | Command::Seg(_) | Command::Run { .. })
 }
 
 fn dispatch(command: &Command, world: &World) -> anyhow::Result<Summary> {
     match command {
         Command::Data { command: DataCommand::Import { source } } => stages::import::run(source, world),
-        Command::Data { command: DataCommand::Verify { dir, json } } => stages::verify::run(dir, *json, world),
+        Command::Data { command: DataCommand::Verify { dir, images, json } } => stages::verify::run(dir, images.as_deref(), *json, world),
         Command::Data { command: DataCommand::Inspect { dir, json } } => stages::inspect::run(dir, *json),
         Command::Config { command: ConfigCommand::Show(args) } => {
             print!("{}", load(args)?.to_toml());
@@ -120,7 +132,7 @@ fn dispatch(command: &Command, world: &World) -> anyhow::Result<Summary> {
         Command::Eval { command: EvalCommand::Cam(args) } => stages::eval::run_cam(&load(args)?, world),
         Command::Eval { command: EvalCommand::Pseudo(args) } => stages::eval::run_pseudo(&load(args)?, world),
         Command::Eval { command: EvalCommand::Seg(args) } => stages::eval::run_seg(&load(args)?, world),
-        Command::Run(args) => stages::run::run(&load(args)?, world),
+        Command::Run { config, resume: _ } => stages::run::run(&load(config)?, world),
         Command::Report { config, out, samples } => stages::report::run(&load(config)?, out.as_deref(), *samples),
         Command::Info => stages::info::run(),
     }

@@ -241,6 +241,12 @@ fn a_second_writer_of_a_directory_is_refused() {
     assert!(!dir.join("runs/tiny/cams/val").exists(), "the refused job wrote nothing");
     drop(holder);
     wsss_ok(dir, &["cam", "--config", &config]);
+    // The same run directory through a symbolic link to its parent: the same lock.
+    std::os::unix::fs::symlink(dir.join("runs"), dir.join("alias")).unwrap();
+    let holder = wsss_dist::data::lock::DirLock::acquire(&dir.join("runs/tiny")).unwrap();
+    let err = wsss_fails(dir, &["train", "cam", "--config", &config, "--resume", "--set", "run.dir=alias"], 2);
+    assert!(err.contains("is being written by another job"), "{err}");
+    drop(holder);
 }
 
 /// A bit flip in the newest checkpoint: `cam` and `--resume` pass over it with a warning and
@@ -266,13 +272,14 @@ fn a_damaged_newest_checkpoint_falls_back_with_a_warning() {
 }
 
 /// A write that fails (here: a file-size limit, as a full disk would) is reported as a write
-/// and leaves no temporary file; the next run, with room again, succeeds.
+/// and leaves no temporary file; the next run, with room again, succeeds. The binary ignores
+/// SIGXFSZ itself (the shell here does not), so the write fails instead of the process dying.
 #[test]
 fn a_failed_write_is_named_and_leaves_nothing_behind() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let limited = |limit_kb: u32, args: &str| {
-        let script = format!("trap '' XFSZ; ulimit -f {limit_kb}; exec {} {args}", env!("CARGO_BIN_EXE_wsss-dist"));
+        let script = format!("ulimit -f {limit_kb}; exec {} {args}", env!("CARGO_BIN_EXE_wsss-dist"));
         std::process::Command::new("bash").arg("-c").arg(script).current_dir(dir).output().unwrap()
     };
     let out = limited(64, "data import synthetic --out data/train --images 200 --size 64 --shard-rows 200");
@@ -291,6 +298,15 @@ fn a_failed_write_is_named_and_leaves_nothing_behind() {
     let left: Vec<_> = walk(&dir.join("runs")).into_iter().filter(|p| p.to_string_lossy().contains(".tmp-")).collect();
     assert!(left.is_empty(), "the failed checkpoint write left {left:?}");
     wsss_ok(dir, &["train", "cam", "--config", "config.toml", "--resume"]);
+    // A map phase's shard write: 12 CAMs fit in 64 KB, their 12 pseudo-labels not in 1 KB.
+    wsss_ok(dir, &["cam", "--config", "config.toml"]);
+    let out = limited(1, "pseudo-label --config config.toml");
+    let log = log_of(&out);
+    assert_eq!(out.status.code(), Some(2), "{log}");
+    assert!(log.contains("cannot write Parquet"), "{log}");
+    let left: Vec<_> = walk(&dir.join("runs")).into_iter().filter(|p| p.to_string_lossy().contains(".tmp-")).collect();
+    assert!(left.is_empty(), "the failed pseudo-label write left {left:?}");
+    wsss_ok(dir, &["pseudo-label", "--config", "config.toml"]);
 }
 
 fn walk(dir: &Path) -> Vec<PathBuf> {
@@ -439,4 +455,178 @@ fn rewrite_in_shards(dir: &Path) {
         .map(|(i, chunk)| write_shard(&dir.join(wsss_dist::data::shard::shard_file_name(i)), chunk, ShardLayout::default()).unwrap())
         .collect();
     Manifest { shards, ..manifest }.write(dir).unwrap();
+}
+
+/// Copies the dataset folder `from` to `to` (files only: datasets are flat, `.map/` aside).
+fn copy_dataset(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap().map(|e| e.unwrap()).filter(|e| e.path().is_file()) {
+        std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+    }
+}
+
+/// Sets every mask of the pseudo-label dataset at `dir` to `value` where `which(row index)`.
+fn set_masks(dir: &Path, value: u8, which: impl Fn(usize) -> bool) {
+    let mut index = 0;
+    for shard in 0..Manifest::read(dir).unwrap().shards.len() {
+        rewrite::<PseudoRow>(dir, shard, |rows| {
+            for row in rows.iter_mut() {
+                if which(index) {
+                    let (w, h, _) = wsss_dist::data::codec::decode_mask(&row.mask).unwrap();
+                    row.mask = encode_mask(w, h, &vec![value; (w * h) as usize]);
+                }
+                index += 1;
+            }
+        });
+    }
+}
+
+/// `train cam --resume` on a dataset imported again since the checkpoint (other images) is
+/// refused naming the key that allows it; with the key it continues, warning.
+#[test]
+fn resuming_on_data_written_again_is_refused_unless_allowed() {
+    let (tmp, config) = setup();
+    let dir = tmp.path();
+    wsss_ok(dir, &["train", "cam", "--config", &config, "--set", "train.stop_after=2"]);
+    wsss_ok(dir, &["data", "import", "synthetic", "--out", "data/train", "--images", "48", "--size", "32", "--shard-rows", "20", "--seed", "7", "--force"]);
+    let err = wsss_fails(dir, &["train", "cam", "--config", &config, "--resume"], 2);
+    assert!(err.contains("the training data differ from those the checkpoint of step 2") && err.contains("train.allow_data_change = true"), "{err}");
+    let out = wsss(dir, &["train", "cam", "--config", &config, "--resume", "--set", "train.allow_data_change=true"]);
+    let log = log_of(&out);
+    assert!(out.status.success() && log.contains("continuing on the new data"), "{log}");
+}
+
+/// Pseudo-labels with no labelled pixel at all are an error naming `seg.labels`; many empty
+/// masks a warning with the count; an image id held twice is named with both places, not
+/// reported as an image without a pseudo-label.
+#[test]
+fn labels_that_teach_nothing_or_ids_held_twice_are_named() {
+    let (tmp, config) = setup();
+    let dir = tmp.path();
+    let train_split = ["--set", "cam.split=train"];
+    wsss_ok(dir, &["train", "cam", "--config", &config, "--set", "train.steps=2"]);
+    wsss_ok(dir, &[&["cam", "--config", &config][..], &train_split].concat());
+    wsss_ok(dir, &[&["pseudo-label", "--config", &config][..], &train_split].concat());
+    let seg = |labels: &str, extra: &[&str]| -> Vec<String> {
+        let base = ["train", "seg", "--config", &config, "--set", "seg.loader.batch_size=4", "--set", "seg.loader.crop=32", "--set", "seg.train.steps=1"];
+        base.iter().map(|a| a.to_string()).chain(["--set".into(), format!("seg.labels={labels}")]).chain(extra.iter().map(|a| a.to_string())).collect()
+    };
+    let empty = dir.join("labels/empty");
+    copy_dataset(&dir.join("runs/tiny/pseudo_labels/train"), &empty);
+    set_masks(&empty, 255, |_| true);
+    let err = wsss_fails(dir, &as_str(&seg("labels/empty", &[])), 2);
+    assert!(err.contains("seg.labels") && err.contains("labels/empty") && err.contains("none of its 48 masks labels a pixel"), "{err}");
+
+    let half = dir.join("labels/half");
+    copy_dataset(&dir.join("runs/tiny/pseudo_labels/train"), &half);
+    set_masks(&half, 255, |i| i % 2 == 0);
+    let out = wsss(dir, &as_str(&seg("labels/half", &["--set", "run.name=half"])));
+    let log = log_of(&out);
+    assert!(out.status.success() && log.contains("24 of its 48 masks label no pixel"), "{log}");
+
+    let twice = dir.join("data/twice");
+    copy_dataset(&dir.join("data/train"), &twice);
+    let first = ShardReader::<ImageRow>::open(&twice.join("part-00000.parquet")).unwrap().read_all().unwrap()[0].id.clone();
+    rewrite::<ImageRow>(&twice, 1, |rows| rows[3].id = first.clone());
+    let err = wsss_fails(dir, &as_str(&seg("runs/tiny/pseudo_labels/train", &["--set", "data.train=data/twice", "--set", "run.name=twice"])), 2);
+    assert!(err.contains(&format!("id {first} appears twice (part-00000.parquet row 0 and part-00001.parquet row 3)")), "{err}");
+}
+
+/// `report` names an evaluation it cannot read (a warning and a note on the page), notes one
+/// that is missing, and does not draw a CAM holding NaN.
+#[test]
+fn the_report_says_what_it_cannot_read_or_draw() {
+    let (tmp, config) = setup();
+    let dir = tmp.path();
+    wsss_ok(dir, &["train", "cam", "--config", &config, "--set", "train.steps=2"]);
+    wsss_ok(dir, &["cam", "--config", &config]);
+    wsss_ok(dir, &["eval", "cam", "--config", &config]);
+    std::fs::write(dir.join("runs/tiny/eval/pseudo.json"), "{\"report\": ").unwrap();
+    rewrite::<CamRow>(&dir.join("runs/tiny/cams/val"), 0, |rows| rows.iter_mut().for_each(|row| row.cam[..2].copy_from_slice(&0x7c00u16.to_le_bytes())));
+    let out = wsss(dir, &["report", "--config", &config]);
+    let log = log_of(&out);
+    assert!(out.status.success(), "{log}");
+    assert!(log.contains("pseudo.json: cannot read this evaluation"), "{log}");
+    let page = std::fs::read_to_string(dir.join("runs/tiny/report.html")).unwrap();
+    assert!(page.contains("pseudo.json cannot be read"), "the damaged file is noted");
+    assert!(page.contains("is not drawn: cam holds"), "the infinite CAM is noted");
+    std::fs::remove_file(dir.join("runs/tiny/eval/cam.json")).unwrap();
+    wsss_ok(dir, &["report", "--config", &config]);
+    let page = std::fs::read_to_string(dir.join("runs/tiny/report.html")).unwrap();
+    assert!(page.contains("cam.json (`wsss-dist eval cam` makes it)"), "the missing file is noted");
+}
+
+/// A stage whose model was never trained says so and names the command; `run` accepts
+/// `--resume`, which its stop message asks for; `eval cam` of an empty dataset says there is
+/// nothing to score.
+#[test]
+fn nothing_trained_nothing_to_score_and_run_resume_are_said_plainly() {
+    let (tmp, config) = setup();
+    let dir = tmp.path();
+    let err = wsss_fails(dir, &["cam", "--config", &config], 2);
+    assert!(err.contains("runs/tiny does not exist: nothing was trained there") && err.contains("wsss-dist train cam"), "{err}");
+    assert!(!err.contains("safetensors"), "{err}");
+    let err = wsss_fails(dir, &["seg", "--config", &config, "--set", "seg.infer.split=val"], 2);
+    assert!(err.contains("seg does not exist: nothing was trained there") && err.contains("wsss-dist train seg"), "{err}");
+    wsss_ok(dir, &["run", "--config", &config, "--resume", "--set", "train.steps=2"]);
+    wsss_ok(dir, &["data", "import", "synthetic", "--out", "data/empty", "--images", "0", "--size", "32", "--split", "val"]);
+    let empty = ["--set", "data.val=data/empty", "--set", "run.name=empty", "--set", "cam.checkpoint=runs/tiny"];
+    let out = wsss(dir, &[&["cam", "--config", &config][..], &empty].concat());
+    assert!(out.status.success(), "{}", log_of(&out));
+    let err = wsss_fails(dir, &[&["eval", "cam", "--config", &config][..], &empty].concat(), 2);
+    assert!(err.contains("holds no images: nothing to score") && !err.contains("mIoU"), "{err}");
+}
+
+/// `data verify` hashes every shard whatever the stages' checksum cache says (a change that
+/// keeps the size and modification time passes the cache), and with `--images` checks each
+/// pseudo-label mask against its image's size.
+#[test]
+fn data_verify_always_hashes_and_checks_mask_sizes_against_the_images() {
+    let (tmp, config) = setup();
+    let dir = tmp.path();
+    wsss_ok(dir, &["train", "cam", "--config", &config, "--set", "train.steps=2"]);
+    assert!(json(&dir.join("data/train/.verified.json")).get("part-00000.parquet").is_some());
+    let shard = dir.join("data/train/part-00000.parquet");
+    let modified = std::fs::metadata(&shard).unwrap().modified().unwrap();
+    let mut bytes = std::fs::read(&shard).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x40;
+    std::fs::write(&shard, bytes).unwrap();
+    std::fs::File::options().write(true).open(&shard).unwrap().set_modified(modified).unwrap();
+    let out = wsss(dir, &["data", "verify", "data/train"]);
+    assert_eq!(out.status.code(), Some(1), "{}", log_of(&out));
+    assert!(log_of(&out).contains("part-00000.parquet: checksum mismatch"), "{}", log_of(&out));
+
+    wsss_ok(dir, &["cam", "--config", &config]);
+    wsss_ok(dir, &["pseudo-label", "--config", &config]);
+    let labels = dir.join("runs/tiny/pseudo_labels/val");
+    let mut wrong = String::new();
+    rewrite::<PseudoRow>(&labels, 1, |rows| {
+        wrong = rows[0].id.clone();
+        let (w, h, _) = wsss_dist::data::codec::decode_mask(&rows[0].mask).unwrap();
+        rows[0].mask = encode_mask(w + 1, h, &vec![0; ((w + 1) * h) as usize]);
+    });
+    wsss_ok(dir, &["data", "verify", s(&labels)]);
+    let out = wsss(dir, &["data", "verify", s(&labels), "--images", "data/val"]);
+    let log = log_of(&out);
+    assert_eq!(out.status.code(), Some(1), "{log}");
+    assert!(log.contains(&format!("id {wrong}: mask is")) && log.contains("but the image is"), "{log}");
+}
+
+/// A complete map output with one shard deleted is repaired by a plain rerun (a warning names
+/// the task), with the bytes it had.
+#[test]
+fn a_complete_output_missing_a_shard_is_redone_by_a_rerun() {
+    let (tmp, config) = setup();
+    let dir = tmp.path();
+    wsss_ok(dir, &["train", "cam", "--config", &config, "--set", "train.steps=2"]);
+    wsss_ok(dir, &["cam", "--config", &config]);
+    let shard = dir.join("runs/tiny/cams/val/part-00001.parquet");
+    let before = std::fs::read(&shard).unwrap();
+    std::fs::remove_file(&shard).unwrap();
+    let out = wsss(dir, &["cam", "--config", &config]);
+    let log = log_of(&out);
+    assert!(out.status.success() && log.contains("was complete, but the shard or record of task(s) [1] has gone or changed since: redoing them"), "{log}");
+    assert_eq!(std::fs::read(&shard).unwrap(), before);
+    assert!(Manifest::read(&dir.join("runs/tiny/cams/val")).is_ok());
 }

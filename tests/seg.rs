@@ -114,6 +114,23 @@ fn deeplab_v3plus_with_the_crf_loss_resumes_bitwise() {
     assert!(state.contains_key("classifier.aspp.convs.4.2.running_mean") && state.contains_key("backbone.layer4.1.conv2.weight"));
 }
 
+/// The same config, seed and libtorch threads (2 here: the multi-threaded kernels) give the
+/// same checkpoint bytes, run after run (README, "Reproducibility").
+#[test]
+fn deeplab_v3plus_training_is_reproducible_at_a_given_thread_count() {
+    let (tmp, config) = pipeline();
+    let dir = tmp.path();
+    for run in ["first", "second"] {
+        let name = format!("run.name={run}");
+        let args = ["--set", &name, "--set", "seg.labels=runs/tiny/pseudo_labels/train", "--set", "run.threads=2", "--set", "seg.train.steps=4"];
+        wsss_ok(dir, &[&["train", "seg", "--config", &config][..], &args].concat());
+    }
+    for file in ["step-00000004.safetensors", "step-00000004.optim.safetensors"] {
+        let first = std::fs::read(seg_dir(dir, "first").join("checkpoints").join(file)).unwrap();
+        assert!(first == std::fs::read(seg_dir(dir, "second").join("checkpoints").join(file)).unwrap(), "{file} differs between two runs");
+    }
+}
+
 /// Trains `model` once in one process with batch 4 and once on 2 ranks with batch 2, 12 steps
 /// each, and checks that `files` (checkpoint files) agree within `tolerance` of each tensor's
 /// largest value.

@@ -62,6 +62,20 @@ impl<R: ShardRow> Dataset<R> {
         &self.manifest
     }
 
+    /// The dataset's identity: the SHA-256 of its manifest as opened, which records every
+    /// shard's checksum, so the same rows imported again keep it and any other content does not.
+    pub fn identity(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let manifest = serde_json::to_vec(&self.manifest).expect("a manifest serialises");
+        hex::encode(Sha256::digest(manifest))
+    }
+
+    /// Whether the manifest on disk is no longer the one opened (gone, unreadable, or another
+    /// dataset written there since, e.g. by `data import --force`).
+    pub fn changed_on_disk(&self) -> bool {
+        Manifest::read(&self.dir).map_or(true, |now| now != self.manifest)
+    }
+
     pub fn len(&self) -> usize {
         *self.starts.last().expect("starts is never empty")
     }

@@ -5,6 +5,11 @@
 //! is an error naming the shard (`data verify` then finds the rows).
 //!
 //! A dataset in a folder this process cannot write is still checked, only not remembered.
+//!
+//! The trade-off: a shard altered in place with its size and modification time kept (a tool
+//! that restores the time, a write within the file system's time resolution) passes this
+//! check. `data verify` hashes every shard every time, and deleting `.verified.json` makes the
+//! next stage hash them again.
 
 use std::collections::BTreeMap;
 use std::path::Path;

@@ -3,7 +3,9 @@
 //! place fails at once, naming the holder, instead of mixing its files with the first's.
 //!
 //! The lock is `flock` on a file beside the directory (`<parent>/.<name>.lock`): beside it,
-//! because map phases may delete and recreate the directory itself. The kernel releases it
+//! because map phases may delete and recreate the directory itself. The path is made canonical
+//! first (symbolic links and `..` resolved, as far as the path exists), so two jobs that name
+//! one directory by two paths take the same lock. The kernel releases it
 //! when the holder exits, however it exits (kill -9 included), so a stale file is never a stale
 //! lock; a holder that ends normally also removes the file. The file holds who took it, for
 //! the message a second writer gets.
@@ -76,11 +78,32 @@ fn same_file(file: &File, path: &Path) -> bool {
     }
 }
 
-/// `<parent>/.<name>.lock` for `dir` = `<parent>/<name>`.
+/// `<parent>/.<name>.lock` for `dir` = `<parent>/<name>`, `dir` made canonical.
 pub fn lock_path(dir: &Path) -> PathBuf {
+    let dir = &canonical(dir);
     let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "dir".into());
     let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     parent.join(format!(".{name}.lock"))
+}
+
+/// `path` with its longest existing ancestor (itself included) made canonical and the rest
+/// appended: what `canonicalize` gives for a path that does not exist yet.
+fn canonical(path: &Path) -> PathBuf {
+    let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let mut missing = Vec::new();
+    let mut existing = absolute.as_path();
+    loop {
+        if let Ok(found) = existing.canonicalize() {
+            return missing.iter().rev().fold(found, |path, part| path.join(part));
+        }
+        match (existing.parent(), existing.file_name()) {
+            (Some(parent), Some(name)) => {
+                missing.push(name.to_os_string());
+                existing = parent;
+            }
+            _ => return absolute,
+        }
+    }
 }
 
 /// "pid 123 on host node7 since 1764800000 (unix time): wsss-dist pseudo-label --config F".
@@ -105,7 +128,8 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("runs/demo/cams/val");
         let first = DirLock::acquire(&dir).unwrap();
-        assert_eq!(first.path(), tmp.path().join("runs/demo/cams/.val.lock"));
+        let root = tmp.path().canonicalize().unwrap();
+        assert_eq!(first.path(), root.join("runs/demo/cams/.val.lock"));
         let err = DirLock::acquire(&dir).unwrap_err().to_string();
         assert!(err.contains("cams/val") && err.contains(&format!("pid {}", std::process::id())) && err.contains("since"), "{err}");
         drop(first);
@@ -115,5 +139,21 @@ mod tests {
         assert!(text.starts_with(&format!("pid {} on host", std::process::id())), "{text}");
         // Another directory is another lock.
         DirLock::acquire(&tmp.path().join("runs/demo/cams/train")).unwrap();
+    }
+
+    /// The same directory named through a symbolic link, or with `..`, is the same lock.
+    #[test]
+    fn another_path_to_the_same_directory_is_the_same_lock() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(tmp.path().join("runs/base")).unwrap();
+        std::os::unix::fs::symlink(tmp.path().join("runs/base"), tmp.path().join("other")).unwrap();
+        std::os::unix::fs::symlink(tmp.path().join("runs"), tmp.path().join("alias")).unwrap();
+        let _held = DirLock::acquire(&tmp.path().join("runs/base")).unwrap();
+        for path in ["other", "alias/base", "runs/../runs/base", "alias/../runs/base"] {
+            assert!(DirLock::acquire(&tmp.path().join(path)).is_err(), "{path} took a second lock");
+        }
+        // A directory that does not exist yet, below a link.
+        let _new = DirLock::acquire(&tmp.path().join("alias/base/seg")).unwrap();
+        assert!(DirLock::acquire(&tmp.path().join("runs/base/seg")).is_err());
     }
 }

@@ -67,8 +67,10 @@ pub fn write_shard<R: ShardRow>(path: &Path, rows: &[R], layout: ShardLayout) ->
         }
         let hashing = writer.into_inner().map_err(parquet_err)?;
         let sha256 = hex::encode(hashing.hasher.finalize());
-        let file = hashing.inner.into_inner().map_err(|e| DataError::io(tmp, e.into_error()))?;
-        file.sync_all().map_err(|e| DataError::io(tmp, e))?;
+        // The last buffered bytes reach the file here: a failure is a failed write too.
+        let written = |e: std::io::Error| parquet_err(parquet::errors::ParquetError::External(Box::new(e)));
+        let file = hashing.inner.into_inner().map_err(|e| written(e.into_error()))?;
+        file.sync_all().map_err(written)?;
         Ok(sha256)
     })?;
     let file = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();

@@ -106,10 +106,37 @@ fn count_ids(ids: &[u8], counts: &mut [u64]) -> u64 {
     others
 }
 
+/// The labelled pixels of a pseudo-label dataset.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LabelCounts {
+    /// Labelled pixels of each class id 0..=C over every mask (the segmenter's class weights).
+    pub pixels: Vec<u64>,
+    /// Masks read, and those with no labelled pixel (every pixel 255).
+    pub masks: usize,
+    pub empty_masks: usize,
+}
+
+impl LabelCounts {
+    fn new(num_classes: usize) -> LabelCounts {
+        LabelCounts { pixels: vec![0; num_classes + 1], masks: 0, empty_masks: 0 }
+    }
+
+    fn merge(mut self, other: LabelCounts) -> LabelCounts {
+        add(&mut self.pixels, &other.pixels);
+        self.masks += other.masks;
+        self.empty_masks += other.empty_masks;
+        self
+    }
+
+    pub fn labelled(&self) -> u64 {
+        self.pixels.iter().sum()
+    }
+}
+
 /// The labelled pixels of each class id 0..=`num_classes` over every mask of a pseudo-label
-/// dataset (the segmenter's class weights).
-pub fn label_pixel_counts(dataset: &Dataset<PseudoRow>, num_classes: usize) -> Result<Vec<u64>, DataError> {
-    let mut total = vec![0u64; num_classes + 1];
+/// dataset, and how many masks label no pixel.
+pub fn label_pixel_counts(dataset: &Dataset<PseudoRow>, num_classes: usize) -> Result<LabelCounts, DataError> {
+    let mut total = LabelCounts::new(num_classes);
     for s in 0..dataset.num_shards() {
         let reader = dataset.shard(s)?;
         for group in 0..reader.num_row_groups() {
@@ -119,18 +146,14 @@ pub fn label_pixel_counts(dataset: &Dataset<PseudoRow>, num_classes: usize) -> R
                 .map(|row| {
                     let (_, _, ids) = decode_mask(&row.mask)
                         .map_err(|message| DataError::BadImage { what: format!("{} id {}", dataset.shard_path(s).display(), row.id), message })?;
-                    let mut counts = vec![0u64; num_classes + 1];
-                    count_ids(&ids, &mut counts);
-                    Ok::<Vec<u64>, DataError>(counts)
+                    let mut counts = LabelCounts::new(num_classes);
+                    count_ids(&ids, &mut counts.pixels);
+                    counts.masks = 1;
+                    counts.empty_masks = usize::from(counts.labelled() == 0);
+                    Ok::<LabelCounts, DataError>(counts)
                 })
-                .try_reduce(
-                    || vec![0u64; num_classes + 1],
-                    |mut a, b| {
-                        add(&mut a, &b);
-                        Ok(a)
-                    },
-                )?;
-            add(&mut total, &counts);
+                .try_reduce(|| LabelCounts::new(num_classes), |a, b| Ok(a.merge(b)))?;
+            total = total.merge(counts);
         }
     }
     Ok(total)

@@ -2,7 +2,8 @@
 //! row. Image rows: the image decodes to the stored size, the labels are in range, sorted and
 //! unique, and the mask (if any) decodes, matches the image size and holds only 0..=C or 255.
 //! CAM rows: classes, shape and finite values ([`ShardRow::check`]). Pseudo-label rows: the
-//! mask decodes and holds only 0..=C or 255.
+//! mask decodes and holds only 0..=C or 255; their rows do not record the image size, so a
+//! mask of the wrong size shows only against the image dataset ([`image_sizes`]).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -45,18 +46,36 @@ pub struct VerifyReport {
     pub problems: Vec<Problem>,
 }
 
-/// Checks the dataset in `dir`; `progress(n)` is called as rows are checked. A missing or
-/// invalid manifest is an error; everything else is collected as problems.
-pub fn verify(dir: &Path, progress: &(dyn Fn(usize) + Sync)) -> Result<VerifyReport, DataError> {
+/// The size (width, height) of each image of an image dataset, by id.
+pub type ImageSizes = HashMap<String, (u32, u32)>;
+
+/// The image sizes of the image dataset in `dir`, for checking the masks of its pseudo-labels.
+pub fn image_sizes(dir: &Path) -> Result<ImageSizes, DataError> {
+    let images = super::Dataset::open(dir)?;
+    let mut sizes = ImageSizes::with_capacity(images.len());
+    for shard in 0..images.num_shards() {
+        let reader = images.shard(shard)?;
+        for group in 0..reader.num_row_groups() {
+            sizes.extend(reader.read_row_group(group)?.into_iter().map(|row| (row.id, (row.width, row.height))));
+        }
+    }
+    Ok(sizes)
+}
+
+/// Checks the dataset in `dir`; `progress(n)` is called as rows are checked. With `images`
+/// (the sizes of the images the rows belong to), each pseudo-label mask must have its image's
+/// size and each row an image. A missing or invalid manifest is an error; everything else is
+/// collected as problems.
+pub fn verify(dir: &Path, images: Option<&ImageSizes>, progress: &(dyn Fn(usize) + Sync)) -> Result<VerifyReport, DataError> {
     let manifest = Manifest::read(dir)?;
     Ok(match manifest.kind {
-        DatasetKind::Images => verify_rows::<ImageRow>(dir, &manifest, progress),
-        DatasetKind::Cams => verify_rows::<CamRow>(dir, &manifest, progress),
-        DatasetKind::PseudoLabels => verify_rows::<PseudoRow>(dir, &manifest, progress),
+        DatasetKind::Images => verify_rows::<ImageRow>(dir, &manifest, images, progress),
+        DatasetKind::Cams => verify_rows::<CamRow>(dir, &manifest, images, progress),
+        DatasetKind::PseudoLabels => verify_rows::<PseudoRow>(dir, &manifest, images, progress),
     })
 }
 
-fn verify_rows<R: FullCheck>(dir: &Path, manifest: &Manifest, progress: &(dyn Fn(usize) + Sync)) -> VerifyReport {
+fn verify_rows<R: FullCheck>(dir: &Path, manifest: &Manifest, images: Option<&ImageSizes>, progress: &(dyn Fn(usize) + Sync)) -> VerifyReport {
     let num_classes = manifest.num_classes();
     let results: Vec<(u64, Vec<Problem>, Vec<IdPlace>)> = manifest
         .shards
@@ -64,7 +83,7 @@ fn verify_rows<R: FullCheck>(dir: &Path, manifest: &Manifest, progress: &(dyn Fn
         .enumerate()
         .map(|(s, info)| {
             let mut problems = Vec::new();
-            let (checked, ids) = verify_shard::<R>(dir, s, info, num_classes, &mut problems, progress);
+            let (checked, ids) = verify_shard::<R>(dir, (s, info), num_classes, images, &mut problems, progress);
             (checked, problems, ids)
         })
         .collect();
@@ -96,9 +115,9 @@ type ShardRows = (u64, Vec<IdPlace>);
 
 fn verify_shard<R: FullCheck>(
     dir: &Path,
-    s: usize,
-    info: &super::ShardInfo,
+    (s, info): (usize, &super::ShardInfo),
     num_classes: u16,
+    images: Option<&ImageSizes>,
     problems: &mut Vec<Problem>,
     progress: &(dyn Fn(usize) + Sync),
 ) -> ShardRows {
@@ -135,7 +154,8 @@ fn verify_shard<R: FullCheck>(
             }
         };
         rows.par_iter().enumerate().for_each(|(i, row)| {
-            if let Err(message) = row.full_check(num_classes) {
+            let image_size = images.map(|sizes| sizes.get(row.id()).copied().ok_or_else(|| "no image of this id in the image dataset".to_string()));
+            if let Err(message) = image_size.transpose().and_then(|size| row.full_check(num_classes, size)) {
                 let problem = Problem { shard: info.file.clone(), row: Some(row_base + i), id: Some(row.id().to_string()), message };
                 found.lock().expect("no panics while held").push(problem);
             }
@@ -154,11 +174,12 @@ fn verify_shard<R: FullCheck>(
 /// Everything that can be wrong with one row of a kind, as a message: [`ShardRow::check`] and
 /// what only decoding shows.
 trait FullCheck: ShardRow {
-    fn full_check(&self, num_classes: u16) -> Result<(), String>;
+    /// `image_size`: the size of the row's image, where known from elsewhere.
+    fn full_check(&self, num_classes: u16, image_size: Option<(u32, u32)>) -> Result<(), String>;
 }
 
 impl FullCheck for ImageRow {
-    fn full_check(&self, num_classes: u16) -> Result<(), String> {
+    fn full_check(&self, num_classes: u16, _: Option<(u32, u32)>) -> Result<(), String> {
         self.check(num_classes)?;
         // A full decode catches truncated and corrupt entropy-coded data that a header does not.
         let rgb = decode_row_image(self)?;
@@ -170,15 +191,15 @@ impl FullCheck for ImageRow {
 }
 
 impl FullCheck for CamRow {
-    fn full_check(&self, num_classes: u16) -> Result<(), String> {
+    fn full_check(&self, num_classes: u16, _: Option<(u32, u32)>) -> Result<(), String> {
         self.check(num_classes)
     }
 }
 
 impl FullCheck for PseudoRow {
-    fn full_check(&self, num_classes: u16) -> Result<(), String> {
+    fn full_check(&self, num_classes: u16, image_size: Option<(u32, u32)>) -> Result<(), String> {
         self.check(num_classes)?;
-        check_mask(&self.mask, None, num_classes)
+        check_mask(&self.mask, image_size, num_classes)
     }
 }
 

@@ -96,6 +96,9 @@ pub struct MapPlan {
     pub done: Vec<TaskRecord>,
     /// The output is already complete (manifest written) for this fingerprint.
     pub complete: bool,
+    /// Tasks of an output that was complete whose shard or record has gone or changed since:
+    /// the manifest is withdrawn and they are redone (the others are kept).
+    pub repaired: Vec<usize>,
 }
 
 impl MapOutput {
@@ -125,18 +128,25 @@ impl MapOutput {
             }
         } else if Manifest::exists(&self.dir) {
             let done = (0..self.tasks).map(|t| self.read_record(t)).collect::<Result<Vec<_>, _>>()?;
-            if let Some(missing) = done.iter().position(Option::is_none) {
-                return Err(DataError::Invalid(format!(
-                    "{}: complete, but task {missing}'s record or shard is missing or changed (rerun with --force)",
-                    self.dir.display()
-                )));
+            let repaired: Vec<usize> = (0..self.tasks).filter(|&t| done[t].is_none()).collect();
+            if repaired.is_empty() {
+                return Ok(MapPlan { pending: Vec::new(), done: done.into_iter().flatten().collect(), complete: true, repaired });
             }
-            return Ok(MapPlan { pending: Vec::new(), done: done.into_iter().flatten().collect(), complete: true });
+            // No longer a dataset until the missing tasks are done again.
+            let manifest = Manifest::path_in(&self.dir);
+            std::fs::remove_file(&manifest).map_err(|e| DataError::io(&manifest, e))?;
+            let plan = self.plan_tasks()?;
+            return Ok(MapPlan { repaired, ..plan });
         }
         std::fs::create_dir_all(&map_dir).map_err(|e| DataError::io(&map_dir, e))?;
         self.remove_temporaries()?;
         atomic_write(&map_dir.join(JOB_FILE), &serde_json::to_vec_pretty(&job).expect("a job file serialises"))?;
-        let mut plan = MapPlan { pending: Vec::new(), done: Vec::new(), complete: false };
+        self.plan_tasks()
+    }
+
+    /// The tasks done (record and shard intact) and those still to do.
+    fn plan_tasks(&self) -> Result<MapPlan, DataError> {
+        let mut plan = MapPlan { pending: Vec::new(), done: Vec::new(), complete: false, repaired: Vec::new() };
         for task in 0..self.tasks {
             match self.read_record(task)? {
                 Some(record) => plan.done.push(record),

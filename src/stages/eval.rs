@@ -133,6 +133,9 @@ fn walk_with_gt<R: ShardRow>(
     let mut missing: Vec<String> =
         all_gather_text(comm, &missing.join("\n"), Device::Cpu)?.iter().flat_map(|t| t.lines().map(String::from).collect::<Vec<_>>()).collect();
     missing.sort();
+    // A score over no pixels would read as mIoU 0.
+    ensure!(!gt.is_empty(), "{}: the dataset holds no images: nothing to score", gt.dir().display());
+    ensure!(missing.len() < gt.len(), "{}: none of the {} images of {} has a row here: nothing to score", rows.dir().display(), gt.len(), gt.dir().display());
     Ok(missing)
 }
 

@@ -135,6 +135,14 @@ where
             .zip(jobs)
             .map(|(o, j)| o.prepare(force).with_context(|| format!("preparing {}", j.out.display())))
             .collect::<anyhow::Result<Vec<_>>>()?;
+        for (plan, job) in plans.iter().zip(jobs).filter(|(p, _)| !p.repaired.is_empty()) {
+            warn!(
+                "{}: {} was complete, but the shard or record of task(s) {:?} has gone or changed since: redoing them",
+                job.what,
+                job.out.display(),
+                plan.repaired
+            );
+        }
         serde_json::to_string(&Plan::merge(plans, task_images.len()))?
     } else {
         String::new()

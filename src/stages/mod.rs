@@ -65,6 +65,8 @@ pub fn human_bytes(bytes: u64) -> String {
 pub fn model_to_load(explicit: &std::path::Path, stage_dir: &std::path::Path, hint: &str) -> anyhow::Result<std::path::PathBuf> {
     use anyhow::Context;
     let source = if explicit.as_os_str().is_empty() { stage_dir } else { explicit };
+    // A path that is not there at all is not a damaged or foreign model file.
+    anyhow::ensure!(source.exists(), "{} does not exist: nothing was trained there; {hint}", source.display());
     let found = crate::checkpoint::model_in(source)?.with_context(|| format!("no checkpoint in {}/checkpoints: {hint}", source.display()))?;
     for line in &found.damaged {
         tracing::warn!("passed over a damaged checkpoint: {line}");

@@ -11,12 +11,13 @@ use std::path::Path;
 
 use anyhow::Context;
 use serde_json::{json, Value};
-use tracing::info;
+use tracing::{info, warn};
 
 use super::Summary;
 use crate::config::{Config, Split};
 use crate::data::codec::{decode_mask, decode_row_image, Rgb};
 use crate::data::{atomic_write, CamRow, Dataset, ImageRow, PseudoRow, ShardRow};
+use crate::refine::pseudo::PseudoMethod;
 use crate::refine::resize::full_resolution;
 use crate::report::{html, overlay_heat, overlay_labels, thumbnail, Chart, Point, Report, SampleRow, Table};
 
@@ -36,15 +37,12 @@ pub fn run(config: &Config, out: Option<&Path>, samples: usize) -> anyhow::Resul
             None => {}
         }
     }
-    let eval = run_dir.join("eval");
-    let cam = read_json(&eval.join("cam.json"));
-    match &cam {
-        Some(cam) => report.charts.push(sweep_chart(&cam["report"])),
-        None => report.notes.push(format!("no CAM evaluation at {}/cam.json (`wsss-dist eval cam`)", eval.display())),
+    let evaluations = Evaluations::read(config, &run_dir.join("eval"), &mut report.notes);
+    if let Some(cam) = &evaluations.cam {
+        report.charts.push(sweep_chart(&cam["report"]));
     }
     let seg_split = config.seg.infer.split;
-    let cam_seg_split = (seg_split != config.cam.split).then(|| read_json(&eval.join(format!("{}.json", super::run::cam_eval_name(seg_split))))).flatten();
-    report.tables.push(iou_table(config, cam.as_ref(), cam_seg_split.as_ref(), &eval));
+    report.tables.push(iou_table(config, &evaluations));
     report.samples = sample_rows(config, config.cam.split, samples, &mut report.notes)?;
     if config.seg.enabled && seg_split != config.cam.split {
         report.samples.extend(sample_rows(config, seg_split, samples, &mut report.notes)?);
@@ -67,6 +65,60 @@ pub fn run(config: &Config, out: Option<&Path>, samples: usize) -> anyhow::Resul
 
 fn read_json(path: &Path) -> Option<Value> {
     serde_json::from_slice(&std::fs::read(path).ok()?).ok()
+}
+
+/// The `eval/*.json` files the report shows: each one the run should have made and has not is
+/// a note on the page; one that cannot be read is a warning naming it and a note.
+struct Evaluations {
+    cam: Option<Value>,
+    pseudo: Option<Value>,
+    /// The random walk's labels, with `pseudo_label.method = "irn_rw"` (`pseudo` then holds
+    /// the irn_seeds labels it starts from).
+    pseudo_rw: Option<Value>,
+    /// The CAMs of the segmenter's split, where it is not `cam.split`.
+    cam_seg_split: Option<Value>,
+    seg: Option<Value>,
+    seg_crf: Option<Value>,
+}
+
+impl Evaluations {
+    fn read(config: &Config, eval: &Path, notes: &mut Vec<String>) -> Evaluations {
+        let seg_split = config.seg.infer.split;
+        let mut read = |file: String, command: &str, expected: bool| expected.then(|| read_evaluation(&eval.join(file), command, notes)).flatten();
+        let seg = config.seg.enabled;
+        Evaluations {
+            cam: read("cam.json".into(), "wsss-dist eval cam", true),
+            pseudo: read("pseudo.json".into(), "wsss-dist eval pseudo", true),
+            pseudo_rw: read("pseudo_rw.json".into(), "wsss-dist eval pseudo", config.pseudo_label.method == PseudoMethod::IrnRw),
+            cam_seg_split: read(format!("{}.json", super::run::cam_eval_name(seg_split)), "wsss-dist run", seg && seg_split != config.cam.split),
+            seg: read("seg.json".into(), "wsss-dist eval seg", seg),
+            seg_crf: read("seg_crf.json".into(), "wsss-dist eval seg", seg && config.seg.infer.crf),
+        }
+    }
+}
+
+/// An evaluation's `report`, or a note (and for a damaged file a warning) saying why its
+/// column is not on the page.
+fn read_evaluation(path: &Path, command: &str, notes: &mut Vec<String>) -> Option<Value> {
+    let bytes = match std::fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            notes.push(format!("no evaluation at {} (`{command}` makes it): not in the tables", path.display()));
+            return None;
+        }
+        Err(e) => return damaged(path, &e.to_string(), notes),
+    };
+    match serde_json::from_slice::<Value>(&bytes) {
+        Ok(value) if value["report"].is_object() => Some(value),
+        Ok(_) => damaged(path, "no `report` object in it", notes),
+        Err(e) => damaged(path, &e.to_string(), notes),
+    }
+}
+
+fn damaged(path: &Path, why: &str, notes: &mut Vec<String>) -> Option<Value> {
+    warn!("{}: cannot read this evaluation ({why}): left out of the report", path.display());
+    notes.push(format!("{} cannot be read ({why}): not in the tables", path.display()));
+    None
 }
 
 /// The lines of a `metrics.jsonl`, or `None` where there is none (or nothing in it).
@@ -107,21 +159,21 @@ fn sweep_chart(report: &Value) -> Chart {
 /// Per-class IoU (%) of every evaluation the run has, each column naming its split: the CAMs
 /// of `cam.split` at their best τ, the image-label baseline, the pseudo-labels, the CAMs of
 /// the segmenter's split (when it is another), the segmenter (without and with the CRF).
-fn iou_table(config: &Config, cam: Option<&Value>, cam_seg_split: Option<&Value>, eval: &Path) -> Table {
+fn iou_table(config: &Config, evaluations: &Evaluations) -> Table {
     let (cam_split, seg_split) = (config.cam.split.name(), config.seg.infer.split.name());
     let mut columns: Vec<(String, Value)> = Vec::new();
     let cam_column =
         |cam: &Value, split: &str| (format!("CAM, {split} (τ {:.2})", cam["report"]["best_tau"].as_f64().unwrap_or(f64::NAN)), cam["report"]["best"].clone());
-    if let Some(cam) = cam {
+    if let Some(cam) = &evaluations.cam {
         columns.push(cam_column(cam, cam_split));
         columns.push((format!("image-label baseline, {cam_split}"), cam["report"]["baseline"].clone()));
     }
-    let evaluated = |evaluations: [(&str, &str); 2], split: &str| -> Vec<(String, Value)> {
-        evaluations.into_iter().filter_map(|(file, name)| Some((format!("{name}, {split}"), read_json(&eval.join(file))?["report"].clone()))).collect()
-    };
-    columns.extend(evaluated([("pseudo.json", "pseudo-labels"), ("pseudo_rw.json", "random-walk pseudo-labels")], cam_split));
-    columns.extend(cam_seg_split.map(|cam| cam_column(cam, seg_split)));
-    columns.extend(evaluated([("seg.json", "segmenter"), ("seg_crf.json", "segmenter + CRF")], seg_split));
+    let evaluated = |evaluation: &Option<Value>, name: &str, split: &str| evaluation.as_ref().map(|e| (format!("{name}, {split}"), e["report"].clone()));
+    columns.extend(evaluated(&evaluations.pseudo, "pseudo-labels", cam_split));
+    columns.extend(evaluated(&evaluations.pseudo_rw, "random-walk pseudo-labels", cam_split));
+    columns.extend(evaluations.cam_seg_split.as_ref().map(|cam| cam_column(cam, seg_split)));
+    columns.extend(evaluated(&evaluations.seg, "segmenter", seg_split));
+    columns.extend(evaluated(&evaluations.seg_crf, "segmenter + CRF", seg_split));
     let classes: Vec<String> = columns.first().and_then(|(_, r)| serde_json::from_value(r["classes"].clone()).ok()).unwrap_or_default();
     let percent = |v: &Value| v.as_f64().map_or("–".to_string(), |x| format!("{:.1}", 100.0 * x));
     let mut rows: Vec<Vec<String>> =
@@ -154,7 +206,10 @@ fn sample_rows(config: &Config, split: Split, count: usize, notes: &mut Vec<Stri
         let photo = decode_row_image(&image).map_err(|e| anyhow::anyhow!("{} id {}: {e}", images_dir.display(), image.id))?;
         let mut panels = vec![("photo".to_string(), thumbnail(&photo, PANEL_HEIGHT))];
         if let Some(cam) = cams.as_ref().and_then(|d| row_of(d, shard, &image.id)) {
-            panels.push(("CAM (max over its classes)".into(), thumbnail(&overlay_heat(&photo, &max_over_classes(&cam)), PANEL_HEIGHT)));
+            match cam.check(num_classes) {
+                Ok(()) => panels.push(("CAM (max over its classes)".into(), thumbnail(&overlay_heat(&photo, &max_over_classes(&cam)), PANEL_HEIGHT))),
+                Err(e) => notes.push(format!("the CAM of id {} ({}) is not drawn: {e}", image.id, split.name())),
+            }
         }
         for (name, dataset) in labels.iter().map(|d| ("pseudo-labels", d)).chain(predictions.iter().map(|(n, d)| (*n, d))) {
             if let Some(row) = row_of(dataset, shard, &image.id) {

@@ -26,7 +26,7 @@ use crate::optim::ParamGroup;
 pub fn run(config: &Config, world: &World, resume: bool) -> anyhow::Result<Summary> {
     let dataset = Arc::new(Dataset::open(&config.data.train).with_context(|| format!("config key `data.train` ({})", config.data.train.display()))?);
     let stage = Stage { keys: "", train: &config.train, loader: &config.loader, dir: config.run_dir() };
-    let data = TrainData { images: dataset, pseudo_labels: None };
+    let data = TrainData { images: dataset, pseudo_labels: None, label_pixels: Vec::new() };
     trainer::train(config, world, resume, &stage, data, |context| Ok(CamTask::new(config, context)))
 }
 

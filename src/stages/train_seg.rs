@@ -16,7 +16,6 @@ use super::trainer::{self, Stage, Task, TaskContext, TrainData};
 use super::Summary;
 use crate::config::Config;
 use crate::data::loader::Batch;
-use crate::data::stats::label_pixel_counts;
 use crate::dist::sync_bn::StatsSync;
 use crate::dist::World;
 use crate::loss;
@@ -40,10 +39,9 @@ fn class_weights(config: &Config, data: &TrainData) -> anyhow::Result<Option<Vec
     let Some((labels, _)) = data.pseudo_labels.as_ref().filter(|_| power > 0.0) else {
         return Ok(None);
     };
-    let counts =
-        label_pixel_counts(labels, labels.manifest().num_classes() as usize).context("counting the pixels of seg.labels for seg.loss.class_balance")?;
+    let counts = &data.label_pixels;
     let weights = loss::segmentation::class_weights(
-        &counts,
+        counts,
         power,
         match config.seg.loss.class_balance_max_ratio {
             0.0 => f64::INFINITY,

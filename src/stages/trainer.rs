@@ -39,6 +39,7 @@ use crate::data::loader::{Batch, Loader, LoaderSpec};
 use crate::data::lock::DirLock;
 use crate::data::sampler::{mix_seed, Cursor, Sampler};
 use crate::data::schema::PseudoRow;
+use crate::data::stats::{label_pixel_counts, LabelCounts};
 use crate::data::{atomic_write, Dataset};
 use crate::dist::comm::sum_values;
 use crate::dist::{self, Communicator, GradientBuckets, World};
@@ -83,6 +84,8 @@ pub struct TrainData {
     /// A pseudo-label dataset of the same images and, for each image row, its row there
     /// ([`crate::data::join::join_by_id`]).
     pub pseudo_labels: Option<PseudoLabelRows>,
+    /// The labelled pixels of each class in the pseudo-labels (empty without them).
+    pub label_pixels: Vec<u64>,
 }
 
 /// A pseudo-label dataset and, for each image row, its row there.
@@ -107,8 +110,60 @@ impl TrainData {
             images.dir().display(),
             images.manifest().classes
         );
+        images.check_unique_ids()?;
+        labels.check_unique_ids()?;
         let rows = crate::data::join::join_by_id(&images, &labels)?;
-        Ok(TrainData { images: Arc::new(images), pseudo_labels: Some((Arc::new(labels), Arc::new(rows))) })
+        let counts = label_pixel_counts(&labels, labels.manifest().num_classes() as usize)
+            .with_context(|| format!("config key `{key}` ({}): reading the masks", labels_dir.display()))?;
+        check_labelled(&counts, labels_dir, key)?;
+        Ok(TrainData { images: Arc::new(images), pseudo_labels: Some((Arc::new(labels), Arc::new(rows))), label_pixels: counts.pixels })
+    }
+
+    /// What the checkpoints record of the data: the images' identity, and the labels'.
+    fn identity(&self) -> String {
+        match &self.pseudo_labels {
+            Some((labels, _)) => format!("images {}, labels {}", self.images.identity(), labels.identity()),
+            None => format!("images {}", self.images.identity()),
+        }
+    }
+
+    /// The directory of a dataset replaced on disk since it was opened, if one was.
+    fn changed_on_disk(&self) -> Option<&Path> {
+        if self.images.changed_on_disk() {
+            return Some(self.images.dir());
+        }
+        self.pseudo_labels.as_ref().map(|(labels, _)| labels).filter(|labels| labels.changed_on_disk()).map(|labels| labels.dir())
+    }
+
+    /// A batch that could not be read: a dataset replaced under the job is then the cause to
+    /// name (its shards no longer match what the job opened), not the shard's bytes.
+    fn read_failure(&self, error: anyhow::Error, step: u64) -> anyhow::Error {
+        let error = error.context(format!("loading a batch of step {step}"));
+        match self.changed_on_disk() {
+            Some(dir) => error.context(format!(
+                "{}: the dataset changed since this job started (written again by `data import --force`?); start a new run on it",
+                dir.display()
+            )),
+            None => error,
+        }
+    }
+
+    /// Refuses to resume on other data than the checkpoint was trained on, unless
+    /// `{keys}train.allow_data_change` says to go on (with a warning).
+    fn check_resumes_on_same_data(&self, meta: &CheckpointMeta, stage: &Stage) -> anyhow::Result<()> {
+        let (Some(then), now) = (&meta.data_identity, self.identity()) else { return Ok(()) };
+        if *then == now {
+            return Ok(());
+        }
+        let message = format!(
+            "the training data differ from those the checkpoint of step {} in {} was trained on ({then} then, {now} now): a dataset was written again since the run started",
+            meta.step,
+            stage.dir.display()
+        );
+        let key = format!("{}train.allow_data_change", stage.keys);
+        ensure!(stage.train.allow_data_change, "{message}; start a new run (run.name), or set {key} = true to continue on the new data");
+        warn!("{message}; continuing on the new data ({key} = true)");
+        Ok(())
     }
 
     fn loader(&self, sampler: Sampler, spec: LoaderSpec) -> anyhow::Result<Loader> {
@@ -118,6 +173,29 @@ impl TrainData {
             None => loader,
         })
     }
+}
+
+/// Share of masks with no labelled pixel above which training on them is warned about.
+const EMPTY_MASKS_WARNED: f64 = 0.05;
+
+/// A label dataset with no labelled pixel at all trains nothing (every loss 0): an error. Many
+/// empty masks: a warning with the count.
+fn check_labelled(counts: &LabelCounts, dir: &Path, key: &str) -> anyhow::Result<()> {
+    ensure!(
+        counts.labelled() > 0,
+        "config key `{key}` ({}): none of its {} masks labels a pixel (every pixel 255, uncertain): there is nothing to learn from; remake the pseudo-labels (lower pseudo_label.fg_threshold?)",
+        dir.display(),
+        counts.masks
+    );
+    if counts.empty_masks as f64 > EMPTY_MASKS_WARNED * counts.masks as f64 {
+        warn!(
+            "config key `{key}` ({}): {} of its {} masks label no pixel (every pixel 255); those images teach nothing",
+            dir.display(),
+            counts.empty_masks,
+            counts.masks
+        );
+    }
+    Ok(())
 }
 
 /// What a task is built from, known once the trainer has opened the data.
@@ -189,6 +267,7 @@ pub fn train<T: Task>(
             for line in found.damaged.iter().filter(|_| world.is_root()) {
                 warn!("passed over a damaged checkpoint: {line}");
             }
+            data.check_resumes_on_same_data(&found.meta, stage)?;
             cursor = restore(config, world, &schedule, &checkpoints, &found.meta, task.vars(), &mut sgd)?;
         }
         (false, _, Some((step, _))) => bail!(
@@ -218,6 +297,7 @@ pub fn train<T: Task>(
         compute: if train.bf16 { Kind::BFloat16 } else { Kind::Float },
         seed: config.run.seed,
         rank: world.rank,
+        data_identity: data.identity(),
     };
     info!(
         "{} rank(s) ({}, {} gradient bucket(s) of at most {} MiB); global batch {} = {} per rank x {} rank(s) x {} micro-batch(es); {} steps per epoch",
@@ -253,7 +333,7 @@ pub fn train<T: Task>(
     while trainer.sgd.step_count() < stop_at {
         let mut wait_start = Instant::now();
         for batch in loader.epoch(cursor) {
-            let batch = batch.with_context(|| format!("loading a batch of step {}", trainer.sgd.step_count()))?;
+            let batch = batch.map_err(|e| data.read_failure(e.into(), trainer.sgd.step_count()))?;
             step_input.data_wait_s += wait_start.elapsed().as_secs_f64();
             for skip in &batch.skipped {
                 warn!("skipped sample: {skip}");
@@ -406,6 +486,8 @@ struct Trainer<T> {
     /// With the step, the rank and the micro-batch, what a loss's random draw is seeded from.
     seed: u64,
     rank: usize,
+    /// [`TrainData::identity`], recorded in each checkpoint.
+    data_identity: String,
 }
 
 /// What one step did. A skipped step still advances the schedule.
@@ -532,6 +614,7 @@ fn save_checkpoint<T: Task>(
         loss,
         model_sha256: None,
         optimizer_sha256: None,
+        data_identity: Some(trainer.data_identity.clone()),
     };
     checkpoints.save(meta, &state, &sgd.state(), train.keep_checkpoints)?;
     Ok(())
@@ -619,7 +702,39 @@ mod tests {
     use std::cell::Cell;
 
     use super::*;
+    use crate::data::importer::{import, ImportOptions};
+    use crate::data::synthetic::{SyntheticParams, SyntheticSource};
     use crate::dist::comm::LocalComm;
+
+    /// Imports 4 synthetic images of `seed` into `out`, replacing what is there.
+    fn import_images(out: &Path, seed: u64) {
+        let params = SyntheticParams { size: 32, ..SyntheticParams::default() };
+        let source = SyntheticSource::new(params, seed, 4, "train").unwrap();
+        import(&source, out, ImportOptions { force: true, ..ImportOptions::default() }, &|_| {}).unwrap();
+    }
+
+    /// A dataset imported again under a job: a failed read then names the change, and the
+    /// checkpoints' data identity no longer matches; the same rows imported again keep it.
+    #[test]
+    fn a_dataset_written_again_under_a_job_is_named() {
+        let tmp = tempfile::tempdir().unwrap();
+        let out = tmp.path().join("train");
+        import_images(&out, 0);
+        let data = TrainData { images: Arc::new(Dataset::open(&out).unwrap()), pseudo_labels: None, label_pixels: Vec::new() };
+        let identity = data.identity();
+        let error = data.read_failure(anyhow::anyhow!("part-00000.parquet: truncated"), 3);
+        assert_eq!(format!("{error:#}"), "loading a batch of step 3: part-00000.parquet: truncated", "unchanged: the error as it was");
+        import_images(&out, 0);
+        assert!(data.changed_on_disk().is_none(), "the same rows again");
+        assert_eq!(TrainData { images: Arc::new(Dataset::open(&out).unwrap()), ..data }.identity(), identity);
+
+        let data = TrainData { images: Arc::new(Dataset::open(&out).unwrap()), pseudo_labels: None, label_pixels: Vec::new() };
+        import_images(&out, 1);
+        let error = format!("{:#}", data.read_failure(anyhow::anyhow!("part-00000.parquet: truncated"), 3));
+        assert!(error.starts_with(&format!("{}: the dataset changed since this job started", out.display())) && error.ends_with("truncated"), "{error}");
+        let now = TrainData { images: Arc::new(Dataset::open(&out).unwrap()), pseudo_labels: None, label_pixels: Vec::new() };
+        assert_ne!(now.identity(), identity);
+    }
 
     /// One parameter `w` of 2 values; the loss is `value · Σw`, and the task counts its calls.
     struct Probe {
@@ -652,7 +767,7 @@ mod tests {
         let settings = SgdSettings { lr: 0.1, momentum: 0.9, weight_decay: 0.0, poly_power: 0.9, total_steps: 10 };
         let sgd = Sgd::new(settings, task.param_groups());
         let buckets = GradientBuckets::new(&sgd.params().map(|p| p.shallow_clone()).collect::<Vec<_>>(), 1 << 20);
-        Trainer { task, sgd, buckets, comm: Arc::new(LocalComm), device: Device::Cpu, compute: Kind::Float, seed: 0, rank: 0 }
+        Trainer { task, sgd, buckets, comm: Arc::new(LocalComm), device: Device::Cpu, compute: Kind::Float, seed: 0, rank: 0, data_identity: String::new() }
     }
 
     fn batch(images: usize) -> Batch {
