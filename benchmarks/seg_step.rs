@@ -12,10 +12,12 @@
 //!     cargo bench --bench seg_step -- [--kind deeplab_v3plus] [--arch mobilenet_v2] [--batch 4] [--size 321] [--steps 5] [--threads 2] [--dense-crf]
 //!     cargo bench --bench seg_step -- --kind deeplab_v2 --arch resnet50 --size 97 --dump DIR
 
+#[path = "timing.rs"]
+mod timing;
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Instant;
 
 use clap::Parser;
 use rand::SeedableRng;
@@ -106,20 +108,13 @@ fn main() -> anyhow::Result<()> {
     let settings =
         SgdSettings { lr: train.lr, momentum: train.momentum, weight_decay: train.weight_decay, poly_power: train.poly_power, total_steps: train.steps };
     let mut sgd = Sgd::new(settings, task.param_groups());
-    let mut times = Vec::new();
-    for step in 0..train.steps as usize {
-        let start = Instant::now();
+    let (median, times) = timing::median_step_seconds(train.steps as usize, args.warmup, |step| {
         sgd.zero_grad();
         let loss = task.loss(&batch, Kind::Float, &mut ChaCha8Rng::seed_from_u64(step as u64));
         loss.backward();
         sgd.step();
         let _ = loss.double_value(&[]);
-        if step >= args.warmup {
-            times.push(start.elapsed().as_secs_f64());
-        }
-    }
-    times.sort_by(f64::total_cmp);
-    let median = times[times.len() / 2];
+    });
     let variant = format!("{}/{}{}", args.kind, args.arch, if args.dense_crf { "+dense_crf" } else { "" });
     println!(
         "{}",

@@ -8,7 +8,8 @@
 //!     cargo bench --bench train_step -- [--depth resnet50] [--batch 8] [--size 224] [--steps 6] [--threads 2] [--base amr] [--isl] [--fsl]
 //!     launch/mpirun.sh 2 <bench binary> --depth resnet18 --threads 1
 
-use std::time::Instant;
+#[path = "timing.rs"]
+mod timing;
 
 use clap::Parser;
 use rand::SeedableRng;
@@ -73,9 +74,7 @@ fn main() {
     let mut buckets = GradientBuckets::new(&sgd.params().map(|p| p.shallow_clone()).collect::<Vec<_>>(), 25 << 20);
     let images = Tensor::randn([args.batch, 3, args.size, args.size], (Kind::Float, Device::Cpu));
     let labels = Tensor::randint(2, [args.batch, args.classes], (Kind::Float, Device::Cpu));
-    let mut times = Vec::new();
-    for step in 0..total as usize {
-        let start = Instant::now();
+    let (median, times) = timing::median_step_seconds(total as usize, args.warmup, |step| {
         let loss = objective.loss(&model.net, &images, &labels, Kind::Float, &mut ChaCha8Rng::seed_from_u64(step as u64));
         sgd.zero_grad();
         loss.backward();
@@ -83,12 +82,7 @@ fn main() {
         buckets.scale(1.0 / world.size as f64);
         sgd.step();
         let _ = loss.double_value(&[]);
-        if step >= args.warmup {
-            times.push(start.elapsed().as_secs_f64());
-        }
-    }
-    times.sort_by(f64::total_cmp);
-    let median = times[times.len() / 2];
+    });
     if world.is_root() {
         let images_per_s = (args.batch as usize * world.size) as f64 / median;
         let variant = format!("{}{}{}", args.base, if args.isl { "+isl" } else { "" }, if args.fsl { "+fsl" } else { "" });

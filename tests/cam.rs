@@ -40,31 +40,21 @@ scales = [1.0, 0.5, 1.5]
 "#;
 
 /// A tiny run for the training mechanics: 48 images of 32 px, 12 steps of 8.
-const TINY: &str = r#"
-[run]
-name = "tiny"
-device = "cpu"
-threads = 1
-[data]
-source = "synthetic"
-train = "data/train"
-val = "data/val"
+fn tiny() -> String {
+    common::tiny_config(
+        r#"
 [data.synthetic]
 train_images = 48
 val_images = 8
 size = 32
 shard_rows = 20
-[loader]
-batch_size = 8
-resize_long = [24, 40]
-crop = 32
-[model]
-depth = "resnet18"
 [train]
 epochs = 2
 lr = 0.01
 checkpoint_every = 4
-"#;
+"#,
+    )
+}
 
 fn write_config(dir: &Path, text: &str) -> String {
     let path = dir.join("config.toml");
@@ -124,7 +114,7 @@ fn synthetic_cams_beat_the_image_label_baseline() {
 #[test]
 fn resumed_training_is_bitwise_identical() {
     let tmp = tempfile::tempdir().unwrap();
-    let config = write_config(tmp.path(), TINY);
+    let config = write_config(tmp.path(), &tiny());
     wsss_ok(tmp.path(), &["run", "--config", &config, "--set", "run.name=whole"]);
     wsss_ok(tmp.path(), &["train", "cam", "--config", &config, "--set", "run.name=parts", "--set", "train.stop_after=5"]);
     let parts = tmp.path().join("runs/parts");
@@ -161,7 +151,7 @@ fn resumed_training_is_bitwise_identical() {
 #[test]
 fn non_finite_losses_stop_training_without_a_nan_checkpoint() {
     let tmp = tempfile::tempdir().unwrap();
-    let config = write_config(tmp.path(), TINY);
+    let config = write_config(tmp.path(), &tiny());
     let err = wsss_fails(tmp.path(), &["run", "--config", &config, "--set", "train.lr=1e39"], 2);
     assert!(err.contains("step 1 (epoch 0, images of rank 0: syn_") && err.contains("the loss is"), "{err}");
     let err = wsss_fails(
@@ -220,7 +210,7 @@ const AMR_HFPL_ON_BASE: [&str; 10] = [
 #[test]
 fn amr_with_hfpl_trains_on_a_frozen_baseline_and_recalibrates() {
     let tmp = tempfile::tempdir().unwrap();
-    let config = write_config(tmp.path(), &format!("{TINY}[cam]\nsplit = \"val\"\nscales = [1.0, 0.5]\n"));
+    let config = write_config(tmp.path(), &format!("{}[cam]\nsplit = \"val\"\nscales = [1.0, 0.5]\n", tiny()));
     wsss_ok(tmp.path(), &["run", "--config", &config, "--set", "run.name=base"]);
     let amr = AMR_HFPL_ON_BASE;
     let err = wsss_fails(tmp.path(), &[&["train", "cam", "--config", &config][..], &amr[..4]].concat(), 2);
@@ -259,7 +249,7 @@ fn amr_with_hfpl_trains_on_a_frozen_baseline_and_recalibrates() {
 #[test]
 fn mobilenet_v2_runs_cam_and_amr_with_hfpl() {
     let tmp = tempfile::tempdir().unwrap();
-    let config = write_config(tmp.path(), &format!("{TINY}[cam]\nsplit = \"val\"\nscales = [1.0, 0.5]\n"));
+    let config = write_config(tmp.path(), &format!("{}[cam]\nsplit = \"val\"\nscales = [1.0, 0.5]\n", tiny()));
     let mobilenet = ["--set", "model.arch=mobilenet_v2", "--set", "model.strides=[2, 2, 1, 1]"];
     wsss_ok(tmp.path(), &[&["run", "--config", &config, "--set", "run.name=base"][..], &mobilenet[..]].concat());
     let report = &json(&tmp.path().join("runs/base/eval/cam.json"))["report"];

@@ -16,21 +16,11 @@ use wsss_dist::dist::{connect, Backend, GradientBuckets, World};
 
 /// 48 synthetic images of 32 px, ResNet-18, 6 steps of 8 per epoch; lr small enough that the
 /// run is not chaotic (at lr 0.01 float-order differences of 1e-8 grow to 1e-4 in 6 steps).
-const TINY: &str = r#"
+fn tiny() -> String {
+    common::tiny_config(
+        r#"
 [run]
 name = "one"
-device = "cpu"
-threads = 1
-[data]
-source = "synthetic"
-train = "data/train"
-val = "data/val"
-[loader]
-batch_size = 8
-resize_long = [24, 40]
-crop = 32
-[model]
-depth = "resnet18"
 [train]
 epochs = 1
 lr = 0.001
@@ -39,7 +29,9 @@ keep_checkpoints = 20
 [cam]
 split = "val"
 scales = [1.0, 0.5]
-"#;
+"#,
+    )
+}
 
 /// A tiny dataset pair and the config in a fresh directory.
 fn setup() -> (tempfile::TempDir, String) {
@@ -47,7 +39,7 @@ fn setup() -> (tempfile::TempDir, String) {
     wsss_ok(tmp.path(), &["data", "import", "synthetic", "--out", "data/train", "--images", "48", "--size", "32", "--shard-rows", "20"]);
     wsss_ok(tmp.path(), &["data", "import", "synthetic", "--out", "data/val", "--images", "30", "--size", "32", "--shard-rows", "7", "--split", "val"]);
     let config = tmp.path().join("config.toml");
-    std::fs::write(&config, TINY).unwrap();
+    std::fs::write(&config, tiny()).unwrap();
     (tmp, s(&config).to_string())
 }
 

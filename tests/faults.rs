@@ -15,27 +15,16 @@ use wsss_dist::data::shard::{write_shard, ShardLayout, ShardReader};
 use wsss_dist::data::ImageRow;
 
 /// 48 + 12 synthetic images of 32 px, ResNet-18, 6 steps of 8 per epoch.
-const TINY: &str = r#"
-[run]
-name = "tiny"
-device = "cpu"
-threads = 1
-[data]
-source = "synthetic"
-train = "data/train"
-val = "data/val"
+fn tiny() -> String {
+    common::tiny_config(
+        r#"
 [data.synthetic]
 train_images = 48
 val_images = 12
 size = 32
 shard_rows = 20
 [loader]
-batch_size = 8
-resize_long = [24, 40]
-crop = 32
 threads = 1
-[model]
-depth = "resnet18"
 [train]
 epochs = 1
 lr = 0.001
@@ -48,7 +37,9 @@ flip = false
 [pseudo_label]
 method = "threshold"
 threads = 1
-"#;
+"#,
+    )
+}
 
 /// A directory with the tiny config, its datasets generated (`data import synthetic`).
 fn setup() -> (tempfile::TempDir, String) {
@@ -56,7 +47,7 @@ fn setup() -> (tempfile::TempDir, String) {
     let dir = tmp.path();
     wsss_ok(dir, &["data", "import", "synthetic", "--out", "data/train", "--images", "48", "--size", "32", "--shard-rows", "20"]);
     wsss_ok(dir, &["data", "import", "synthetic", "--out", "data/val", "--images", "12", "--size", "32", "--shard-rows", "6", "--split", "val"]);
-    std::fs::write(dir.join("config.toml"), TINY).unwrap();
+    std::fs::write(dir.join("config.toml"), tiny()).unwrap();
     let config = s(&dir.join("config.toml")).to_string();
     (tmp, config)
 }
@@ -291,7 +282,7 @@ fn a_failed_write_is_named_and_leaves_nothing_behind() {
 
     wsss_ok(dir, &["data", "import", "synthetic", "--out", "data/train", "--images", "48", "--size", "32", "--shard-rows", "20"]);
     wsss_ok(dir, &["data", "import", "synthetic", "--out", "data/val", "--images", "12", "--size", "32", "--shard-rows", "6", "--split", "val"]);
-    std::fs::write(dir.join("config.toml"), TINY).unwrap();
+    std::fs::write(dir.join("config.toml"), tiny()).unwrap();
     // ResNet-18's model file is ~45 MB: a 1 MB limit fails the first checkpoint.
     let out = limited(1024, "train cam --config config.toml");
     assert_eq!(out.status.code(), Some(2), "{}", log_of(&out));

@@ -12,21 +12,9 @@ use common::{mpirun_ok, wsss_fails, wsss_ok};
 
 /// 48 synthetic images of 32 px; ResNet-18 for the CAMs and for IRNet's backbone; IRNet on 32 px
 /// crops (a stride-4 grid of 8) with pairs of radius 3.
-const TINY: &str = r#"
-[run]
-name = "tiny"
-device = "cpu"
-threads = 1
-[data]
-source = "synthetic"
-train = "data/train"
-val = "data/val"
-[loader]
-batch_size = 8
-resize_long = [24, 40]
-crop = 32
-[model]
-depth = "resnet18"
+fn tiny() -> String {
+    common::tiny_config(
+        r#"
 [train]
 steps = 6
 lr = 0.001
@@ -47,7 +35,9 @@ crop = 32
 epochs = 2
 lr = 0.1
 checkpoint_every = 3
-"#;
+"#,
+    )
+}
 
 fn metrics(path: &Path) -> Vec<f64> {
     std::fs::read_to_string(path).unwrap().lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"].as_f64().unwrap()).collect()
@@ -57,7 +47,7 @@ fn metrics(path: &Path) -> Vec<f64> {
 fn train_irn_learns_from_irn_seeds_and_resumes_bitwise() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    std::fs::write(dir.join("config.toml"), TINY).unwrap();
+    std::fs::write(dir.join("config.toml"), tiny()).unwrap();
     let config = ["--config", "config.toml"];
     wsss_ok(dir, &["data", "import", "synthetic", "--out", "data/train", "--images", "48", "--size", "32"]);
     wsss_ok(dir, &["data", "import", "synthetic", "--out", "data/val", "--images", "8", "--size", "32", "--split", "val"]);
@@ -92,7 +82,7 @@ fn train_irn_learns_from_irn_seeds_and_resumes_bitwise() {
 fn irn_rw_pseudo_labels_are_a_map_phase() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    std::fs::write(dir.join("config.toml"), TINY).unwrap();
+    std::fs::write(dir.join("config.toml"), tiny()).unwrap();
     let config = ["--config", "config.toml"];
     wsss_ok(dir, &["data", "import", "synthetic", "--out", "data/train", "--images", "48", "--size", "32", "--shard-rows", "20"]);
     wsss_ok(dir, &["data", "import", "synthetic", "--out", "data/val", "--images", "8", "--size", "32", "--split", "val"]);

@@ -18,21 +18,9 @@ use wsss_dist::refine::crf::{argmax_groups, unary_from_labels};
 use wsss_dist::refine::{CrfParams, DenseCrf};
 
 /// 48 training images of 32 px, ResNet-18, 12 steps; 40 val images of 48 px in 8 shards.
-const TINY: &str = r#"
-[run]
-name = "tiny"
-device = "cpu"
-threads = 1
-[data]
-source = "synthetic"
-train = "data/train"
-val = "data/val"
-[loader]
-batch_size = 8
-resize_long = [24, 40]
-crop = 32
-[model]
-depth = "resnet18"
+fn tiny() -> String {
+    common::tiny_config(
+        r#"
 [train]
 epochs = 2
 lr = 0.01
@@ -43,14 +31,16 @@ scales = [1.0, 0.5]
 [pseudo_label]
 method = "irn_seeds"
 threads = 1
-"#;
+"#,
+    )
+}
 
 fn setup() -> (tempfile::TempDir, String) {
     let tmp = tempfile::tempdir().unwrap();
     wsss_ok(tmp.path(), &["data", "import", "synthetic", "--out", "data/train", "--images", "48", "--size", "32", "--shard-rows", "20"]);
     wsss_ok(tmp.path(), &["data", "import", "synthetic", "--out", "data/val", "--images", "40", "--size", "48", "--shard-rows", "5", "--split", "val"]);
     let config = tmp.path().join("config.toml");
-    std::fs::write(&config, TINY).unwrap();
+    std::fs::write(&config, tiny()).unwrap();
     (tmp, s(&config).to_string())
 }
 

@@ -11,25 +11,13 @@ use base64::Engine as _;
 use common::{s, wsss_ok};
 
 /// A tiny run through the CAM stages: 2 training steps, CAMs, pseudo-labels, both evaluations.
-const TINY: &str = r#"
-[run]
-name = "tiny"
-device = "cpu"
-threads = 1
-[data]
-source = "synthetic"
-train = "data/train"
-val = "data/val"
+fn tiny() -> String {
+    common::tiny_config(
+        r#"
 [data.synthetic]
 train_images = 16
 val_images = 6
 size = 32
-[loader]
-batch_size = 8
-resize_long = [24, 40]
-crop = 32
-[model]
-depth = "resnet18"
 [train]
 steps = 2
 lr = 0.001
@@ -38,12 +26,14 @@ split = "val"
 scales = [1.0]
 [pseudo_label]
 method = "threshold"
-"#;
+"#,
+    )
+}
 
 fn report_of_a_tiny_run() -> (tempfile::TempDir, String) {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    std::fs::write(dir.join("config.toml"), TINY).unwrap();
+    std::fs::write(dir.join("config.toml"), tiny()).unwrap();
     let config = ["--config", "config.toml"];
     wsss_ok(dir, &["data", "import", "synthetic", "--out", "data/train", "--images", "16", "--size", "32"]);
     wsss_ok(dir, &["data", "import", "synthetic", "--out", "data/val", "--images", "6", "--size", "32", "--split", "val"]);

@@ -13,26 +13,14 @@ use tch::Tensor;
 
 /// 48 synthetic images of 32 px; a ResNet-18 CAM run makes the pseudo-labels of the train
 /// split; the segmenters are ResNet-18 DeepLabs from a random start, 12 steps of 4 per epoch.
-const TINY: &str = r#"
-[run]
-name = "tiny"
-device = "cpu"
-threads = 1
-[data]
-source = "synthetic"
-train = "data/train"
-val = "data/val"
+fn tiny() -> String {
+    common::tiny_config(
+        r#"
 [data.synthetic]
 train_images = 48
 val_images = 8
 size = 32
 shard_rows = 20
-[loader]
-batch_size = 8
-resize_long = [24, 40]
-crop = 32
-[model]
-depth = "resnet18"
 [train]
 epochs = 1
 lr = 0.01
@@ -51,14 +39,16 @@ epochs = 2
 lr = 0.0005
 checkpoint_every = 4
 keep_checkpoints = 20
-"#;
+"#,
+    )
+}
 
 /// The config and the CAM run whose pseudo-labels (`runs/tiny/pseudo_labels/train`) every
 /// segmenter here trains on.
 fn pipeline() -> (tempfile::TempDir, String) {
     let tmp = tempfile::tempdir().unwrap();
     let config = tmp.path().join("config.toml");
-    std::fs::write(&config, TINY).unwrap();
+    std::fs::write(&config, tiny()).unwrap();
     let config = s(&config).to_string();
     wsss_ok(tmp.path(), &["run", "--config", &config]);
     assert!(tmp.path().join("runs/tiny/pseudo_labels/train/_manifest.json").exists());
@@ -204,7 +194,7 @@ fn deeplab_v3plus_on_two_ranks_equals_one_process_with_twice_the_batch() {
 fn missing_pseudo_labels_name_the_key() {
     let tmp = tempfile::tempdir().unwrap();
     let config = tmp.path().join("config.toml");
-    std::fs::write(&config, TINY).unwrap();
+    std::fs::write(&config, tiny()).unwrap();
     wsss_ok(tmp.path(), &["data", "import", "synthetic", "--out", "data/train", "--images", "8", "--size", "32"]);
     let err = wsss_fails(tmp.path(), &["train", "seg", "--config", s(&config)], 2);
     assert!(err.contains("seg.labels") && err.contains("pseudo_labels/train") && err.contains("--pseudo-labels"), "{err}");
@@ -220,7 +210,7 @@ fn run_trains_predicts_and_scores_the_segmenter() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let config = dir.join("config.toml");
-    std::fs::write(&config, TINY).unwrap();
+    std::fs::write(&config, tiny()).unwrap();
     let config = s(&config);
     let err = wsss_fails(dir, &["run", "--config", config, "--set", "seg.enabled=true", "--set", "cam.split=val"], 2);
     assert!(err.contains("`cam.split`"), "{err}");

@@ -40,11 +40,6 @@ impl Default for CrfParams {
 }
 
 impl CrfParams {
-    /// The settings of SEAM and HFPL: θ_α = 80, θ_β = 13.
-    pub fn seam() -> CrfParams {
-        CrfParams { appearance_sxy: 80.0, appearance_srgb: 13.0, ..CrfParams::default() }
-    }
-
     /// A description of what is wrong with these settings, if anything.
     pub fn check(&self) -> Result<(), String> {
         let positive = [("smoothness_sxy", self.smoothness_sxy), ("appearance_sxy", self.appearance_sxy), ("appearance_srgb", self.appearance_srgb)];

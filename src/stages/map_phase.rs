@@ -22,7 +22,7 @@ use crate::data::shard::{write_shard, ShardLayout, ShardReader};
 use crate::data::{Dataset, DatasetKind, ImageRow, ShardRow};
 use crate::dist::comm::{all_gather_text, sum_values};
 use crate::dist::map::{schedule, MapError, MapOutput, MapPlan, Progress, TaskRecord};
-use crate::dist::{self, Backend, World};
+use crate::dist::{self, Backend, Communicator, World};
 use crate::stop::Stopped;
 
 /// What the stage describes of its job.
@@ -129,26 +129,7 @@ where
     let outputs: Vec<MapOutput> = jobs.iter().map(|j| MapOutput::new(&j.out, task_images.len(), j.fingerprint.clone())).collect();
     // Rank 0 holds every output's lock until the job ends: one writer per output directory.
     let _locks = if world.is_root() { jobs.iter().map(|j| DirLock::acquire(&j.out)).collect::<Result<Vec<_>, _>>()? } else { Vec::new() };
-    let plan_text = if world.is_root() {
-        let plans = outputs
-            .iter()
-            .zip(jobs)
-            .map(|(o, j)| o.prepare(force).with_context(|| format!("preparing {}", j.out.display())))
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        for (plan, job) in plans.iter().zip(jobs).filter(|(p, _)| !p.repaired.is_empty()) {
-            warn!(
-                "{}: {} was complete, but the shard or record of task(s) {:?} has gone or changed since: redoing them",
-                job.what,
-                job.out.display(),
-                plan.repaired
-            );
-        }
-        serde_json::to_string(&Plan::merge(plans, task_images.len()))?
-    } else {
-        String::new()
-    };
-    let plan_text = all_gather_text(comm.as_ref(), &plan_text, Device::Cpu)?.swap_remove(0);
-    let plan: Plan = serde_json::from_str(&plan_text).context("reading rank 0's plan")?;
+    let plan = agree_on_plan(world, comm.as_ref(), &outputs, jobs, force)?;
     let done_in = |i: usize| plan.done.iter().map(|records| records[i].clone()).collect::<Vec<_>>();
     if plan.complete {
         for job in jobs {
@@ -214,6 +195,31 @@ where
         return Ok(jobs.iter().map(|_| json!({ "rank": world.rank, "tasks": reports.len(), "written_by": "rank 0" })).collect());
     }
     jobs.iter().enumerate().map(|(i, job)| finish_job(job, done_in(i), reports.iter().map(|r| r[i].clone()).collect(), started, images_seen)).collect()
+}
+
+/// Rank 0 prepares every output (warning of each one repaired) and every rank gets the
+/// merged plan.
+fn agree_on_plan(world: &World, comm: &dyn Communicator, outputs: &[MapOutput], jobs: &[MapJob], force: bool) -> anyhow::Result<Plan> {
+    let plan_text = if world.is_root() {
+        let plans = outputs
+            .iter()
+            .zip(jobs)
+            .map(|(o, j)| o.prepare(force).with_context(|| format!("preparing {}", j.out.display())))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        for (plan, job) in plans.iter().zip(jobs).filter(|(p, _)| !p.repaired.is_empty()) {
+            warn!(
+                "{}: {} was complete, but the shard or record of task(s) {:?} has gone or changed since: redoing them",
+                job.what,
+                job.out.display(),
+                plan.repaired
+            );
+        }
+        serde_json::to_string(&Plan::merge(plans, jobs[0].task_images.len()))?
+    } else {
+        String::new()
+    };
+    let plan_text = all_gather_text(comm, &plan_text, Device::Cpu)?.swap_remove(0);
+    serde_json::from_str(&plan_text).context("reading rank 0's plan")
 }
 
 /// Rank 0, once every task is done: the manifest and summary of one output, and its logs.

@@ -228,77 +228,67 @@ pub fn train<T: Task>(
     data: TrainData,
     make_task: impl FnOnce(&TaskContext) -> anyhow::Result<T>,
 ) -> anyhow::Result<Summary> {
-    let (keys, train) = (stage.keys, stage.train);
-    let device = super::compute_device(config, world)?;
-    ensure!(
-        !train.bf16 || device.is_cuda() || config.run.device == "cpu",
-        "config key `{keys}train.bf16`: bf16 autocast needs a CUDA device (set run.device = \"cpu\" to force it on the CPU)"
-    );
-    let comm: Arc<dyn Communicator> = Arc::from(dist::connect(world, config.dist.backend, device)?);
-    let dataset = &data.images;
-    let sampler =
-        Sampler { len: dataset.len(), seed: config.run.seed, rank: world.rank, world: world.size, shuffle: stage.loader.shuffle, uneven: stage.loader.uneven };
-    let schedule = Schedule::new(stage, &sampler);
-    ensure!(schedule.steps_per_epoch > 0, "{}: no training images for rank {} of {}", dataset.dir().display(), world.rank, world.size);
-    let loader_spec = stage.loader.spec(config.run.seed);
-    let loader = data.loader(sampler.clone(), loader_spec.clone())?;
+    let mut training = Training::set_up(Job { config, world, stage }, resume, data, make_task)?;
+    training.run()?;
+    training.finish()
+}
 
-    tch::manual_seed(config.run.seed as i64);
-    let task = make_task(&TaskContext { device, num_classes: dataset.manifest().num_classes() as i64, comm: comm.clone() })?;
-    let settings = SgdSettings {
-        lr: train.lr,
-        momentum: train.momentum,
-        weight_decay: train.weight_decay,
-        poly_power: train.poly_power,
-        total_steps: schedule.total_steps,
-    };
-    let mut sgd = Sgd::new(settings, task.param_groups());
+/// What a training job is given: its config, its place among the ranks and its stage.
+#[derive(Clone, Copy)]
+struct Job<'a> {
+    config: &'a Config,
+    world: &'a World,
+    stage: &'a Stage<'a>,
+}
 
-    // One job writes a stage directory at a time; rank 0 writes for the job.
-    let _lock = world.is_root().then(|| DirLock::acquire(&stage.dir)).transpose()?;
-    let checkpoints = Checkpoints::new(stage.dir.join("checkpoints"));
-    if world.is_root() {
-        checkpoints.remove_temporaries()?;
-    }
-    let mut cursor = Cursor::default();
-    let latest = if resume { checkpoints.latest()? } else { None };
-    match (resume, latest, checkpoints.list()?.last()) {
-        (true, Some(found), _) => {
-            for line in found.damaged.iter().filter(|_| world.is_root()) {
-                warn!("passed over a damaged checkpoint: {line}");
+/// What the job knows before the task's weights are set: its data, schedule and checkpoints.
+struct Plan<'a> {
+    job: Job<'a>,
+    data: TrainData,
+    sampler: Sampler,
+    loader_spec: LoaderSpec,
+    schedule: Schedule,
+    checkpoints: Checkpoints,
+}
+
+impl Plan<'_> {
+    /// With `--resume`, restores the newest intact checkpoint; otherwise (or with none yet)
+    /// initialises the task. Returns the cursor to continue from.
+    fn start<T: Task>(&self, resume: bool, task: &T, sgd: &mut Sgd) -> anyhow::Result<Cursor> {
+        let Job { config, world, stage } = self.job;
+        let checkpoints = &self.checkpoints;
+        let latest = if resume { checkpoints.latest()? } else { None };
+        match (resume, latest, checkpoints.list()?.last()) {
+            (true, Some(found), _) => {
+                for line in found.damaged.iter().filter(|_| world.is_root()) {
+                    warn!("passed over a damaged checkpoint: {line}");
+                }
+                self.data.check_resumes_on_same_data(&found.meta, stage)?;
+                restore(config, world, &self.schedule, checkpoints, &found.meta, task.vars(), sgd)
             }
-            data.check_resumes_on_same_data(&found.meta, stage)?;
-            cursor = restore(config, world, &schedule, &checkpoints, &found.meta, task.vars(), &mut sgd)?;
-        }
-        (false, _, Some((step, _))) => bail!(
-            "{} already holds checkpoints (latest: step {step}): pass --resume to continue that run, or set run.name to start another",
-            checkpoints.dir().display()
-        ),
-        (resume, _, _) => {
-            if resume {
-                info!("no checkpoint in {} yet: starting from step 0", checkpoints.dir().display());
+            (false, _, Some((step, _))) => bail!(
+                "{} already holds checkpoints (latest: step {step}): pass --resume to continue that run, or set run.name to start another",
+                checkpoints.dir().display()
+            ),
+            (resume, _, _) => {
+                if resume {
+                    info!("no checkpoint in {} yet: starting from step 0", checkpoints.dir().display());
+                }
+                let spec = LoaderSpec { batch_size: self.schedule.global_batch, ..self.loader_spec.clone() };
+                let whole = Sampler { rank: 0, world: 1, ..self.sampler.clone() };
+                task.initialise(&|| {
+                    let loader = self.data.loader(whole.clone(), spec.clone())?;
+                    let batch = loader.epoch(Cursor::default()).next().context("no batch to calibrate on")?;
+                    batch.context("reading the calibration batch")
+                })?;
+                Ok(Cursor::default())
             }
-            let spec = LoaderSpec { batch_size: schedule.global_batch, ..loader_spec };
-            let whole = Sampler { rank: 0, world: 1, ..sampler };
-            task.initialise(&|| {
-                let loader = data.loader(whole.clone(), spec.clone())?;
-                let batch = loader.epoch(Cursor::default()).next().context("no batch to calibrate on")?;
-                batch.context("reading the calibration batch")
-            })?;
         }
     }
-    broadcast_state(comm.as_ref(), task.vars())?;
-    let mut trainer = Trainer {
-        buckets: GradientBuckets::new(&sgd.params().map(|p| p.shallow_clone()).collect::<Vec<_>>(), config.dist.bucket_bytes()),
-        task,
-        sgd,
-        comm,
-        device,
-        compute: if train.bf16 { Kind::BFloat16 } else { Kind::Float },
-        seed: config.run.seed,
-        rank: world.rank,
-        data_identity: data.identity(),
-    };
+}
+
+/// The job's ranks, buckets and batch arithmetic, in one log line.
+fn log_layout<T>(Job { config, world, stage }: Job, trainer: &Trainer<T>, schedule: &Schedule) {
     info!(
         "{} rank(s) ({}, {} gradient bucket(s) of at most {} MiB); global batch {} = {} per rank x {} rank(s) x {} micro-batch(es); {} steps per epoch",
         world.size,
@@ -308,125 +298,276 @@ pub fn train<T: Task>(
         schedule.global_batch,
         stage.loader.batch_size,
         world.size,
-        train.accumulate,
+        stage.train.accumulate,
         schedule.steps_per_epoch
     );
-    if world.is_root() {
-        std::fs::create_dir_all(&stage.dir).with_context(|| format!("creating run directory {}", stage.dir.display()))?;
-        atomic_write(&stage.dir.join("config.toml"), config.to_toml().as_bytes())?;
-    }
-    let mut metrics = MetricsLog::open(&stage.dir.join("metrics.jsonl"), trainer.sgd.step_count(), world.is_root())?;
+}
 
-    let total_steps = schedule.total_steps;
-    let stop_at = match train.stop_after {
-        0 => total_steps,
-        n => (trainer.sgd.step_count() + n).min(total_steps),
-    };
-    let bar = progress_bar(world, total_steps, "train");
-    bar.set_position(trainer.sgd.step_count());
-    let started = Instant::now();
-    let first_step = trainer.sgd.step_count();
-    let (mut skipped_samples, mut skipped_steps, mut images_trained) = (0usize, 0u64, 0.0);
-    let mut losses = Vec::new();
-    let mut step_input = StepInput::default();
-    trainer.sgd.zero_grad();
-    while trainer.sgd.step_count() < stop_at {
-        let mut wait_start = Instant::now();
-        for batch in loader.epoch(cursor) {
-            let batch = batch.map_err(|e| data.read_failure(e.into(), trainer.sgd.step_count()))?;
-            step_input.data_wait_s += wait_start.elapsed().as_secs_f64();
-            for skip in &batch.skipped {
-                warn!("skipped sample: {skip}");
-            }
-            skipped_samples += batch.skipped.len();
-            let compute_start = Instant::now();
-            trainer.forward_backward(&batch, &mut step_input).with_context(|| format!("step {} on rank {}", trainer.sgd.step_count(), world.rank))?;
-            step_input.compute_s += compute_start.elapsed().as_secs_f64();
-            cursor = batch.cursor;
-            let epoch_done = cursor.position >= schedule.per_rank;
-            if step_input.micro_batches < train.accumulate && !epoch_done {
-                wait_start = Instant::now();
-                continue;
-            }
-            let step = trainer.sgd.step_count();
-            let lr = trainer.sgd.lr();
-            let compute_start = Instant::now();
-            let (outcome, stop_requested) = trainer.finish_step(&step_input)?;
-            step_input.compute_s += compute_start.elapsed().as_secs_f64();
-            let (loss, images) = match outcome {
-                StepOutcome::Trained { loss, images } => {
-                    images_trained += images;
-                    (loss, images)
-                }
-                StepOutcome::EmptyBatch => {
-                    warn!("step {step}: no sample of the batch could be read on any rank; step skipped");
-                    skipped_steps += 1;
-                    (f64::NAN, 0.0)
-                }
-                StepOutcome::NonFinite(loss) => {
-                    if train.on_nonfinite == OnNonFinite::Error {
-                        bail!("step {step} (epoch {}, images of rank {}: {}): the loss is {loss}; stopping, no checkpoint written for this step ({keys}train.on_nonfinite = \"skip\" skips such steps)", cursor.epoch, world.rank, step_input.ids.join(", "));
-                    }
-                    warn!("step {step}: the loss is {loss}; step skipped (parameters unchanged)");
-                    skipped_steps += 1;
-                    (loss, 0.0)
-                }
-            };
-            let step = trainer.sgd.step_count();
-            if loss.is_finite() {
-                losses.push(loss);
-                if world.is_root() && step.is_multiple_of(train.log_every) {
-                    let seconds = step_input.data_wait_s + step_input.compute_s;
-                    let images_per_s = images / seconds;
-                    metrics.append(&StepMetrics {
-                        step,
-                        epoch: cursor.epoch,
-                        loss,
-                        lr,
-                        images,
-                        images_per_s,
-                        data_wait_s: step_input.data_wait_s,
-                        compute_s: step_input.compute_s,
-                    })?;
-                    bar.set_message(format!("train loss {loss:.4} {images_per_s:.1} img/s"));
-                }
-            }
-            bar.set_position(step);
-            if epoch_done {
-                cursor = Cursor { epoch: cursor.epoch + 1, position: 0 };
-            }
-            if step.is_multiple_of(train.checkpoint_every) || step == stop_at || stop_requested {
-                save_checkpoint(config, world, train, &checkpoints, &trainer, cursor, &mut losses)?;
-            }
-            if stop_requested && step < stop_at {
-                bar.finish_and_clear();
-                let kept =
-                    format!("every rank finished step {step} of {total_steps}, checkpoint written to {}; continue with --resume", checkpoints.dir().display());
-                return Err(Stopped { cause: crate::stop::cause(), kept }.into());
-            }
-            if step >= stop_at {
-                break;
-            }
-            step_input = StepInput::default();
-            trainer.sgd.zero_grad();
-            wait_start = Instant::now();
+/// What the job has done so far, for the log and the summary.
+#[derive(Default)]
+struct Tally {
+    skipped_samples: usize,
+    skipped_steps: u64,
+    images_trained: f64,
+    /// The finite losses since the last checkpoint (its sidecar's mean).
+    losses: Vec<f64>,
+}
+
+/// Whether the loop goes on after a step.
+enum Flow {
+    Continue,
+    Done,
+}
+
+/// A training job on this rank: set up, run step by step, then summed up.
+struct Training<'a, T> {
+    job: Job<'a>,
+    data: TrainData,
+    trainer: Trainer<T>,
+    schedule: Schedule,
+    loader: Loader,
+    checkpoints: Checkpoints,
+    metrics: MetricsLog,
+    bar: indicatif::ProgressBar,
+    cursor: Cursor,
+    /// The step this invocation ends at (`stop_after`, or the last).
+    stop_at: u64,
+    first_step: u64,
+    started: Instant,
+    tally: Tally,
+    /// One job writes a stage directory at a time; rank 0 holds the lock for the job.
+    _lock: Option<DirLock>,
+}
+
+impl<'a, T: Task> Training<'a, T> {
+    /// Device, communicator, data and schedule; the task and its optimiser; the lock and the
+    /// checkpoints; resume or initialise; rank 0's state broadcast to every rank.
+    fn set_up(job: Job<'a>, resume: bool, data: TrainData, make_task: impl FnOnce(&TaskContext) -> anyhow::Result<T>) -> anyhow::Result<Self> {
+        let Job { config, world, stage } = job;
+        let (keys, train) = (stage.keys, stage.train);
+        let device = super::compute_device(config, world)?;
+        ensure!(
+            !train.bf16 || device.is_cuda() || config.run.device == "cpu",
+            "config key `{keys}train.bf16`: bf16 autocast needs a CUDA device (set run.device = \"cpu\" to force it on the CPU)"
+        );
+        let comm: Arc<dyn Communicator> = Arc::from(dist::connect(world, config.dist.backend, device)?);
+        let dataset = &data.images;
+        let sampler = Sampler {
+            len: dataset.len(),
+            seed: config.run.seed,
+            rank: world.rank,
+            world: world.size,
+            shuffle: stage.loader.shuffle,
+            uneven: stage.loader.uneven,
+        };
+        let schedule = Schedule::new(stage, &sampler);
+        ensure!(schedule.steps_per_epoch > 0, "{}: no training images for rank {} of {}", dataset.dir().display(), world.rank, world.size);
+        let loader_spec = stage.loader.spec(config.run.seed);
+        let loader = data.loader(sampler.clone(), loader_spec.clone())?;
+
+        tch::manual_seed(config.run.seed as i64);
+        let task = make_task(&TaskContext { device, num_classes: dataset.manifest().num_classes() as i64, comm: comm.clone() })?;
+        let settings = SgdSettings {
+            lr: train.lr,
+            momentum: train.momentum,
+            weight_decay: train.weight_decay,
+            poly_power: train.poly_power,
+            total_steps: schedule.total_steps,
+        };
+        let mut sgd = Sgd::new(settings, task.param_groups());
+
+        let lock = world.is_root().then(|| DirLock::acquire(&stage.dir)).transpose()?;
+        let checkpoints = Checkpoints::new(stage.dir.join("checkpoints"));
+        if world.is_root() {
+            checkpoints.remove_temporaries()?;
         }
+        let plan = Plan { job, data, sampler, loader_spec, schedule, checkpoints };
+        let cursor = plan.start(resume, &task, &mut sgd)?;
+        broadcast_state(comm.as_ref(), task.vars())?;
+        let Plan { data, schedule, checkpoints, .. } = plan;
+        let trainer = Trainer {
+            buckets: GradientBuckets::new(&sgd.params().map(|p| p.shallow_clone()).collect::<Vec<_>>(), config.dist.bucket_bytes()),
+            task,
+            sgd,
+            comm,
+            device,
+            compute: if train.bf16 { Kind::BFloat16 } else { Kind::Float },
+            seed: config.run.seed,
+            rank: world.rank,
+            data_identity: data.identity(),
+        };
+        log_layout(job, &trainer, &schedule);
+        if world.is_root() {
+            std::fs::create_dir_all(&stage.dir).with_context(|| format!("creating run directory {}", stage.dir.display()))?;
+            atomic_write(&stage.dir.join("config.toml"), config.to_toml().as_bytes())?;
+        }
+        let first_step = trainer.sgd.step_count();
+        let metrics = MetricsLog::open(&stage.dir.join("metrics.jsonl"), first_step, world.is_root())?;
+        let stop_at = match train.stop_after {
+            0 => schedule.total_steps,
+            n => (first_step + n).min(schedule.total_steps),
+        };
+        let bar = progress_bar(world, schedule.total_steps, "train");
+        bar.set_position(first_step);
+        Ok(Training {
+            job,
+            data,
+            trainer,
+            schedule,
+            loader,
+            checkpoints,
+            metrics,
+            bar,
+            cursor,
+            stop_at,
+            first_step,
+            started: Instant::now(),
+            tally: Tally::default(),
+            _lock: lock,
+        })
     }
-    bar.finish_and_clear();
-    let seconds = started.elapsed().as_secs_f64();
-    let steps = trainer.sgd.step_count();
-    let images_per_s = images_trained / seconds.max(1e-9);
-    info!("trained steps {first_step}..{steps} of {total_steps} in {seconds:.1} s ({images_per_s:.1} images/s over {} rank(s)); skipped {skipped_samples} sample(s) on rank {}, {skipped_steps} step(s)", world.size, world.rank);
-    let details = json!({
-        "run_dir": stage.dir, "steps": steps, "total_steps": total_steps, "finished": steps == total_steps,
-        "seconds": seconds, "images_per_s": images_per_s, "skipped_samples_rank0": skipped_samples, "skipped_steps": skipped_steps,
-        "device": format!("{device:?}"), "config_hash": config.hash(), "world_size": world.size, "backend": trainer.comm.backend(),
-        "global_batch": schedule.global_batch,
-    });
-    if world.is_root() {
-        atomic_write(&stage.dir.join("summary.json"), serde_json::to_string_pretty(&details)?.as_bytes())?;
+
+    /// Steps until `stop_at`: each step waits for and runs its micro-batches, then updates.
+    fn run(&mut self) -> anyhow::Result<()> {
+        let accumulate = self.job.stage.train.accumulate;
+        let mut step_input = StepInput::default();
+        self.trainer.sgd.zero_grad();
+        while self.trainer.sgd.step_count() < self.stop_at {
+            let mut wait_start = Instant::now();
+            for batch in self.loader.epoch(self.cursor) {
+                let batch = batch.map_err(|e| self.data.read_failure(e.into(), self.trainer.sgd.step_count()))?;
+                step_input.data_wait_s += wait_start.elapsed().as_secs_f64();
+                self.micro_batch(&batch, &mut step_input)?;
+                self.cursor = batch.cursor;
+                let epoch_done = self.cursor.position >= self.schedule.per_rank;
+                if step_input.micro_batches < accumulate && !epoch_done {
+                    wait_start = Instant::now();
+                    continue;
+                }
+                if let Flow::Done = self.step(&mut step_input, epoch_done)? {
+                    return Ok(());
+                }
+                step_input = StepInput::default();
+                self.trainer.sgd.zero_grad();
+                wait_start = Instant::now();
+            }
+        }
+        Ok(())
     }
-    Ok(Summary::ok(details))
+
+    /// Forward and backward of one micro-batch (its skipped samples warned about).
+    fn micro_batch(&mut self, batch: &Batch, step_input: &mut StepInput) -> anyhow::Result<()> {
+        for skip in &batch.skipped {
+            warn!("skipped sample: {skip}");
+        }
+        self.tally.skipped_samples += batch.skipped.len();
+        let compute_start = Instant::now();
+        self.trainer.forward_backward(batch, step_input).with_context(|| format!("step {} on rank {}", self.trainer.sgd.step_count(), self.job.world.rank))?;
+        step_input.compute_s += compute_start.elapsed().as_secs_f64();
+        Ok(())
+    }
+
+    /// The update of a step whose micro-batches have run, and what follows it: the metrics,
+    /// a checkpoint when due, a requested stop.
+    fn step(&mut self, step_input: &mut StepInput, epoch_done: bool) -> anyhow::Result<Flow> {
+        let lr = self.trainer.sgd.lr();
+        let compute_start = Instant::now();
+        let (outcome, stop_requested) = self.trainer.finish_step(step_input)?;
+        step_input.compute_s += compute_start.elapsed().as_secs_f64();
+        let (loss, images) = self.record(outcome, step_input)?;
+        let step = self.trainer.sgd.step_count();
+        if loss.is_finite() {
+            self.log(step, (loss, images, lr), step_input)?;
+        }
+        self.bar.set_position(step);
+        if epoch_done {
+            self.cursor = Cursor { epoch: self.cursor.epoch + 1, position: 0 };
+        }
+        let train = self.job.stage.train;
+        if step.is_multiple_of(train.checkpoint_every) || step == self.stop_at || stop_requested {
+            save_checkpoint(self.job.config, self.job.world, train, &self.checkpoints, &self.trainer, self.cursor, &mut self.tally.losses)?;
+        }
+        if stop_requested && step < self.stop_at {
+            self.bar.finish_and_clear();
+            let kept = format!(
+                "every rank finished step {step} of {}, checkpoint written to {}; continue with --resume",
+                self.schedule.total_steps,
+                self.checkpoints.dir().display()
+            );
+            return Err(Stopped { cause: crate::stop::cause(), kept }.into());
+        }
+        Ok(if step >= self.stop_at { Flow::Done } else { Flow::Continue })
+    }
+
+    /// Counts what a step did; returns its loss (NaN for a skipped step) and the images it
+    /// trained on over every rank. A non-finite loss ends the job unless `on_nonfinite` says to
+    /// skip such steps.
+    fn record(&mut self, outcome: StepOutcome, step_input: &StepInput) -> anyhow::Result<(f64, f64)> {
+        let step = self.trainer.sgd.step_count();
+        Ok(match outcome {
+            StepOutcome::Trained { loss, images } => {
+                self.tally.images_trained += images;
+                self.tally.losses.push(loss);
+                (loss, images)
+            }
+            StepOutcome::EmptyBatch => {
+                warn!("step {step}: no sample of the batch could be read on any rank; step skipped");
+                self.tally.skipped_steps += 1;
+                (f64::NAN, 0.0)
+            }
+            StepOutcome::NonFinite(loss) => {
+                let keys = self.job.stage.keys;
+                if self.job.stage.train.on_nonfinite == OnNonFinite::Error {
+                    bail!("step {step} (epoch {}, images of rank {}: {}): the loss is {loss}; stopping, no checkpoint written for this step ({keys}train.on_nonfinite = \"skip\" skips such steps)", self.cursor.epoch, self.job.world.rank, step_input.ids.join(", "));
+                }
+                warn!("step {step}: the loss is {loss}; step skipped (parameters unchanged)");
+                self.tally.skipped_steps += 1;
+                (loss, 0.0)
+            }
+        })
+    }
+
+    /// A line of `metrics.jsonl` every `log_every` steps (rank 0), and the bar's message.
+    fn log(&mut self, step: u64, (loss, images, lr): (f64, f64, f64), step_input: &StepInput) -> anyhow::Result<()> {
+        if !self.job.world.is_root() || !step.is_multiple_of(self.job.stage.train.log_every) {
+            return Ok(());
+        }
+        let images_per_s = images / (step_input.data_wait_s + step_input.compute_s);
+        self.metrics.append(&StepMetrics {
+            step,
+            epoch: self.cursor.epoch,
+            loss,
+            lr,
+            images,
+            images_per_s,
+            data_wait_s: step_input.data_wait_s,
+            compute_s: step_input.compute_s,
+        })?;
+        self.bar.set_message(format!("train loss {loss:.4} {images_per_s:.1} img/s"));
+        Ok(())
+    }
+
+    /// The summary line and `summary.json`.
+    fn finish(self) -> anyhow::Result<Summary> {
+        let Job { config, world, stage } = self.job;
+        self.bar.finish_and_clear();
+        let seconds = self.started.elapsed().as_secs_f64();
+        let steps = self.trainer.sgd.step_count();
+        let total_steps = self.schedule.total_steps;
+        let Tally { skipped_samples, skipped_steps, images_trained, .. } = self.tally;
+        let images_per_s = images_trained / seconds.max(1e-9);
+        info!("trained steps {}..{steps} of {total_steps} in {seconds:.1} s ({images_per_s:.1} images/s over {} rank(s)); skipped {skipped_samples} sample(s) on rank {}, {skipped_steps} step(s)", self.first_step, world.size, world.rank);
+        let details = json!({
+            "run_dir": stage.dir, "steps": steps, "total_steps": total_steps, "finished": steps == total_steps,
+            "seconds": seconds, "images_per_s": images_per_s, "skipped_samples_rank0": skipped_samples, "skipped_steps": skipped_steps,
+            "device": format!("{:?}", self.trainer.device), "config_hash": config.hash(), "world_size": world.size, "backend": self.trainer.comm.backend(),
+            "global_batch": self.schedule.global_batch,
+        });
+        if world.is_root() {
+            atomic_write(&stage.dir.join("summary.json"), serde_json::to_string_pretty(&details)?.as_bytes())?;
+        }
+        Ok(Summary::ok(details))
+    }
 }
 
 /// Batch and step arithmetic of a job: it depends on the number of ranks.

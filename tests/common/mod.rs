@@ -5,6 +5,43 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+/// What every suite's tiny config shares: 32 px synthetic images, a ResNet-18 from a random
+/// start, one libtorch thread. Each suite merges in what it changes ([`tiny_config`]).
+const TINY_BASE: &str = r#"
+[run]
+name = "tiny"
+device = "cpu"
+threads = 1
+[data]
+source = "synthetic"
+train = "data/train"
+val = "data/val"
+[loader]
+batch_size = 8
+resize_long = [24, 40]
+crop = 32
+[model]
+depth = "resnet18"
+"#;
+
+/// [`TINY_BASE`] with the TOML `overrides` merged in: tables key by key, values replaced.
+pub fn tiny_config(overrides: &str) -> String {
+    let mut config: toml::Table = TINY_BASE.parse().expect("the base config parses");
+    merge(&mut config, overrides.parse().expect("the overrides parse"));
+    toml::to_string(&config).expect("a table serialises")
+}
+
+fn merge(into: &mut toml::Table, from: toml::Table) {
+    for (key, value) in from {
+        match (into.get_mut(&key), value) {
+            (Some(toml::Value::Table(table)), toml::Value::Table(overrides)) => merge(table, overrides),
+            (_, value) => {
+                into.insert(key, value);
+            }
+        }
+    }
+}
+
 /// Runs the wsss-dist binary with `args` in `dir`.
 pub fn wsss(dir: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_wsss-dist")).args(args).current_dir(dir).output().expect("the binary runs")
