@@ -26,13 +26,13 @@ use tch::{Device, Kind, Tensor};
 use wsss_dist::config::Config;
 use wsss_dist::data::loader::Batch;
 use wsss_dist::dist::comm::LocalComm;
+use wsss_dist::engine::trainer::{Task, TaskContext};
 use wsss_dist::model::backbone::Arch;
 use wsss_dist::model::deeplab::SegKind;
 use wsss_dist::model::resnet::Depth;
 use wsss_dist::model::weights;
 use wsss_dist::optim::{Sgd, SgdSettings};
 use wsss_dist::stages::train_seg::SegTask;
-use wsss_dist::stages::trainer::{Task, TaskContext};
 
 #[derive(Parser)]
 struct Args {

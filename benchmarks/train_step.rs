@@ -65,7 +65,7 @@ fn main() {
     if base == Base::Amr {
         model.freeze("spotlight.");
     }
-    let objective = Objective::new(&method, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]);
+    let objective = Objective::new(method.objective_terms(), [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]);
     let groups = model.param_groups(10.0, |branch| if branch == "compensation" { 10.0 } else { 1.0 });
     let total = (args.warmup + args.steps) as u64;
     let mut sgd = Sgd::new(SgdSettings { lr: 0.01, momentum: 0.9, weight_decay: 1e-4, poly_power: 0.9, total_steps: total }, groups);

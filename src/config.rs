@@ -490,6 +490,19 @@ pub struct MethodConfig {
     pub amr: AmrConfig,
 }
 
+impl MethodConfig {
+    /// The loss terms this method trains with.
+    pub fn objective_terms(&self) -> crate::loss::objective::ObjectiveTerms {
+        let fsl = &self.fsl;
+        crate::loss::objective::ObjectiveTerms {
+            isl: self.isl.enabled.then_some((self.isl.samples, self.isl.weight)),
+            fsl: fsl.enabled.then_some(crate::loss::objective::FslTerm { mu: fsl.mu, sigma: fsl.sigma, weight: fsl.weight, window: fsl.window }),
+            lambda_cps: self.amr.lambda_cps,
+            spotlight_trains: !self.amr.freeze_spotlight,
+        }
+    }
+}
+
 /// `[method.isl]`: importance sampling loss; the classification loss of every trained branch
 /// becomes `(1 − weight) · L_cls(GAP) + weight · L_IS`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -1116,6 +1129,12 @@ impl Config {
         } else {
             self.pseudo_label.out.clone()
         }
+    }
+
+    /// The name of the evaluation `run` writes of the CAMs of the segmenter's split (`cam`
+    /// being that of `cam.split`): `<run dir>/eval/cam_val.json`.
+    pub fn cam_eval_name(split: Split) -> String {
+        format!("cam_{}", split.name())
     }
 
     /// The name of `eval pseudo`'s report in `<run dir>/eval`: the random walk's labels are

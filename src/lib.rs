@@ -8,6 +8,7 @@ pub mod cli;
 pub mod config;
 pub mod data;
 pub mod dist;
+pub mod engine;
 pub mod loss;
 pub mod metrics;
 pub mod model;

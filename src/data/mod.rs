@@ -11,6 +11,7 @@ pub mod integrity;
 pub mod join;
 pub mod loader;
 pub mod lock;
+pub mod preprocess;
 pub mod sampler;
 pub mod schema;
 pub mod shard;

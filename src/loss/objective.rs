@@ -17,17 +17,39 @@ use tch::{Kind, Tensor};
 use super::fsl::{feature_similarity_loss, feature_similarity_loss_windowed, image_at, prediction_vectors};
 use super::isl::importance_sampling_loss;
 use super::multilabel::multilabel_soft_margin;
-use crate::config::{FslConfig, MethodConfig};
 use crate::model::amr::cross_supervision;
 use crate::model::cam::BranchOutput;
 use crate::model::layers::Mode;
 use crate::model::Network;
 
-/// A method's loss, built from its config and the loader's normalisation (FSL compares colours
+/// FSL's term (docs/methods.md §3): μ of the colour term, σ of the spatial kernel (feature-map
+/// pixels), its weight, and the window of the efficient form (0: every pair).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FslTerm {
+    pub mu: f64,
+    pub sigma: f64,
+    pub weight: f64,
+    pub window: f64,
+}
+
+/// The terms of a method's loss and their settings (`[method]` builds them:
+/// `MethodConfig::objective_terms`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ObjectiveTerms {
+    /// ISL's samples per image and class, and its weight.
+    pub isl: Option<(i64, f64)>,
+    pub fsl: Option<FslTerm>,
+    /// AMR's cross pseudo supervision weight.
+    pub lambda_cps: f64,
+    /// Whether AMR's spotlight branch trains (and so gets the add-ons).
+    pub spotlight_trains: bool,
+}
+
+/// A method's loss, built from its terms and the loader's normalisation (FSL compares colours
 /// of the un-normalised image).
 pub struct Objective {
     isl: Option<(i64, f64)>,
-    fsl: Option<FslConfig>,
+    fsl: Option<FslTerm>,
     lambda_cps: f64,
     spotlight_trains: bool,
     mean: [f32; 3],
@@ -35,15 +57,9 @@ pub struct Objective {
 }
 
 impl Objective {
-    pub fn new(method: &MethodConfig, mean: [f32; 3], std: [f32; 3]) -> Objective {
-        Objective {
-            isl: method.isl.enabled.then_some((method.isl.samples, method.isl.weight)),
-            fsl: method.fsl.enabled.then(|| method.fsl.clone()),
-            lambda_cps: method.amr.lambda_cps,
-            spotlight_trains: !method.amr.freeze_spotlight,
-            mean,
-            std,
-        }
+    pub fn new(terms: ObjectiveTerms, mean: [f32; 3], std: [f32; 3]) -> Objective {
+        let ObjectiveTerms { isl, fsl, lambda_cps, spotlight_trains } = terms;
+        Objective { isl, fsl, lambda_cps, spotlight_trains, mean, std }
     }
 
     /// The mean loss over a batch: `images` [N, 3, H, W] normalised, `labels` [N, C]
@@ -116,14 +132,18 @@ mod tests {
         (Tensor::randn([2, 3, 64, 64], (Kind::Float, Device::Cpu)), Tensor::from_slice(&[1.0f32, 0.0, 1.0, 0.0, 1.0, 0.0]).view([2, 3]))
     }
 
-    fn method(base: Base, isl: bool, fsl: bool) -> MethodConfig {
-        let mut m = MethodConfig { base, ..Default::default() };
-        (m.isl.enabled, m.fsl.enabled, m.amr.freeze_spotlight) = (isl, fsl, false);
-        m
+    /// The terms at the papers' settings (`[method]`'s defaults), the spotlight training.
+    fn terms(isl: bool, fsl: bool) -> ObjectiveTerms {
+        ObjectiveTerms {
+            isl: isl.then_some((10, 0.2)),
+            fsl: fsl.then_some(FslTerm { mu: 2.5, sigma: 5.0, weight: 1.0, window: 15.0 }),
+            lambda_cps: 0.05,
+            spotlight_trains: true,
+        }
     }
 
-    fn loss(model: &Model, m: &MethodConfig, images: &Tensor, labels: &Tensor) -> f64 {
-        Objective::new(m, MEAN, STD).loss(&model.net, images, labels, Kind::Float, &mut ChaCha8Rng::seed_from_u64(0)).double_value(&[])
+    fn loss(model: &Model, m: &ObjectiveTerms, images: &Tensor, labels: &Tensor) -> f64 {
+        Objective::new(*m, MEAN, STD).loss(&model.net, images, labels, Kind::Float, &mut ChaCha8Rng::seed_from_u64(0)).double_value(&[])
     }
 
     /// Each combination is the sum of its terms, recomputed here from the network's outputs
@@ -138,10 +158,10 @@ mod tests {
         let is = importance_sampling_loss(&out.logit_maps, &labels, 10, &mut ChaCha8Rng::seed_from_u64(0)).double_value(&[]);
         let fs = feature_similarity_loss(&image_at(&images, 4, 4, MEAN, STD), &prediction_vectors(&out.logit_maps, &labels), 2.5, 5.0).double_value(&[]);
         let close = |a: f64, b: f64| (a - b).abs() < 1e-6;
-        assert!(close(loss(&cam, &method(Base::Cam, false, false), &images, &labels), gap));
-        assert!(close(loss(&cam, &method(Base::Cam, true, false), &images, &labels), 0.8 * gap + 0.2 * is));
-        assert!(close(loss(&cam, &method(Base::Cam, false, true), &images, &labels), gap + fs));
-        assert!(close(loss(&cam, &method(Base::Cam, true, true), &images, &labels), 0.8 * gap + 0.2 * is + fs));
+        assert!(close(loss(&cam, &terms(false, false), &images, &labels), gap));
+        assert!(close(loss(&cam, &terms(true, false), &images, &labels), 0.8 * gap + 0.2 * is));
+        assert!(close(loss(&cam, &terms(false, true), &images, &labels), gap + fs));
+        assert!(close(loss(&cam, &terms(true, true), &images, &labels), 0.8 * gap + 0.2 * is + fs));
 
         let amr = Model::new(Base::Amr, BackboneSpec::resnet(Depth::Resnet18, [2, 2, 2, 1]), 3, Device::Cpu);
         let Network::Amr(net) = &amr.net else { unreachable!() };
@@ -151,11 +171,11 @@ mod tests {
         let gap_s = multilabel_soft_margin(&out.spotlight.logits, &labels).double_value(&[]);
         let gap_c = multilabel_soft_margin(&out.compensation.logits, &labels).double_value(&[]);
         let cps = cross_supervision(&out.spotlight.logit_maps, &out.compensation.logit_maps).double_value(&[]);
-        assert!(close(loss(&amr, &method(Base::Amr, false, false), &images, &labels), 0.5 * gap_s + 0.5 * gap_c + 0.05 * cps));
+        assert!(close(loss(&amr, &terms(false, false), &images, &labels), 0.5 * gap_s + 0.5 * gap_c + 0.05 * cps));
         // Frozen spotlight: the add-ons apply to the compensation branch only (ISL's draw then
         // starts with the compensation branch's maps).
-        let mut frozen = method(Base::Amr, true, true);
-        frozen.amr.freeze_spotlight = true;
+        let mut frozen = terms(true, true);
+        frozen.spotlight_trains = false;
         let is_c = importance_sampling_loss(&out.compensation.logit_maps, &labels, 10, &mut ChaCha8Rng::seed_from_u64(0)).double_value(&[]);
         let fs_c = feature_similarity_loss(&image_at(&images, 4, 4, MEAN, STD), &prediction_vectors(&out.compensation.logit_maps, &labels), 2.5, 5.0)
             .double_value(&[]);
@@ -169,9 +189,9 @@ mod tests {
         let (images, labels) = batch();
         let amr = Model::new(Base::Amr, BackboneSpec::resnet(Depth::Resnet18, [2, 2, 2, 1]), 3, Device::Cpu);
         amr.freeze("spotlight.");
-        let mut m = method(Base::Amr, true, true);
-        m.amr.freeze_spotlight = true;
-        Objective::new(&m, MEAN, STD).loss(&amr.net, &images, &labels, Kind::Float, &mut ChaCha8Rng::seed_from_u64(0)).backward();
+        let mut m = terms(true, true);
+        m.spotlight_trains = false;
+        Objective::new(m, MEAN, STD).loss(&amr.net, &images, &labels, Kind::Float, &mut ChaCha8Rng::seed_from_u64(0)).backward();
         let vars = amr.vs.variables();
         assert!(!vars["spotlight.layer4.1.conv2.weight"].grad().defined());
         assert!(vars["compensation.layer4.1.conv2.weight"].grad().abs().sum(Kind::Float).double_value(&[]) > 0.0);

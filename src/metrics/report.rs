@@ -56,6 +56,41 @@ pub fn cam_markdown(report: &CamReport) -> String {
     text
 }
 
+/// `run`'s figures (its summary details) on one line, split by split: CAM and pseudo-labels of `cam.split`, then
+/// (when trained) the CAMs of the segmenter's split beside the segmenter's figures.
+pub fn side_by_side(details: &serde_json::Value) -> String {
+    let percent = |v: &serde_json::Value| v.as_f64().map_or("?".to_string(), |x| format!("{:.1}", 100.0 * x));
+    let split = |eval: &serde_json::Value| eval["split"].as_str().unwrap_or("?").to_string();
+    let cam = |eval: &serde_json::Value| {
+        let report = &eval["report"];
+        format!(
+            "CAM {} (best τ {}), image-label baseline {}",
+            percent(&report["best"]["miou"]),
+            report["best_tau"].as_f64().map_or("?".to_string(), |t| format!("{t:.2}")),
+            percent(&report["baseline"]["miou"]),
+        )
+    };
+    let labels = |report: &serde_json::Value| {
+        format!("{} on {}% of pixels ({} over every pixel)", percent(&report["miou"]), percent(&report["labelled"]), percent(&report["miou_all_pixels"]))
+    };
+    let mut line = format!("mIoU on {}: {}; ", split(&details["eval_cam"]), cam(&details["eval_cam"]));
+    if let Some(seeds) = details.get("eval_seeds") {
+        line += &format!("irn_seeds {}; random-walk ", labels(&seeds["report"]));
+    }
+    line += &format!("pseudo-labels {}", labels(&details["eval_pseudo"]["report"]));
+    let segmenter: Vec<String> = [("seg", "segmenter"), ("seg_crf", "segmenter + CRF")]
+        .into_iter()
+        .filter_map(|(key, what)| Some(format!("{what} {}", percent(&details["eval_seg"].get(key)?["report"]["miou"]))))
+        .collect();
+    if segmenter.is_empty() {
+        return line;
+    }
+    match details.get("eval_cam_seg_split") {
+        Some(eval) => format!("{line}. On {}: {}; {}", split(eval), cam(eval), segmenter.join("; ")),
+        None => format!("{line}; {}", segmenter.join("; ")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,6 +6,7 @@ pub mod crf;
 pub mod permutohedral;
 pub mod pseudo;
 pub mod resize;
+pub mod threshold;
 pub mod walk;
 
 pub use crf::{CrfParams, DenseCrf};

@@ -10,6 +10,7 @@
 //! - `irn_rw`: IRNet's random walk over the boundaries of `train irn`'s network
 //!   (`refine::walk::walk_labels`): it needs the boundary map, which the stage makes.
 
+use super::threshold::threshold_labels;
 use serde::{Deserialize, Serialize};
 
 use super::crf::{argmax_groups, unary_from_labels, CrfParams, DenseCrf};
@@ -104,21 +105,6 @@ pub fn pseudo_label(input: &PseudoInput, params: &PseudoParams) -> Result<Vec<u8
         }
         PseudoMethod::IrnRw => return Err("irn_rw needs the boundary map of `train irn`'s network (refine::walk::walk_labels)".into()),
     })
-}
-
-/// Per pixel, `argmax({τ} ∪ {A_k})` as an index: 0 for τ (which wins ties), k + 1 for map k.
-pub fn threshold_labels(cams: &[f32], pixels: usize, tau: f32) -> Vec<u8> {
-    let mut best = vec![tau; pixels];
-    let mut label = vec![0u8; pixels];
-    for (k, map) in cams.chunks_exact(pixels.max(1)).enumerate() {
-        for (p, &v) in map.iter().enumerate() {
-            if v > best[p] {
-                best[p] = v;
-                label[p] = k as u8 + 1;
-            }
-        }
-    }
-    label
 }
 
 #[cfg(test)]

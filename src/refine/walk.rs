@@ -211,7 +211,7 @@ fn labels_of_walked(walked: &[f32], classes: &[u16], (h, w): (usize, usize), (he
     }
     cropped.iter_mut().for_each(|v| *v /= top);
     let keys: Vec<u8> = std::iter::once(0).chain(classes.iter().map(|&c| c as u8)).collect();
-    super::pseudo::threshold_labels(&cropped, pixels, bg_threshold).into_iter().map(|l| keys[l as usize]).collect()
+    super::threshold::threshold_labels(&cropped, pixels, bg_threshold).into_iter().map(|l| keys[l as usize]).collect()
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 //! (`cam.out`, default `<run dir>/cams/<split>`): f16 maps at stride 4 for the classes of each
 //! image's labels, plus the classifier's logits of those classes.
 //!
-//! A map phase (`stages::map_phase`): task t = input shard t → output shard t (rows sorted by
+//! A map phase (`engine::map_phase`): task t = input shard t → output shard t (rows sorted by
 //! id), scheduled dynamically over the ranks, resumable task by task; the same bytes for any
 //! number of ranks. An image that does not decode is skipped with a warning and counted; its
 //! row is absent from the output.
@@ -14,16 +14,17 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use serde_json::json;
-use tch::{Device, Kind, Tensor};
+use tch::{Device, Kind};
 
-use super::map_phase::{execute, fingerprint, for_each_image, MapJob, TaskOutput};
 use super::Summary;
 use crate::config::Config;
 use crate::data::codec::decode_row_image;
+use crate::data::preprocess::{fit_long_side, Normalise};
 use crate::data::schema::CAM_STRIDE;
 use crate::data::shard::file_sha256;
 use crate::data::{CamRow, Dataset, DatasetKind, ImageRow, ShardRow};
 use crate::dist::World;
+use crate::engine::map_phase::{execute, fingerprint, for_each_image, MapJob, TaskOutput};
 use crate::model::{weights, Base, Model};
 
 pub fn run(config: &Config, world: &World, force: bool) -> anyhow::Result<Summary> {
@@ -106,39 +107,6 @@ impl<'a> CamInference<'a> {
             each,
         )
     }
-}
-
-/// The loader's normalisation, `(x/255 − mean)/std`, as tensors on the device.
-pub(super) struct Normalise {
-    mean: Tensor,
-    std: Tensor,
-}
-
-impl Normalise {
-    pub fn new(mean: [f32; 3], std: [f32; 3], device: Device) -> Normalise {
-        let column = |v: [f32; 3]| Tensor::from_slice(&v).view([3, 1, 1]).to_device(device);
-        Normalise { mean: column(mean), std: column(std) }
-    }
-
-    /// HWC RGB bytes → normalised [3, H, W] f32.
-    pub fn apply(&self, pixels: &[u8], width: u32, height: u32) -> Tensor {
-        let image = Tensor::from_slice(pixels).view([height as i64, width as i64, 3]).permute([2, 0, 1]);
-        (image.to_device(self.mean.device()).to_kind(Kind::Float) / 255.0 - &self.mean) / &self.std
-    }
-}
-
-/// `image` [3, H, W] downscaled (bilinear, antialiased, aspect kept) so that its long side is
-/// at most `max_side`; as it is when it already fits. Bounds what the network sees of a huge
-/// photo (`cam.max_side`, `seg.infer.max_side`).
-pub(super) fn fit_long_side(image: &Tensor, max_side: u32) -> Tensor {
-    let (h, w) = (image.size()[1], image.size()[2]);
-    let long = h.max(w);
-    if long <= i64::from(max_side) {
-        return image.shallow_clone();
-    }
-    let scale = f64::from(max_side) / long as f64;
-    let size = [((h as f64 * scale).round() as i64).max(1), ((w as f64 * scale).round() as i64).max(1)];
-    image.unsqueeze(0).internal_upsample_bilinear2d_aa(size, false, None, None).squeeze_dim(0)
 }
 
 /// The CAM row of one image; an error is the reason to skip it.

@@ -1,7 +1,7 @@
 //! `wsss-dist cam --pseudo-labels` and the map phase of `run` on a GPU: CAM inference and
 //! refinement in one pass. Task t = image shard t → CAM shard t and pseudo-label shard t,
 //! both written, read back and committed before the task counts as done
-//! (`stages::map_phase`). Each CAM goes to the refinement threads (`pseudo_label.threads`) as
+//! (`engine::map_phase`). Each CAM goes to the refinement threads (`pseudo_label.threads`) as
 //! soon as it is made, so that inference (libtorch, `run.threads`, or the GPU) and refinement
 //! overlap: at most 2 × (refinement threads) images wait for or are in refinement, which
 //! bounds the memory.
@@ -16,13 +16,13 @@ use std::time::Instant;
 use serde_json::json;
 
 use super::cam::CamInference;
-use super::map_phase::{execute, ShardOutput, TaskOutput};
 use super::pseudo_label::{keep, Labelling};
 use super::{cam, pseudo_label, Summary};
 use crate::config::Config;
 use crate::data::PseudoRow;
 use crate::dist::map::job_fingerprint;
 use crate::dist::World;
+use crate::engine::map_phase::{execute, ShardOutput, TaskOutput};
 
 /// The summaries of the two outputs: (CAMs, pseudo-labels).
 pub fn run(config: &Config, world: &World, force: bool) -> anyhow::Result<(Summary, Summary)> {

@@ -1,5 +1,8 @@
 //! Pipeline stages: one file per CLI subcommand. Stages own logging, progress bars and what is
-//! printed; the library modules they call return errors and never print.
+//! printed; the library modules they call return errors and never print. Training stages are
+//! tasks of the shared trainer, map stages jobs of the shared map engine ([`crate::engine`]).
+
+pub use crate::engine::{compute_device, progress_bar};
 
 pub mod cam;
 pub mod cam_and_labels;
@@ -8,7 +11,6 @@ pub mod export;
 pub mod import;
 pub mod info;
 pub mod inspect;
-pub mod map_phase;
 pub mod pseudo_label;
 pub mod report;
 pub mod run;
@@ -16,12 +18,7 @@ pub mod seg;
 pub mod train_cam;
 pub mod train_irn;
 pub mod train_seg;
-pub mod trainer;
 pub mod verify;
-
-use indicatif::{ProgressBar, ProgressStyle};
-
-use crate::dist::World;
 
 /// What a stage reports: whether it succeeded (the exit code) and a JSON summary.
 pub struct Summary {
@@ -33,17 +30,6 @@ impl Summary {
     pub fn ok(details: serde_json::Value) -> Summary {
         Summary { ok: true, details }
     }
-}
-
-/// A progress bar on stderr, shown on rank 0 only (and by indicatif only on a terminal).
-pub fn progress_bar(world: &World, len: u64, what: &str) -> ProgressBar {
-    if !world.is_root() {
-        return ProgressBar::hidden();
-    }
-    let bar = ProgressBar::new(len);
-    bar.set_style(ProgressStyle::with_template("{msg:>10} {wide_bar} {pos}/{len} [{elapsed_precise}, {per_sec}, eta {eta}]").expect("a valid template"));
-    bar.set_message(what.to_string());
-    bar
 }
 
 /// Human-readable byte count.
@@ -72,12 +58,4 @@ pub fn model_to_load(explicit: &std::path::Path, stage_dir: &std::path::Path, hi
         tracing::warn!("passed over a damaged checkpoint: {line}");
     }
     Ok(found.path)
-}
-
-/// The device of this rank (`run.device`), with libtorch's threads set from `run.threads`.
-pub fn compute_device(config: &crate::config::Config, world: &World) -> anyhow::Result<tch::Device> {
-    if config.run.threads > 0 {
-        tch::set_num_threads(config.run.threads as i32);
-    }
-    crate::dist::select_device(&config.run.device, world.local_rank).map_err(anyhow::Error::msg)
 }

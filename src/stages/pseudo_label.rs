@@ -5,7 +5,7 @@
 //! `<run dir>/pseudo_labels/<split>`): shard k holds the labels of image shard k, rows sorted
 //! by id, masks as 8-bit PNGs (255 = uncertain).
 //!
-//! Task t = image shard t with CAM shard t (map phase: `stages::map_phase`). Within a rank the
+//! Task t = image shard t with CAM shard t (map phase: `engine::map_phase`). Within a rank the
 //! images of each row group are refined in parallel on `pseudo_label.threads` threads. An
 //! image that does not decode or has no CAM is skipped with a warning and counted.
 
@@ -17,16 +17,16 @@ use rayon::prelude::*;
 use serde_json::json;
 use tracing::warn;
 
-use super::cam::Normalise;
-use super::map_phase::{execute, fingerprint, guarded, usable, MapJob, TaskOutput};
 use super::Summary;
 use crate::config::Config;
 use crate::data::codec::{decode_row_image, encode_mask};
+use crate::data::preprocess::Normalise;
 use crate::data::schema::Manifest;
 use crate::data::shard::file_sha256;
 use crate::data::{CamRow, Dataset, DatasetKind, ImageRow, PseudoRow, ShardRow};
 use crate::dist::map::job_fingerprint;
 use crate::dist::World;
+use crate::engine::map_phase::{execute, fingerprint, guarded, usable, MapJob, TaskOutput};
 use crate::model::irn::IrnNet;
 use crate::model::weights;
 use crate::refine::pseudo::{pseudo_label, PseudoInput, PseudoMethod, PseudoParams};

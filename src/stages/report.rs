@@ -17,6 +17,7 @@ use super::Summary;
 use crate::config::{Config, Split};
 use crate::data::codec::{decode_mask, decode_row_image, Rgb};
 use crate::data::{atomic_write, CamRow, Dataset, ImageRow, PseudoRow, ShardRow};
+use crate::metrics::report::side_by_side;
 use crate::refine::pseudo::PseudoMethod;
 use crate::refine::resize::full_resolution;
 use crate::report::{html, overlay_heat, overlay_labels, thumbnail, Chart, Point, Report, SampleRow, Table};
@@ -28,7 +29,7 @@ pub fn run(config: &Config, out: Option<&Path>, samples: usize) -> anyhow::Resul
     let run_dir = config.run_dir();
     let mut report = Report { title: format!("wsss-dist run {} ({})", config.run.name, run_dir.display()), ..Report::default() };
     if let Some(summary) = read_json(&run_dir.join("summary.json")).filter(|s| s.get("eval_cam").is_some()) {
-        report.summary.push(super::run::side_by_side(&summary));
+        report.summary.push(side_by_side(&summary));
     }
     for (stage, dir) in [("CAM classifier", run_dir.clone()), ("segmenter", config.seg_dir())] {
         match read_metrics(&dir.join("metrics.jsonl")) {
@@ -90,7 +91,7 @@ impl Evaluations {
             cam: read("cam.json".into(), "wsss-dist eval cam", true),
             pseudo: read("pseudo.json".into(), "wsss-dist eval pseudo", true),
             pseudo_rw: read("pseudo_rw.json".into(), "wsss-dist eval pseudo", config.pseudo_label.method == PseudoMethod::IrnRw),
-            cam_seg_split: read(format!("{}.json", super::run::cam_eval_name(seg_split)), "wsss-dist run", seg && seg_split != config.cam.split),
+            cam_seg_split: read(format!("{}.json", Config::cam_eval_name(seg_split)), "wsss-dist run", seg && seg_split != config.cam.split),
             seg: read("seg.json".into(), "wsss-dist eval seg", seg),
             seg_crf: read("seg_crf.json".into(), "wsss-dist eval seg", seg && config.seg.infer.crf),
         }

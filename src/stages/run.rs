@@ -22,6 +22,7 @@ use crate::data::importer::ImportOptions;
 use crate::data::synthetic::SyntheticSource;
 use crate::data::{atomic_write, Dataset};
 use crate::dist::World;
+use crate::metrics::report::side_by_side;
 use crate::refine::pseudo::PseudoMethod;
 
 /// Sample images in the report `run` writes.
@@ -86,7 +87,7 @@ pub fn run(config: &Config, world: &World) -> anyhow::Result<Summary> {
         if seg_split != config.cam.split {
             let cams_of_seg_split = config.with_cam_split(seg_split);
             details["cam_seg_split"] = cam::run(&cams_of_seg_split, world, false)?.details;
-            details["eval_cam_seg_split"] = eval::run_cam_as(&cams_of_seg_split, world, &cam_eval_name(seg_split))?.details;
+            details["eval_cam_seg_split"] = eval::run_cam_as(&cams_of_seg_split, world, &Config::cam_eval_name(seg_split))?.details;
         }
     }
     if world.is_root() {
@@ -98,53 +99,12 @@ pub fn run(config: &Config, world: &World) -> anyhow::Result<Summary> {
     Ok(Summary::ok(details))
 }
 
-/// The name of the evaluation `run` writes of the CAMs of the segmenter's split (`cam` being
-/// that of `cam.split`): `<run dir>/eval/cam_val.json`.
-pub(super) fn cam_eval_name(split: Split) -> String {
-    format!("cam_{}", split.name())
-}
-
 /// `config` making the `irn_seeds` labels that `train irn` reads.
 fn seeds_config(config: &Config) -> Config {
     let mut seeds = config.clone();
     seeds.pseudo_label.method = PseudoMethod::IrnSeeds;
     seeds.pseudo_label.out = config.irn_labels_dir();
     seeds
-}
-
-/// The run's figures on one line, split by split: CAM and pseudo-labels of `cam.split`, then
-/// (when trained) the CAMs of the segmenter's split beside the segmenter's figures.
-pub(super) fn side_by_side(details: &serde_json::Value) -> String {
-    let percent = |v: &serde_json::Value| v.as_f64().map_or("?".to_string(), |x| format!("{:.1}", 100.0 * x));
-    let split = |eval: &serde_json::Value| eval["split"].as_str().unwrap_or("?").to_string();
-    let cam = |eval: &serde_json::Value| {
-        let report = &eval["report"];
-        format!(
-            "CAM {} (best τ {}), image-label baseline {}",
-            percent(&report["best"]["miou"]),
-            report["best_tau"].as_f64().map_or("?".to_string(), |t| format!("{t:.2}")),
-            percent(&report["baseline"]["miou"]),
-        )
-    };
-    let labels = |report: &serde_json::Value| {
-        format!("{} on {}% of pixels ({} over every pixel)", percent(&report["miou"]), percent(&report["labelled"]), percent(&report["miou_all_pixels"]))
-    };
-    let mut line = format!("mIoU on {}: {}; ", split(&details["eval_cam"]), cam(&details["eval_cam"]));
-    if let Some(seeds) = details.get("eval_seeds") {
-        line += &format!("irn_seeds {}; random-walk ", labels(&seeds["report"]));
-    }
-    line += &format!("pseudo-labels {}", labels(&details["eval_pseudo"]["report"]));
-    let segmenter: Vec<String> = [("seg", "segmenter"), ("seg_crf", "segmenter + CRF")]
-        .into_iter()
-        .filter_map(|(key, what)| Some(format!("{what} {}", percent(&details["eval_seg"].get(key)?["report"]["miou"]))))
-        .collect();
-    if segmenter.is_empty() {
-        return line;
-    }
-    match details.get("eval_cam_seg_split") {
-        Some(eval) => format!("{line}. On {}: {}; {}", split(eval), cam(eval), segmenter.join("; ")),
-        None => format!("{line}; {}", segmenter.join("; ")),
-    }
 }
 
 /// Generates a missing synthetic split (seeded apart from the other split by `stream`), or

@@ -1,5 +1,5 @@
 //! `wsss-dist seg --config F [--force]`: the segmenter's predictions over `seg.infer.split`, a
-//! map phase (`stages::map_phase`: dynamic over the ranks, resumable task by task, the same
+//! map phase (`engine::map_phase`: dynamic over the ranks, resumable task by task, the same
 //! bytes for any number of ranks). Per image: the softmax averaged over `seg.infer.scales`
 //! (and their flips) and its argmax, written as a dataset in the pseudo-label format
 //! (`<run dir>/seg/pred/<split>`); with `seg.infer.crf` also the argmax after the dense CRF
@@ -12,14 +12,14 @@ use serde_json::json;
 use tch::nn::VarStore;
 use tch::{Kind, Tensor};
 
-use super::cam::{fit_long_side, Normalise};
-use super::map_phase::{execute, fingerprint, for_each_image, MapJob, ShardOutput, TaskOutput};
 use super::Summary;
 use crate::config::{Config, SegInferConfig};
 use crate::data::codec::{decode_row_image, encode_mask, Rgb};
+use crate::data::preprocess::{fit_long_side, Normalise};
 use crate::data::shard::file_sha256;
 use crate::data::{Dataset, DatasetKind, ImageRow, PseudoRow};
 use crate::dist::World;
+use crate::engine::map_phase::{execute, fingerprint, for_each_image, MapJob, ShardOutput, TaskOutput};
 use crate::model::deeplab::Segmenter;
 use crate::model::weights;
 use crate::refine::crf::{argmax_groups, pixel_major, CrfParams, DenseCrf};

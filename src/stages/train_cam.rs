@@ -1,6 +1,6 @@
 //! `wsss-dist train cam --config F [--resume]`: trains the classifier of `[method]` (the CAM
 //! network or AMR's two branches, with HFPL's ISL/FSL add-ons: see `loss::objective` and
-//! docs/methods.md) on `data.train`, as a task of the shared trainer (`stages::trainer`), into
+//! docs/methods.md) on `data.train`, as a task of the shared trainer (`engine::trainer`), into
 //! the run directory.
 
 use std::sync::Arc;
@@ -11,12 +11,12 @@ use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
 use tracing::{info, warn};
 
-use super::trainer::{self, Stage, Task, TaskContext, TrainData};
 use super::Summary;
 use crate::config::Config;
 use crate::data::loader::Batch;
 use crate::data::Dataset;
 use crate::dist::World;
+use crate::engine::trainer::{self, Stage, Task, TaskContext, TrainData};
 use crate::loss::Objective;
 use crate::model::amr::{COMPENSATION, SPOTLIGHT};
 use crate::model::cam::CamNet;
@@ -27,7 +27,7 @@ pub fn run(config: &Config, world: &World, resume: bool) -> anyhow::Result<Summa
     let dataset = Arc::new(Dataset::open(&config.data.train).with_context(|| format!("config key `data.train` ({})", config.data.train.display()))?);
     let stage = Stage { keys: "", train: &config.train, loader: &config.loader, dir: config.run_dir() };
     let data = TrainData { images: dataset, pseudo_labels: None, label_pixels: Vec::new() };
-    trainer::train(config, world, resume, &stage, data, |context| Ok(CamTask::new(config, context)))
+    trainer::train(config, world, resume, &stage, data, |context| Ok(CamTask::new(config, context))).map(Summary::ok)
 }
 
 /// The classifier of `[method]` and its loss.
@@ -44,7 +44,7 @@ impl<'a> CamTask<'a> {
         if config.method.base == Base::Amr && config.method.amr.freeze_spotlight {
             model.freeze(&format!("{SPOTLIGHT}."));
         }
-        let objective = Objective::new(&config.method, config.loader.mean, config.loader.std);
+        let objective = Objective::new(config.method.objective_terms(), config.loader.mean, config.loader.std);
         CamTask { config, model, objective, device: context.device }
     }
 }

@@ -1,6 +1,6 @@
 //! `wsss-dist train irn --config F [--resume]`: trains IRNet's inter-pixel relation network
 //! (`model::irn`, docs/methods.md §8) on `data.train` ⋈ its `irn_seeds` pseudo-labels
-//! (`irn.labels`, by id), as a task of the shared trainer (`stages::trainer`), into
+//! (`irn.labels`, by id), as a task of the shared trainer (`engine::trainer`), into
 //! `<run dir>/irn`: the boundary branch at `irn.train.lr`, the displacement branch at
 //! `irn.train.head_lr_mult` times it (IRNet's 10×), the backbone frozen.
 
@@ -12,11 +12,11 @@ use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
 use tracing::{info, warn};
 
-use super::trainer::{self, Stage, Task, TaskContext, TrainData};
 use super::Summary;
 use crate::config::Config;
 use crate::data::loader::Batch;
 use crate::dist::World;
+use crate::engine::trainer::{self, Stage, Task, TaskContext, TrainData};
 use crate::loss::irn::{irn_loss, PairIndex};
 use crate::loss::segmentation::resize_labels;
 use crate::model::irn::{IrnNet, DISPLACEMENT, EDGE};
@@ -27,7 +27,7 @@ use crate::optim::ParamGroup;
 pub fn run(config: &Config, world: &World, resume: bool) -> anyhow::Result<Summary> {
     let data = TrainData::with_labels(config, &config.irn_labels_dir(), "irn.labels")?;
     let stage = Stage { keys: "irn.", train: &config.irn.train, loader: &config.irn.loader, dir: config.irn_dir() };
-    trainer::train(config, world, resume, &stage, data, |context| Ok(IrnTask::new(config, context)))
+    trainer::train(config, world, resume, &stage, data, |context| Ok(IrnTask::new(config, context))).map(Summary::ok)
 }
 
 /// The network, and the pair index of the crops' stride-4 grid (made for the first batch's

@@ -1,6 +1,6 @@
 //! `wsss-dist train seg --config F [--resume]`: trains the segmenter of `[seg.model]` on
 //! `data.train` ⋈ the pseudo-labels of `seg.labels` (by id), as a task of the shared trainer
-//! (`stages::trainer`), into `<run dir>/seg` (docs/segmenter.md).
+//! (`engine::trainer`), into `<run dir>/seg` (docs/segmenter.md).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -12,12 +12,13 @@ use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
 use tracing::{info, warn};
 
-use super::trainer::{self, Stage, Task, TaskContext, TrainData};
 use super::Summary;
 use crate::config::Config;
 use crate::data::loader::Batch;
+use crate::data::preprocess::unnormalise;
 use crate::dist::sync_bn::StatsSync;
 use crate::dist::World;
+use crate::engine::trainer::{self, Stage, Task, TaskContext, TrainData};
 use crate::loss;
 use crate::loss::dense_crf::DenseCrfLoss;
 use crate::loss::segmentation::{pixel_cross_entropy, resize_labels};
@@ -30,6 +31,7 @@ pub fn run(config: &Config, world: &World, resume: bool) -> anyhow::Result<Summa
     let class_weights = class_weights(config, &data)?;
     let stage = Stage { keys: "seg.", train: &config.seg.train, loader: &config.seg.loader, dir: config.seg_dir() };
     trainer::train(config, world, resume, &stage, data, |context| Ok(SegTask::new(config, context).with_class_weights(class_weights.as_deref())))
+        .map(Summary::ok)
 }
 
 /// The cross-entropy's class weights of `seg.loss.class_balance` from the labels' pixel counts
@@ -177,12 +179,6 @@ impl SegTask<'_> {
     pub fn net(&self) -> &Segmenter {
         &self.net
     }
-}
-
-/// The loader's images back in 0..255: `(x·std + mean)·255`.
-fn unnormalise(images: &Tensor, mean: [f32; 3], std: [f32; 3]) -> Tensor {
-    let column = |v: [f32; 3]| Tensor::from_slice(&v).view([1, 3, 1, 1]).to_device(images.device());
-    (images * column(std) + column(mean)) * 255.0
 }
 
 /// 1 where a pixel is part of the image, 0 on the crop's padding. The loader pads with 0 after

@@ -32,7 +32,7 @@ use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
 use tracing::{info, warn};
 
-use super::{progress_bar, Summary};
+use super::progress_bar;
 use crate::checkpoint::{CheckpointMeta, Checkpoints, RngState};
 use crate::config::{Config, LoaderConfig, OnNonFinite, TrainConfig};
 use crate::data::loader::{Batch, Loader, LoaderSpec};
@@ -219,7 +219,8 @@ struct StepMetrics {
     compute_s: f64,
 }
 
-/// Trains `make_task`'s task on `data` as `stage` says, on this rank of `world`.
+/// Trains `make_task`'s task on `data` as `stage` says, on this rank of `world`; returns the
+/// summary's details (also written to `summary.json`).
 pub fn train<T: Task>(
     config: &Config,
     world: &World,
@@ -227,7 +228,7 @@ pub fn train<T: Task>(
     stage: &Stage,
     data: TrainData,
     make_task: impl FnOnce(&TaskContext) -> anyhow::Result<T>,
-) -> anyhow::Result<Summary> {
+) -> anyhow::Result<serde_json::Value> {
     let mut training = Training::set_up(Job { config, world, stage }, resume, data, make_task)?;
     training.run()?;
     training.finish()
@@ -548,7 +549,7 @@ impl<'a, T: Task> Training<'a, T> {
     }
 
     /// The summary line and `summary.json`.
-    fn finish(self) -> anyhow::Result<Summary> {
+    fn finish(self) -> anyhow::Result<serde_json::Value> {
         let Job { config, world, stage } = self.job;
         self.bar.finish_and_clear();
         let seconds = self.started.elapsed().as_secs_f64();
@@ -566,7 +567,7 @@ impl<'a, T: Task> Training<'a, T> {
         if world.is_root() {
             atomic_write(&stage.dir.join("summary.json"), serde_json::to_string_pretty(&details)?.as_bytes())?;
         }
-        Ok(Summary::ok(details))
+        Ok(details)
     }
 }
 
