@@ -1263,8 +1263,8 @@ fn defaults_table() -> toml::Table {
     }
 }
 
-/// Writes `over` onto `base`, section by section.
-fn merge_into(base: &mut toml::Table, over: toml::Table) {
+/// Writes `over` onto `base`, section by section (tables merged key by key, values replaced).
+pub fn merge_into(base: &mut toml::Table, over: toml::Table) {
     for (key, value) in over {
         match (base.get_mut(&key), value) {
             (Some(toml::Value::Table(inner)), toml::Value::Table(value)) => merge_into(inner, value),

@@ -471,11 +471,11 @@ impl<'a, T: Task> Training<'a, T> {
     /// The update of a step whose micro-batches have run, and what follows it: the metrics,
     /// a checkpoint when due, a requested stop.
     fn step(&mut self, step_input: &mut StepInput, epoch_done: bool) -> anyhow::Result<Flow> {
-        let lr = self.trainer.sgd.lr();
+        let (step_taken, lr) = (self.trainer.sgd.step_count(), self.trainer.sgd.lr());
         let compute_start = Instant::now();
         let (outcome, stop_requested) = self.trainer.finish_step(step_input)?;
         step_input.compute_s += compute_start.elapsed().as_secs_f64();
-        let (loss, images) = self.record(outcome, step_input)?;
+        let (loss, images) = self.record(step_taken, outcome, step_input)?;
         let step = self.trainer.sgd.step_count();
         if loss.is_finite() {
             self.log(step, (loss, images, lr), step_input)?;
@@ -500,11 +500,10 @@ impl<'a, T: Task> Training<'a, T> {
         Ok(if step >= self.stop_at { Flow::Done } else { Flow::Continue })
     }
 
-    /// Counts what a step did; returns its loss (NaN for a skipped step) and the images it
-    /// trained on over every rank. A non-finite loss ends the job unless `on_nonfinite` says to
-    /// skip such steps.
-    fn record(&mut self, outcome: StepOutcome, step_input: &StepInput) -> anyhow::Result<(f64, f64)> {
-        let step = self.trainer.sgd.step_count();
+    /// Counts what step `step` (numbered as before its update) did; returns its loss (NaN for
+    /// a skipped step) and the images it trained on over every rank. A non-finite loss ends the
+    /// job unless `on_nonfinite` says to skip such steps.
+    fn record(&mut self, step: u64, outcome: StepOutcome, step_input: &StepInput) -> anyhow::Result<(f64, f64)> {
         Ok(match outcome {
             StepOutcome::Trained { loss, images } => {
                 self.tally.images_trained += images;

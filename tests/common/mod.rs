@@ -27,19 +27,8 @@ depth = "resnet18"
 /// [`TINY_BASE`] with the TOML `overrides` merged in: tables key by key, values replaced.
 pub fn tiny_config(overrides: &str) -> String {
     let mut config: toml::Table = TINY_BASE.parse().expect("the base config parses");
-    merge(&mut config, overrides.parse().expect("the overrides parse"));
+    wsss_dist::config::merge_into(&mut config, overrides.parse().expect("the overrides parse"));
     toml::to_string(&config).expect("a table serialises")
-}
-
-fn merge(into: &mut toml::Table, from: toml::Table) {
-    for (key, value) in from {
-        match (into.get_mut(&key), value) {
-            (Some(toml::Value::Table(table)), toml::Value::Table(overrides)) => merge(table, overrides),
-            (_, value) => {
-                into.insert(key, value);
-            }
-        }
-    }
 }
 
 /// Runs the wsss-dist binary with `args` in `dir`.
