@@ -110,14 +110,15 @@ pub enum ImportSourceArgs {
     Synthetic {
         #[arg(long)]
         out: PathBuf,
-        #[arg(long, default_value_t = 2000)]
+        // The defaults are the library's (`data.synthetic` of the config, the generator's).
+        #[arg(long, default_value_t = crate::config::SyntheticConfig::default().train_images)]
         images: u64,
         #[arg(long, default_value_t = 0)]
         seed: u64,
         /// Image side in pixels.
-        #[arg(long, default_value_t = 128)]
+        #[arg(long, default_value_t = crate::data::synthetic::SyntheticParams::default().size)]
         size: u32,
-        #[arg(long, default_value_t = 6)]
+        #[arg(long, default_value_t = crate::data::synthetic::SyntheticParams::default().classes)]
         classes: u16,
         /// Split name recorded in the manifest.
         #[arg(long, default_value = "train")]
@@ -158,10 +159,10 @@ pub enum ImportSourceArgs {
 #[derive(Args, Debug, Clone)]
 pub struct WriteArgs {
     /// Images per shard file.
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = crate::data::importer::ImportOptions::default().shard_rows)]
     pub shard_rows: usize,
     /// Rows per Parquet row group.
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, default_value_t = crate::data::shard::ShardLayout::default().rows_per_group)]
     pub rows_per_group: usize,
     /// Replace an existing dataset at --out.
     #[arg(long)]

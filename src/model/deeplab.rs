@@ -33,6 +33,16 @@ pub enum SegKind {
     DeeplabV3plus,
 }
 
+impl SegKind {
+    /// Its name in the config (`seg.model.kind`) and in the `method` column of its predictions.
+    pub fn name(self) -> &'static str {
+        match self {
+            SegKind::DeeplabV2 => "deeplab_v2",
+            SegKind::DeeplabV3plus => "deeplab_v3plus",
+        }
+    }
+}
+
 /// Where the backbone's keys sit in a segmenter.
 pub const BACKBONE: &str = "backbone";
 /// Where the head's keys sit.
@@ -265,6 +275,14 @@ mod tests {
     use super::*;
     use crate::model::resnet::Depth;
     use tch::{nn::VarStore, Device};
+
+    /// The predictions' `method` column spells the kind as the config does.
+    #[test]
+    fn a_kind_is_named_as_the_config_names_it() {
+        for kind in [SegKind::DeeplabV2, SegKind::DeeplabV3plus] {
+            assert_eq!(serde_json::to_value(kind).unwrap(), kind.name());
+        }
+    }
 
     #[test]
     fn v3plus_on_mobilenet_has_torchvision_names_and_full_size_logits() {

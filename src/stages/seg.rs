@@ -42,7 +42,7 @@ pub fn run(config: &Config, world: &World, force: bool) -> anyhow::Result<Summar
         "checkpoint": file_sha256(&checkpoint)?, "model": model, "infer": { "scales": infer.scales, "flip": infer.flip, "image_labels": infer.image_labels },
         "mean": config.seg.loader.mean, "std": config.seg.loader.std,
     }))?;
-    let method = format!("{:?}", model.kind).to_lowercase();
+    let method = model.kind.name();
     // Without the CRF always; with it too when asked, from the same forward passes.
     let variants: Vec<bool> = if infer.crf { vec![false, true] } else { vec![false] };
     let jobs: Vec<MapJob> = variants
@@ -75,14 +75,14 @@ pub fn run(config: &Config, world: &World, force: bool) -> anyhow::Result<Summar
         // a CPU, and the network runs on libtorch's own threads.
         let mut pending: Vec<CrfInput> = Vec::new();
         let refine = |pending: &mut Vec<CrfInput>, refined: &mut Vec<PseudoRow>| {
-            refined.extend(pool.install(|| pending.par_drain(..).map(|input| input.refine(&infer.crf_params, &method)).collect::<Vec<_>>()));
+            refined.extend(pool.install(|| pending.par_drain(..).map(|input| input.refine(&infer.crf_params, method)).collect::<Vec<_>>()));
         };
         let (skipped, seconds) = for_each_image(
             &input,
             task,
             config.run.max_image_pixels,
             images_done,
-            |image| predict(&net, image, &normalise, infer, &method),
+            |image| predict(&net, image, &normalise, infer, method),
             |_, _, (row, crf_input)| {
                 plain.push(row);
                 pending.extend(crf_input);
