@@ -64,8 +64,9 @@ pub struct RunConfig {
     pub name: String,
     pub dir: PathBuf,
     pub seed: u64,
-    /// "auto" (the local rank's GPU when CUDA is available, else the CPU), "cpu" or "cuda:N".
-    pub device: String,
+    /// "auto" (the local rank's GPU when CUDA is available, else the CPU), "cpu", "cuda" (the
+    /// local rank's GPU) or "cuda:N".
+    pub device: crate::dist::DeviceSpec,
     /// libtorch intra-op threads; 0 keeps libtorch's default (one per core).
     pub threads: usize,
     /// The largest image (width × height) that `cam`, `pseudo-label` and `seg` process: their
@@ -79,7 +80,14 @@ pub const DEFAULT_MAX_IMAGE_PIXELS: u64 = 4096 * 4096;
 
 impl Default for RunConfig {
     fn default() -> Self {
-        RunConfig { name: "default".into(), dir: "runs".into(), seed: 0, device: "auto".into(), threads: 0, max_image_pixels: DEFAULT_MAX_IMAGE_PIXELS }
+        RunConfig {
+            name: "default".into(),
+            dir: "runs".into(),
+            seed: 0,
+            device: crate::dist::DeviceSpec::Auto,
+            threads: 0,
+            max_image_pixels: DEFAULT_MAX_IMAGE_PIXELS,
+        }
     }
 }
 
@@ -1469,6 +1477,10 @@ mod tests {
         assert!(err.contains("section.key=value"), "{err}");
         let err = load_str("", &["seg.loss.class_balance_max_ratio=0.5"]).unwrap_err().to_string();
         assert!(err.contains("seg.loss.class_balance_max_ratio"), "{err}");
+        // run.device is checked as the config loads, not when a stage first picks a device.
+        let err = load_str("[run]\ndevice = \"gpu\"\n", &[]).unwrap_err().to_string();
+        assert!(err.contains("`run.device`") && err.contains("\"gpu\" is not"), "{err}");
+        assert_eq!(load_str("", &["run.device=\"cuda:1\""]).unwrap().run.device, crate::dist::DeviceSpec::CudaIndex(1));
     }
 
     /// `seg.loader.crop` follows the segmenter unless given: 513 for v3+, 321 for v2.

@@ -24,26 +24,68 @@ pub fn load_cuda_backend() -> Result<&'static str, String> {
     Ok(LIBRARY)
 }
 
-/// Resolves a device setting; "auto" and "cuda" give the local rank's GPU (one process per GPU).
-pub fn select_device(spec: &str, local_rank: usize) -> Result<Device, String> {
-    let gpus = if spec == "cpu" { 0 } else { Cuda::device_count() as usize };
-    let local_gpu = || Device::Cuda(local_rank % gpus.max(1));
-    match spec {
-        "cpu" => Ok(Device::Cpu),
-        "auto" if gpus > 0 => Ok(local_gpu()),
-        "auto" => Ok(Device::Cpu),
-        "cuda" if gpus > 0 => Ok(local_gpu()),
-        _ => {
-            let index = spec.strip_prefix("cuda").map(|rest| rest.strip_prefix(':').unwrap_or(rest));
-            match index.map(str::parse::<usize>) {
-                Some(Ok(n)) if n < gpus => Ok(Device::Cuda(n)),
-                Some(_) | None if spec.starts_with("cuda") => Err(format!(
-                    "config key `run.device`: {spec:?} asks for a GPU, but libtorch sees {gpus} CUDA device(s){}",
-                    if gpus == 0 { " (a CPU-only libtorch, or no GPU on this machine)" } else { "" }
-                )),
-                _ => Err(format!("config key `run.device`: {spec:?} is not \"auto\", \"cpu\", \"cuda\" or \"cuda:N\"")),
-            }
+/// `run.device`: where a rank computes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum DeviceSpec {
+    /// The local rank's GPU when libtorch sees one, else the CPU.
+    #[default]
+    Auto,
+    Cpu,
+    /// The local rank's GPU (one process per GPU); an error without one.
+    Cuda,
+    /// This GPU.
+    CudaIndex(usize),
+}
+
+impl std::str::FromStr for DeviceSpec {
+    type Err = String;
+    fn from_str(spec: &str) -> Result<DeviceSpec, String> {
+        let index = spec.strip_prefix("cuda:").map(str::parse::<usize>);
+        match (spec, index) {
+            ("auto", _) => Ok(DeviceSpec::Auto),
+            ("cpu", _) => Ok(DeviceSpec::Cpu),
+            ("cuda", _) => Ok(DeviceSpec::Cuda),
+            (_, Some(Ok(n))) => Ok(DeviceSpec::CudaIndex(n)),
+            _ => Err(format!("{spec:?} is not \"auto\", \"cpu\", \"cuda\" or \"cuda:N\"")),
         }
+    }
+}
+
+impl TryFrom<String> for DeviceSpec {
+    type Error = String;
+    fn try_from(spec: String) -> Result<DeviceSpec, String> {
+        spec.parse()
+    }
+}
+
+impl From<DeviceSpec> for String {
+    fn from(spec: DeviceSpec) -> String {
+        match spec {
+            DeviceSpec::Auto => "auto".into(),
+            DeviceSpec::Cpu => "cpu".into(),
+            DeviceSpec::Cuda => "cuda".into(),
+            DeviceSpec::CudaIndex(n) => format!("cuda:{n}"),
+        }
+    }
+}
+
+/// The device of `spec` for the rank `local_rank` of its node: "auto" and "cuda" give the local
+/// rank's GPU (one process per GPU).
+pub fn select_device(spec: DeviceSpec, local_rank: usize) -> Result<Device, String> {
+    let gpus = if spec == DeviceSpec::Cpu { 0 } else { Cuda::device_count() as usize };
+    let local_gpu = Device::Cuda(local_rank % gpus.max(1));
+    match spec {
+        DeviceSpec::Cpu => Ok(Device::Cpu),
+        DeviceSpec::Auto if gpus > 0 => Ok(local_gpu),
+        DeviceSpec::Auto => Ok(Device::Cpu),
+        DeviceSpec::Cuda if gpus > 0 => Ok(local_gpu),
+        DeviceSpec::CudaIndex(n) if n < gpus => Ok(Device::Cuda(n)),
+        DeviceSpec::Cuda | DeviceSpec::CudaIndex(_) => Err(format!(
+            "config key `run.device`: {:?} asks for a GPU, but libtorch sees {gpus} CUDA device(s){}",
+            String::from(spec),
+            if gpus == 0 { " (a CPU-only libtorch, or no GPU on this machine)" } else { "" }
+        )),
     }
 }
 
@@ -59,18 +101,21 @@ mod tests {
             Ok(name) => assert_eq!(name, "libtorch_cuda.so"),
             Err(reason) => assert!(reason.contains("libtorch_cuda.so"), "{reason}"),
         }
-        assert_eq!(select_device("cpu", 0), Ok(Device::Cpu));
+        assert_eq!(select_device(DeviceSpec::Cpu, 0), Ok(Device::Cpu));
     }
 
     #[test]
     fn cpu_and_auto_resolve_and_bad_values_are_named() {
-        assert_eq!(select_device("cpu", 3), Ok(Device::Cpu));
+        assert_eq!(select_device(DeviceSpec::Cpu, 3), Ok(Device::Cpu));
         if !Cuda::is_available() {
-            assert_eq!(select_device("auto", 1), Ok(Device::Cpu));
-            let err = select_device("cuda:0", 0).unwrap_err();
+            assert_eq!(select_device(DeviceSpec::Auto, 1), Ok(Device::Cpu));
+            let err = select_device(DeviceSpec::CudaIndex(0), 0).unwrap_err();
             assert!(err.contains("run.device") && err.contains("0 CUDA device"), "{err}");
         }
-        let err = select_device("gpu", 0).unwrap_err();
-        assert!(err.contains("run.device") && err.contains("\"gpu\""), "{err}");
+        let err = "gpu".parse::<DeviceSpec>().unwrap_err();
+        assert!(err.contains("\"gpu\""), "{err}");
+        for spec in ["auto", "cpu", "cuda", "cuda:3"] {
+            assert_eq!(String::from(spec.parse::<DeviceSpec>().unwrap()), spec);
+        }
     }
 }

@@ -11,5 +11,5 @@ pub mod world;
 
 pub use comm::{connect, Backend, CommError, Communicator};
 pub use ddp::GradientBuckets;
-pub use device::select_device;
+pub use device::{select_device, DeviceSpec};
 pub use world::World;

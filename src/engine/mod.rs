@@ -26,5 +26,5 @@ pub fn compute_device(config: &crate::config::Config, world: &World) -> anyhow::
     if config.run.threads > 0 {
         tch::set_num_threads(config.run.threads as i32);
     }
-    crate::dist::select_device(&config.run.device, world.local_rank).map_err(anyhow::Error::msg)
+    crate::dist::select_device(config.run.device, world.local_rank).map_err(anyhow::Error::msg)
 }

@@ -348,7 +348,7 @@ impl<'a, T: Task> Training<'a, T> {
         let (keys, train) = (stage.keys, stage.train);
         let device = super::compute_device(config, world)?;
         ensure!(
-            !train.bf16 || device.is_cuda() || config.run.device == "cpu",
+            !train.bf16 || device.is_cuda() || config.run.device == crate::dist::DeviceSpec::Cpu,
             "config key `{keys}train.bf16`: bf16 autocast needs a CUDA device (set run.device = \"cpu\" to force it on the CPU)"
         );
         let comm: Arc<dyn Communicator> = Arc::from(dist::connect(world, config.dist.backend, device)?);
