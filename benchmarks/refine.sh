@@ -59,7 +59,7 @@ print(f"{ranks} rank(s), one pass:   {96 / (fused_end - end):.2f} img/s {phases(
 PY
 done
 same() { cmp -s <(cat "$1"/*.parquet) <(cat "$2"/*.parquet); }
-# Bytes are promised for the same libtorch threads per rank (README, "Reproducibility"): compare
+# Bytes are promised for the same libtorch threads per rank (docs/commands.md, "Reproducibility"): compare
 # the runs at one thread per rank (map2, fused1, fused2) with each other; map1 ran 2 threads.
 same "$refine/map2/cams" "$refine/fused1/cams" && same "$refine/map2/cams" "$refine/fused2/cams" \
   && same "$refine/map2/pseudo" "$refine/fused1/pseudo" && same "$refine/map2/pseudo" "$refine/fused2/pseudo" \

@@ -1,4 +1,4 @@
-//! The command-line surface (README, "Commands"; docs/architecture.md, "Stages"): clap
+//! The command-line surface (docs/commands.md; docs/architecture.md, "Stages"): clap
 //! definitions only.
 
 use std::path::PathBuf;

@@ -1,4 +1,4 @@
-//! Clean stops (README, "Clean stops"). SLURM sends SIGTERM at a job's time limit (and, with
+//! Clean stops (docs/commands.md, "Clean stops"). SLURM sends SIGTERM at a job's time limit (and, with
 //! `--signal`, a chosen signal some time before it); Ctrl-C sends SIGINT. Once [`install`]ed,
 //! the first SIGTERM, SIGINT or SIGUSR1 is only recorded: training finishes the step under way
 //! on every rank and writes a checkpoint, a map phase finishes the tasks under way, and the

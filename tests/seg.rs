@@ -105,7 +105,7 @@ fn deeplab_v3plus_with_the_crf_loss_resumes_bitwise() {
 }
 
 /// The same config, seed and libtorch threads (2 here: the multi-threaded kernels) give the
-/// same checkpoint bytes, run after run (README, "Reproducibility").
+/// same checkpoint bytes, run after run (docs/commands.md, "Reproducibility").
 #[test]
 fn deeplab_v3plus_training_is_reproducible_at_a_given_thread_count() {
     let (tmp, config) = pipeline();

@@ -1,4 +1,4 @@
-//! The map phase (README, "Map phases"): one input shard → one output shard, scheduled
+//! The map phase (docs/commands.md, "Map phases"): one input shard → one output shard, scheduled
 //! dynamically over the ranks and resumable task by task.
 //!
 //! Output layout: the output directory itself receives each finished shard

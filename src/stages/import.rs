@@ -44,7 +44,7 @@ pub fn run(args: &ImportSourceArgs, world: &World) -> anyhow::Result<Summary> {
 pub fn import_source(source: &dyn ImportSource, out: &Path, options: ImportOptions, world: &World) -> anyhow::Result<Summary> {
     info!("importing {} ({} items) into {}", source.describe(), source.len(), out.display());
     let started = Instant::now();
-    // One writer per output directory (docs: README "Safety of inputs and outputs").
+    // One writer per output directory (docs/commands.md, "Safety of inputs and outputs").
     let _lock = crate::data::lock::DirLock::acquire(out)?;
     let bar = progress_bar(world, source.len() as u64, "import");
     let summary = import(source, out, options, &|n| bar.inc(n as u64)).with_context(|| format!("importing into {}", out.display()))?;
