@@ -31,7 +31,7 @@ use wsss_dist::model::backbone::Arch;
 use wsss_dist::model::deeplab::SegKind;
 use wsss_dist::model::resnet::Depth;
 use wsss_dist::model::weights;
-use wsss_dist::optim::{Sgd, SgdSettings};
+use wsss_dist::optim::Sgd;
 use wsss_dist::stages::train_seg::SegTask;
 
 #[derive(Parser)]
@@ -105,9 +105,7 @@ fn main() -> anyhow::Result<()> {
         cursor: Default::default(),
     };
     let train = &config.seg.train;
-    let settings =
-        SgdSettings { lr: train.lr, momentum: train.momentum, weight_decay: train.weight_decay, poly_power: train.poly_power, total_steps: train.steps };
-    let mut sgd = Sgd::new(settings, task.param_groups());
+    let mut sgd = Sgd::new(train.sgd_settings(train.steps), task.param_groups());
     let (median, times) = timing::median_step_seconds(train.steps as usize, args.warmup, |step| {
         sgd.zero_grad();
         let loss = task.loss(&batch, Kind::Float, &mut ChaCha8Rng::seed_from_u64(step as u64));

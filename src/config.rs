@@ -965,6 +965,11 @@ fn invalid(key: &str, message: &str) -> Result<(), ConfigError> {
 }
 
 impl TrainConfig {
+    /// The optimiser's settings for a schedule of `total_steps`.
+    pub fn sgd_settings(&self, total_steps: u64) -> crate::optim::SgdSettings {
+        crate::optim::SgdSettings { lr: self.lr, momentum: self.momentum, weight_decay: self.weight_decay, poly_power: self.poly_power, total_steps }
+    }
+
     /// `section`: where the keys sit ("train" or "seg.train"), for the error's key.
     fn validate(&self, section: &str) -> Result<(), ConfigError> {
         let invalid = |key: &str, message: &str| invalid(&format!("{section}{}{key}", if key.is_empty() { "" } else { "." }), message);

@@ -44,7 +44,7 @@ use crate::data::{atomic_write, Dataset};
 use crate::dist::comm::sum_values;
 use crate::dist::{self, Communicator, GradientBuckets, World};
 use crate::model::weights;
-use crate::optim::{ParamGroup, Sgd, SgdSettings};
+use crate::optim::{ParamGroup, Sgd};
 use crate::stop::Stopped;
 
 /// What a training stage trains.
@@ -368,14 +368,7 @@ impl<'a, T: Task> Training<'a, T> {
 
         tch::manual_seed(config.run.seed as i64);
         let task = make_task(&TaskContext { device, num_classes: dataset.manifest().num_classes() as i64, comm: comm.clone() })?;
-        let settings = SgdSettings {
-            lr: train.lr,
-            momentum: train.momentum,
-            weight_decay: train.weight_decay,
-            poly_power: train.poly_power,
-            total_steps: schedule.total_steps,
-        };
-        let mut sgd = Sgd::new(settings, task.param_groups());
+        let mut sgd = Sgd::new(train.sgd_settings(schedule.total_steps), task.param_groups());
 
         let lock = world.is_root().then(|| DirLock::acquire(&stage.dir)).transpose()?;
         let checkpoints = Checkpoints::new(stage.dir.join("checkpoints"));
@@ -846,6 +839,7 @@ mod tests {
     use crate::data::importer::{import, ImportOptions};
     use crate::data::synthetic::{SyntheticParams, SyntheticSource};
     use crate::dist::comm::LocalComm;
+    use crate::optim::SgdSettings;
 
     /// Imports 4 synthetic images of `seed` into `out`, replacing what is there.
     fn import_images(out: &Path, seed: u64) {

@@ -58,7 +58,6 @@ pub fn run(config: &Config, world: &World, force: bool) -> anyhow::Result<Summar
     let labelling = Labelling::new(config, images.manifest(), &cam_identity, &network)?;
     let (num_classes, max_pixels) = (images.manifest().num_classes(), config.run.max_image_pixels);
     let details = execute(world, std::slice::from_ref(&labelling.job), force, |task, images_done| {
-        let mut seconds = BTreeMap::new();
         let read = Instant::now();
         let mut by_id: HashMap<String, CamRow> = cams.shard(task)?.read_all()?.into_iter().map(|r| (r.id.clone(), r)).collect();
         let reader = images.shard(task)?;
@@ -105,14 +104,16 @@ pub fn run(config: &Config, world: &World, force: bool) -> anyhow::Result<Summar
             images_dir.display(),
             by_id.keys().take(3).collect::<Vec<_>>()
         );
-        seconds.insert("read".into(), read_seconds);
-        seconds.insert("refine".into(), refine_seconds);
-        if boundaries.is_some() {
-            seconds.insert("boundary".into(), boundary_seconds);
-        }
-        Ok(TaskOutput::single(rows, skipped, seconds))
+        let boundary_seconds = boundaries.is_some().then_some(boundary_seconds);
+        Ok(TaskOutput::single(rows, skipped, phase_seconds(read_seconds, refine_seconds, boundary_seconds)))
     })?;
     Ok(Summary::ok(json!({ "method": config.pseudo_label.method.name(), "map": details[0] })))
+}
+
+/// A task's seconds by phase (`boundary` with `irn_rw` only).
+fn phase_seconds(read: f64, refine: f64, boundary: Option<f64>) -> BTreeMap<String, f64> {
+    let phases = [("read", Some(read)), ("refine", Some(refine)), ("boundary", boundary)];
+    phases.into_iter().filter_map(|(phase, seconds)| Some((phase.to_string(), seconds?))).collect()
 }
 
 /// What refinement needs: the map job, the method's parameters and the thread pool; shared by
