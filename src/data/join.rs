@@ -9,8 +9,11 @@ use super::{DataError, Dataset};
 
 /// For every row of `images` (global index), the global index of its pseudo-label in `labels`.
 /// An image without a pseudo-label, a pseudo-label without an image, a duplicated id or shard
-/// counts that differ is an error naming the id and the shard.
+/// counts that differ is an error naming the id and the shard (an id held twice, anywhere in
+/// either dataset, with both places).
 pub fn join_by_id(images: &Dataset<ImageRow>, labels: &Dataset<PseudoRow>) -> Result<Vec<usize>, DataError> {
+    images.check_unique_ids()?;
+    labels.check_unique_ids()?;
     if images.num_shards() != labels.num_shards() {
         return Err(DataError::Invalid(format!(
             "{} has {} shard(s) but the images in {} have {}: pseudo-labels must come from the same image dataset",
@@ -26,12 +29,7 @@ pub fn join_by_id(images: &Dataset<ImageRow>, labels: &Dataset<PseudoRow>) -> Re
         let image_ids = images.shard(shard)?.read_ids()?;
         let label_ids = labels.shard(shard)?.read_ids()?;
         let file = &images.manifest().shards[shard].file;
-        let mut position: HashMap<&str, usize> = HashMap::with_capacity(label_ids.len());
-        for (row, id) in label_ids.iter().enumerate() {
-            if position.insert(id, row).is_some() {
-                return Err(DataError::Invalid(format!("{}: id {id} appears twice in shard {file}", labels.dir().display())));
-            }
-        }
+        let mut position: HashMap<&str, usize> = label_ids.iter().enumerate().map(|(row, id)| (id.as_str(), row)).collect();
         for id in &image_ids {
             let row = position.remove(id.as_str()).ok_or_else(|| {
                 DataError::Invalid(format!("image id {id} (shard {file} of {}) has no pseudo-label in {}", images.dir().display(), labels.dir().display()))

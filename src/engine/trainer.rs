@@ -110,8 +110,6 @@ impl TrainData {
             images.dir().display(),
             images.manifest().classes
         );
-        images.check_unique_ids()?;
-        labels.check_unique_ids()?;
         let rows = crate::data::join::join_by_id(&images, &labels)?;
         let counts = label_pixel_counts(&labels, labels.manifest().num_classes() as usize)
             .with_context(|| format!("config key `{key}` ({}): reading the masks", labels_dir.display()))?;
