@@ -22,13 +22,12 @@ impl Normalise {
         let image = Tensor::from_slice(pixels).view([height as i64, width as i64, 3]).permute([2, 0, 1]);
         (image.to_device(self.mean.device()).to_kind(Kind::Float) / 255.0 - &self.mean) / &self.std
     }
-}
 
-/// A batch of the loader's images [N, 3, H, W] back in 0..255: `(x·std + mean)·255`, the
-/// inverse of the loader's normalisation (`mean`, `std` of its config section).
-pub fn unnormalise(images: &Tensor, mean: [f32; 3], std: [f32; 3]) -> Tensor {
-    let column = |v: [f32; 3]| Tensor::from_slice(&v).view([1, 3, 1, 1]).to_device(images.device());
-    (images * column(std) + column(mean)) * 255.0
+    /// The inverse on a batch of the loader's images [N, 3, H, W]: `(x·std + mean)·255`, back
+    /// in 0..255 (the dense-CRF loss compares colours).
+    pub fn undo(&self, images: &Tensor) -> Tensor {
+        (images * &self.std + &self.mean) * 255.0
+    }
 }
 
 /// `image` [3, H, W] downscaled (bilinear, antialiased, aspect kept) so that its long side is

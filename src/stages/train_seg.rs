@@ -15,7 +15,7 @@ use tracing::{info, warn};
 use super::Summary;
 use crate::config::Config;
 use crate::data::loader::Batch;
-use crate::data::preprocess::unnormalise;
+use crate::data::preprocess::Normalise;
 use crate::dist::sync_bn::StatsSync;
 use crate::dist::World;
 use crate::engine::trainer::{self, Stage, Task, TaskContext, TrainData};
@@ -62,6 +62,8 @@ pub struct SegTask<'a> {
     net: Segmenter,
     dense_crf: Option<DenseCrfLoss>,
     class_weights: Option<Tensor>,
+    /// The loader's normalisation, undone for the dense-CRF loss's colours.
+    normalise: Normalise,
     device: Device,
 }
 
@@ -74,7 +76,8 @@ impl<'a> SegTask<'a> {
         if context.comm.size() > 1 {
             net.synchronise_batch_norm(Arc::new(StatsSync::new(context.comm.clone(), context.device)));
         }
-        SegTask { config, vs, net, dense_crf: config.seg.loss.dense_crf_loss(), class_weights: None, device: context.device }
+        let normalise = Normalise::new(config.seg.loader.mean, config.seg.loader.std, context.device);
+        SegTask { config, vs, net, dense_crf: config.seg.loss.dense_crf_loss(), class_weights: None, normalise, device: context.device }
     }
 
     /// Weights the cross-entropy's pixels by class (`seg.loss.class_balance`).
@@ -165,8 +168,7 @@ impl Task for SegTask<'_> {
         };
         let last = outputs.logits.last().expect("at least one output");
         let full = last.upsample_bilinear2d([images.size()[2], images.size()[3]], false, None, None);
-        let loader = &self.config.seg.loader;
-        cross_entropy + dense_crf.loss(&full.softmax(1, Kind::Float), &unnormalise(&images, loader.mean, loader.std), &padding_free(&images))
+        cross_entropy + dense_crf.loss(&full.softmax(1, Kind::Float), &self.normalise.undo(&images), &padding_free(&images))
     }
 
     /// v3+'s trainable BatchNorms, synchronised on more than one rank (docs/segmenter.md).
