@@ -52,6 +52,14 @@ fn setup() -> (tempfile::TempDir, String) {
     (tmp, config)
 }
 
+/// [`setup`], then a 2-step CAM classifier and the CAMs of the val split.
+fn setup_with_cams() -> (tempfile::TempDir, String) {
+    let (tmp, config) = setup();
+    wsss_ok(tmp.path(), &["train", "cam", "--config", &config, "--set", "train.steps=2"]);
+    wsss_ok(tmp.path(), &["cam", "--config", &config]);
+    (tmp, config)
+}
+
 /// Rewrites shard `shard` of the dataset at `dir` after `edit`, and records it in the manifest
 /// (a dataset that a buggy or foreign writer made, not a damaged one).
 fn rewrite<R: ShardRow>(dir: &Path, shard: usize, edit: impl FnOnce(&mut Vec<R>)) {
@@ -147,10 +155,8 @@ fn a_shard_that_no_longer_matches_its_checksum_is_refused() {
 /// skips the NaN row (counted), `eval cam` refuses to score it, `export png` writes nothing.
 #[test]
 fn duplicate_ids_nan_cams_and_crafted_ids_never_pass_silently() {
-    let (tmp, config) = setup();
+    let (tmp, config) = setup_with_cams();
     let dir = tmp.path();
-    wsss_ok(dir, &["train", "cam", "--config", &config, "--set", "train.steps=2"]);
-    wsss_ok(dir, &["cam", "--config", &config]);
 
     // NaN in the first CAM of the val split (f16 0x7e00), as a diverged network would write.
     let cams = dir.join("runs/tiny/cams/val");
@@ -527,10 +533,8 @@ fn labels_that_teach_nothing_or_ids_held_twice_are_named() {
 /// that is missing, and does not draw a CAM holding NaN.
 #[test]
 fn the_report_says_what_it_cannot_read_or_draw() {
-    let (tmp, config) = setup();
+    let (tmp, config) = setup_with_cams();
     let dir = tmp.path();
-    wsss_ok(dir, &["train", "cam", "--config", &config, "--set", "train.steps=2"]);
-    wsss_ok(dir, &["cam", "--config", &config]);
     wsss_ok(dir, &["eval", "cam", "--config", &config]);
     std::fs::write(dir.join("runs/tiny/eval/pseudo.json"), "{\"report\": ").unwrap();
     rewrite::<CamRow>(&dir.join("runs/tiny/cams/val"), 0, |rows| rows.iter_mut().for_each(|row| row.cam[..2].copy_from_slice(&0x7c00u16.to_le_bytes())));
@@ -608,10 +612,8 @@ fn data_verify_always_hashes_and_checks_mask_sizes_against_the_images() {
 /// the task), with the bytes it had.
 #[test]
 fn a_complete_output_missing_a_shard_is_redone_by_a_rerun() {
-    let (tmp, config) = setup();
+    let (tmp, config) = setup_with_cams();
     let dir = tmp.path();
-    wsss_ok(dir, &["train", "cam", "--config", &config, "--set", "train.steps=2"]);
-    wsss_ok(dir, &["cam", "--config", &config]);
     let shard = dir.join("runs/tiny/cams/val/part-00001.parquet");
     let before = std::fs::read(&shard).unwrap();
     std::fs::remove_file(&shard).unwrap();
