@@ -69,7 +69,7 @@ fn config(args: &Args) -> Config {
     let mut config = Config::default();
     let model = &mut config.seg.model;
     model.kind = serde_json::from_value(serde_json::json!(args.kind)).expect("deeplab_v3plus|deeplab_v2");
-    (model.arch, model.depth) = match args.arch.as_str() {
+    (model.backbone.arch, model.backbone.depth) = match args.arch.as_str() {
         "mobilenet_v2" => (Arch::MobilenetV2, Depth::Resnet101),
         depth => (Arch::Resnet, serde_json::from_value(serde_json::json!(depth)).expect("mobilenet_v2|resnet18|34|50|101")),
     };

@@ -29,13 +29,13 @@ for seed in $SEEDS; do
         echo "{\"seconds\": $(( $(date +%s) - start ))}" >"$OUT/ce-s$seed.time.json"
     fi
     crf=("${run[@]}" --set run.name="crf-s$seed" --set seg.labels="$OUT/ce-s$seed/pseudo_labels/train"
-         --set seg.loss.dense_crf=true --set seg.loss.crf_weight="$WEIGHT")
+         --set seg.loss.dense_crf=true --set seg.loss.crf.weight="$WEIGHT")
     if [ ! -f "$OUT/crf-s$seed/eval/seg.json" ] || [ ! -f "$OUT/crf-s$seed/eval/seg_crf.json" ]; then
         echo "seed $seed: the segmenter with the dense-CRF loss"
         {
             "$BIN" train seg "${crf[@]}" --resume
-            "$BIN" seg "${crf[@]}" --set seg.infer.crf=false
-            "$BIN" seg "${crf[@]}" --set seg.infer.crf=true
+            "$BIN" seg "${crf[@]}" --set seg.infer.dense_crf=false
+            "$BIN" seg "${crf[@]}" --set seg.infer.dense_crf=true
             "$BIN" eval seg "${crf[@]}"
         } >>"$OUT/crf-s$seed.log" 2>&1
     fi

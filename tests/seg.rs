@@ -80,7 +80,7 @@ fn deeplab_v3plus_with_the_crf_loss_resumes_bitwise() {
     let (tmp, config) = pipeline();
     let dir = tmp.path();
     // 16×16 pixels after the downscale: w 1e-5 makes the energy about a tenth of the CE.
-    let crf = ["--set", "seg.loss.dense_crf=true", "--set", "seg.loss.crf_weight=1e-5"];
+    let crf = ["--set", "seg.loss.dense_crf=true", "--set", "seg.loss.crf.weight=1e-5"];
     let labels = "seg.labels=runs/tiny/pseudo_labels/train";
     let train = |extra: &[&str]| -> Vec<String> { ["train", "seg", "--config", &config].iter().chain(&crf).chain(extra).map(|a| a.to_string()).collect() };
     wsss_ok(dir, &as_str(&train(&[])));
@@ -216,7 +216,7 @@ fn run_trains_predicts_and_scores_the_segmenter() {
     assert!(err.contains("`cam.split`"), "{err}");
     let err = wsss_fails(dir, &["run", "--config", config, "--set", "seg.enabled=true", "--set", "seg.infer.image_labels=true"], 2);
     assert!(err.contains("`seg.infer.image_labels`"), "{err}");
-    let seg = ["--set", "seg.enabled=true", "--set", "seg.train.epochs=1", "--set", "seg.infer.crf=true", "--set", "seg.infer.crf_threads=1"];
+    let seg = ["--set", "seg.enabled=true", "--set", "seg.train.epochs=1", "--set", "seg.infer.dense_crf=true", "--set", "seg.infer.crf_threads=1"];
     let out = common::wsss(dir, &[&["run", "--config", config][..], &seg].concat());
     let log = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{log}");

@@ -83,7 +83,7 @@ if [ -f data/voc-mini/val/_manifest.json ] || [ -f data/voc-mini/val/manifest.js
     note "cam --pseudo-labels on voc-mini val ($device): $rate"
     # 5. The segmenter on the GPU: v3+ trained on those labels (the val photos stand in for a
     # train split), its predictions with and without the CRF as a map phase, and their scores.
-    seg=("${voc[@]}" --set data.train=data/voc-mini/val --set seg.labels="$out/runs/voc/pseudo_labels/val" --set seg.model.init= --set seg.train.steps=$steps --set seg.train.log_every=1 --set seg.infer.crf=true)
+    seg=("${voc[@]}" --set data.train=data/voc-mini/val --set seg.labels="$out/runs/voc/pseudo_labels/val" --set seg.model.init= --set seg.train.steps=$steps --set seg.train.log_every=1 --set seg.infer.dense_crf=true)
     if "$bin" train seg "${seg[@]}" > "$out/seg-train.log" 2>&1 && "$bin" seg "${seg[@]}" > "$out/seg-infer.log" 2>&1 && "$bin" eval seg "${seg[@]}" > "$out/seg-eval.log" 2>&1; then
       seg_rate=$("$python" -c 'import json,sys; s = json.load(open(sys.argv[1])); r = s["ranks"][0]; print(r["images"], "images,", round(r["images_per_second"], 2), "img/s")' "$out/runs/voc/seg/pred/val/.map/summary.json")
       note "train seg (v3+ MobileNetV2, $device): $(compute_rate "$out/runs/voc/seg/metrics.jsonl") img/s (compute); seg map phase: $seg_rate; eval seg mIoU without / with the CRF: $(grep -o 'predictions: mIoU [0-9.]*' "$out/seg-eval.log" | grep -o '[0-9.]*$' | paste -sd/)"

@@ -16,13 +16,26 @@ use tch::{Kind, Tensor};
 use crate::refine::crf::{bilateral_features, pixel_major};
 use crate::refine::Lattice;
 
-/// The loss's settings (`[seg.loss]`); the reference's defaults: w 2e-9, σ_rgb 15, σ_xy 100, scale 0.5.
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// The loss's settings (`[seg.loss.crf]`): w, its bilateral kernel's widths σ_xy and σ_rgb (named
+/// as the dense CRF's appearance kernel, which it is) and the scale.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct DenseCrfLoss {
+    /// w: 2e-9 for VOC crops of 513 px; the energy grows with the square of the pixel count.
     pub weight: f64,
-    pub sigma_rgb: f32,
-    pub sigma_xy: f32,
+    /// σ_rgb.
+    pub appearance_srgb: f32,
+    /// σ_xy, in pixels of the input (scaled with it).
+    pub appearance_sxy: f32,
+    /// The image and softmax are downscaled by this before the loss.
     pub scale: f64,
+}
+
+/// The reference's defaults: w 2e-9, σ_rgb 15, σ_xy 100, scale 0.5.
+impl Default for DenseCrfLoss {
+    fn default() -> Self {
+        DenseCrfLoss { weight: 2e-9, appearance_srgb: 15.0, appearance_sxy: 100.0, scale: 0.5 }
+    }
 }
 
 impl DenseCrfLoss {
@@ -41,12 +54,12 @@ impl DenseCrfLoss {
         let rgb = nearest(&rgb.to_kind(Kind::Float));
         let scaled = probabilities.upsample_bilinear2d([h, w], false, Some(self.scale), Some(self.scale));
         let masked = &scaled * &roi;
-        let sigma_xy = self.sigma_xy * self.scale as f32;
+        let sigma_xy = self.appearance_sxy * self.scale as f32;
         let (energy, filtered) = tch::no_grad(|| {
             let mut energy = 0.0;
             let mut filtered = Vec::with_capacity(n as usize);
             for i in 0..n {
-                let (e, ws) = energy_of_image(&masked.get(i), &rgb.get(i), self.sigma_rgb, sigma_xy);
+                let (e, ws) = energy_of_image(&masked.get(i), &rgb.get(i), self.appearance_srgb, sigma_xy);
                 energy += e;
                 filtered.push(ws);
             }
@@ -147,7 +160,7 @@ mod tests {
     #[test]
     fn value_and_gradient_match_the_formula_and_finite_differences() {
         let (k, h, w) = (2i64, 6i64, 8i64);
-        let loss = DenseCrfLoss { weight: 0.01, sigma_rgb: 20.0, sigma_xy: 2.0, scale: 1.0 };
+        let loss = DenseCrfLoss { weight: 0.01, appearance_srgb: 20.0, appearance_sxy: 2.0, scale: 1.0 };
         tch::manual_seed(1);
         let logits = Tensor::randn([1, k, h, w], (Kind::Double, Device::Cpu)).set_requires_grad(true);
         let rgb = (Tensor::rand([1, 3, h, w], (Kind::Float, Device::Cpu)) * 255.0).round();
@@ -179,7 +192,7 @@ mod tests {
     /// Padding (ROI 0) is excluded: its probabilities get no gradient and add nothing.
     #[test]
     fn padding_is_excluded() {
-        let loss = DenseCrfLoss { weight: 1.0, sigma_rgb: 15.0, sigma_xy: 5.0, scale: 0.5 };
+        let loss = DenseCrfLoss { weight: 1.0, appearance_srgb: 15.0, appearance_sxy: 5.0, scale: 0.5 };
         let logits = Tensor::randn([2, 3, 8, 8], (Kind::Float, Device::Cpu)).set_requires_grad(true);
         let rgb = Tensor::rand([2, 3, 8, 8], (Kind::Float, Device::Cpu)) * 255.0;
         let roi = Tensor::zeros([2, 8, 8], (Kind::Float, Device::Cpu));

@@ -38,8 +38,10 @@ impl PseudoMethod {
     }
 }
 
-/// Everything a method needs besides the image and its CAMs.
-#[derive(Debug, Clone, PartialEq)]
+/// Everything a method needs besides the image and its CAMs (`[pseudo_label]`; the defaults are
+/// IRNet's).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct PseudoParams {
     pub method: PseudoMethod,
     /// τ of `threshold`.
@@ -54,6 +56,21 @@ pub struct PseudoParams {
     pub crf: CrfParams,
     /// `irn_rw`: the walk and its labels.
     pub walk: super::walk::WalkParams,
+}
+
+impl Default for PseudoParams {
+    fn default() -> Self {
+        PseudoParams {
+            method: PseudoMethod::IrnSeeds,
+            tau: 0.15,
+            bg_power: 8.0,
+            fg_threshold: 0.30,
+            bg_threshold: 0.05,
+            gt_prob: 0.7,
+            crf: CrfParams::default(),
+            walk: super::walk::WalkParams::default(),
+        }
+    }
 }
 
 /// One image's input: `cams` are the maps of `classes` at full resolution ([K, H, W]).

@@ -55,10 +55,11 @@ pub(super) struct CamInference<'a> {
 impl<'a> CamInference<'a> {
     pub fn new(config: &'a Config, world: &World) -> anyhow::Result<CamInference<'a>> {
         let device = super::compute_device(config, world)?;
-        let input_dir = config.dataset(config.cam.split);
+        let input_dir = config.dataset(config.cam.inference.split);
         let input: Dataset = Dataset::open(input_dir).with_context(|| format!("the images of cam.split ({})", input_dir.display()))?;
         input.check_unique_ids()?;
-        let checkpoint = super::model_to_load(&config.cam.checkpoint, &config.run_dir(), "run `wsss-dist train cam` first, or set cam.checkpoint")?;
+        let checkpoint =
+            super::model_to_load(&config.cam.inference.checkpoint, &config.paths().root(), "run `wsss-dist train cam` first, or set cam.checkpoint")?;
         let model = Model::new(config.method.base, config.model.backbone(), input.manifest().num_classes() as i64, device);
         weights::restore(&model.vs, &checkpoint)
             .context("loading the CAM model (do [model], method.base and the dataset's classes match the training run?)")?;
@@ -67,11 +68,11 @@ impl<'a> CamInference<'a> {
         let settings = serde_json::to_string(&json!({
             "checkpoint": file_sha256(&checkpoint)?,
             "model": config.model, "base": config.method.base, "alpha": config.method.amr.alpha,
-            "scales": config.cam.scales, "flip": config.cam.flip, "mean": config.loader.mean, "std": config.loader.std,
+            "scales": config.cam.inference.scales, "flip": config.cam.inference.flip, "mean": config.loader.mean, "std": config.loader.std,
         }))?;
         let job = MapJob {
             what: "cam",
-            out: config.cam_dir(),
+            out: config.paths().cams(config.cam.inference.split),
             fingerprint: fingerprint(&[input.manifest()], &settings),
             task_images: input.manifest().shards.iter().map(|s| s.rows).collect(),
             kind: DatasetKind::Cams,
@@ -82,8 +83,8 @@ impl<'a> CamInference<'a> {
                 input_dir.display(),
                 checkpoint.display(),
                 method_summary(config),
-                config.cam.scales,
-                config.cam.flip
+                config.cam.inference.scales,
+                config.cam.inference.flip
             ),
         };
         Ok(CamInference { config, input, checkpoint, model, normalise, job })
@@ -114,8 +115,9 @@ fn cam_row(model: &Model, image: &ImageRow, normalise: &Normalise, config: &Conf
     let rgb = decode_row_image(image)?;
     let classes: Vec<i64> = image.labels.iter().map(|&c| c as i64 - 1).collect();
     let (cams, logits) = tch::no_grad(|| {
-        let image = fit_long_side(&normalise.apply(&rgb.pixels, rgb.width, rgb.height), config.cam.max_side);
-        let (cams, logits) = model.multiscale_cams(&image, &classes, &config.cam.scales, config.cam.flip, CAM_STRIDE as i64, config.method.amr.alpha);
+        let image = fit_long_side(&normalise.apply(&rgb.pixels, rgb.width, rgb.height), config.cam.inference.max_side);
+        let (cams, logits) =
+            model.multiscale_cams(&image, &classes, &config.cam.inference.scales, config.cam.inference.flip, CAM_STRIDE as i64, config.method.amr.alpha);
         let grid = [rgb.height.div_ceil(CAM_STRIDE) as i64, rgb.width.div_ceil(CAM_STRIDE) as i64];
         let cams = if cams.size()[1..] == grid { cams } else { cams.unsqueeze(0).upsample_bilinear2d(grid, false, None, None).squeeze_dim(0) };
         (cams, logits)

@@ -27,12 +27,13 @@ use crate::engine::map_phase::{execute, ShardOutput, TaskOutput};
 /// The summaries of the two outputs: (CAMs, pseudo-labels).
 pub fn run(config: &Config, world: &World, force: bool) -> anyhow::Result<(Summary, Summary)> {
     let inference = CamInference::new(config, world)?;
-    let cams_done = crate::data::Manifest::exists(&config.cam_dir()) && job_fingerprint(&config.cam_dir()).as_deref() == Some(&inference.job.fingerprint);
+    let cams_done = crate::data::Manifest::exists(&config.paths().cams(config.cam.inference.split))
+        && job_fingerprint(&config.paths().cams(config.cam.inference.split)).as_deref() == Some(&inference.job.fingerprint);
     if cams_done && !force {
         return Ok((cam::run_with(&inference, world, false)?, pseudo_label::run(config, world, false)?));
     }
     anyhow::ensure!(
-        config.pseudo_label.method != crate::refine::pseudo::PseudoMethod::IrnRw,
+        config.pseudo_label.params.method != crate::refine::pseudo::PseudoMethod::IrnRw,
         "config key `pseudo_label.method`: irn_rw walks over the boundaries of IRNet's network, which the one-pass `cam --pseudo-labels` does not compute: run `cam`, then `pseudo-label`"
     );
     let labelling = Labelling::new(config, inference.input.manifest(), &inference.job.fingerprint, "")?;
@@ -81,7 +82,7 @@ pub fn run(config: &Config, world: &World, force: bool) -> anyhow::Result<(Summa
     let [cam_details, label_details]: [serde_json::Value; 2] = details.try_into().map_err(|_| anyhow::anyhow!("a summary per output"))?;
     Ok((
         Summary::ok(json!({ "checkpoint": inference.checkpoint, "map": cam_details, "with": "pseudo-labels" })),
-        Summary::ok(json!({ "method": config.pseudo_label.method.name(), "map": label_details, "with": "cam" })),
+        Summary::ok(json!({ "method": config.pseudo_label.params.method.name(), "map": label_details, "with": "cam" })),
     ))
 }
 

@@ -38,7 +38,7 @@ pub fn run_cam_as(config: &Config, world: &World, name: &str) -> anyhow::Result<
     thresholds.push(config.eval.tau);
     thresholds.sort_by(f32::total_cmp);
     thresholds.dedup();
-    let (gt, cams) = open_with_gt::<CamRow>(config, config.cam.split, &config.cam_dir(), "CAMs", "cam")?;
+    let (gt, cams) = open_with_gt::<CamRow>(config, config.cam.inference.split, &config.paths().cams(config.cam.inference.split), "CAMs", "cam")?;
     let mut sweep = CamSweep::new(gt.manifest().classes.len(), &thresholds);
     let num_classes = gt.manifest().num_classes();
     let missing = walk_with_gt(world, comm.as_ref(), &gt, &cams, "eval cam", |what, (w, h), gt_pixels, cam| {
@@ -141,7 +141,7 @@ fn walk_with_gt<R: ShardRow>(
 
 /// Writes `<run dir>/eval/<name>.json` and `.md`; returns the folder.
 fn write_report(config: &Config, name: &str, details: &serde_json::Value, markdown: &str) -> anyhow::Result<std::path::PathBuf> {
-    let out = config.run_dir().join("eval");
+    let out = config.paths().eval();
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     crate::data::atomic_write(&out.join(format!("{name}.json")), serde_json::to_string_pretty(details)?.as_bytes())?;
     crate::data::atomic_write(&out.join(format!("{name}.md")), markdown.as_bytes())?;
@@ -177,7 +177,13 @@ fn sum_over_ranks(comm: &dyn Communicator, counts: &mut [u64]) -> anyhow::Result
 /// where the ground truth is not 255; per-class IoU, mIoU, and the share of pixels labelled.
 /// Written to `<run dir>/eval/pseudo.{json,md}` (`pseudo_rw.*` for `irn_rw`) and printed.
 pub fn run_pseudo(config: &Config, world: &World) -> anyhow::Result<Summary> {
-    let maps = LabelMaps { split: config.cam.split, dir: config.pseudo_dir(), name: config.pseudo_eval_name(), what: "pseudo-labels", stage: "pseudo-label" };
+    let maps = LabelMaps {
+        split: config.cam.inference.split,
+        dir: config.paths().pseudo_labels(),
+        name: config.pseudo_eval_name(),
+        what: "pseudo-labels",
+        stage: "pseudo-label",
+    };
     evaluate_label_maps(config, world, &maps)
 }
 
@@ -187,15 +193,19 @@ pub fn run_pseudo(config: &Config, world: &World) -> anyhow::Result<Summary> {
 pub fn run_seg(config: &Config, world: &World) -> anyhow::Result<Summary> {
     let mut details = json!({});
     for crf in [false, true] {
-        let dir = config.with_seg_crf(crf).seg_pred_dir();
+        let dir = config.paths().seg_predictions(crf);
         if !crate::data::Manifest::exists(&dir) {
             continue;
         }
         let name = if crf { "seg_crf" } else { "seg" };
-        let maps = LabelMaps { split: config.seg.infer.split, dir, name, what: "segmenter predictions", stage: "seg" };
+        let maps = LabelMaps { split: config.seg.infer.inference.split, dir, name, what: "segmenter predictions", stage: "seg" };
         details[name] = evaluate_label_maps(config, world, &maps)?.details;
     }
-    ensure!(details.as_object().is_some_and(|d| !d.is_empty()), "no predictions in {} (run `wsss-dist seg` first)", config.seg_pred_dir().display());
+    ensure!(
+        details.as_object().is_some_and(|d| !d.is_empty()),
+        "no predictions in {} (run `wsss-dist seg` first)",
+        config.paths().seg_predictions(false).display()
+    );
     Ok(Summary::ok(details))
 }
 

@@ -34,9 +34,9 @@ use crate::refine::resize::full_resolution;
 use crate::refine::walk::walk_labels;
 
 pub fn run(config: &Config, world: &World, force: bool) -> anyhow::Result<Summary> {
-    let images_dir = config.dataset(config.cam.split);
+    let images_dir = config.dataset(config.cam.inference.split);
     let images: Dataset = Dataset::open(images_dir).with_context(|| format!("the images of cam.split ({})", images_dir.display()))?;
-    let cam_dir = config.cam_dir();
+    let cam_dir = config.paths().cams(config.cam.inference.split);
     let cams: Dataset<CamRow> = Dataset::open_as(&cam_dir).with_context(|| format!("the CAMs ({}; run `wsss-dist cam` first)", cam_dir.display()))?;
     images.check_unique_ids()?;
     cams.check_unique_ids()?;
@@ -51,7 +51,7 @@ pub fn run(config: &Config, world: &World, force: bool) -> anyhow::Result<Summar
     );
     // CAMs written by `cam` are named by its job's fingerprint; others by their checksums.
     let cam_identity = job_fingerprint(&cam_dir).unwrap_or_else(|| fingerprint(&[cams.manifest()], ""));
-    let (boundaries, network) = match config.pseudo_label.method {
+    let (boundaries, network) = match config.pseudo_label.params.method {
         PseudoMethod::IrnRw => Boundaries::load(config, world).map(|(b, identity)| (Some(b), identity))?,
         _ => (None, String::new()),
     };
@@ -107,7 +107,7 @@ pub fn run(config: &Config, world: &World, force: bool) -> anyhow::Result<Summar
         let boundary_seconds = boundaries.is_some().then_some(boundary_seconds);
         Ok(TaskOutput::single(rows, skipped, phase_seconds(read_seconds, refine_seconds, boundary_seconds)))
     })?;
-    Ok(Summary::ok(json!({ "method": config.pseudo_label.method.name(), "map": details[0] })))
+    Ok(Summary::ok(json!({ "method": config.pseudo_label.params.method.name(), "map": details[0] })))
 }
 
 /// A task's seconds by phase (`boundary` with `irn_rw` only).
@@ -141,7 +141,7 @@ impl Labelling {
         let settings = &config.pseudo_label;
         let job = MapJob {
             what: "pseudo-label",
-            out: config.pseudo_dir(),
+            out: config.paths().pseudo_labels(),
             fingerprint: fingerprint(&[images], &format!("{cam_identity}|{}{network}", serde_json::to_string(settings)?)),
             task_images: images.shards.iter().map(|s| s.rows).collect(),
             kind: DatasetKind::PseudoLabels,
@@ -149,13 +149,13 @@ impl Labelling {
             classes: images.classes.clone(),
             source: format!(
                 "wsss-dist pseudo-label ({}) of {} with the CAMs of {}",
-                settings.method.name(),
-                config.dataset(config.cam.split).display(),
-                config.cam_dir().display()
+                settings.params.method.name(),
+                config.dataset(config.cam.inference.split).display(),
+                config.paths().cams(config.cam.inference.split).display()
             ),
         };
         let pool = rayon::ThreadPoolBuilder::new().num_threads(settings.threads).build().context("starting the refinement threads")?;
-        Ok(Labelling { job, params: settings.params(), pool, num_classes: images.num_classes(), max_pixels: config.run.max_image_pixels })
+        Ok(Labelling { job, params: settings.params.clone(), pool, num_classes: images.num_classes(), max_pixels: config.run.max_image_pixels })
     }
 
     /// The pseudo-label row of one image (with its boundary map for `irn_rw`); an error is the
@@ -209,7 +209,7 @@ impl Boundaries {
     /// SHA-256 for the job's fingerprint.
     fn load(config: &Config, world: &World) -> anyhow::Result<(Boundaries, String)> {
         let device = super::compute_device(config, world)?;
-        let checkpoint = super::model_to_load(&config.irn.checkpoint, &config.irn_dir(), "run `wsss-dist train irn` first, or set irn.checkpoint")?;
+        let checkpoint = super::model_to_load(&config.irn.checkpoint, &config.paths().irn(), "run `wsss-dist train irn` first, or set irn.checkpoint")?;
         let vs = tch::nn::VarStore::new(device);
         let net = IrnNet::new(&vs.root(), config.irn.backbone());
         weights::restore(&vs, &checkpoint).context("loading IRNet's network (do irn.arch, irn.depth and the checkpoint match?)")?;

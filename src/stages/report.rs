@@ -26,12 +26,12 @@ use crate::report::{html, overlay_heat, overlay_labels, thumbnail, Chart, Point,
 const PANEL_HEIGHT: u32 = 160;
 
 pub fn run(config: &Config, out: Option<&Path>, samples: usize) -> anyhow::Result<Summary> {
-    let run_dir = config.run_dir();
+    let run_dir = config.paths().root();
     let mut report = Report { title: format!("wsss-dist run {} ({})", config.run.name, run_dir.display()), ..Report::default() };
     if let Some(summary) = read_json(&run_dir.join("summary.json")).filter(|s| s.get("eval_cam").is_some()) {
         report.summary.push(side_by_side(&summary));
     }
-    for (stage, dir) in [("CAM classifier", run_dir.clone()), ("segmenter", config.seg_dir())] {
+    for (stage, dir) in [("CAM classifier", run_dir.clone()), ("segmenter", config.paths().seg())] {
         match read_metrics(&dir.join("metrics.jsonl")) {
             Some(lines) => report.charts.extend(curves(stage, &lines)),
             None if stage == "CAM classifier" => report.notes.push(format!("no training metrics at {}/metrics.jsonl", dir.display())),
@@ -42,10 +42,10 @@ pub fn run(config: &Config, out: Option<&Path>, samples: usize) -> anyhow::Resul
     if let Some(cam) = &evaluations.cam {
         report.charts.push(sweep_chart(&cam["report"]));
     }
-    let seg_split = config.seg.infer.split;
+    let seg_split = config.seg.infer.inference.split;
     report.tables.push(iou_table(config, &evaluations));
-    report.samples = sample_rows(config, config.cam.split, samples, &mut report.notes)?;
-    if config.seg.enabled && seg_split != config.cam.split {
+    report.samples = sample_rows(config, config.cam.inference.split, samples, &mut report.notes)?;
+    if config.seg.enabled && seg_split != config.cam.inference.split {
         report.samples.extend(sample_rows(config, seg_split, samples, &mut report.notes)?);
     }
     let page = html(&report)?;
@@ -84,16 +84,16 @@ struct Evaluations {
 
 impl Evaluations {
     fn read(config: &Config, eval: &Path, notes: &mut Vec<String>) -> Evaluations {
-        let seg_split = config.seg.infer.split;
+        let seg_split = config.seg.infer.inference.split;
         let mut read = |file: String, command: &str, expected: bool| expected.then(|| read_evaluation(&eval.join(file), command, notes)).flatten();
         let seg = config.seg.enabled;
         Evaluations {
             cam: read("cam.json".into(), "wsss-dist eval cam", true),
             pseudo: read("pseudo.json".into(), "wsss-dist eval pseudo", true),
-            pseudo_rw: read("pseudo_rw.json".into(), "wsss-dist eval pseudo", config.pseudo_label.method == PseudoMethod::IrnRw),
-            cam_seg_split: read(format!("{}.json", Config::cam_eval_name(seg_split)), "wsss-dist run", seg && seg_split != config.cam.split),
+            pseudo_rw: read("pseudo_rw.json".into(), "wsss-dist eval pseudo", config.pseudo_label.params.method == PseudoMethod::IrnRw),
+            cam_seg_split: read(format!("{}.json", Config::cam_eval_name(seg_split)), "wsss-dist run", seg && seg_split != config.cam.inference.split),
             seg: read("seg.json".into(), "wsss-dist eval seg", seg),
-            seg_crf: read("seg_crf.json".into(), "wsss-dist eval seg", seg && config.seg.infer.crf),
+            seg_crf: read("seg_crf.json".into(), "wsss-dist eval seg", seg && config.seg.infer.dense_crf),
         }
     }
 }
@@ -161,7 +161,7 @@ fn sweep_chart(report: &Value) -> Chart {
 /// of `cam.split` at their best τ, the image-label baseline, the pseudo-labels, the CAMs of
 /// the segmenter's split (when it is another), the segmenter (without and with the CRF).
 fn iou_table(config: &Config, evaluations: &Evaluations) -> Table {
-    let (cam_split, seg_split) = (config.cam.split.name(), config.seg.infer.split.name());
+    let (cam_split, seg_split) = (config.cam.inference.split.name(), config.seg.infer.inference.split.name());
     let mut columns: Vec<(String, Value)> = Vec::new();
     let cam_column =
         |cam: &Value, split: &str| (format!("CAM, {split} (τ {:.2})", cam["report"]["best_tau"].as_f64().unwrap_or(f64::NAN)), cam["report"]["best"].clone());
@@ -193,12 +193,13 @@ fn sample_rows(config: &Config, split: Split, count: usize, notes: &mut Vec<Stri
         return Ok(Vec::new());
     };
     let rows = first_rows(&images, count)?;
-    let cams: Option<Dataset<CamRow>> = open_or_note(&config.with_cam_split(split).cam_dir(), "CAMs", notes);
-    let labels: Option<Dataset<PseudoRow>> = (split == config.cam.split).then(|| open_or_note(&config.pseudo_dir(), "pseudo-labels", notes)).flatten();
+    let cams: Option<Dataset<CamRow>> = open_or_note(&config.paths().cams(split), "CAMs", notes);
+    let labels: Option<Dataset<PseudoRow>> =
+        (split == config.cam.inference.split).then(|| open_or_note(&config.paths().pseudo_labels(), "pseudo-labels", notes)).flatten();
     let predictions: Vec<(&str, Dataset<PseudoRow>)> = [(false, "segmenter"), (true, "segmenter + CRF")]
         .into_iter()
-        .filter(|_| split == config.seg.infer.split)
-        .filter_map(|(crf, name)| Dataset::open_as(&config.with_seg_crf(crf).seg_pred_dir()).ok().map(|d| (name, d)))
+        .filter(|_| split == config.seg.infer.inference.split)
+        .filter_map(|(crf, name)| Dataset::open_as(&config.paths().seg_predictions(crf)).ok().map(|d| (name, d)))
         .collect();
     let num_classes = images.manifest().num_classes();
     let mut out = Vec::with_capacity(rows.len());

@@ -4,7 +4,7 @@
 //! `cam.split` and refine them into pseudo-labels (on a GPU in one map phase,
 //! `cam_and_labels`; on the CPU in two), then evaluate both. With `seg.enabled` it goes on:
 //! train the segmenter on those pseudo-labels (`cam.split` must then be the train split),
-//! predict `seg.infer.split` with it (and with the CRF too when `seg.infer.crf`) and evaluate
+//! predict `seg.infer.split` with it (and with the CRF too when `seg.infer.dense_crf`) and evaluate
 //! the predictions. With `pseudo_label.method = "irn_rw"` the labels come in three steps
 //! (docs/methods.md §8): `irn_seeds` labels of the train split (to `irn.labels`), `train irn`
 //! on them, then the random walk. The map phases skip what an earlier run finished, and
@@ -29,17 +29,17 @@ use crate::refine::pseudo::PseudoMethod;
 const REPORT_SAMPLES: usize = 8;
 
 pub fn run(config: &Config, world: &World) -> anyhow::Result<Summary> {
-    let random_walk = config.pseudo_label.method == PseudoMethod::IrnRw;
+    let random_walk = config.pseudo_label.params.method == PseudoMethod::IrnRw;
     let learners = [
         (config.seg.enabled, "with seg.enabled the segmenter trains on the pseudo-labels of cam.split"),
         (random_walk, "pseudo_label.method = \"irn_rw\" trains IRNet's network on the irn_seeds labels of cam.split"),
     ];
-    if let Some((_, why)) = learners.iter().find(|(needed, _)| *needed && config.cam.split != Split::Train) {
+    if let Some((_, why)) = learners.iter().find(|(needed, _)| *needed && config.cam.inference.split != Split::Train) {
         bail!("config key `cam.split`: {why}, which must be \"train\"");
     }
     if config.seg.enabled && config.seg.infer.image_labels {
         // The segmenter's score would then know each photo's classes (docs/segmenter.md).
-        bail!("config key `seg.infer.image_labels`: `run` scores the segmenter on {}, which must not see the images' labels; set it for `wsss-dist seg` on the training photos only", config.seg.infer.split.name());
+        bail!("config key `seg.infer.image_labels`: `run` scores the segmenter on {}, which must not see the images' labels; set it for `wsss-dist seg` on the training photos only", config.seg.infer.inference.split.name());
     }
     let run_dir = config.run.dir.join(&config.run.name);
     if world.is_root() {
@@ -83,8 +83,8 @@ pub fn run(config: &Config, world: &World) -> anyhow::Result<Summary> {
         details["eval_seg"] = eval::run_seg(config, world)?.details;
         // The CAMs of the photos the segmenter is scored on, so that the run compares its
         // stages on one split.
-        let seg_split = config.seg.infer.split;
-        if seg_split != config.cam.split {
+        let seg_split = config.seg.infer.inference.split;
+        if seg_split != config.cam.inference.split {
             let cams_of_seg_split = config.with_cam_split(seg_split);
             details["cam_seg_split"] = cam::run(&cams_of_seg_split, world, false)?.details;
             details["eval_cam_seg_split"] = eval::run_cam_as(&cams_of_seg_split, world, &Config::cam_eval_name(seg_split))?.details;
@@ -102,8 +102,8 @@ pub fn run(config: &Config, world: &World) -> anyhow::Result<Summary> {
 /// `config` making the `irn_seeds` labels that `train irn` reads.
 fn seeds_config(config: &Config) -> Config {
     let mut seeds = config.clone();
-    seeds.pseudo_label.method = PseudoMethod::IrnSeeds;
-    seeds.pseudo_label.out = config.irn_labels_dir();
+    seeds.pseudo_label.params.method = PseudoMethod::IrnSeeds;
+    seeds.pseudo_label.out = config.paths().irn_labels();
     seeds
 }
 

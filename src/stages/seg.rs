@@ -2,7 +2,7 @@
 //! map phase (`engine::map_phase`: dynamic over the ranks, resumable task by task, the same
 //! bytes for any number of ranks). Per image: the softmax averaged over `seg.infer.scales`
 //! (and their flips) and its argmax, written as a dataset in the pseudo-label format
-//! (`<run dir>/seg/pred/<split>`); with `seg.infer.crf` also the argmax after the dense CRF
+//! (`<run dir>/seg/pred/<split>`); with `seg.infer.dense_crf` also the argmax after the dense CRF
 //! (DeepLab's settings) from the same forward passes (`pred_crf/<split>`). `export png` and
 //! `eval seg` read them.
 
@@ -27,10 +27,10 @@ use crate::refine::crf::{argmax_groups, pixel_major, CrfParams, DenseCrf};
 pub fn run(config: &Config, world: &World, force: bool) -> anyhow::Result<Summary> {
     let device = super::compute_device(config, world)?;
     let infer = &config.seg.infer;
-    let input_dir = config.dataset(infer.split);
+    let input_dir = config.dataset(infer.inference.split);
     let input = Dataset::open(input_dir).with_context(|| format!("the images of seg.infer.split ({})", input_dir.display()))?;
     input.check_unique_ids()?;
-    let checkpoint = super::model_to_load(&infer.checkpoint, &config.seg_dir(), "run `wsss-dist train seg` first, or set seg.infer.checkpoint")?;
+    let checkpoint = super::model_to_load(&infer.inference.checkpoint, &config.paths().seg(), "run `wsss-dist train seg` first, or set seg.infer.checkpoint")?;
     let vs = VarStore::new(device);
     let model = &config.seg.model;
     let net = Segmenter::new(&vs.root(), model.kind, model.backbone(), input.manifest().classes.len() as i64);
@@ -39,20 +39,20 @@ pub fn run(config: &Config, world: &World, force: bool) -> anyhow::Result<Summar
     // What shapes the predictions: the weights, the network, the inference settings, the
     // normalisation (and, for those with the CRF, its settings).
     let settings = serde_json::to_string(&json!({
-        "checkpoint": file_sha256(&checkpoint)?, "model": model, "infer": { "scales": infer.scales, "flip": infer.flip, "image_labels": infer.image_labels },
+        "checkpoint": file_sha256(&checkpoint)?, "model": model, "infer": { "scales": infer.inference.scales, "flip": infer.inference.flip, "image_labels": infer.image_labels },
         "mean": config.seg.loader.mean, "std": config.seg.loader.std,
     }))?;
     let method = model.kind.name();
     // Without the CRF always; with it too when asked, from the same forward passes.
-    let variants: Vec<bool> = if infer.crf { vec![false, true] } else { vec![false] };
+    let variants: Vec<bool> = if infer.dense_crf { vec![false, true] } else { vec![false] };
     let jobs: Vec<MapJob> = variants
         .iter()
         .map(|&crf| MapJob {
             what: if crf { "seg + crf" } else { "seg" },
-            out: config.with_seg_crf(crf).seg_pred_dir(),
+            out: config.paths().seg_predictions(crf),
             fingerprint: fingerprint(
                 &[input.manifest()],
-                &format!("{settings}|crf {}", if crf { serde_json::to_string(&infer.crf_params).unwrap_or_default() } else { String::new() }),
+                &format!("{settings}|crf {}", if crf { serde_json::to_string(&infer.crf).unwrap_or_default() } else { String::new() }),
             ),
             task_images: input.manifest().shards.iter().map(|s| s.rows).collect(),
             kind: DatasetKind::PseudoLabels,
@@ -62,8 +62,8 @@ pub fn run(config: &Config, world: &World, force: bool) -> anyhow::Result<Summar
                 "wsss-dist seg of {} with {} ({method}, scales {:?}, flip {}, image labels {}, crf {crf})",
                 input_dir.display(),
                 checkpoint.display(),
-                infer.scales,
-                infer.flip,
+                infer.inference.scales,
+                infer.inference.flip,
                 infer.image_labels
             ),
         })
@@ -75,7 +75,7 @@ pub fn run(config: &Config, world: &World, force: bool) -> anyhow::Result<Summar
         // a CPU, and the network runs on libtorch's own threads.
         let mut pending: Vec<CrfInput> = Vec::new();
         let refine = |pending: &mut Vec<CrfInput>, refined: &mut Vec<PseudoRow>| {
-            refined.extend(pool.install(|| pending.par_drain(..).map(|input| input.refine(&infer.crf_params, method)).collect::<Vec<_>>()));
+            refined.extend(pool.install(|| pending.par_drain(..).map(|input| input.refine(&infer.crf, method)).collect::<Vec<_>>()));
         };
         let (skipped, seconds) = for_each_image(
             &input,
@@ -93,7 +93,7 @@ pub fn run(config: &Config, world: &World, force: bool) -> anyhow::Result<Summar
         )?;
         refine(&mut pending, &mut refined);
         let mut shards = vec![ShardOutput::new(plain, skipped.clone())];
-        if infer.crf {
+        if infer.dense_crf {
             shards.push(ShardOutput::new(refined, skipped));
         }
         Ok(TaskOutput { shards, seconds })
@@ -101,14 +101,19 @@ pub fn run(config: &Config, world: &World, force: bool) -> anyhow::Result<Summar
     Ok(Summary::ok(json!({ "checkpoint": checkpoint, "map": details })))
 }
 
-/// The prediction row of one image without the CRF, and (when `infer.crf`) what its CRF needs;
+/// The prediction row of one image without the CRF, and (when `infer.dense_crf`) what its CRF needs;
 /// an error is the reason to skip the image.
 fn predict(net: &Segmenter, image: &ImageRow, normalise: &Normalise, infer: &SegInferConfig, method: &str) -> Result<(PseudoRow, Option<CrfInput>), String> {
     let rgb = decode_row_image(image)?;
     let image_size = [rgb.height as i64, rgb.width as i64];
     let probabilities = tch::no_grad(|| {
-        let mean =
-            mean_softmax(net, &fit_long_side(&normalise.apply(&rgb.pixels, rgb.width, rgb.height), infer.max_side), image_size, &infer.scales, infer.flip);
+        let mean = mean_softmax(
+            net,
+            &fit_long_side(&normalise.apply(&rgb.pixels, rgb.width, rgb.height), infer.inference.max_side),
+            image_size,
+            &infer.inference.scales,
+            infer.inference.flip,
+        );
         if infer.image_labels {
             keep_image_classes(&mean, &image.labels)
         } else {
@@ -118,7 +123,7 @@ fn predict(net: &Segmenter, image: &ImageRow, normalise: &Normalise, infer: &Seg
     let classes = probabilities.size()[0] as usize;
     let q = pixel_major(&probabilities);
     let row = prediction_row(&image.id, &rgb, argmax_groups(&q, classes), method);
-    Ok((row, infer.crf.then(|| CrfInput { id: image.id.clone(), rgb, q, classes })))
+    Ok((row, infer.dense_crf.then(|| CrfInput { id: image.id.clone(), rgb, q, classes })))
 }
 
 /// `probabilities` [C, H, W] with the classes not in the image's labels (background always in)

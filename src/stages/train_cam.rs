@@ -25,7 +25,7 @@ use crate::optim::ParamGroup;
 
 pub fn run(config: &Config, world: &World, resume: bool) -> anyhow::Result<Summary> {
     let dataset = Arc::new(Dataset::open(&config.data.train).with_context(|| format!("config key `data.train` ({})", config.data.train.display()))?);
-    let stage = Stage { keys: "", train: &config.train, loader: &config.loader, dir: config.run_dir() };
+    let stage = Stage { keys: "", train: &config.train, loader: &config.loader, dir: config.paths().root() };
     let data = TrainData { images: dataset, pseudo_labels: None, label_pixels: Vec::new() };
     trainer::train(config, world, resume, &stage, data, |context| Ok(CamTask::new(config, context))).map(Summary::ok)
 }
@@ -92,20 +92,21 @@ fn initialise(config: &Config, model: &Model, calibration: &dyn Fn() -> anyhow::
             let report = weights::import_under(&model.vs, &prefix, &path, &weights::EXACT)
                 .context("config key `method.amr.spotlight_init` (a CAM network of the same model.arch, depth and classes)")?;
             info!("spotlight branch: loaded {} tensors from {}", report.loaded, path.display());
-        } else if config.model.init.as_os_str().is_empty() {
+        } else if config.model.backbone.init.as_os_str().is_empty() {
             calibrate.push((branch, net));
         } else {
             ensure!(
-                config.model.init.exists(),
+                config.model.backbone.init.exists(),
                 "config key `model.init`: {} does not exist (`make weights` fetches torchvision's ImageNet MobileNetV2 into weights/; docs/weights.md)",
-                config.model.init.display()
+                config.model.backbone.init.display()
             );
-            let report = weights::import_under(&model.vs, &prefix, &config.model.init, &weights::TORCHVISION_BACKBONE).context("config key `model.init`")?;
+            let report =
+                weights::import_under(&model.vs, &prefix, &config.model.backbone.init, &weights::TORCHVISION_BACKBONE).context("config key `model.init`")?;
             info!(
                 "{}loaded {} tensors from {} (new: {}; ignored: {} key(s))",
                 branch_label(branch),
                 report.loaded,
-                config.model.init.display(),
+                config.model.backbone.init.display(),
                 report.kept_init.join(", "),
                 report.ignored.len()
             );

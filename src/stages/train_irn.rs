@@ -25,8 +25,8 @@ use crate::model::weights;
 use crate::optim::ParamGroup;
 
 pub fn run(config: &Config, world: &World, resume: bool) -> anyhow::Result<Summary> {
-    let data = TrainData::with_labels(config, &config.irn_labels_dir(), "irn.labels")?;
-    let stage = Stage { keys: "irn.", train: &config.irn.train, loader: &config.irn.loader, dir: config.irn_dir() };
+    let data = TrainData::with_labels(config, &config.paths().irn_labels(), "irn.labels")?;
+    let stage = Stage { keys: "irn.", train: &config.irn.train, loader: &config.irn.loader, dir: config.paths().irn() };
     trainer::train(config, world, resume, &stage, data, |context| Ok(IrnTask::new(config, context))).map(Summary::ok)
 }
 
@@ -69,7 +69,7 @@ impl Task for IrnTask<'_> {
     /// The backbone from `irn.init` (torchvision's ImageNet ResNet or MobileNetV2), or a random
     /// one with its frozen BatchNorm statistics calibrated on the first batch.
     fn initialise(&self, calibration: &dyn Fn() -> anyhow::Result<Batch>) -> anyhow::Result<()> {
-        let init = &self.config.irn.init;
+        let init = &self.config.irn.backbone.init;
         if init.as_os_str().is_empty() {
             warn!("irn.init is not set: IRNet's backbone starts from a random initialisation (its boundaries need ImageNet features)");
             let batch = calibration().context("calibrating BatchNorm")?;

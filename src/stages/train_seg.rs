@@ -27,9 +27,9 @@ use crate::model::weights;
 use crate::optim::ParamGroup;
 
 pub fn run(config: &Config, world: &World, resume: bool) -> anyhow::Result<Summary> {
-    let data = TrainData::with_labels(config, &config.seg_labels_dir(), "seg.labels")?;
+    let data = TrainData::with_labels(config, &config.paths().seg_labels(), "seg.labels")?;
     let class_weights = class_weights(config, &data)?;
-    let stage = Stage { keys: "seg.", train: &config.seg.train, loader: &config.seg.loader, dir: config.seg_dir() };
+    let stage = Stage { keys: "seg.", train: &config.seg.train, loader: &config.seg.loader, dir: config.paths().seg() };
     trainer::train(config, world, resume, &stage, data, |context| Ok(SegTask::new(config, context).with_class_weights(class_weights.as_deref())))
         .map(Summary::ok)
 }
@@ -121,12 +121,13 @@ impl Task for SegTask<'_> {
     fn initialise(&self, calibration: &dyn Fn() -> anyhow::Result<Batch>) -> anyhow::Result<()> {
         if self.config.seg.model.init_from_cam {
             let key = "config key `seg.model.init_from_cam`";
-            let path = super::model_to_load(Path::new(""), &self.config.run_dir(), "train the CAM classifier first (`wsss-dist train cam`)").context(key)?;
+            let path =
+                super::model_to_load(Path::new(""), &self.config.paths().root(), "train the CAM classifier first (`wsss-dist train cam`)").context(key)?;
             let report = weights::import_under(&self.vs, &format!("{BACKBONE}."), &path, &weights::CAM_CLASSIFIER_SEG_BACKBONE).context(key)?;
             info!("segmenter backbone: loaded {} tensors from the CAM classifier {}", report.loaded, path.display());
             return Ok(());
         }
-        let init = &self.config.seg.model.init;
+        let init = &self.config.seg.model.backbone.init;
         if init.as_os_str().is_empty() {
             warn!("seg.model.init is not set: the segmenter's backbone starts from a random initialisation (`make weights`, docs/weights.md)");
             let batch = calibration().context("calibrating BatchNorm")?;

@@ -14,6 +14,7 @@ use crate::data::loader::LoaderSpec;
 use crate::data::sampler::Uneven;
 use crate::data::synthetic::SyntheticParams;
 use crate::dist::Backend;
+use crate::loss::dense_crf::DenseCrfLoss;
 use crate::model::backbone::{Arch, BackboneSpec};
 use crate::model::deeplab::{SegKind, V3_DROPOUT};
 use crate::model::mobilenet;
@@ -21,7 +22,13 @@ use crate::model::resnet::{Depth, Strides};
 use crate::model::Base;
 use crate::refine::crf::CrfParams;
 use crate::refine::pseudo::{PseudoMethod, PseudoParams};
-use crate::refine::walk::WalkParams;
+
+mod file;
+mod keys;
+mod paths;
+
+pub use file::merge_into;
+pub use paths::RunPaths;
 
 /// A configuration error: names the file or the key at fault.
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +39,8 @@ pub enum ConfigError {
     Parse { path: PathBuf, message: String },
     #[error("unknown config key `{key}`{hint}")]
     UnknownKey { key: String, hint: String },
+    #[error("config key `{key}` is now `{new}`")]
+    Renamed { key: String, new: String },
     #[error("--set {arg}: expected `section.key=value`")]
     BadOverride { arg: String },
     #[error("config key `{key}`: {message}")]
@@ -91,31 +100,57 @@ impl Default for RunConfig {
     }
 }
 
-/// `[model]`: the CAM network (docs/methods.md §1).
+/// A backbone and where its weights start: the keys `[model]`, `[seg.model]` and `[irn]` share
+/// (flattened into each: their unknown keys are caught by the key check of `Config::load`).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct ModelConfig {
+#[serde(default)]
+pub struct BackboneConfig {
     /// `resnet` (of `depth`) or `mobilenet_v2`.
     pub arch: Arch,
     pub depth: Depth,
+    /// torchvision ImageNet weights as safetensors (tools/pth_to_safetensors.py); "" starts from
+    /// a random initialisation.
+    pub init: PathBuf,
+}
+
+impl BackboneConfig {
+    fn of(arch: Arch, depth: Depth) -> BackboneConfig {
+        BackboneConfig { arch, depth, init: PathBuf::new() }
+    }
+
+    /// This backbone at `strides`.
+    pub fn spec(&self, strides: Strides) -> BackboneSpec {
+        BackboneSpec { arch: self.arch, depth: self.depth, strides }
+    }
+}
+
+impl Default for BackboneConfig {
+    fn default() -> Self {
+        BackboneConfig::of(Arch::Resnet, Depth::Resnet50)
+    }
+}
+
+/// `[model]`: the CAM network (docs/methods.md §1).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct ModelConfig {
+    #[serde(flatten)]
+    pub backbone: BackboneConfig,
     /// Strides of conv1, layer2, layer3, layer4 (MobileNetV2: of the stem and its 32-, 64- and
     /// 160-channel stages, a stride of 1 there dilating instead); (2, 2, 2, 1) keeps output
     /// stride 16.
     pub strides: Strides,
-    /// torchvision weights as safetensors (tools/pth_to_safetensors.py); "" starts from a
-    /// random initialisation.
-    pub init: PathBuf,
 }
 
 impl Default for ModelConfig {
     fn default() -> Self {
-        ModelConfig { arch: Arch::Resnet, depth: Depth::Resnet50, strides: [2, 2, 2, 1], init: PathBuf::new() }
+        ModelConfig { backbone: BackboneConfig::default(), strides: [2, 2, 2, 1] }
     }
 }
 
 impl ModelConfig {
     pub fn backbone(&self) -> BackboneSpec {
-        BackboneSpec { arch: self.arch, depth: self.depth, strides: self.strides }
+        self.backbone.spec(self.strides)
     }
 }
 
@@ -141,18 +176,16 @@ pub struct SegConfig {
 /// the `irn_seeds` pseudo-labels of the train split into `<run dir>/irn`. Its training and
 /// loader settings are sections of their own, as the segmenter's.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
+#[serde(default)]
 pub struct IrnConfig {
     /// The `irn_seeds` pseudo-labels of `data.train`; "" is `<run dir>/pseudo_labels/train`.
     pub labels: PathBuf,
     /// The frozen backbone at strides (2, 2, 2, 1): a ResNet of `irn.depth` (IRNet's ResNet-50),
-    /// or torchvision's MobileNetV2 (whose ImageNet weights `make weights` fetches).
-    pub arch: Arch,
-    pub depth: Depth,
-    /// torchvision ImageNet weights for the backbone (safetensors); "" starts from a random
-    /// backbone with calibrated BatchNorm statistics (tests only: the boundaries need ImageNet
-    /// features).
-    pub init: PathBuf,
+    /// or torchvision's MobileNetV2 (whose ImageNet weights `make weights` fetches). Without
+    /// `irn.init` it starts from a random backbone with calibrated BatchNorm statistics (tests
+    /// only: the boundaries need ImageNet features).
+    #[serde(flatten)]
+    pub backbone: BackboneConfig,
     /// Radius of the training pairs (IRNet's 10: 152 directions).
     pub radius: i32,
     /// The network `pseudo-label --method irn_rw` uses; "" is the newest checkpoint in
@@ -166,9 +199,7 @@ impl Default for IrnConfig {
     fn default() -> Self {
         IrnConfig {
             labels: PathBuf::new(),
-            arch: Arch::Resnet,
-            depth: Depth::Resnet50,
-            init: PathBuf::new(),
+            backbone: BackboneConfig::default(),
             radius: 10,
             checkpoint: PathBuf::new(),
             // IRNet's recipe: batch 32, crop 512, 3 epochs, lr 0.1 (the displacement branch at
@@ -186,7 +217,7 @@ impl Default for IrnConfig {
 impl IrnConfig {
     /// The backbone of `irn.arch` / `irn.depth` at IRNet's strides.
     pub fn backbone(&self) -> BackboneSpec {
-        BackboneSpec { arch: self.arch, depth: self.depth, strides: [2, 2, 2, 1] }
+        self.backbone.spec([2, 2, 2, 1])
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
@@ -211,10 +242,22 @@ const V2_OUTPUT_STRIDE: i64 = 8;
 
 impl Default for SegConfig {
     fn default() -> Self {
+        SegConfig::of_kind(SegKind::DeeplabV3plus)
+    }
+}
+
+impl SegConfig {
+    /// The defaults of a segmenter of `kind`: its reference's crop and output stride
+    /// (docs/methods.md §5), DeepLab's recipe otherwise.
+    pub fn of_kind(kind: SegKind) -> SegConfig {
+        let (crop, output_stride) = match kind {
+            SegKind::DeeplabV3plus => (V3PLUS_CROP, 16),
+            SegKind::DeeplabV2 => (V2_CROP, V2_OUTPUT_STRIDE),
+        };
         SegConfig {
             enabled: false,
             labels: PathBuf::new(),
-            model: SegModelConfig::default(),
+            model: SegModelConfig { kind, output_stride, ..SegModelConfig::default() },
             infer: SegInferConfig::default(),
             loss: SegLossConfig::default(),
             // DeepLab's recipe: SGD momentum 0.9, weight decay 5e-4, head x10, poly 0.9.
@@ -222,12 +265,10 @@ impl Default for SegConfig {
             // (VainF: head 0.01, backbone 0.1x); DeepLab v2's reference trains at 2.5e-4.
             train: TrainConfig { lr: 0.001, weight_decay: 5e-4, ..TrainConfig::default() },
             // Random scale, flip and crop only: DeepLab does no colour jitter.
-            loader: LoaderConfig::without_colour_jitter(10, V3PLUS_CROP),
+            loader: LoaderConfig::without_colour_jitter(10, crop),
         }
     }
-}
 
-impl SegConfig {
     fn validate(&self) -> Result<(), ConfigError> {
         self.train.validate("seg.train")?;
         self.loader.validate("seg.loader")?;
@@ -236,7 +277,7 @@ impl SegConfig {
             // single value per channel).
             return invalid("seg.loader.batch_size", "DeepLab v3+ trains its BatchNorms on batch statistics: at least 2");
         }
-        if self.model.kind == SegKind::DeeplabV2 && self.model.arch != Arch::Resnet {
+        if self.model.kind == SegKind::DeeplabV2 && self.model.backbone.arch != Arch::Resnet {
             return invalid("seg.model.arch", "DeepLab v2 is built on a ResNet (`resnet`, with seg.model.depth)");
         }
         if ![8, 16].contains(&self.model.output_stride) {
@@ -245,14 +286,9 @@ impl SegConfig {
         if !(0.0..1.0).contains(&self.model.dropout) {
             return invalid("seg.model.dropout", "must be in [0, 1)");
         }
-        if self.infer.scales.is_empty() || self.infer.scales.iter().any(|s| !(*s > 0.0 && *s <= 8.0)) {
-            return invalid("seg.infer.scales", "must list at least one scale in (0, 8]");
-        }
-        if self.infer.max_side < 32 {
-            return invalid("seg.infer.max_side", "must be at least 32 pixels");
-        }
+        self.infer.inference.validate("seg.infer")?;
         self.loss.validate()?;
-        check_crf(&self.infer.crf_params, "seg.infer.crf_params")
+        check_crf(&self.infer.crf, "seg.infer.crf")
     }
 }
 
@@ -261,14 +297,9 @@ impl SegConfig {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct SegLossConfig {
+    /// Add the dense-CRF loss, with `[seg.loss.crf]`.
     pub dense_crf: bool,
-    /// w: 2e-9 for VOC crops of 513 px; the energy grows with the square of the pixel count.
-    pub crf_weight: f64,
-    pub crf_sigma_rgb: f32,
-    /// In pixels of the input; scaled with it.
-    pub crf_sigma_xy: f32,
-    /// The image and softmax are downscaled by this before the loss.
-    pub crf_scale: f64,
+    pub crf: DenseCrfLoss,
     /// p of the cross-entropy's class weights `w_c ∝ f_c^−p`, f_c the share of class c among
     /// the labelled pixels of `seg.labels`, scaled to average 1 over them: 0 weighs every pixel
     /// alike, 0.5 by the inverse square root of its class's frequency, 1 by the inverse.
@@ -281,38 +312,28 @@ pub struct SegLossConfig {
 
 impl Default for SegLossConfig {
     fn default() -> Self {
-        SegLossConfig {
-            dense_crf: false,
-            crf_weight: 2e-9,
-            crf_sigma_rgb: 15.0,
-            crf_sigma_xy: 100.0,
-            crf_scale: 0.5,
-            class_balance: 0.0,
-            class_balance_max_ratio: 0.0,
-        }
+        SegLossConfig { dense_crf: false, crf: DenseCrfLoss::default(), class_balance: 0.0, class_balance_max_ratio: 0.0 }
     }
 }
 
 impl SegLossConfig {
     /// The loss, when on.
-    pub fn dense_crf_loss(&self) -> Option<crate::loss::dense_crf::DenseCrfLoss> {
-        self.dense_crf.then_some(crate::loss::dense_crf::DenseCrfLoss {
-            weight: self.crf_weight,
-            sigma_rgb: self.crf_sigma_rgb,
-            sigma_xy: self.crf_sigma_xy,
-            scale: self.crf_scale,
-        })
+    pub fn dense_crf_loss(&self) -> Option<DenseCrfLoss> {
+        self.dense_crf.then_some(self.crf)
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
-        if !(self.crf_weight >= 0.0 && self.crf_weight.is_finite()) {
-            return invalid("seg.loss.crf_weight", "must be a non-negative number");
+        let crf = &self.crf;
+        if !(crf.weight >= 0.0 && crf.weight.is_finite()) {
+            return invalid("seg.loss.crf.weight", "must be a non-negative number");
         }
-        if !(self.crf_sigma_rgb > 0.0 && self.crf_sigma_xy > 0.0 && self.crf_sigma_rgb.is_finite() && self.crf_sigma_xy.is_finite()) {
-            return invalid("seg.loss", "crf_sigma_rgb and crf_sigma_xy must be positive numbers");
+        for (key, sigma) in [("appearance_srgb", crf.appearance_srgb), ("appearance_sxy", crf.appearance_sxy)] {
+            if !(sigma > 0.0 && sigma.is_finite()) {
+                return invalid(&format!("seg.loss.crf.{key}"), "must be a positive number");
+            }
         }
-        if !(self.crf_scale > 0.0 && self.crf_scale <= 1.0) {
-            return invalid("seg.loss.crf_scale", "must lie in (0, 1]");
+        if !(crf.scale > 0.0 && crf.scale <= 1.0) {
+            return invalid("seg.loss.crf.scale", "must lie in (0, 1]");
         }
         if !(0.0..=2.0).contains(&self.class_balance) {
             return invalid("seg.loss.class_balance", "must lie in [0, 2]");
@@ -327,27 +348,59 @@ impl SegLossConfig {
 
 /// `[seg.infer]`: `wsss-dist seg`, the segmenter's predictions over a split (a map phase).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
+#[serde(default)]
 pub struct SegInferConfig {
-    pub split: Split,
-    /// Input scales whose softmax outputs are averaged (with their flips when `flip`).
-    pub scales: Vec<f64>,
-    pub flip: bool,
+    /// Its softmax outputs are averaged over the scales and flips.
+    #[serde(flatten)]
+    pub inference: InferenceConfig,
     /// Predict only each image's own classes (its image-level labels) and background, as the
     /// CAMs are: for labelling the training photos anew from a trained segmenter (a second
     /// round, docs/segmenter.md), never for a score to compare with a segmenter's.
     pub image_labels: bool,
-    /// Dense-CRF post-processing of the averaged softmax, with `crf_params`.
-    pub crf: bool,
+    /// Dense-CRF post-processing of the averaged softmax, with `[seg.infer.crf]`.
+    pub dense_crf: bool,
     /// DeepLab's CRF: 10 iterations, Gaussian sxy 1 weight 3, bilateral sxy 67 srgb 3 weight 4.
-    pub crf_params: CrfParams,
+    pub crf: CrfParams,
     /// CRF threads per rank, each refining one image while the network waits; 0 = one per core.
     pub crf_threads: usize,
-    /// Model weights; "" takes the latest checkpoint in `<run dir>/seg`.
+}
+
+/// A network run over a split (the keys `[cam]` and `[seg.infer]` share).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct InferenceConfig {
+    pub split: Split,
+    /// Input scales whose outputs are averaged, each with its horizontal flip when `flip`.
+    pub scales: Vec<f64>,
+    pub flip: bool,
+    /// Model weights; "" takes the newest intact checkpoint of the run's (or the segmenter's).
     pub checkpoint: PathBuf,
-    /// The network sees an image at most this long (long side, before `scales`): larger
-    /// ones are downscaled for the network and its output resized to the image.
+    /// The network sees an image at most this long (long side, before `scales`): larger ones
+    /// are downscaled for it and its output resized to the image.
     pub max_side: u32,
+}
+
+impl InferenceConfig {
+    fn of(split: Split, scales: Vec<f64>) -> InferenceConfig {
+        InferenceConfig { split, scales, flip: true, checkpoint: PathBuf::new(), max_side: DEFAULT_MAX_SIDE }
+    }
+
+    /// `section`: where the keys sit ("cam" or "seg.infer"), for the error's key.
+    fn validate(&self, section: &str) -> Result<(), ConfigError> {
+        if self.scales.is_empty() || self.scales.iter().any(|s| !(*s > 0.0 && *s <= 8.0)) {
+            return invalid(&format!("{section}.scales"), "must list at least one scale in (0, 8]");
+        }
+        if self.max_side < 32 {
+            return invalid(&format!("{section}.max_side"), "must be at least 32 pixels");
+        }
+        Ok(())
+    }
+}
+
+impl Default for InferenceConfig {
+    fn default() -> Self {
+        InferenceConfig::of(Split::Train, vec![1.0])
+    }
 }
 
 /// The default bound of the network's input (`cam.max_side`, `seg.infer.max_side`): twice the
@@ -357,40 +410,26 @@ pub const DEFAULT_MAX_SIDE: u32 = 1024;
 impl Default for SegInferConfig {
     fn default() -> Self {
         SegInferConfig {
-            split: Split::Val,
-            scales: vec![1.0],
-            flip: true,
+            inference: InferenceConfig::of(Split::Val, vec![1.0]),
             image_labels: false,
-            crf: false,
-            crf_params: CrfParams {
-                iterations: 10,
-                smoothness_sxy: 1.0,
-                smoothness_weight: 3.0,
-                appearance_sxy: 67.0,
-                appearance_srgb: 3.0,
-                appearance_weight: 4.0,
-            },
+            dense_crf: false,
+            crf: CrfParams { iterations: 10, smoothness_sxy: 1.0, smoothness_weight: 3.0, appearance_sxy: 67.0, appearance_srgb: 3.0, appearance_weight: 4.0 },
             crf_threads: 0,
-            checkpoint: PathBuf::new(),
-            max_side: DEFAULT_MAX_SIDE,
         }
     }
 }
 
 /// `[seg.model]`: which segmenter, on which backbone.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
+#[serde(default)]
 pub struct SegModelConfig {
     /// `deeplab_v2` or `deeplab_v3plus`.
     pub kind: SegKind,
-    /// `resnet` (of `depth`) or `mobilenet_v2` (v3+ only).
-    pub arch: Arch,
-    pub depth: Depth,
+    /// `mobilenet_v2` for v3+ only.
+    #[serde(flatten)]
+    pub backbone: BackboneConfig,
     /// 8 or 16, by dilation.
     pub output_stride: i64,
-    /// torchvision ImageNet weights as safetensors for the backbone; "" starts from a random
-    /// initialisation.
-    pub init: PathBuf,
     /// Start the backbone from the run's trained CAM classifier (its newest intact checkpoint)
     /// instead of `init`: its features have already learnt to tell the dataset's classes apart
     /// (docs/segmenter.md, "Initialisation"). The classifier must be a CAM network (`method.base
@@ -404,10 +443,8 @@ impl Default for SegModelConfig {
     fn default() -> Self {
         SegModelConfig {
             kind: SegKind::DeeplabV3plus,
-            arch: Arch::MobilenetV2,
-            depth: Depth::Resnet101,
+            backbone: BackboneConfig::of(Arch::MobilenetV2, Depth::Resnet101),
             output_stride: 16,
-            init: PathBuf::new(),
             init_from_cam: false,
             dropout: V3_DROPOUT,
         }
@@ -416,8 +453,7 @@ impl Default for SegModelConfig {
 
 impl SegModelConfig {
     pub fn backbone(&self) -> BackboneSpec {
-        let strides = if self.output_stride == 8 { [2, 2, 1, 1] } else { [2, 2, 2, 1] };
-        BackboneSpec { arch: self.arch, depth: self.depth, strides }
+        self.backbone.spec(if self.output_stride == 8 { [2, 2, 1, 1] } else { [2, 2, 2, 1] })
     }
 }
 
@@ -651,106 +687,55 @@ impl Split {
 
 /// `[cam]`: CAM inference (docs/methods.md §1).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
+#[serde(default)]
 pub struct CamConfig {
-    pub split: Split,
-    pub scales: Vec<f64>,
-    /// Add each scale's horizontal flip.
-    pub flip: bool,
-    /// Model weights; "" takes the latest checkpoint of the run.
-    pub checkpoint: PathBuf,
+    /// The CAMs of an image larger than `max_side` are resized to its stride-4 grid.
+    #[serde(flatten)]
+    pub inference: InferenceConfig,
     /// Output CAM dataset; "" is `<run dir>/cams/<split>`.
     pub out: PathBuf,
-    /// The network sees an image at most this long (long side, before `scales`): larger ones
-    /// are downscaled for it, and their CAMs resized to the image's stride-4 grid.
-    pub max_side: u32,
 }
 
 impl Default for CamConfig {
     fn default() -> Self {
-        CamConfig {
-            split: Split::Train,
-            scales: vec![1.0, 0.5, 1.5, 2.0],
-            flip: true,
-            checkpoint: PathBuf::new(),
-            out: PathBuf::new(),
-            max_side: DEFAULT_MAX_SIDE,
-        }
+        CamConfig { inference: InferenceConfig::of(Split::Train, vec![1.0, 0.5, 1.5, 2.0]), out: PathBuf::new() }
     }
 }
 
 /// `[pseudo_label]`: refinement of the CAMs of `cam.split` into pseudo-labels
 /// (docs/methods.md §1, §4).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
 pub struct PseudoLabelConfig {
-    /// "threshold", "crf", "irn_seeds" or "irn_rw" (IRNet's random walk over the boundaries of
-    /// `train irn`'s network, `irn.checkpoint`).
-    pub method: PseudoMethod,
-    /// τ of `threshold`.
-    pub tau: f32,
-    /// α of `crf`: background probability (1 − max_c A_c)^α.
-    pub bg_power: f32,
-    /// `irn_seeds`: the foreground and background thresholds and the label unary's certainty.
-    pub fg_threshold: f32,
-    pub bg_threshold: f32,
-    pub gt_prob: f32,
+    /// `method` is "threshold" (with `tau`), "crf" (with `bg_power`, α of the background
+    /// probability (1 − max_c A_c)^α), "irn_seeds" (with `fg_threshold`, `bg_threshold` and
+    /// `gt_prob`) or "irn_rw" (IRNet's random walk, `[pseudo_label.walk]`, over the boundaries of
+    /// `train irn`'s network, `irn.checkpoint`). `[pseudo_label.crf]`: the dense CRF (IRNet's
+    /// settings by default; SEAM/HFPL use appearance_sxy 80, appearance_srgb 13).
+    #[serde(flatten)]
+    pub params: PseudoParams,
     /// Refinement threads per rank; 0 = one per core.
     pub threads: usize,
     /// Output pseudo-label dataset; "" is `<run dir>/pseudo_labels/<split>`.
     pub out: PathBuf,
-    /// The dense CRF (IRNet's settings by default; SEAM/HFPL use appearance_sxy 80, appearance_srgb 13).
-    pub crf: CrfParams,
-    /// `irn_rw`: the random walk (docs/methods.md §8).
-    pub walk: WalkParams,
-}
-
-impl Default for PseudoLabelConfig {
-    fn default() -> Self {
-        PseudoLabelConfig {
-            method: PseudoMethod::IrnSeeds,
-            tau: 0.15,
-            bg_power: 8.0,
-            fg_threshold: 0.30,
-            bg_threshold: 0.05,
-            gt_prob: 0.7,
-            threads: 0,
-            out: PathBuf::new(),
-            crf: CrfParams::default(),
-            walk: WalkParams::default(),
-        }
-    }
 }
 
 impl PseudoLabelConfig {
-    /// The library's parameters.
-    pub fn params(&self) -> PseudoParams {
-        PseudoParams {
-            method: self.method,
-            tau: self.tau,
-            bg_power: self.bg_power,
-            fg_threshold: self.fg_threshold,
-            bg_threshold: self.bg_threshold,
-            gt_prob: self.gt_prob,
-            crf: self.crf,
-            walk: self.walk,
-        }
-    }
-
     fn validate(&self) -> Result<(), ConfigError> {
-        for (key, value) in [("tau", self.tau), ("fg_threshold", self.fg_threshold), ("bg_threshold", self.bg_threshold)] {
+        let params = &self.params;
+        for (key, value) in [("tau", params.tau), ("fg_threshold", params.fg_threshold), ("bg_threshold", params.bg_threshold)] {
             if !(0.0..=1.0).contains(&value) {
                 return invalid(&format!("pseudo_label.{key}"), "must lie in [0, 1]");
             }
         }
-        if !(self.gt_prob > 0.0 && self.gt_prob < 1.0) {
+        if !(params.gt_prob > 0.0 && params.gt_prob < 1.0) {
             return invalid("pseudo_label.gt_prob", "must lie in (0, 1)");
         }
-        if !(self.bg_power > 0.0 && self.bg_power.is_finite()) {
+        if !(params.bg_power > 0.0 && params.bg_power.is_finite()) {
             return invalid("pseudo_label.bg_power", "must be a positive number");
         }
-        self.walk.check().map_err(|(key, message)| ConfigError::Invalid { key: format!("pseudo_label.walk.{key}"), message: message.into() })?;
-        check_crf(&self.crf, "pseudo_label.crf")
+        params.walk.check().map_err(|(key, message)| ConfigError::Invalid { key: format!("pseudo_label.walk.{key}"), message: message.into() })?;
+        check_crf(&params.crf, "pseudo_label.crf")
     }
 }
 
@@ -995,18 +980,6 @@ impl TrainConfig {
     }
 }
 
-impl CamConfig {
-    fn validate(&self) -> Result<(), ConfigError> {
-        if self.scales.is_empty() || self.scales.iter().any(|s| !(*s > 0.0 && *s <= 8.0)) {
-            return invalid("cam.scales", "must list at least one scale in (0, 8]");
-        }
-        if self.max_side < 32 {
-            return invalid("cam.max_side", "must be at least 32 pixels");
-        }
-        Ok(())
-    }
-}
-
 impl EvalConfig {
     fn validate(&self) -> Result<(), ConfigError> {
         if self.thresholds.is_empty() || self.thresholds.iter().chain([&self.tau]).any(|t| !(0.0..=1.0).contains(t)) {
@@ -1017,42 +990,28 @@ impl EvalConfig {
 }
 
 impl Config {
+    /// The defaults a config table is written over: the segmenter's follow the kind it names
+    /// (`seg.model.kind`), the rest are `Config::default()`'s.
+    fn for_table(table: &toml::Table) -> Config {
+        let kind = table.get("seg").and_then(|seg| seg.get("model")).and_then(|model| model.get("kind")).and_then(|kind| kind.clone().try_into().ok());
+        Config { seg: SegConfig::of_kind(kind.unwrap_or(SegKind::DeeplabV3plus)), ..Config::default() }
+    }
+
     /// Reads `path` (or starts from the defaults when `None`) and applies `overrides`
     /// (`section.key=value`, the value in TOML syntax; a bare word is taken as a string).
     pub fn load(path: Option<&Path>, overrides: &[String]) -> Result<Config, ConfigError> {
-        let mut table = match path {
-            Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
-                text.parse::<toml::Table>().map_err(|e| ConfigError::Parse { path: path.into(), message: e.to_string() })?
-            }
-            None => toml::Table::new(),
-        };
-        for arg in overrides {
-            apply_override(&mut table, arg)?;
-        }
-        let known = known_keys();
-        check_keys(&table, "", &known)?;
-        // Keys left out take the defaults of `Config::default()`, nested sections included:
-        // serde's `default` would fill a partly written `[seg.train]` from `TrainConfig::default()`
-        // and lose the segmenter's own defaults.
-        let seg_given = |section: &str, key: &str| table.get("seg").and_then(|s| s.get(section)).and_then(|l| l.get(key)).is_some();
-        let (crop_given, stride_given) = (seg_given("loader", "crop"), seg_given("model", "output_stride"));
-        let mut merged = defaults_table();
-        merge_into(&mut merged, table);
-        let mut config: Config = serde_path_to_error::deserialize(toml::Value::Table(merged)).map_err(|e| {
-            let key = e.path().to_string();
-            ConfigError::Invalid { message: format!("{} (in {})", e.inner().message(), origin_of(&key, path, overrides)), key }
+        let table = file::read(path, overrides)?;
+        keys::check(&table, &defaults_table(&Config::default()))?;
+        // Keys left out take the defaults of their own place in the config, nested sections
+        // included: serde's `default` would fill a partly written `[seg.train]` from
+        // `TrainConfig::default()` and lose the segmenter's own defaults.
+        let defaults = defaults_table(&Config::for_table(&table));
+        let mut merged = defaults.clone();
+        merge_into(&mut merged, table.clone());
+        let config: Config = serde_path_to_error::deserialize(toml::Value::Table(merged)).map_err(|e| {
+            let key = key_at_fault(&e.path().to_string(), &table, &defaults);
+            ConfigError::Invalid { message: format!("{} (in {})", e.inner().message(), file::origin_of(&key, path, overrides)), key }
         })?;
-        // DeepLab v2's own settings where the config leaves them out: crop 321, output stride 8
-        // (docs/methods.md §5); the defaults are v3+'s.
-        if config.seg.model.kind == SegKind::DeeplabV2 {
-            if !crop_given {
-                config.seg.loader.crop = V2_CROP;
-            }
-            if !stride_given {
-                config.seg.model.output_stride = V2_OUTPUT_STRIDE;
-            }
-        }
         config.validate()?;
         Ok(config)
     }
@@ -1064,14 +1023,14 @@ impl Config {
         self.train.validate("train")?;
         self.seg.validate()?;
         self.irn.validate()?;
-        self.cam.validate()?;
+        self.cam.inference.validate("cam")?;
         self.eval.validate()?;
         self.method.validate()?;
         self.pseudo_label.validate()?;
         if self.model.strides.iter().any(|s| !(1..=2).contains(s)) {
             return Err(ConfigError::Invalid { key: "model.strides".into(), message: "every stride must be 1 or 2".into() });
         }
-        if self.model.arch == Arch::MobilenetV2 && !mobilenet::VALID_STRIDES.contains(&self.model.strides) {
+        if self.model.backbone.arch == Arch::MobilenetV2 && !mobilenet::VALID_STRIDES.contains(&self.model.strides) {
             return Err(ConfigError::Invalid {
                 key: "model.strides".into(),
                 message: format!("MobileNetV2 takes one of {:?} (output stride 32, 16, 8)", mobilenet::VALID_STRIDES),
@@ -1094,15 +1053,15 @@ impl Config {
     /// `seg.model.init_from_cam` needs a CAM classifier whose parameters the segmenter's
     /// backbone can take: a plain CAM network (AMR's are two) of the same backbone.
     fn check_init_from_cam(&self) -> Result<(), ConfigError> {
-        let seg = &self.seg.model;
-        if !seg.init_from_cam {
+        if !self.seg.model.init_from_cam {
             return Ok(());
         }
         if self.method.base != Base::Cam {
             return invalid("seg.model.init_from_cam", "takes a plain CAM classifier (method.base = \"cam\"), not AMR's two branches");
         }
-        let same_depth = seg.arch == Arch::MobilenetV2 || seg.depth == self.model.depth;
-        if seg.arch != self.model.arch || !same_depth {
+        let (seg, cam) = (&self.seg.model.backbone, &self.model.backbone);
+        let same_depth = seg.arch == Arch::MobilenetV2 || seg.depth == cam.depth;
+        if seg.arch != cam.arch || !same_depth {
             return invalid(
                 "seg.model.init_from_cam",
                 "the CAM classifier's backbone (model.arch, model.depth) must be the segmenter's (seg.model.arch, seg.model.depth)",
@@ -1111,9 +1070,9 @@ impl Config {
         Ok(())
     }
 
-    /// `<run.dir>/<run.name>`.
-    pub fn run_dir(&self) -> PathBuf {
-        self.run.dir.join(&self.run.name)
+    /// Where this run's stages read and write.
+    pub fn paths(&self) -> RunPaths<'_> {
+        RunPaths::new(self)
     }
 
     /// The image dataset of `split`.
@@ -1121,26 +1080,6 @@ impl Config {
         match split {
             Split::Train => &self.data.train,
             Split::Val => &self.data.val,
-        }
-    }
-
-    /// Where the CAM stage writes (and the evaluation reads) the CAM dataset.
-    pub fn cam_dir(&self) -> PathBuf {
-        if self.cam.out.as_os_str().is_empty() {
-            self.run_dir().join("cams").join(self.split_name())
-        } else {
-            self.cam.out.clone()
-        }
-    }
-
-    /// Where `pseudo-label` writes (and `eval pseudo` reads) the pseudo-label dataset.
-    /// (`<run dir>/pseudo_labels/<split>`, or `pseudo_labels_rw/` for `irn_rw`, whose
-    /// network learns from the `irn_seeds` labels in `pseudo_labels/`.)
-    pub fn pseudo_dir(&self) -> PathBuf {
-        if self.pseudo_label.out.as_os_str().is_empty() {
-            self.run_dir().join(self.labels_folder()).join(self.split_name())
-        } else {
-            self.pseudo_label.out.clone()
         }
     }
 
@@ -1153,74 +1092,27 @@ impl Config {
     /// The name of `eval pseudo`'s report in `<run dir>/eval`: the random walk's labels are
     /// scored apart from the irn_seeds labels it starts from.
     pub fn pseudo_eval_name(&self) -> &'static str {
-        if self.pseudo_label.method == PseudoMethod::IrnRw {
+        if self.pseudo_label.params.method == PseudoMethod::IrnRw {
             "pseudo_rw"
         } else {
             "pseudo"
         }
     }
 
-    /// Where the pseudo-labels of `pseudo_label.method` go in the run directory.
-    fn labels_folder(&self) -> &'static str {
-        if self.pseudo_label.method == PseudoMethod::IrnRw {
-            "pseudo_labels_rw"
-        } else {
-            "pseudo_labels"
-        }
-    }
-
-    /// The pseudo-labels `train seg` learns from.
-    pub fn seg_labels_dir(&self) -> PathBuf {
-        self.train_labels_or(&self.seg.labels, self.labels_folder())
-    }
-
-    /// The `irn_seeds` pseudo-labels `train irn` learns from.
-    pub fn irn_labels_dir(&self) -> PathBuf {
-        self.train_labels_or(&self.irn.labels, "pseudo_labels")
-    }
-
-    /// `explicit`, or the train split's pseudo-labels in `folder` of the run directory.
-    fn train_labels_or(&self, explicit: &Path, folder: &str) -> PathBuf {
-        if explicit.as_os_str().is_empty() {
-            self.run_dir().join(folder).join("train")
-        } else {
-            explicit.to_path_buf()
-        }
-    }
-
-    /// Where `train irn` writes: `<run dir>/irn`.
-    pub fn irn_dir(&self) -> PathBuf {
-        self.run_dir().join("irn")
-    }
-
-    /// Where `train seg` writes: `<run dir>/seg`.
-    pub fn seg_dir(&self) -> PathBuf {
-        self.run_dir().join("seg")
-    }
-
-    /// This config with `cam.split` set to `split`: its CAMs are `cams/<split>`.
+    /// This config with `cam.split` set to `split`, for running the CAM stage on another split:
+    /// its CAMs go to `<run dir>/cams/<split>` (`cam.out` names those of `cam.split` only).
     pub fn with_cam_split(&self, split: Split) -> Config {
         let mut config = self.clone();
-        config.cam.split = split;
+        if split != self.cam.inference.split {
+            config.cam.inference.split = split;
+            config.cam.out = PathBuf::new();
+        }
         config
-    }
-
-    /// This config with `seg.infer.crf` set to `crf`.
-    pub fn with_seg_crf(&self, crf: bool) -> Config {
-        let mut config = self.clone();
-        config.seg.infer.crf = crf;
-        config
-    }
-
-    /// Where `seg` writes (and `eval seg` reads) the predictions: `<run dir>/seg/pred/<split>`,
-    /// `pred_crf` with the CRF.
-    pub fn seg_pred_dir(&self) -> PathBuf {
-        self.seg_dir().join(if self.seg.infer.crf { "pred_crf" } else { "pred" }).join(self.seg.infer.split.name())
     }
 
     /// "train" or "val": the name of `cam.split`.
     pub fn split_name(&self) -> &'static str {
-        self.cam.split.name()
+        self.cam.inference.split.name()
     }
 
     /// The resolved config as TOML text (what `config show` prints and runs store).
@@ -1235,168 +1127,32 @@ impl Config {
     }
 }
 
-/// Where the value of `key` came from: the last `--set` of it, else the file.
-fn origin_of(key: &str, file: Option<&Path>, overrides: &[String]) -> String {
-    let set = overrides.iter().rev().find(|arg| arg.split_once('=').is_some_and(|(k, _)| k.trim() == key));
-    match (set, file) {
-        (Some(arg), _) => format!("--set {arg}"),
-        (None, Some(file)) => file.display().to_string(),
-        (None, None) => "the defaults".into(),
-    }
+/// The key whose value failed to deserialise, where serde's path names only its section: the
+/// sections that share a type (`BackboneConfig`, `InferenceConfig`) are flattened, and serde
+/// loses the key inside them; each value the config gives there is then tried alone.
+fn key_at_fault(path: &str, table: &toml::Table, defaults: &toml::Table) -> String {
+    let section = path.split('.').try_fold(table, |node, key| node.get(key).and_then(toml::Value::as_table));
+    let Some(section) = section else {
+        return path.to_string();
+    };
+    let fails_alone = |key: &str, value: &toml::Value| {
+        let mut merged = defaults.clone();
+        let leaf = path.split('.').rev().fold(toml::Table::from_iter([(key.to_string(), value.clone())]), |inner, name| {
+            toml::Table::from_iter([(name.to_string(), toml::Value::Table(inner))])
+        });
+        merge_into(&mut merged, leaf);
+        toml::Value::Table(merged).try_into::<Config>().is_err()
+    };
+    let culprit = section.iter().find(|(key, value)| !value.is_table() && fails_alone(key, value));
+    culprit.map_or_else(|| path.to_string(), |(key, _)| format!("{path}.{key}"))
 }
 
-fn apply_override(table: &mut toml::Table, arg: &str) -> Result<(), ConfigError> {
-    let bad = || ConfigError::BadOverride { arg: arg.into() };
-    let (key, raw) = arg.split_once('=').ok_or_else(bad)?;
-    let parts: Vec<&str> = key.trim().split('.').collect();
-    if parts.len() < 2 || parts.iter().any(|p| p.is_empty()) {
-        return Err(bad());
-    }
-    let value = parse_override_value(raw.trim());
-    let (leaf, sections) = parts.split_last().expect("at least two parts");
-    let mut node = table;
-    for (depth, section) in sections.iter().enumerate() {
-        let entry = node.entry(section.to_string()).or_insert_with(|| toml::Value::Table(Default::default()));
-        node = entry.as_table_mut().ok_or_else(|| ConfigError::Invalid { key: parts[..=depth].join("."), message: "is a value, not a section".into() })?;
-    }
-    node.insert(leaf.to_string(), value);
-    Ok(())
-}
-
-/// `--set loader.crop=256` is an integer, `--set run.name=demo` a string.
-fn parse_override_value(raw: &str) -> toml::Value {
-    format!("v = {raw}").parse::<toml::Table>().ok().and_then(|mut t| t.remove("v")).unwrap_or_else(|| toml::Value::String(raw.to_string()))
-}
-
-/// The defaults as a TOML table.
-fn defaults_table() -> toml::Table {
-    match toml::Value::try_from(Config::default()).expect("defaults serialise") {
+/// `defaults` as a TOML table.
+fn defaults_table(defaults: &Config) -> toml::Table {
+    match toml::Value::try_from(defaults).expect("defaults serialise") {
         toml::Value::Table(table) => table,
         _ => unreachable!("a struct serialises to a table"),
     }
-}
-
-/// Writes `over` onto `base`, section by section (tables merged key by key, values replaced).
-pub fn merge_into(base: &mut toml::Table, over: toml::Table) {
-    for (key, value) in over {
-        match (base.get_mut(&key), value) {
-            (Some(toml::Value::Table(inner)), toml::Value::Table(value)) => merge_into(inner, value),
-            (_, value) => {
-                base.insert(key, value);
-            }
-        }
-    }
-}
-
-/// Every dotted key path the typed config knows, with whether it is a section.
-fn known_keys() -> Vec<(String, bool)> {
-    let mut keys = Vec::new();
-    collect_keys(&defaults_table(), "", &mut keys);
-    keys
-}
-
-fn collect_keys(table: &toml::Table, prefix: &str, out: &mut Vec<(String, bool)>) {
-    for (key, value) in table {
-        let path = join_key(prefix, key);
-        if let toml::Value::Table(inner) = value {
-            out.push((path.clone(), true));
-            collect_keys(inner, &path, out);
-        } else {
-            out.push((path, false));
-        }
-    }
-}
-
-fn join_key(prefix: &str, key: &str) -> String {
-    if prefix.is_empty() {
-        key.to_string()
-    } else {
-        format!("{prefix}.{key}")
-    }
-}
-
-fn check_keys(table: &toml::Table, prefix: &str, known: &[(String, bool)]) -> Result<(), ConfigError> {
-    for (key, value) in table {
-        let path = join_key(prefix, key);
-        let Some((_, is_section)) = known.iter().find(|(k, _)| *k == path) else {
-            return Err(ConfigError::UnknownKey { hint: nearest_hint(&path, known), key: path });
-        };
-        if let (true, toml::Value::Table(inner)) = (is_section, value) {
-            check_keys(inner, &path, known)?;
-        }
-    }
-    Ok(())
-}
-
-/// Names other tools (PyTorch scripts, mmsegmentation, IRNet, torchtitan) give to a setting,
-/// and the leaf of ours that means it: a hint by meaning, where spelling would mislead
-/// (`learning_rate` is closer in letters to `on_nonfinite` than to `lr`).
-const ALIASES: &[(&str, &str)] = &[
-    ("learning_rate", "lr"),
-    ("base_lr", "lr"),
-    ("lr0", "lr"),
-    ("lr_0", "lr"),
-    ("max_epochs", "epochs"),
-    ("num_epochs", "epochs"),
-    ("epoch", "epochs"),
-    ("max_iters", "steps"),
-    ("iterations", "steps"),
-    ("iters", "steps"),
-    ("max_steps", "steps"),
-    ("batch", "batch_size"),
-    ("samples_per_gpu", "batch_size"),
-    ("bs", "batch_size"),
-    ("num_workers", "threads"),
-    ("workers", "threads"),
-    ("workers_per_gpu", "threads"),
-    ("crop_size", "crop"),
-    ("wd", "weight_decay"),
-    ("decay", "weight_decay"),
-    ("power", "poly_power"),
-    ("gradient_accumulation_steps", "accumulate"),
-    ("accum_steps", "accumulate"),
-    ("grad_accum", "accumulate"),
-    ("random_seed", "seed"),
-    ("output_dir", "dir"),
-    ("work_dir", "dir"),
-    ("save_interval", "checkpoint_every"),
-    ("checkpoint_interval", "checkpoint_every"),
-    ("log_interval", "log_every"),
-    ("cam_scales", "scales"),
-    ("threshold", "tau"),
-    ("cam_eval_thres", "tau"),
-];
-
-/// "; did you mean `loader.batch_size`?" for the closest known key: a key of the same name in
-/// another section, or the key a known alias means (in the same section, else at the same
-/// depth, else anywhere); otherwise the nearest by spelling (same depth preferred).
-fn nearest_hint(key: &str, known: &[(String, bool)]) -> String {
-    let leaf = key.rsplit('.').next().unwrap_or(key);
-    let leaf_of = |k: &str| k.rsplit('.').next().unwrap_or(k).to_string();
-    let meant = ALIASES.iter().find(|(alias, _)| alias.eq_ignore_ascii_case(leaf)).map_or(leaf, |&(_, ours)| ours);
-    let candidates: Vec<&String> = known.iter().filter(|(k, is_section)| !is_section && leaf_of(k) == meant).map(|(k, _)| k).collect();
-    let section = key.rsplit_once('.').map_or("", |(s, _)| s);
-    let depth = |k: &str| k.matches('.').count();
-    let same_section = candidates.iter().find(|k| k.rsplit_once('.').is_some_and(|(s, _)| s == section));
-    let same_depth = candidates.iter().find(|k| depth(k) == depth(key));
-    if let Some(k) = same_section.or(same_depth).or(candidates.first()) {
-        return format!("; did you mean `{k}`?");
-    }
-    let score = |candidate: &str| {
-        let whole = strsim::normalized_levenshtein(key, candidate);
-        let leaf_score = strsim::normalized_levenshtein(leaf, candidate.rsplit('.').next().unwrap_or(candidate));
-        whole.max(0.9 * leaf_score)
-    };
-    known
-        .iter()
-        .map(|(k, _)| (score(k), k))
-        .filter(|(s, _)| *s > 0.4)
-        .max_by(|a, b| a.0.total_cmp(&b.0))
-        .map(|(_, k)| format!("; did you mean `{k}`?"))
-        .unwrap_or_else(|| {
-            let sections: Vec<&str> = known.iter().filter(|(k, s)| *s && !k.contains('.')).map(|(k, _)| k.as_str()).collect();
-            format!("; known sections: {}", sections.join(", "))
-        })
 }
 
 #[cfg(test)]
@@ -1486,6 +1242,17 @@ mod tests {
         let err = load_str("[run]\ndevice = \"gpu\"\n", &[]).unwrap_err().to_string();
         assert!(err.contains("`run.device`") && err.contains("\"gpu\" is not"), "{err}");
         assert_eq!(load_str("", &["run.device=\"cuda:1\""]).unwrap().run.device, crate::dist::DeviceSpec::CudaIndex(1));
+        // Keys of the shared section types are named as well as any other.
+        for (given, key) in [
+            ("[model]\narch = \"vgg\"\n", "`model.arch`"),
+            ("[seg.model]\nkind = \"deeplab_v2\"\ndepth = 50\n", "`seg.model.depth`"),
+            ("[irn]\ninit = 3\n", "`irn.init`"),
+            ("[cam]\nflip = \"yes\"\n", "`cam.flip`"),
+            ("[seg.infer]\nscales = 1.0\n", "`seg.infer.scales`"),
+        ] {
+            let err = load_str(given, &[]).unwrap_err().to_string();
+            assert!(err.contains(key) && err.contains("c.toml"), "{given}: {err}");
+        }
     }
 
     /// `seg.loader.crop` follows the segmenter unless given: 513 for v3+, 321 for v2.
@@ -1498,6 +1265,49 @@ mod tests {
         assert_eq!((c.loader.crop, c.model.output_stride), (321, 8));
         let c = load_str(v2, &["seg.loader.crop=400", "seg.model.output_stride=16"]).unwrap().seg;
         assert_eq!((c.loader.crop, c.model.output_stride), (400, 16));
+    }
+
+    /// Keys of earlier versions fail with the name of the key that took their place.
+    #[test]
+    fn renamed_keys_name_their_new_key() {
+        for (given, new) in [
+            ("[seg.infer]\ncrf = true\n", "seg.infer.dense_crf"),
+            ("[seg.infer.crf_params]\niterations = 5\n", "seg.infer.crf"),
+            ("[seg.loss]\ncrf_sigma_rgb = 10.0\n", "seg.loss.crf.appearance_srgb"),
+            ("[seg.loss]\ncrf_weight = 1e-9\n", "seg.loss.crf.weight"),
+        ] {
+            let err = load_str(given, &[]).unwrap_err().to_string();
+            assert!(err.contains(&format!("is now `{new}`")), "{given}: {err}");
+        }
+        let c = load_str("[seg.infer]\ndense_crf = true\n[seg.infer.crf]\niterations = 5\n[seg.loss.crf]\nappearance_sxy = 50.0\n", &[]).unwrap();
+        assert!(c.seg.infer.dense_crf && c.seg.infer.crf.iterations == 5 && c.seg.loss.crf.appearance_sxy == 50.0);
+        assert_eq!(c.seg.loss.crf.appearance_srgb, DenseCrfLoss::default().appearance_srgb);
+    }
+
+    /// A config file written over base files states only what differs; bases apply in order,
+    /// paths relative to the file that names them, and a circle is an error.
+    #[test]
+    fn a_config_is_written_over_its_bases() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, text: &str| std::fs::write(dir.path().join(name), text).unwrap();
+        std::fs::create_dir(dir.path().join("base")).unwrap();
+        write("base/model.toml", "[model]\narch = \"mobilenet_v2\"\n[loader]\ncrop = 128\nbatch_size = 4\n");
+        write("base/train.toml", "_base_ = \"model.toml\"\n[train]\nlr = 0.5\n[loader]\ncrop = 96\n");
+        write("variant.toml", "_base_ = [\"base/train.toml\"]\n[train]\nepochs = 2\n");
+        let c = Config::load(Some(&dir.path().join("variant.toml")), &["loader.batch_size=2".into()]).unwrap();
+        assert_eq!(c.model.backbone.arch, Arch::MobilenetV2);
+        assert_eq!((c.loader.crop, c.loader.batch_size, c.train.lr, c.train.epochs), (96, 2, 0.5, 2));
+        assert!(!c.to_toml().contains("_base_"));
+        write("a.toml", "_base_ = \"b.toml\"\n");
+        write("b.toml", "_base_ = \"a.toml\"\n");
+        let err = Config::load(Some(&dir.path().join("a.toml")), &[]).unwrap_err().to_string();
+        assert!(err.contains("_base_") && err.contains("include each other") && err.contains("b.toml"), "{err}");
+        write("missing.toml", "_base_ = \"nowhere.toml\"\n");
+        let err = Config::load(Some(&dir.path().join("missing.toml")), &[]).unwrap_err().to_string();
+        assert!(err.contains("nowhere.toml"), "{err}");
+        write("bad.toml", "_base_ = 3\n");
+        let err = Config::load(Some(&dir.path().join("bad.toml")), &[]).unwrap_err().to_string();
+        assert!(err.contains("_base_") && err.contains("bad.toml"), "{err}");
     }
 
     /// A partly written nested section keeps the other defaults of *its* place in the config.
@@ -1537,8 +1347,8 @@ mod tests {
     fn every_shipped_config_loads() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs");
         let mut bases = Vec::new();
-        for entry in std::fs::read_dir(&dir).unwrap() {
-            let path = entry.unwrap().path();
+        // (`configs/_base_/` holds parts that other files are written over, not configs.)
+        for path in std::fs::read_dir(&dir).unwrap().map(|entry| entry.unwrap().path()).filter(|path| path.is_file()) {
             let config = Config::load(Some(&path), &[]).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
             bases.push((path.file_name().unwrap().to_string_lossy().into_owned(), config.method));
         }
@@ -1574,9 +1384,9 @@ mod tests {
     #[test]
     fn pseudo_label_settings_and_their_errors() {
         let config = load_str("[pseudo_label]\nmethod = \"crf\"\nthreads = 3\n[pseudo_label.crf]\nappearance_sxy = 80.0\n", &[]).unwrap();
-        assert_eq!((config.pseudo_label.method, config.pseudo_label.threads), (PseudoMethod::Crf, 3));
-        assert_eq!((config.pseudo_label.crf.appearance_sxy, config.pseudo_label.crf.appearance_srgb), (80.0, 5.0));
-        assert_eq!(config.pseudo_label.fg_threshold, 0.30);
+        assert_eq!((config.pseudo_label.params.method, config.pseudo_label.threads), (PseudoMethod::Crf, 3));
+        assert_eq!((config.pseudo_label.params.crf.appearance_sxy, config.pseudo_label.params.crf.appearance_srgb), (80.0, 5.0));
+        assert_eq!(config.pseudo_label.params.fg_threshold, 0.30);
         // The resolved config lists the flattened keys, and reads back as itself.
         let text = config.to_toml();
         assert!(text.contains("[pseudo_label]") && text.contains("method = \"crf\"") && text.contains("[pseudo_label.crf]"), "{text}");
