@@ -144,3 +144,25 @@ echo "== random walk (pseudo-label --method irn_rw) vs IRNet's dense computation
 bash benchmarks/walk.sh
 
 if have_voc; then bash benchmarks/refine.sh; else not_run "refinement and the whole map phase (benchmarks/refine.sh)"; fi
+
+if have_voc; then
+echo "== AD-CAM's cost per image against the plain CAM (docs/methods.md §9): wsss-dist cam on voc-mini's 96 train photos, MobileNetV2 at output stride 16, scales 1.0 and 0.5 with flips, 2 threads; the refinements' images/s and time per image over the plain CAM's"
+adcam=data/bench/adcam
+common=(--config configs/voc_small_mobilenet.toml --set data.train="$data" --set data.val="$data" --set cam.split=train
+  --set "cam.scales=[1.0, 0.5]" --set run.dir="$adcam" --set run.name=classifier --set run.threads=2 --set seg.enabled=false)
+[ -n "$(ls "$adcam"/classifier/checkpoints/step-*.safetensors 2>/dev/null)" ] || target/release/wsss-dist train cam "${common[@]}" --set train.steps=1 --set train.epochs=1 >/dev/null 2>&1
+checkpoint=$(ls "$adcam"/classifier/checkpoints/step-*.safetensors | grep -v optim | tail -1)
+declare -A rate
+for refine in none couple ad_cam; do
+  runs=()
+  for _ in $(seq "$repeats"); do
+    target/release/wsss-dist cam "${common[@]}" --force --set cam.checkpoint="$checkpoint" --set cam.refine="$refine" --set cam.out="$adcam/$refine" >/dev/null 2>&1
+    runs+=("$("$py" -c "import json,sys; print(json.load(open(sys.argv[1]))['ranks'][0]['images_per_second'])" "$adcam/$refine/.map/summary.json")")
+  done
+  rate[$refine]=$(printf '%s\n' "${runs[@]}" | median)
+  printf '%-8s %6.2f images/s  time per image %.2fx the plain CAM   (runs: %s)\n' "$refine" "${rate[$refine]}" \
+    "$(awk -v a="${rate[none]}" -v b="${rate[$refine]}" 'BEGIN {print a / b}')" "${runs[*]}"
+done
+else
+  not_run "AD-CAM's cost"
+fi

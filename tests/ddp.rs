@@ -170,6 +170,30 @@ fn two_ranks_equal_one_process_with_twice_the_batch() {
     assert_eq!(single, double, "eval cam on 2 ranks must equal 1 rank exactly");
 }
 
+/// A ViT-Tiny CAM classifier from a random start: 2 ranks with batch 4 reach the parameters of 1
+/// process with batch 8; its CAMs, AD-CAM'd along its own attention, are the same bytes on 2
+/// ranks.
+#[test]
+fn a_vit_on_two_ranks_equals_one_process_with_twice_the_batch() {
+    let (tmp, config) = setup();
+    let dir = tmp.path();
+    let vit = ["--set", "model.arch=vit", "--set", "model.vit=tiny", "--set", "model.init="];
+    wsss_ok(dir, &[&["train", "cam", "--config", &config, "--set", "run.name=vit1"], &vit[..]].concat());
+    let log = mpirun_ok(dir, 2, &[&["train", "cam", "--config", &config, "--set", "run.name=vit2", "--set", "loader.batch_size=4"], &vit[..]].concat());
+    assert!(log.contains("global batch 8 = 4 per rank x 2 rank(s)"), "{log}");
+    assert_same_training(dir, "vit1", "vit2", 6, 1e-5);
+    let checkpoint = format!("cam.checkpoint={}", s(&checkpoints(dir, "vit1").join("step-00000006.safetensors")));
+    let cam = ["cam", "--config", &config, "--set", "cam.refine=ad_cam", "--set", &checkpoint];
+    wsss_ok(dir, &[&cam[..], &vit[..], &["--set", "cam.out=vit_cams1"]].concat());
+    mpirun_ok(dir, 2, &[&cam[..], &vit[..], &["--set", "cam.out=vit_cams2"]].concat());
+    for shard in 0..5 {
+        let name = format!("part-{shard:05}.parquet");
+        assert!(std::fs::read(dir.join("vit_cams1").join(&name)).unwrap() == std::fs::read(dir.join("vit_cams2").join(&name)).unwrap(), "{name} differs");
+    }
+    let manifest = std::fs::read_to_string(dir.join("vit_cams1/_manifest.json")).unwrap();
+    assert!(manifest.contains("AD-CAM"), "{manifest}");
+}
+
 /// Accumulating 2 micro-batches of 4 is one step with a batch of 8.
 #[test]
 fn accumulation_equals_a_larger_batch() {

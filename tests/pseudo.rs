@@ -147,6 +147,44 @@ fn map_phases_are_rank_count_independent_and_resume_after_a_kill() {
     assert_eq!(out.trim(), "True 40 [128, 0, 0] [224, 224, 192]");
 }
 
+/// AD-CAM and the direct coupling inside the `cam` map phase: each changes the CAMs, gives the
+/// same bytes on 2 ranks, is named in the manifest, reruns only when its settings change, and
+/// feeds `pseudo-label` and `eval cam` like any CAM dataset.
+#[test]
+fn ad_cam_refines_the_cams_alike_on_any_rank_count() {
+    let (tmp, config) = setup();
+    let dir = tmp.path();
+    wsss_ok(dir, &["train", "cam", "--config", &config]);
+    wsss_ok(dir, &["cam", "--config", &config]);
+    let plain = shards(&dir.join("runs/tiny/cams/val"));
+    let ad_cam = ["cam", "--config", &config, "--set", "cam.refine=ad_cam", "--set", "cam.out=adcam"];
+    wsss_ok(dir, &ad_cam);
+    let adcam = shards(&dir.join("adcam"));
+    assert!(adcam != plain, "AD-CAM left the CAMs as they were");
+    let manifest = json(&dir.join("adcam/_manifest.json"));
+    assert!(manifest["source"].as_str().unwrap().contains("AD-CAM"), "{manifest}");
+    mpirun_ok(dir, 2, &["cam", "--config", &config, "--set", "cam.refine=ad_cam", "--set", "cam.out=adcam2"]);
+    assert!(shards(&dir.join("adcam2")) == adcam, "AD-CAM on 2 ranks = 1 rank");
+    wsss_ok(dir, &["cam", "--config", &config, "--set", "cam.refine=couple", "--set", "cam.out=couple"]);
+    let couple = shards(&dir.join("couple"));
+    assert!(couple != plain && couple != adcam, "the coupling is neither the CAM nor AD-CAM");
+    // The same settings again: complete; another number of steps: computed anew.
+    let log = String::from_utf8_lossy(&common::wsss(dir, &ad_cam).stderr).into_owned();
+    assert!(log.contains("is complete for these inputs and settings"), "{log}");
+    wsss_ok(dir, &[&ad_cam[..], &["--set", "cam.ad_cam.steps=3"]].concat());
+    assert!(shards(&dir.join("adcam")) != adcam, "3 steps wrote the bytes of 2");
+    // The refined CAMs go on like any others.
+    wsss_ok(dir, &["pseudo-label", "--config", &config, "--set", "cam.out=adcam", "--set", "pseudo_label.out=adcam_labels"]);
+    assert_eq!(json(&dir.join("adcam_labels/_manifest.json"))["rows"], 40);
+    wsss_ok(dir, &["eval", "cam", "--config", &config, "--set", "cam.out=adcam"]);
+    let best = json(&dir.join("runs/tiny/eval/cam.json"))["report"]["best"].clone();
+    let (coverage, precision) = (best["coverage"].as_f64().unwrap(), best["precision"].as_f64().unwrap());
+    assert!((0.0..=1.0).contains(&coverage) && (0.0..=1.0).contains(&precision), "{best}");
+    let out = common::wsss(dir, &["cam", "--config", &config, "--set", "cam.refine=ad_cam", "--set", "cam.ad_cam.steps=0"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("cam.ad_cam.steps"), "{err}");
+}
+
 /// A corrupt image: counted and reported; the other images of its shard are labelled.
 #[test]
 fn a_corrupt_image_is_skipped_and_counted() {
@@ -165,7 +203,7 @@ fn a_corrupt_image_is_skipped_and_counted() {
     let out = common::wsss(dir, &["pseudo-label", "--config", &config]);
     let log = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{log}");
-    assert!(log.contains("skipped part-00002.parquet row group 0 id syn_0000010") && log.contains("1 skipped"), "{log}");
+    assert!(log.contains("skipped part-00002.parquet row group 0 item 0 id syn_0000010") && log.contains("1 skipped"), "{log}");
     let manifest = json(&dir.join("runs/tiny/pseudo_labels/val/_manifest.json"));
     assert_eq!(manifest["rows"], 39);
     assert_eq!(manifest["shards"][2]["rows"], 4);

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Convert a torchvision state dict (.pth) to safetensors for `model.init`.
+"""Convert a torchvision (or timm/DeiT ViT) state dict (.pth) to safetensors for `model.init`.
 
     python tools/pth_to_safetensors.py resnet50-11ad3fa6.pth resnet50.safetensors
     python tools/pth_to_safetensors.py --torchvision resnet50 resnet50.safetensors
@@ -8,8 +8,10 @@ The first form reads a downloaded checkpoint (e.g. from
 https://download.pytorch.org/models/resnet50-11ad3fa6.pth); the second asks torchvision for
 its default ImageNet weights (downloads them into the torch hub cache). Parameter names are
 kept as they are (`conv1.weight`, `layer1.0.bn1.running_mean`, ...): wsss-dist uses
-torchvision's names. `fc.*` and `num_batches_tracked` are kept too; wsss-dist ignores them
-when it loads a backbone and reports what it ignored.
+torchvision's names, and timm's for a ViT (`patch_embed.proj.weight`, `blocks.0.attn.qkv.weight`,
+...; a DeiT checkpoint's {"model": ...} wrapper is removed). `fc.*`, a ViT's ImageNet `head.*`
+and `num_batches_tracked` are kept too; wsss-dist ignores them when it loads a backbone and
+reports what it ignored.
 
 Needs `torch` and `safetensors` (pip install torch safetensors; torchvision for the second form).
 """

@@ -19,8 +19,10 @@ use crate::model::backbone::{Arch, BackboneSpec};
 use crate::model::deeplab::{SegKind, V3_DROPOUT};
 use crate::model::mobilenet;
 use crate::model::resnet::{Depth, Strides};
+use crate::model::vit::VitSize;
 use crate::model::Base;
 use crate::refine::crf::CrfParams;
+use crate::refine::diffusion::{AdCamParams, CamRefine};
 use crate::refine::pseudo::{PseudoMethod, PseudoParams};
 
 mod file;
@@ -120,7 +122,7 @@ impl BackboneConfig {
 
     /// This backbone at `strides`.
     pub fn spec(&self, strides: Strides) -> BackboneSpec {
-        BackboneSpec { arch: self.arch, depth: self.depth, strides }
+        BackboneSpec { arch: self.arch, depth: self.depth, strides, vit: VitSize::Tiny }
     }
 }
 
@@ -140,17 +142,19 @@ pub struct ModelConfig {
     /// 160-channel stages, a stride of 1 there dilating instead); (2, 2, 2, 1) keeps output
     /// stride 16.
     pub strides: Strides,
+    /// With `arch = "vit"`: "tiny", "small" or "base" (DeiT's widths; patch 16, 12 blocks).
+    pub vit: VitSize,
 }
 
 impl Default for ModelConfig {
     fn default() -> Self {
-        ModelConfig { backbone: BackboneConfig::default(), strides: [2, 2, 2, 1] }
+        ModelConfig { backbone: BackboneConfig::default(), strides: [2, 2, 2, 1], vit: VitSize::Tiny }
     }
 }
 
 impl ModelConfig {
     pub fn backbone(&self) -> BackboneSpec {
-        self.backbone.spec(self.strides)
+        BackboneSpec { vit: self.vit, ..self.backbone.spec(self.strides) }
     }
 }
 
@@ -694,11 +698,20 @@ pub struct CamConfig {
     pub inference: InferenceConfig,
     /// Output CAM dataset; "" is `<run dir>/cams/<split>`.
     pub out: PathBuf,
+    /// "none", "couple" (the direct coupling of CAM and attention) or "ad_cam" (AD-CAM's
+    /// diffusion along the refined attention, `[cam.ad_cam]`; docs/methods.md §9).
+    pub refine: CamRefine,
+    pub ad_cam: AdCamParams,
 }
 
 impl Default for CamConfig {
     fn default() -> Self {
-        CamConfig { inference: InferenceConfig::of(Split::Train, vec![1.0, 0.5, 1.5, 2.0]), out: PathBuf::new() }
+        CamConfig {
+            inference: InferenceConfig::of(Split::Train, vec![1.0, 0.5, 1.5, 2.0]),
+            out: PathBuf::new(),
+            refine: CamRefine::None,
+            ad_cam: AdCamParams::default(),
+        }
     }
 }
 
@@ -1024,6 +1037,7 @@ impl Config {
         self.seg.validate()?;
         self.irn.validate()?;
         self.cam.inference.validate("cam")?;
+        self.cam.ad_cam.check().map_err(|(key, message)| ConfigError::Invalid { key: format!("cam.ad_cam.{key}"), message: message.into() })?;
         self.eval.validate()?;
         self.method.validate()?;
         self.pseudo_label.validate()?;
@@ -1037,6 +1051,7 @@ impl Config {
             });
         }
         self.check_init_from_cam()?;
+        self.check_vit()?;
         if !(self.dist.bucket_mb > 0.0 && self.dist.bucket_mb.is_finite()) {
             return Err(ConfigError::Invalid { key: "dist.bucket_mb".into(), message: "must be a positive number of MiB".into() });
         }
@@ -1047,6 +1062,20 @@ impl Config {
         }
         crate::data::schema::check_id(&self.run.name)
             .map_err(|e| ConfigError::Invalid { key: "run.name".into(), message: format!("must name one directory inside run.dir: {e}") })?;
+        Ok(())
+    }
+
+    /// A ViT is a CAM classifier of its own (no AMMs for AMR's compensation branch, no dilated
+    /// stages for DeepLab, no stride-4 features for IRNet).
+    fn check_vit(&self) -> Result<(), ConfigError> {
+        for (key, arch) in [("seg.model.arch", self.seg.model.backbone.arch), ("irn.arch", self.irn.backbone.arch)] {
+            if arch == Arch::Vit {
+                return invalid(key, "a ViT is the CAM classifier's backbone only (model.arch); take \"resnet\" or \"mobilenet_v2\" here");
+            }
+        }
+        if self.model.backbone.arch == Arch::Vit && self.method.base == Base::Amr {
+            return invalid("method.base", "AMR's compensation branch puts attention modules in CNN blocks: not with model.arch = \"vit\"");
+        }
         Ok(())
     }
 
@@ -1265,6 +1294,26 @@ mod tests {
         assert_eq!((c.loader.crop, c.model.output_stride), (321, 8));
         let c = load_str(v2, &["seg.loader.crop=400", "seg.model.output_stride=16"]).unwrap().seg;
         assert_eq!((c.loader.crop, c.model.output_stride), (400, 16));
+    }
+
+    /// A ViT is the CAM classifier's backbone only; AD-CAM's settings are checked by key.
+    #[test]
+    fn a_vit_and_ad_cam_settings_and_their_errors() {
+        let c = load_str("[model]\narch = \"vit\"\nvit = \"small\"\n[cam]\nrefine = \"ad_cam\"\n", &[]).unwrap();
+        assert_eq!((c.model.backbone().arch, c.model.backbone().vit), (Arch::Vit, VitSize::Small));
+        for (set, key) in [
+            (vec!["seg.model.arch=vit"], "seg.model.arch"),
+            (vec!["irn.arch=vit"], "irn.arch"),
+            (vec!["model.arch=vit", "method.base=amr", "method.amr.freeze_spotlight=false"], "method.base"),
+            (vec!["model.vit=huge"], "model.vit"),
+            (vec!["cam.ad_cam.layers=0"], "cam.ad_cam.layers"),
+            (vec!["cam.ad_cam.temperature=0"], "cam.ad_cam.temperature"),
+            (vec!["cam.ad_cam.refinement=sinkhorn"], "cam.ad_cam.refinement"),
+            (vec!["cam.refine=adcam"], "cam.refine"),
+        ] {
+            let err = load_str("", &set).unwrap_err().to_string();
+            assert!(err.contains(key), "{set:?}: {err}");
+        }
     }
 
     /// Keys of earlier versions fail with the name of the key that took their place.

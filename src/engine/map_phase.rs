@@ -301,7 +301,7 @@ fn summary(job: &MapJob, all: &[TaskRecord], computed: usize, this_run: &[TaskRe
 }
 
 /// Runs `infer` on every image of input shard `task` in order, row group by row group, and
-/// hands each result to `each(where, image, result)` (`where`: file and row group, for
+/// hands each result to `each(where, image, result)` (`where`: file, row group and item, for
 /// messages); an error is the reason to skip that image, warned about and returned: a row
 /// that fails [`ShardRow::check`], an image over `max_pixels`, or an `infer` that failed
 /// (a libtorch error such as a failed allocation included, [`guarded`]). Counts every image
@@ -314,32 +314,77 @@ pub fn for_each_image<R>(
     mut infer: impl FnMut(&ImageRow) -> Result<R, String>,
     mut each: impl FnMut(&str, ImageRow, R),
 ) -> anyhow::Result<(Vec<String>, BTreeMap<String, f64>)> {
-    let reader = input.shard(task)?;
-    let file = &input.manifest().shards[task].file;
     let num_classes = input.manifest().num_classes();
     let mut skipped = Vec::new();
-    let (mut read_seconds, mut inference_seconds) = (0.0, 0.0);
-    for group in 0..reader.num_row_groups() {
-        let read = Instant::now();
-        let images = reader.read_row_group(group)?;
-        read_seconds += read.elapsed().as_secs_f64();
-        let place = format!("{file} row group {group}");
+    let mut inference_seconds = 0.0;
+    let read_seconds = for_each_group(input, task, |group, images| {
         for (i, image) in images.into_iter().enumerate() {
             let inference = Instant::now();
             let result = usable(&image, num_classes, max_pixels).and_then(|()| guarded(|| infer(&image)));
             inference_seconds += inference.elapsed().as_secs_f64();
-            match result {
-                Ok(result) => each(&place, image, result),
-                Err(reason) => {
-                    let what = format!("{place} item {i} id {}: {reason}", image.id);
-                    warn!("skipped {what}");
-                    skipped.push(what);
-                }
+            let place = format!("{group} item {i}");
+            if let Some(result) = keep_or_skip(result, &place, &image.id, &mut skipped) {
+                each(&place, image, result);
             }
             images_done(1);
         }
-    }
+        Ok(())
+    })?;
     Ok((skipped, BTreeMap::from([("read".to_string(), read_seconds), ("inference".to_string(), inference_seconds)])))
+}
+
+/// As [`for_each_image`], for a stage that works on a row group's images at once (the
+/// refinement threads of `pseudo-label`): `process` gets every image of the group and returns
+/// a result for each, in order (it checks [`usable`] itself); `each(image, result)` gets the
+/// good ones. Returns the skipped images and the seconds spent reading.
+pub fn for_each_row_group<R>(
+    input: &Dataset,
+    task: usize,
+    images_done: &dyn Fn(u64),
+    mut process: impl FnMut(&[ImageRow]) -> Vec<Result<R, String>>,
+    mut each: impl FnMut(ImageRow, R),
+) -> anyhow::Result<(Vec<String>, f64)> {
+    let mut skipped = Vec::new();
+    let read_seconds = for_each_group(input, task, |group, images| {
+        let results = process(&images);
+        ensure!(results.len() == images.len(), "{group}: {} results for {} images", results.len(), images.len());
+        let count = images.len() as u64;
+        for (i, (image, result)) in images.into_iter().zip(results).enumerate() {
+            if let Some(result) = keep_or_skip(result, &format!("{group} item {i}"), &image.id, &mut skipped) {
+                each(image, result);
+            }
+        }
+        images_done(count);
+        Ok(())
+    })?;
+    Ok((skipped, read_seconds))
+}
+
+/// Reads input shard `task` a row group at a time and hands each to `work(where, images)`
+/// (`where`: "<file> row group <g>"). Returns the seconds spent reading.
+fn for_each_group(input: &Dataset, task: usize, mut work: impl FnMut(&str, Vec<ImageRow>) -> anyhow::Result<()>) -> anyhow::Result<f64> {
+    let reader = input.shard(task)?;
+    let file = &input.manifest().shards[task].file;
+    let mut read_seconds = 0.0;
+    for group in 0..reader.num_row_groups() {
+        let read = Instant::now();
+        let images = reader.read_row_group(group)?;
+        read_seconds += read.elapsed().as_secs_f64();
+        work(&format!("{file} row group {group}"), images)?;
+    }
+    Ok(read_seconds)
+}
+
+/// The value of a good result; a failed one is recorded in `skipped` as "<where> id <id>:
+/// <reason>" and warned about.
+pub fn keep_or_skip<R>(result: Result<R, String>, place: &str, id: &str, skipped: &mut Vec<String>) -> Option<R> {
+    result
+        .map_err(|reason| {
+            let what = format!("{place} id {id}: {reason}");
+            warn!("skipped {what}");
+            skipped.push(what);
+        })
+        .ok()
 }
 
 /// Whether a stage can process the image of `row`: the row passes [`ShardRow::check`] and the

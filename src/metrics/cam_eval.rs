@@ -13,11 +13,16 @@ pub struct Scores {
     pub miou: f64,
     pub iou: Vec<Option<f64>>,
     pub pixel_accuracy: f64,
+    /// The share of object pixels given their class, and of pixels given an object class that
+    /// are that object ([`ConfusionMatrix::foreground_coverage_precision`]).
+    pub coverage: f64,
+    pub precision: f64,
 }
 
 impl Scores {
     fn of(matrix: &ConfusionMatrix) -> Scores {
-        Scores { miou: matrix.miou(), iou: matrix.iou(), pixel_accuracy: matrix.pixel_accuracy() }
+        let (coverage, precision) = matrix.foreground_coverage_precision();
+        Scores { miou: matrix.miou(), iou: matrix.iou(), pixel_accuracy: matrix.pixel_accuracy(), coverage, precision }
     }
 }
 

@@ -113,6 +113,18 @@ impl ConfusionMatrix {
         (predicted(class) >= min_share && truth < min_share - 0.1).then(|| (class, predicted(class), truth))
     }
 
+    /// Of the ground truth's object pixels (every class but the background, 0), the share given
+    /// their own class (coverage: a recall); of the pixels given an object class, the share
+    /// that are that object (precision). 0 where there are none.
+    pub fn foreground_coverage_precision(&self) -> (f64, f64) {
+        let objects = 1..self.classes;
+        let correct: u64 = objects.clone().map(|c| self.count(c, c)).sum();
+        let truth: u64 = objects.clone().flat_map(|g| (0..self.classes).map(move |p| (g, p))).map(|(g, p)| self.count(g, p)).sum();
+        let labelled: u64 = objects.flat_map(|p| (0..self.classes).map(move |g| (g, p))).map(|(g, p)| self.count(g, p)).sum();
+        let share = |n: u64, of: u64| if of == 0 { 0.0 } else { n as f64 / of as f64 };
+        (share(correct, truth), share(correct, labelled))
+    }
+
     /// Fraction of counted pixels predicted correctly.
     pub fn pixel_accuracy(&self) -> f64 {
         let total: u64 = self.counts.iter().sum();
@@ -133,7 +145,9 @@ mod tests {
     /// pred = [0 1 1 1 0 2  ]
     /// class 0: TP 1, FP 1 (the 2→0), FN 1 (the 0→1) → 1/3
     /// class 1: TP 2, FP 1, FN 0 → 2/3;  class 2: TP 0, FN 1 → 0;  class 3: absent → None
-    /// mIoU over the defined three = (1/3 + 2/3 + 0)/3 = 1/3; accuracy 3/5.
+    /// mIoU over the defined three = (1/3 + 2/3 + 0)/3 = 1/3; accuracy 3/5. Objects: three
+    /// pixels in the truth (1, 1, 2), two given their class → coverage 2/3; three given an
+    /// object class (the 0→1, both 1s), two of them right → precision 2/3.
     #[test]
     fn iou_and_miou_by_hand() {
         let mut m = ConfusionMatrix::new(4);
@@ -145,6 +159,9 @@ mod tests {
         assert_eq!(iou[3], None);
         assert!((m.miou() - 1.0 / 3.0).abs() < 1e-12);
         assert!((m.pixel_accuracy() - 0.6).abs() < 1e-12);
+        let (coverage, precision) = m.foreground_coverage_precision();
+        assert!((coverage - 2.0 / 3.0).abs() < 1e-12 && (precision - 2.0 / 3.0).abs() < 1e-12, "{coverage} {precision}");
+        assert_eq!(ConfusionMatrix::new(3).foreground_coverage_precision(), (0.0, 0.0));
     }
 
     /// 100 pixels, 60 of class 0 and 40 of class 1: all predicted 0 is a collapse (share 1.0

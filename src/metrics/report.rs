@@ -98,7 +98,7 @@ mod tests {
 
     #[test]
     fn renders_every_class_and_the_sweep() {
-        let scores = |m: f64| Scores { miou: m, iou: vec![Some(0.5), None], pixel_accuracy: 0.0 };
+        let scores = |m: f64| Scores { miou: m, iou: vec![Some(0.5), None], pixel_accuracy: 0.0, coverage: 0.0, precision: 0.0 };
         let report = CamReport {
             classes: vec!["background".into(), "cat".into()],
             sweep: vec![SweepPoint { tau: 0.1, miou: 0.25 }, SweepPoint { tau: 0.2, miou: 0.5 }],

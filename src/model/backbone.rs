@@ -1,5 +1,6 @@
 //! The backbone of every network (docs/methods.md, Backbones): a ResNet or a MobileNetV2, chosen by
-//! `model.arch`, both with torchvision's parameter names and frozen BatchNorm.
+//! `model.arch`, both with torchvision's parameter names and frozen BatchNorm; the CAM
+//! classifier may also be a ViT (timm's names, `model::vit`).
 
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
@@ -7,6 +8,7 @@ use tch::Tensor;
 use super::layers::Mode;
 use super::mobilenet::MobileNetV2;
 use super::resnet::{Depth, ResNet, Strides};
+use super::vit::VitSize;
 
 /// Which backbone family (`model.arch`).
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
@@ -17,6 +19,9 @@ pub enum Arch {
     Resnet,
     /// torchvision's MobileNetV2 (width 1.0); `model.depth` does not apply.
     MobilenetV2,
+    /// A ViT/DeiT of `model.vit` with 16-pixel patches (the CAM classifier only); `model.depth`
+    /// and `model.strides` do not apply.
+    Vit,
 }
 
 /// Everything that determines a backbone's layout.
@@ -25,16 +30,21 @@ pub struct BackboneSpec {
     pub arch: Arch,
     pub depth: Depth,
     pub strides: Strides,
+    pub vit: VitSize,
 }
 
 impl BackboneSpec {
     pub fn resnet(depth: Depth, strides: Strides) -> BackboneSpec {
-        BackboneSpec { arch: Arch::Resnet, depth, strides }
+        BackboneSpec { arch: Arch::Resnet, depth, strides, vit: VitSize::default() }
     }
 
     /// `depth` does not apply to MobileNetV2; it keeps the config's default.
     pub fn mobilenet_v2(strides: Strides) -> BackboneSpec {
-        BackboneSpec { arch: Arch::MobilenetV2, depth: Depth::Resnet50, strides }
+        BackboneSpec { arch: Arch::MobilenetV2, depth: Depth::Resnet50, strides, vit: VitSize::default() }
+    }
+
+    pub fn vit(size: VitSize) -> BackboneSpec {
+        BackboneSpec { arch: Arch::Vit, depth: Depth::Resnet50, strides: [2, 2, 2, 1], vit: size }
     }
 }
 
@@ -45,6 +55,10 @@ pub enum Backbone {
     MobileNetV2(MobileNetV2),
 }
 
+/// A ViT is a CAM classifier's backbone only (`model::cam::Features`; the config refuses it
+/// elsewhere), never one of this type.
+const NOT_A_CNN: &str = "a ViT backbone is built by the CAM network only (config: model.arch)";
+
 impl Backbone {
     /// Builds the backbone under `vs` (the root for torchvision's names); `with_amm` puts an
     /// AMM in every block (AMR's compensation branch; new keys `….amm.*`).
@@ -53,6 +67,7 @@ impl Backbone {
             (Arch::Resnet, false) => Backbone::ResNet(ResNet::new(vs, spec.depth, spec.strides)),
             (Arch::Resnet, true) => Backbone::ResNet(ResNet::with_amm(vs, spec.depth, spec.strides)),
             (Arch::MobilenetV2, _) => Backbone::MobileNetV2(MobileNetV2::new(vs, spec.strides, with_amm)),
+            (Arch::Vit, _) => unreachable!("{NOT_A_CNN}"),
         }
     }
 
@@ -61,6 +76,7 @@ impl Backbone {
         match spec.arch {
             Arch::Resnet => Backbone::ResNet(ResNet::new(vs, spec.depth, spec.strides)),
             Arch::MobilenetV2 => Backbone::MobileNetV2(MobileNetV2::without_last(vs, spec.strides)),
+            Arch::Vit => unreachable!("{NOT_A_CNN}"),
         }
     }
 
@@ -71,6 +87,7 @@ impl Backbone {
         match spec.arch {
             Arch::Resnet => Backbone::ResNet(ResNet::dilated(vs, spec.depth, spec.strides)),
             Arch::MobilenetV2 => Backbone::MobileNetV2(MobileNetV2::without_last(vs, spec.strides)),
+            Arch::Vit => unreachable!("{NOT_A_CNN}"),
         }
     }
 

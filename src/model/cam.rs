@@ -1,12 +1,13 @@
-//! The CAM network (docs/methods.md): a backbone (ResNet or MobileNetV2, docs/methods.md,
-//! Backbones) and a 1×1 classifier without bias.
+//! The CAM network (docs/methods.md): a backbone (ResNet, MobileNetV2 or a ViT's patch tokens,
+//! docs/methods.md, Backbones) and a 1×1 classifier without bias.
 //! Training logits are `z = W · GAP(F)`; class activation maps are `A_c = ReLU(W_c · F)`.
 
 use tch::nn;
 use tch::{Kind, Tensor};
 
-use super::backbone::{Backbone, BackboneSpec};
+use super::backbone::{Arch, Backbone, BackboneSpec};
 use super::layers::Mode;
+use super::vit::{Vit, PATCH};
 
 /// Name of the classifier layer, new on top of the torchvision backbone (it trains with the
 /// head learning-rate multiplier and is absent from ImageNet weights).
@@ -27,9 +28,49 @@ impl BranchOutput {
     }
 }
 
+/// Where a CAM network's feature map comes from.
+#[derive(Debug)]
+pub enum Features {
+    Cnn(Backbone),
+    /// The patch tokens of the last block, as a stride-16 map.
+    Vit(Vit),
+}
+
+impl Features {
+    fn new(vs: &nn::Path, spec: BackboneSpec, with_amm: bool) -> Features {
+        match spec.arch {
+            Arch::Vit => Features::Vit(Vit::new(vs, spec.vit)),
+            _ => Features::Cnn(Backbone::new(vs, spec, with_amm)),
+        }
+    }
+
+    fn out_channels(&self) -> i64 {
+        match self {
+            Features::Cnn(backbone) => backbone.out_channels(),
+            Features::Vit(vit) => vit.out_channels(),
+        }
+    }
+
+    fn output_stride(&self) -> i64 {
+        match self {
+            Features::Cnn(backbone) => backbone.output_stride(),
+            Features::Vit(_) => PATCH,
+        }
+    }
+
+    /// [N, 3, H, W] in the compute precision → the feature map; a ViT computes in f32 (its
+    /// LayerNorms and softmaxes; no BatchNorm to calibrate).
+    fn run(&self, images: &Tensor, mode: Mode) -> Tensor {
+        match self {
+            Features::Cnn(backbone) => backbone.run(images, mode),
+            Features::Vit(vit) => vit.run(&images.to_kind(Kind::Float)),
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct CamNet {
-    backbone: Backbone,
+    backbone: Features,
     /// [C, D, 1, 1]
     classifier: Tensor,
 }
@@ -37,16 +78,16 @@ pub struct CamNet {
 impl CamNet {
     /// Builds the network under `vs` (the root, for torchvision's names plus `classifier.weight`).
     pub fn new(vs: &nn::Path, spec: BackboneSpec, num_classes: i64) -> CamNet {
-        CamNet::with_backbone(vs, Backbone::new(vs, spec, false), num_classes)
+        CamNet::with_backbone(vs, Features::new(vs, spec, false), num_classes)
     }
 
     /// The same network with AMMs in the backbone (every ResNet block; the MobileNetV2 blocks
     /// that have a shortcut): AMR's compensation branch.
     pub fn with_amm(vs: &nn::Path, spec: BackboneSpec, num_classes: i64) -> CamNet {
-        CamNet::with_backbone(vs, Backbone::new(vs, spec, true), num_classes)
+        CamNet::with_backbone(vs, Features::new(vs, spec, true), num_classes)
     }
 
-    fn with_backbone(vs: &nn::Path, backbone: Backbone, num_classes: i64) -> CamNet {
+    fn with_backbone(vs: &nn::Path, backbone: Features, num_classes: i64) -> CamNet {
         let d = backbone.out_channels();
         // PyTorch's default for a fresh Conv2d (kaiming_uniform with a = √5): U(±1/√fan_in).
         let bound = 1.0 / (d as f64).sqrt();
@@ -59,9 +100,24 @@ impl CamNet {
         self.backbone.output_stride()
     }
 
-    /// See [`Backbone::calibrate_batch_norm`].
+    /// See [`Backbone::calibrate_batch_norm`] (a ViT has no BatchNorm).
     pub fn calibrate_batch_norm(&self, images: &Tensor) {
-        self.backbone.calibrate_batch_norm(images)
+        if let Features::Cnn(backbone) = &self.backbone {
+            backbone.calibrate_batch_norm(images)
+        }
+    }
+
+    /// The ViT's patch attention (see [`Vit::patch_attention`]) of one normalised image
+    /// [3, H, W], averaged over its last `layers` blocks: [h·w, h·w] and the grid; `None` for a
+    /// CNN.
+    pub fn vit_attention(&self, image: &Tensor, layers: usize) -> Option<(Tensor, [i64; 2])> {
+        match &self.backbone {
+            Features::Vit(vit) => {
+                let (attention, grid) = vit.patch_attention(&image.unsqueeze(0).to_kind(Kind::Float), layers);
+                Some((attention.get(0), grid))
+            }
+            Features::Cnn(_) => None,
+        }
     }
 
     /// Backbone features F in f32, computed in `compute` precision (f32, or bf16 for

@@ -9,11 +9,15 @@ pub mod irn;
 pub mod layers;
 pub mod mobilenet;
 pub mod resnet;
+pub mod vit;
 pub mod weights;
 
 use serde::{Deserialize, Serialize};
 use tch::nn::VarStore;
-use tch::{Device, Tensor};
+use tch::{Device, Kind, Tensor};
+
+use crate::refine::diffusion::AttentionSource;
+use layers::Mode;
 
 use crate::optim::ParamGroup;
 use amr::AmrNet;
@@ -96,6 +100,22 @@ impl Model {
     /// Multi-scale CAMs and logits of one normalised image [3, H, W] for the 0-based `classes`:
     /// [`CamNet::multiscale_cams`], or for AMR the recalibration with `alpha`
     /// ([`AmrNet::multiscale_cams`]). Run it under `tch::no_grad`.
+    /// What AD-CAM diffuses the CAMs of one normalised image [3, H, W] along
+    /// (`refine::diffusion`): a ViT's patch attention of its last `layers` blocks, or a CNN's
+    /// last-stage features [C, h, w] (AMR's spotlight branch's: the plain CAM network; the
+    /// compensation branch's modulation uses batch statistics).
+    pub fn attention_source(&self, image: &Tensor, layers: usize) -> AttentionSource {
+        let net = match &self.net {
+            Network::Cam(net) => net,
+            Network::Amr(net) => &net.spotlight,
+        };
+        let image = image.to_device(self.vs.device());
+        match net.vit_attention(&image, layers) {
+            Some((attention, grid)) => AttentionSource::Matrix { attention, grid },
+            None => AttentionSource::Features(net.features(&image.unsqueeze(0), Kind::Float, Mode::Eval).get(0)),
+        }
+    }
+
     pub fn multiscale_cams(&self, image: &Tensor, classes: &[i64], scales: &[f64], flip: bool, stride: i64, alpha: f64) -> (Tensor, Tensor) {
         match &self.net {
             Network::Cam(net) => net.multiscale_cams(image, classes, scales, flip, stride),

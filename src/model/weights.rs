@@ -65,11 +65,15 @@ pub struct ImportRules<'a> {
     pub ignored_suffixes: &'a [&'a str],
 }
 
-/// torchvision ResNet or MobileNetV2 weights into a CAM network: the classifier and AMR's
-/// attention modules are new; the ImageNet heads (ResNet's `fc.`, MobileNetV2's
-/// `classifier.1.`) and the BN step counters are not ours.
-pub const TORCHVISION_BACKBONE: ImportRules<'static> =
-    ImportRules { new_layers: &[super::cam::CLASSIFIER, "amm"], ignored_prefixes: &["fc.", "classifier.1."], ignored_suffixes: &["num_batches_tracked"] };
+/// torchvision ResNet or MobileNetV2 weights (or timm ViT/DeiT weights) into a CAM network: the
+/// classifier and AMR's attention modules are new; the ImageNet heads (ResNet's `fc.`,
+/// MobileNetV2's `classifier.1.`, a ViT's `head.`, DeiT's distillation `head_dist.` and
+/// `dist_token`) and the BN step counters are not ours.
+pub const TORCHVISION_BACKBONE: ImportRules<'static> = ImportRules {
+    new_layers: &[super::cam::CLASSIFIER, "amm"],
+    ignored_prefixes: &["fc.", "classifier.1.", "head.", "head_dist.", "dist_token"],
+    ignored_suffixes: &["num_batches_tracked"],
+};
 
 /// torchvision ImageNet weights into a segmenter's backbone (imported under `backbone.`): the
 /// ImageNet classifier and MobileNetV2's `features.18` (DeepLab ends at `features.17`) are

@@ -26,6 +26,7 @@ use crate::data::{CamRow, Dataset, DatasetKind, ImageRow, ShardRow};
 use crate::dist::World;
 use crate::engine::map_phase::{execute, fingerprint, for_each_image, MapJob, TaskOutput};
 use crate::model::{weights, Base, Model};
+use crate::refine::diffusion::{refine_cams, CamRefine};
 
 pub fn run(config: &Config, world: &World, force: bool) -> anyhow::Result<Summary> {
     run_with(&CamInference::new(config, world)?, world, force)
@@ -65,11 +66,16 @@ impl<'a> CamInference<'a> {
             .context("loading the CAM model (do [model], method.base and the dataset's classes match the training run?)")?;
         let normalise = Normalise::new(config.loader.mean, config.loader.std, device);
         // What shapes the CAMs: the weights, the network, the scales, the normalisation.
-        let settings = serde_json::to_string(&json!({
+        let mut settings = json!({
             "checkpoint": file_sha256(&checkpoint)?,
             "model": config.model, "base": config.method.base, "alpha": config.method.amr.alpha,
             "scales": config.cam.inference.scales, "flip": config.cam.inference.flip, "mean": config.loader.mean, "std": config.loader.std,
-        }))?;
+        });
+        // (Unrefined CAMs keep the fingerprint they had before refinement existed.)
+        if config.cam.refine != CamRefine::None {
+            settings["refine"] = json!(refine_settings(config));
+        }
+        let settings = serde_json::to_string(&settings)?;
         let job = MapJob {
             what: "cam",
             out: config.paths().cams(config.cam.inference.split),
@@ -120,6 +126,10 @@ fn cam_row(model: &Model, image: &ImageRow, normalise: &Normalise, config: &Conf
             model.multiscale_cams(&image, &classes, &config.cam.inference.scales, config.cam.inference.flip, CAM_STRIDE as i64, config.method.amr.alpha);
         let grid = [rgb.height.div_ceil(CAM_STRIDE) as i64, rgb.width.div_ceil(CAM_STRIDE) as i64];
         let cams = if cams.size()[1..] == grid { cams } else { cams.unsqueeze(0).upsample_bilinear2d(grid, false, None, None).squeeze_dim(0) };
+        let cams = match config.cam.refine {
+            CamRefine::None => cams,
+            refine => refine_cams(&cams, &model.attention_source(&image, config.cam.ad_cam.layers), refine, &config.cam.ad_cam),
+        };
         (cams, logits)
     });
     let half = cams.to_kind(Kind::Half).to_device(Device::Cpu).contiguous();
@@ -134,8 +144,22 @@ fn cam_row(model: &Model, image: &ImageRow, normalise: &Normalise, config: &Conf
 
 /// How the CAMs were computed, for the manifest's `source`.
 fn method_summary(config: &Config) -> String {
-    match config.method.base {
+    let base = match config.method.base {
         Base::Cam => "CAM".into(),
         Base::Amr => format!("AMR, recalibrated with alpha {}", config.method.amr.alpha),
+    };
+    match config.cam.refine {
+        CamRefine::None => base,
+        CamRefine::Couple => format!("{base}, coupled with its feature attention"),
+        CamRefine::AdCam => format!("{base}, AD-CAM {}", refine_settings(config)),
+    }
+}
+
+/// The refinement's settings, as they shape the CAMs.
+fn refine_settings(config: &Config) -> String {
+    match config.cam.refine {
+        CamRefine::None => String::new(),
+        CamRefine::Couple => "couple".into(),
+        CamRefine::AdCam => serde_json::to_string(&config.cam.ad_cam).unwrap_or_default(),
     }
 }

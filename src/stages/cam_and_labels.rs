@@ -16,13 +16,13 @@ use std::time::Instant;
 use serde_json::json;
 
 use super::cam::CamInference;
-use super::pseudo_label::{keep, Labelling};
+use super::pseudo_label::Labelling;
 use super::{cam, pseudo_label, Summary};
 use crate::config::Config;
 use crate::data::PseudoRow;
 use crate::dist::map::job_fingerprint;
 use crate::dist::World;
-use crate::engine::map_phase::{execute, ShardOutput, TaskOutput};
+use crate::engine::map_phase::{execute, keep_or_skip, ShardOutput, TaskOutput};
 
 /// The summaries of the two outputs: (CAMs, pseudo-labels).
 pub fn run(config: &Config, world: &World, force: bool) -> anyhow::Result<(Summary, Summary)> {
@@ -75,7 +75,7 @@ pub fn run(config: &Config, world: &World, force: bool) -> anyhow::Result<(Summa
         seconds.insert("refine_wait".into(), waited + inference_end.elapsed().as_secs_f64());
         let (mut label_rows, mut label_skipped) = (Vec::with_capacity(labelled.len()), cam_skipped.clone());
         for l in labelled {
-            keep(l.result, &l.place, &l.id, &mut label_rows, &mut label_skipped);
+            label_rows.extend(keep_or_skip(l.result, &l.place, &l.id, &mut label_skipped));
         }
         Ok(TaskOutput { shards: vec![ShardOutput::new(cam_rows, cam_skipped), ShardOutput::new(label_rows, label_skipped)], seconds })
     })?;

@@ -15,7 +15,6 @@ use std::time::Instant;
 use anyhow::{ensure, Context};
 use rayon::prelude::*;
 use serde_json::json;
-use tracing::warn;
 
 use super::Summary;
 use crate::config::Config;
@@ -26,7 +25,7 @@ use crate::data::shard::file_sha256;
 use crate::data::{CamRow, Dataset, DatasetKind, ImageRow, PseudoRow, ShardRow};
 use crate::dist::map::job_fingerprint;
 use crate::dist::World;
-use crate::engine::map_phase::{execute, fingerprint, guarded, usable, MapJob, TaskOutput};
+use crate::engine::map_phase::{execute, fingerprint, for_each_row_group, guarded, usable, MapJob, TaskOutput};
 use crate::model::irn::IrnNet;
 use crate::model::weights;
 use crate::refine::pseudo::{pseudo_label, PseudoInput, PseudoMethod, PseudoParams};
@@ -60,43 +59,31 @@ pub fn run(config: &Config, world: &World, force: bool) -> anyhow::Result<Summar
     let details = execute(world, std::slice::from_ref(&labelling.job), force, |task, images_done| {
         let read = Instant::now();
         let mut by_id: HashMap<String, CamRow> = cams.shard(task)?.read_all()?.into_iter().map(|r| (r.id.clone(), r)).collect();
-        let reader = images.shard(task)?;
-        let file = &images.manifest().shards[task].file;
-        let mut rows = Vec::with_capacity(reader.num_rows());
-        let mut skipped = Vec::new();
-        let mut read_seconds = read.elapsed().as_secs_f64();
+        let cams_seconds = read.elapsed().as_secs_f64();
         let (mut refine_seconds, mut boundary_seconds) = (0.0, 0.0);
-        for group in 0..reader.num_row_groups() {
-            let read = Instant::now();
-            let batch: Vec<(ImageRow, Option<CamRow>)> = reader
-                .read_row_group(group)?
-                .into_iter()
-                .map(|image| {
-                    let cam = by_id.remove(&image.id);
-                    (image, cam)
-                })
-                .collect();
-            read_seconds += read.elapsed().as_secs_f64();
+        let mut rows = Vec::new();
+        let label_group = |batch: &[ImageRow]| {
+            let cams: Vec<Option<CamRow>> = batch.iter().map(|image| by_id.remove(&image.id)).collect();
             // irn_rw: the boundary maps first, one image after another on libtorch's threads.
             let boundary = Instant::now();
             let maps: Vec<Result<Option<Vec<f32>>, String>> =
-                batch.iter().map(|(image, _)| boundaries.as_ref().map(|b| b.of(image, num_classes, max_pixels)).transpose()).collect();
+                batch.iter().map(|image| boundaries.as_ref().map(|b| b.of(image, num_classes, max_pixels)).transpose()).collect();
             boundary_seconds += boundary.elapsed().as_secs_f64();
+            // Then the refinement, a row group's images at once on the refinement threads.
             let refine = Instant::now();
-            let results: Vec<Result<PseudoRow, String>> = labelling.pool.install(|| {
+            let results = labelling.pool.install(|| {
                 batch
                     .par_iter()
+                    .zip(&cams)
                     .zip(&maps)
                     .map(|((image, cam), map)| labelling.label(image, cam.as_ref(), map.as_ref().map_err(Clone::clone)?.as_deref()))
                     .collect()
             });
             refine_seconds += refine.elapsed().as_secs_f64();
-            let place = format!("{file} row group {group}");
-            for ((image, _), result) in batch.iter().zip(results) {
-                keep(result, &place, &image.id, &mut rows, &mut skipped);
-            }
-            images_done(batch.len() as u64);
-        }
+            results
+        };
+        let (skipped, read_seconds) = for_each_row_group(&images, task, images_done, label_group, |_, row| rows.push(row))?;
+        let file = &images.manifest().shards[task].file;
         ensure!(
             by_id.is_empty(),
             "{}: CAMs of images that are not in {file} of {}: {:?}",
@@ -105,7 +92,7 @@ pub fn run(config: &Config, world: &World, force: bool) -> anyhow::Result<Summar
             by_id.keys().take(3).collect::<Vec<_>>()
         );
         let boundary_seconds = boundaries.is_some().then_some(boundary_seconds);
-        Ok(TaskOutput::single(rows, skipped, phase_seconds(read_seconds, refine_seconds, boundary_seconds)))
+        Ok(TaskOutput::single(rows, skipped, phase_seconds(cams_seconds + read_seconds, refine_seconds, boundary_seconds)))
     })?;
     Ok(Summary::ok(json!({ "method": config.pseudo_label.params.method.name(), "map": details[0] })))
 }
@@ -163,18 +150,6 @@ impl Labelling {
     pub fn label(&self, image: &ImageRow, cam: Option<&CamRow>, boundary: Option<&[f32]>) -> Result<PseudoRow, String> {
         usable(image, self.num_classes, self.max_pixels)?;
         guarded(|| label_image(image, cam, &self.params, self.num_classes, boundary))
-    }
-}
-
-/// Keeps a labelled row, or records (and warns about) the skipped image at `place`.
-pub(super) fn keep(result: Result<PseudoRow, String>, place: &str, id: &str, rows: &mut Vec<PseudoRow>, skipped: &mut Vec<String>) {
-    match result {
-        Ok(row) => rows.push(row),
-        Err(reason) => {
-            let what = format!("{place} id {id}: {reason}");
-            warn!("skipped {what}");
-            skipped.push(what);
-        }
     }
 }
 
