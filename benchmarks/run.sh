@@ -63,6 +63,9 @@ check=data/bench/check-cam
 echo "== correctness against torchvision: MobileNetV2 with the ImageNet weights (features and logits, output stride 32/16/8; tolerance 1e-4)"
 "$py" benchmarks/check_mobilenet_torch.py --weights weights/mobilenet_v2.safetensors --work data/bench/check-mobilenet
 
+echo "== correctness against timm: the ViT CAM network (ViT-Ti and ViT-S, random weights, 200 x 280 px: position embeddings resampled, image padded) against timm's VisionTransformer: features, CAM logits, the last 4 blocks' patch attention (tolerance 1e-4 of each output's largest value)"
+"$py" benchmarks/check_vit_timm.py --work data/bench/check-vit
+
 echo "== CAM inference time vs PyTorch: the same random ResNet-18, scales 1.0/0.5/1.5/2.0 + flips, the 96 voc-mini photos, 2 threads (wsss-dist's time includes JPEG decoding; target: ratio <= 1.05)"
 if have_voc; then
   "$py" benchmarks/check_cam_torch.py --wsss target/release/wsss-dist --images "$data" --work data/bench/check-cam-voc --threads 2
