@@ -100,10 +100,15 @@ impl CamNet {
         self.backbone.output_stride()
     }
 
-    /// See [`Backbone::calibrate_batch_norm`] (a ViT has no BatchNorm).
-    pub fn calibrate_batch_norm(&self, images: &Tensor) {
-        if let Features::Cnn(backbone) = &self.backbone {
-            backbone.calibrate_batch_norm(images)
+    /// See [`Backbone::calibrate_batch_norm`]; whether there were BatchNorms to calibrate (a
+    /// ViT has none).
+    pub fn calibrate_batch_norm(&self, images: &Tensor) -> bool {
+        match &self.backbone {
+            Features::Cnn(backbone) => {
+                backbone.calibrate_batch_norm(images);
+                true
+            }
+            Features::Vit(_) => false,
         }
     }
 

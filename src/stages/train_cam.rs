@@ -118,8 +118,9 @@ fn initialise(config: &Config, model: &Model, calibration: &dyn Fn() -> anyhow::
     warn!("model.init is not set: training from a random initialisation. CAMs need ImageNet weights (`make weights`, docs/weights.md)");
     let batch = calibration().context("calibrating BatchNorm")?;
     for (branch, net) in calibrate {
-        net.calibrate_batch_norm(&batch.images.to_device(device));
-        info!("{}BatchNorm statistics calibrated on {} images", branch_label(branch), batch.indices.len());
+        if net.calibrate_batch_norm(&batch.images.to_device(device)) {
+            info!("{}BatchNorm statistics calibrated on {} images", branch_label(branch), batch.indices.len());
+        }
     }
     Ok(())
 }
