@@ -254,6 +254,7 @@ mod tests {
     /// CAMs come back at the CAMs' size, and `none` leaves them untouched.
     #[test]
     fn the_attention_is_bounded_and_the_maps_keep_their_size() {
+        tch::manual_seed(0);
         let features = Tensor::rand([8, 10, 12], (Kind::Float, tch::Device::Cpu));
         assert_eq!(pool_to_tokens(&features, 120).size(), [8, 10, 12]);
         assert_eq!(pool_to_tokens(&features, 119).size(), [8, 5, 6]);
@@ -264,7 +265,8 @@ mod tests {
             let out = refine_cams(&cams, &AttentionSource::Features(features.shallow_clone()), refine, &params);
             assert_eq!(out.size(), [2, 40, 48]);
             let max = values(&out.amax([1, 2].as_slice(), false));
-            assert!(max.iter().all(|m| (m - 1.0).abs() < 1e-3), "{max:?}");
+            // Max-normalised on the pooled grid; the bilinear resize back can only lower a peak.
+            assert!(max.iter().all(|m| *m > 0.9 && *m <= 1.0 + 1e-5), "{max:?}");
         }
         assert_eq!(values(&refine_cams(&cams, &AttentionSource::Features(features), CamRefine::None, &params)), values(&cams));
     }
