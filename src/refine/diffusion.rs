@@ -106,7 +106,7 @@ pub fn feature_attention(features: &Tensor, similarity: Similarity, temperature:
     let tokens = features.flatten(1, -1).transpose(0, 1).to_kind(Kind::Float);
     let (tokens, scale) = match similarity {
         Similarity::Dot => (tokens, temperature * (channels as f64).sqrt()),
-        Similarity::Cosine => (&tokens / tokens.norm_scalaropt_dim(2.0, [1].as_slice(), true).clamp_min(1e-12), temperature),
+        Similarity::Cosine => (unit_rows(&tokens), temperature),
     };
     (tokens.matmul(&tokens.transpose(0, 1)) / scale).softmax(1, Kind::Float)
 }
@@ -117,11 +117,16 @@ pub fn refine_attention(attention: &Tensor, refinement: Refinement) -> Tensor {
         Refinement::None => attention.shallow_clone(),
         Refinement::Shared => attention.matmul(&attention.transpose(0, 1)),
         Refinement::Cosine => {
-            let norm = attention.norm_scalaropt_dim(2.0, [1].as_slice(), true).clamp_min(1e-12);
-            let unit = attention / norm;
+            let unit = unit_rows(attention);
             attention * unit.matmul(&unit.transpose(0, 1))
         }
     }
+}
+
+/// Each row of a matrix scaled to unit length (a zero row stays zero): the rows' dot products
+/// are then their cosines.
+fn unit_rows(rows: &Tensor) -> Tensor {
+    rows / rows.norm_scalaropt_dim(2.0, [1].as_slice(), true).clamp_min(1e-12)
 }
 
 /// Pᵗ·M: `cams` [K, h, w] diffused `steps` times along the row-stochastic P = D⁻¹Ã of
