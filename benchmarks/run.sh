@@ -134,14 +134,20 @@ for model in "deeplab_v3plus mobilenet_v2" "deeplab_v2 resnet50"; do
   printf '%-28s wsss-dist %7.3f s  pytorch eager %7.3f s  ratio %.3fx   (runs: wsss-dist %s | pytorch %s)\n' \
     "$1/$2" "$o" "$t" "$(awk -v a="$o" -v b="$t" 'BEGIN {print a / b}')" "${ours[*]}" "${theirs[*]}"
 done
-plain=(); crf=()
-for _ in $(seq "$repeats"); do
-  plain+=("$("$seg_step" --batch 4 --size 321 --steps 5 --threads 2 | field median_step_s)")
-  crf+=("$("$seg_step" --batch 4 --size 321 --steps 5 --threads 2 --dense-crf | field median_step_s)")
+# The regularized losses' cost per step (docs/segmenter.md; DFR: docs/methods.md §10), on random
+# labels (every pixel labelled: the consistency loss pairs its full 64 points per image).
+declare -A step
+for regularizer in none dense_crf dfr; do
+  runs=()
+  for _ in $(seq "$repeats"); do
+    runs+=("$("$seg_step" --batch 4 --size 321 --steps 5 --threads 2 --regularizer "$regularizer" | field median_step_s)")
+  done
+  step[$regularizer]=$(printf '%s\n' "${runs[@]}" | median)
+  printf 'v3+/mobilenet_v2 step with seg.loss.regularizer = %-9s %.3f s   (runs: %s)\n' "$regularizer:" "${step[$regularizer]}" "${runs[*]}"
 done
-p=$(printf '%s\n' "${plain[@]}" | median); c=$(printf '%s\n' "${crf[@]}" | median)
-printf 'dense-CRF loss: v3+ step %.3f s without, %.3f s with: %.0f%% of the step   (runs: without %s | with %s)\n' \
-  "$p" "$c" "$(awk -v a="$p" -v b="$c" 'BEGIN {print 100 * (b - a) / b}')" "${plain[*]}" "${crf[*]}"
+printf 'regularized losses: the dense-CRF loss adds %.0f%% to the plain step, DFR %.0f%%\n' \
+  "$(awk -v a="${step[none]}" -v b="${step[dense_crf]}" 'BEGIN {print 100 * (b - a) / a}')" \
+  "$(awk -v a="${step[none]}" -v b="${step[dfr]}" 'BEGIN {print 100 * (b - a) / a}')"
 
 echo "== random walk (pseudo-label --method irn_rw) vs IRNet's dense computation in PyTorch: one thread each, the same generated boundaries and CAMs (target: >= 10x per core at >= 99.5% label agreement)"
 bash benchmarks/walk.sh

@@ -55,8 +55,9 @@ struct Args {
     warmup: usize,
     #[arg(long, default_value_t = 2)]
     threads: i32,
-    #[arg(long)]
-    dense_crf: bool,
+    /// none | dense_crf | dfr (`seg.loss.regularizer`).
+    #[arg(long, default_value = "none")]
+    regularizer: String,
     #[arg(long)]
     dump: Option<PathBuf>,
     /// cargo bench passes --bench to the harness.
@@ -77,7 +78,7 @@ fn config(args: &Args) -> Config {
     if args.dump.is_some() {
         model.dropout = 0.0;
     }
-    config.seg.loss.dense_crf = args.dense_crf;
+    config.seg.loss.regularizer = serde_json::from_value(serde_json::json!(args.regularizer)).expect("none|dense_crf|dfr");
     config.seg.train.steps = (args.warmup + args.steps) as u64;
     config
 }
@@ -113,7 +114,7 @@ fn main() -> anyhow::Result<()> {
         sgd.step();
         let _ = loss.double_value(&[]);
     });
-    let variant = format!("{}/{}{}", args.kind, args.arch, if args.dense_crf { "+dense_crf" } else { "" });
+    let variant = format!("{}/{}+{}", args.kind, args.arch, args.regularizer);
     println!(
         "{}",
         serde_json::json!({ "tool": "wsss-dist", "variant": variant, "median_step_s": median, "images_per_s": args.batch as f64 / median, "steps": times })

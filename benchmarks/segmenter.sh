@@ -29,7 +29,7 @@ for seed in $SEEDS; do
         echo "{\"seconds\": $(( $(date +%s) - start ))}" >"$OUT/ce-s$seed.time.json"
     fi
     crf=("${run[@]}" --set run.name="crf-s$seed" --set seg.labels="$OUT/ce-s$seed/pseudo_labels/train"
-         --set seg.loss.dense_crf=true --set seg.loss.crf.weight="$WEIGHT")
+         --set seg.loss.regularizer=dense_crf --set seg.loss.crf.weight="$WEIGHT")
     if [ ! -f "$OUT/crf-s$seed/eval/seg.json" ] || [ ! -f "$OUT/crf-s$seed/eval/seg_crf.json" ]; then
         echo "seed $seed: the segmenter with the dense-CRF loss"
         {

@@ -95,6 +95,36 @@ pub enum DataCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Scribble labels drawn from an image dataset's ground-truth masks (docs/datasets.md,
+    /// "Scribbles"), written in the pseudo-label format for `seg.labels`.
+    Scribbles {
+        /// Draw the strokes from the ground-truth masks (the one source this command has; ScribbleSup's
+        /// files come in with `data import voc --scribbles`).
+        #[arg(long, required = true)]
+        from_masks: bool,
+        /// The image dataset (with masks).
+        #[arg(long)]
+        data: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        /// Brush diameter in pixels.
+        #[arg(long, default_value_t = crate::data::scribble::FromMasks::default().brush)]
+        brush: f64,
+        /// A region's walk length, as a multiple of the square root of its area.
+        #[arg(long, default_value_t = crate::data::scribble::FromMasks::default().length)]
+        length: f64,
+        /// The walk keeps to pixels at least this share of the region's depth inside it.
+        #[arg(long, default_value_t = crate::data::scribble::FromMasks::default().erosion)]
+        erosion: f64,
+        /// Regions of fewer pixels get no stroke.
+        #[arg(long, default_value_t = crate::data::scribble::FromMasks::default().min_area)]
+        min_area: usize,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Redo every shard, also those an earlier run finished.
+        #[arg(long)]
+        force: bool,
+    },
     /// Counts, class histogram and image sizes of a dataset.
     Inspect {
         dir: PathBuf,
@@ -136,6 +166,16 @@ pub enum ImportSourceArgs {
         split: String,
         #[arg(long)]
         out: PathBuf,
+        /// ScribbleSup's annotation folder (one `<id>.xml` per image): also writes the
+        /// scribbles, in the pseudo-label format, to --scribbles-out.
+        #[arg(long)]
+        scribbles: Option<PathBuf>,
+        /// Where the scribbles go (default: `<out>-scribbles`).
+        #[arg(long, requires = "scribbles")]
+        scribbles_out: Option<PathBuf>,
+        /// The strokes' brush diameter in pixels.
+        #[arg(long, default_value_t = 3.0)]
+        scribble_brush: f64,
         #[command(flatten)]
         write: WriteArgs,
     },

@@ -6,6 +6,7 @@ use clap::Parser;
 use tracing_subscriber::EnvFilter;
 use wsss_dist::cli::{Cli, Command, ConfigArgs, ConfigCommand, DataCommand, EvalCommand, ExportCommand, TrainCommand};
 use wsss_dist::config::Config;
+use wsss_dist::data::scribble::FromMasks;
 use wsss_dist::dist::World;
 use wsss_dist::stages::{self, Summary};
 use wsss_dist::stop::Stopped;
@@ -106,7 +107,15 @@ fn main() -> ExitCode {
 /// The stages that stop cleanly on SIGTERM/SIGINT/SIGUSR1 (training, map phases, the
 /// pipeline); the others keep the default of ending at once.
 fn stops_cleanly(command: &Command) -> bool {
-    matches!(command, Command::Train { .. } | Command::Cam { .. } | Command::PseudoLabel(_) | Command::Seg(_) | Command::Run { .. })
+    matches!(
+        command,
+        Command::Data { command: DataCommand::Scribbles { .. } }
+            | Command::Train { .. }
+            | Command::Cam { .. }
+            | Command::PseudoLabel(_)
+            | Command::Seg(_)
+            | Command::Run { .. }
+    )
 }
 
 fn dispatch(command: &Command, world: &World) -> anyhow::Result<Summary> {
@@ -114,6 +123,10 @@ fn dispatch(command: &Command, world: &World) -> anyhow::Result<Summary> {
         Command::Data { command: DataCommand::Import { source } } => stages::import::run(source, world),
         Command::Data { command: DataCommand::Verify { dir, images, json } } => stages::verify::run(dir, images.as_deref(), *json, world),
         Command::Data { command: DataCommand::Inspect { dir, json } } => stages::inspect::run(dir, *json),
+        Command::Data { command: DataCommand::Scribbles { from_masks: _, data, out, brush, length, erosion, min_area, seed, force } } => {
+            let params = FromMasks { brush: *brush, length: *length, erosion: *erosion, min_area: *min_area, seed: *seed };
+            stages::scribbles::run(data, out, &stages::scribbles::ScribbleSource::FromMasks(params), world, *force)
+        }
         Command::Config { command: ConfigCommand::Show(args) } => {
             print!("{}", load(args)?.to_toml());
             Ok(Summary::ok(serde_json::Value::Null))

@@ -318,3 +318,53 @@ fn logs_to_a_pipe_have_no_colour_codes() {
     assert!(out.status.success() && !log.contains('\u{1b}'), "{log:?}");
     assert!(log.contains("classes=6 size=32 min_objects=1") && !log.contains("SyntheticParams"), "{log}");
 }
+
+/// `data import voc --scribbles DIR`: ScribbleSup's XML files (hand-written in its layout) are
+/// rasterised into a pseudo-label dataset beside the images (`<out>-scribbles`), with a brush of
+/// `--scribble-brush` pixels; a file with an unknown class tag and a missing file are skipped
+/// with warnings naming them, and the rows written are exactly the strokes' pixels.
+#[test]
+fn voc_import_rasterises_scribblesup_files() {
+    use wsss_dist::data::codec::decode_mask;
+    use wsss_dist::data::PseudoRow;
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("voc");
+    fake_voc(&root, &[("a", 16, 12), ("b", 16, 12), ("c", 16, 12)], &[("a", 16, 12, 1), ("b", 16, 12, 1), ("c", 16, 12, 1)]);
+    let scribbles = tmp.path().join("pascal_2012");
+    std::fs::create_dir(&scribbles).unwrap();
+    let polygon = |tag: &str, points: &[(i32, i32)]| {
+        let points: String = points.iter().map(|(x, y)| format!("<point><X>{x}</X><Y>{y}</Y></point>")).collect();
+        format!("<polygon><tag>{tag}</tag>{points}</polygon>")
+    };
+    let file = |polygons: &[String]| {
+        format!("<annotation><filename>x.jpg</filename><size><width>16</width><height>12</height></size>{}</annotation>", polygons.concat())
+    };
+    std::fs::write(scribbles.join("a.xml"), file(&[polygon("aeroplane", &[(2, 3), (10, 3)]), polygon("background", &[(14, 10)])])).unwrap();
+    std::fs::write(scribbles.join("b.xml"), file(&[polygon("horse2", &[(2, 3)])])).unwrap();
+    let out = tmp.path().join("train");
+    let args = ["data", "import", "voc", "--root", s(&root), "--split", "train", "--out", s(&out), "--scribbles", s(&scribbles), "--scribble-brush", "1"];
+    let output = common::wsss(tmp.path(), &args);
+    let log = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{log}");
+    assert!(log.contains("b.xml") && log.contains("\"horse2\""), "{log}");
+    assert!(log.contains("c.xml"), "{log}");
+    let labels: Dataset<PseudoRow> = Dataset::open_as(&tmp.path().join("train-scribbles")).unwrap();
+    assert_eq!(labels.len(), 1);
+    let row = labels.shard(0).unwrap().read_all().unwrap().remove(0);
+    assert_eq!((row.id.as_str(), row.method.as_str()), ("a", "scribble"));
+    let (w, h, map) = decode_mask(&row.mask).unwrap();
+    assert_eq!((w, h), (16, 12));
+    // Brush 1: the segment's pixels (2..=10, 3) and the single background point.
+    for (p, &v) in map.iter().enumerate() {
+        let (x, y) = (p % 16, p / 16);
+        let expected = if y == 3 && (2..=10).contains(&x) {
+            1
+        } else if (x, y) == (14, 10) {
+            0
+        } else {
+            255
+        };
+        assert_eq!(v, expected, "({x}, {y})");
+    }
+    wsss_ok(tmp.path(), &["data", "verify", "--images", s(&out), s(&tmp.path().join("train-scribbles"))]);
+}

@@ -55,6 +55,23 @@ fn pipeline() -> (tempfile::TempDir, String) {
     (tmp, config)
 }
 
+/// [`pipeline`] with the `seg.labels` key of its pseudo-labels.
+fn with_pseudo_labels() -> (tempfile::TempDir, String, &'static str) {
+    let (tmp, config) = pipeline();
+    (tmp, config, "seg.labels=runs/tiny/pseudo_labels/train")
+}
+
+/// The tiny config's 48 train images with scribbles drawn from their masks into
+/// `data/scribbles` (`data scribbles --from-masks`), with the `seg.labels` key pointing there.
+fn with_scribbles() -> (tempfile::TempDir, String, &'static str) {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tmp.path().join("config.toml");
+    std::fs::write(&config, tiny()).unwrap();
+    wsss_ok(tmp.path(), &["data", "import", "synthetic", "--out", "data/train", "--images", "48", "--size", "32", "--shard-rows", "20"]);
+    wsss_ok(tmp.path(), &["data", "scribbles", "--from-masks", "--data", "data/train", "--out", "data/scribbles", "--min-area", "4"]);
+    (tmp, s(&config).to_string(), "seg.labels=data/scribbles")
+}
+
 fn seg_dir(dir: &Path, run: &str) -> std::path::PathBuf {
     dir.join("runs").join(run).join("seg")
 }
@@ -80,7 +97,7 @@ fn deeplab_v3plus_with_the_crf_loss_resumes_bitwise() {
     let (tmp, config) = pipeline();
     let dir = tmp.path();
     // 16×16 pixels after the downscale: w 1e-5 makes the energy about a tenth of the CE.
-    let crf = ["--set", "seg.loss.dense_crf=true", "--set", "seg.loss.crf.weight=1e-5"];
+    let crf = ["--set", "seg.loss.regularizer=dense_crf", "--set", "seg.loss.crf.weight=1e-5"];
     let labels = "seg.labels=runs/tiny/pseudo_labels/train";
     let train = |extra: &[&str]| -> Vec<String> { ["train", "seg", "--config", &config].iter().chain(&crf).chain(extra).map(|a| a.to_string()).collect() };
     wsss_ok(dir, &as_str(&train(&[])));
@@ -121,18 +138,18 @@ fn deeplab_v3plus_training_is_reproducible_at_a_given_thread_count() {
     }
 }
 
-/// Trains `model` once in one process with batch 4 and once on 2 ranks with batch 2, 12 steps
-/// each, and checks that `files` (checkpoint files) agree within `tolerance` of each tensor's
-/// largest value.
-fn two_ranks_equal_one_process(model: &[&str], files: &[&str], tolerance: f64) {
-    let (tmp, config) = pipeline();
+/// Trains `model` on the labels of `setup` (a directory, its config and the `seg.labels` key)
+/// once in one process with batch 4 and once on 2 ranks with batch 2, 12 steps each, and checks
+/// that `files` (checkpoint files) agree within `tolerance` of each tensor's largest value.
+fn two_ranks_equal_one_process(setup: (tempfile::TempDir, String, &str), model: &[&str], files: &[&str], tolerance: f64) {
+    let (tmp, config, labels) = setup;
     let dir = tmp.path();
     let args = |run: &str, batch: usize| {
         let mut args: Vec<String> =
             ["train", "seg", "--config", &config, "--set", &format!("run.name={run}"), "--set", &format!("seg.loader.batch_size={batch}")]
                 .map(String::from)
                 .to_vec();
-        let common = ["--set", "seg.labels=runs/tiny/pseudo_labels/train", "--set", "seg.train.epochs=1", "--set", "seg.train.checkpoint_every=1"];
+        let common = ["--set", labels, "--set", "seg.train.epochs=1", "--set", "seg.train.checkpoint_every=1"];
         args.extend(common.iter().chain(model).map(|a| a.to_string()));
         args
     };
@@ -167,6 +184,7 @@ fn two_ranks_equal_one_process(model: &[&str], files: &[&str], tolerance: f64) {
 fn deeplab_v2_on_two_ranks_equals_one_process_with_twice_the_batch() {
     let model = ["--set", "seg.model.kind=deeplab_v2", "--set", "seg.model.output_stride=8", "--set", "seg.train.lr=0.00002"];
     two_ranks_equal_one_process(
+        with_pseudo_labels(),
         &model,
         &["step-00000001.optim.safetensors", "step-00000004.safetensors", "step-00000008.safetensors", "step-00000012.safetensors"],
         1e-5,
@@ -186,7 +204,12 @@ fn deeplab_v2_on_two_ranks_equals_one_process_with_twice_the_batch() {
 #[test]
 fn deeplab_v3plus_on_two_ranks_equals_one_process_with_twice_the_batch() {
     let model = ["--set", "seg.model.dropout=0", "--set", "seg.train.lr=0.00002"];
-    two_ranks_equal_one_process(&model, &["step-00000001.safetensors", "step-00000001.optim.safetensors", "step-00000004.safetensors"], 1e-5);
+    two_ranks_equal_one_process(
+        with_pseudo_labels(),
+        &model,
+        &["step-00000001.safetensors", "step-00000001.optim.safetensors", "step-00000004.safetensors"],
+        1e-5,
+    );
 }
 
 /// No pseudo-labels where `seg.labels` points: an error naming the key and what makes them.
@@ -260,4 +283,82 @@ fn run_trains_predicts_and_scores_the_segmenter() {
         let shard = |run: &str| std::fs::read(dir.join(format!("runs/{run}/seg/{pred}/val/part-00000.parquet"))).unwrap();
         assert!(shard("tiny") == shard("two"), "{pred}: 2 ranks wrote other bytes");
     }
+}
+
+/// `data scribbles --from-masks`: every labelled pixel carries its ground-truth class, a few
+/// percent of the pixels are labelled (as `data inspect` reports), 2 ranks write the same
+/// bytes as one, and `data verify --images` passes.
+#[test]
+fn scribbles_from_masks_are_true_sparse_and_rank_independent() {
+    use wsss_dist::data::codec::decode_mask;
+    use wsss_dist::data::{Dataset, ImageRow, PseudoRow};
+    let (tmp, _, _) = with_scribbles();
+    let dir = tmp.path();
+    let images: Dataset<ImageRow> = Dataset::open_as(&dir.join("data/train")).unwrap();
+    let scribbles: Dataset<PseudoRow> = Dataset::open_as(&dir.join("data/scribbles")).unwrap();
+    assert_eq!(scribbles.len(), 48);
+    let (mut labelled, mut pixels) = (0usize, 0usize);
+    for shard in 0..images.num_shards() {
+        for (image, row) in images.shard(shard).unwrap().read_all().unwrap().iter().zip(scribbles.shard(shard).unwrap().read_all().unwrap()) {
+            assert_eq!(image.id, row.id);
+            let (_, _, truth) = decode_mask(image.mask.as_ref().unwrap()).unwrap();
+            let (_, _, map) = decode_mask(&row.mask).unwrap();
+            for (t, m) in truth.iter().zip(&map) {
+                assert!(*m == 255 || m == t, "{}: a scribble says {m} where the mask says {t}", row.id);
+            }
+            labelled += map.iter().filter(|&&m| m != 255).count();
+            pixels += map.len();
+        }
+    }
+    let share = labelled as f64 / pixels as f64;
+    assert!(share > 0.02 && share < 0.5, "labelled share {share}");
+    let stats: serde_json::Value = serde_json::from_str(&wsss_ok(dir, &["data", "inspect", "--json", "data/scribbles"])).unwrap();
+    let reported = stats.to_string();
+    assert!(reported.contains("labelled"), "{reported}");
+    mpirun_ok(dir, 2, &["data", "scribbles", "--from-masks", "--data", "data/train", "--out", "data/scribbles2", "--min-area", "4"]);
+    for shard in &scribbles.manifest().shards {
+        let one = std::fs::read(dir.join("data/scribbles").join(&shard.file)).unwrap();
+        assert!(one == std::fs::read(dir.join("data/scribbles2").join(&shard.file)).unwrap(), "{} differs on 2 ranks", shard.file);
+    }
+    wsss_ok(dir, &["data", "verify", "--images", "data/train", "data/scribbles"]);
+    let err = wsss_fails(dir, &["data", "scribbles", "--from-masks", "--data", "data/train", "--out", "data/x", "--erosion", "2"], 2);
+    assert!(err.contains("--erosion"), "{err}");
+}
+
+/// DeepLab v3+ on scribbles with DFR (`seg.loss.regularizer = "dfr"`): stopped after 5 steps and
+/// resumed, it ends where an uninterrupted run ends, byte for byte; the checkpoint holds the
+/// feature consistency head, which `seg` restores to predict; the loss goes down.
+#[test]
+fn deeplab_v3plus_with_dfr_on_scribbles_resumes_bitwise() {
+    let (tmp, config, labels) = with_scribbles();
+    let dir = tmp.path();
+    let dfr = ["--set", labels, "--set", "seg.loss.regularizer=dfr", "--set", "seg.loss.crf.weight=1e-5"];
+    let train = |extra: &[&str]| -> Vec<String> { ["train", "seg", "--config", &config].iter().chain(&dfr).chain(extra).map(|a| a.to_string()).collect() };
+    wsss_ok(dir, &as_str(&train(&[])));
+    wsss_ok(dir, &as_str(&train(&["--set", "run.name=parts", "--set", "seg.train.stop_after=5"])));
+    wsss_ok(dir, &as_str(&train(&["--set", "run.name=parts", "--resume"])));
+    for file in ["step-00000024.safetensors", "step-00000024.optim.safetensors"] {
+        let whole = std::fs::read(seg_dir(dir, "tiny").join("checkpoints").join(file)).unwrap();
+        assert!(whole == std::fs::read(seg_dir(dir, "parts").join("checkpoints").join(file)).unwrap(), "{file} differs after resuming");
+    }
+    let whole = metrics(dir, "tiny");
+    assert_eq!(whole, metrics(dir, "parts"));
+    let mean = |range: &[(u64, f64)]| range.iter().map(|m| m.1).sum::<f64>() / range.len() as f64;
+    assert!(mean(&whole[18..]) < mean(&whole[..6]), "the loss goes down: {whole:?}");
+    let state = tensors(&seg_dir(dir, "tiny").join("checkpoints/step-00000024.safetensors"));
+    assert_eq!(state["classifier.consistency.2.weight"].size(), [3, 64, 1, 1]);
+    wsss_ok(
+        dir,
+        &as_str(&["seg", "--config", &config].iter().chain(&dfr).chain(&["--set", "seg.infer.split=train"]).map(|a| a.to_string()).collect::<Vec<_>>()),
+    );
+    assert!(dir.join("runs/tiny/seg/pred/train/_manifest.json").exists());
+}
+
+/// DFR on 2 ranks with batch 2 equals one process with batch 4 (DeepLab v3+ without dropout, at
+/// the small rate of the test above it): its consistency loss is a mean over images of terms
+/// that depend on each image alone.
+#[test]
+fn dfr_on_two_ranks_equals_one_process_with_twice_the_batch() {
+    let model = ["--set", "seg.model.dropout=0", "--set", "seg.train.lr=0.00002", "--set", "seg.loss.regularizer=dfr", "--set", "seg.loss.crf.weight=1e-5"];
+    two_ranks_equal_one_process(with_scribbles(), &model, &["step-00000001.safetensors", "step-00000001.optim.safetensors", "step-00000004.safetensors"], 1e-5);
 }

@@ -15,6 +15,7 @@ use crate::data::sampler::Uneven;
 use crate::data::synthetic::SyntheticParams;
 use crate::dist::Backend;
 use crate::loss::dense_crf::DenseCrfLoss;
+use crate::loss::dfr::DfrSettings;
 use crate::model::backbone::{Arch, BackboneSpec};
 use crate::model::deeplab::{SegKind, V3_DROPOUT};
 use crate::model::mobilenet;
@@ -296,14 +297,17 @@ impl SegConfig {
     }
 }
 
-/// `[seg.loss]`: the pixel cross-entropy and, with `dense_crf`, the dense-CRF regularized loss
-/// of Tang et al. (docs/segmenter.md; the reference's defaults).
+/// `[seg.loss]`: the pixel cross-entropy (ignoring 255: on scribbles, the partial cross-entropy)
+/// and a regularized loss: the dense-CRF loss of Tang et al. (docs/segmenter.md; the reference's
+/// defaults) or the dynamic feature regularized loss (docs/methods.md §10).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct SegLossConfig {
-    /// Add the dense-CRF loss, with `[seg.loss.crf]`.
-    pub dense_crf: bool,
+    pub regularizer: Regularizer,
+    /// The dense-CRF loss's settings; also DFR's shallow kernel, weight and scale.
     pub crf: DenseCrfLoss,
+    /// DFR's deep kernel and feature consistency head.
+    pub dfr: DfrSettings,
     /// p of the cross-entropy's class weights `w_c ∝ f_c^−p`, f_c the share of class c among
     /// the labelled pixels of `seg.labels`, scaled to average 1 over them: 0 weighs every pixel
     /// alike, 0.5 by the inverse square root of its class's frequency, 1 by the inverse.
@@ -314,16 +318,34 @@ pub struct SegLossConfig {
     pub class_balance_max_ratio: f64,
 }
 
+/// The regularized loss added to the cross-entropy (`seg.loss.regularizer`).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Regularizer {
+    #[default]
+    None,
+    /// `[seg.loss.crf]`'s bilateral kernel.
+    DenseCrf,
+    /// The same with a deep-feature kernel and the feature consistency head (`[seg.loss.dfr]`).
+    Dfr,
+}
+
 impl Default for SegLossConfig {
     fn default() -> Self {
-        SegLossConfig { dense_crf: false, crf: DenseCrfLoss::default(), class_balance: 0.0, class_balance_max_ratio: 0.0 }
+        SegLossConfig {
+            regularizer: Regularizer::None,
+            crf: DenseCrfLoss::default(),
+            dfr: DfrSettings::default(),
+            class_balance: 0.0,
+            class_balance_max_ratio: 0.0,
+        }
     }
 }
 
 impl SegLossConfig {
-    /// The loss, when on.
-    pub fn dense_crf_loss(&self) -> Option<DenseCrfLoss> {
-        self.dense_crf.then_some(self.crf)
+    /// The feature consistency head's output channels, when the loss trains one.
+    pub fn consistency_dims(&self) -> Option<i64> {
+        (self.regularizer == Regularizer::Dfr).then_some(self.dfr.feature_dims)
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
@@ -338,6 +360,19 @@ impl SegLossConfig {
         }
         if !(crf.scale > 0.0 && crf.scale <= 1.0) {
             return invalid("seg.loss.crf.scale", "must lie in (0, 1]");
+        }
+        let dfr = &self.dfr;
+        if !(1..=3).contains(&dfr.feature_dims) {
+            return invalid("seg.loss.dfr.feature_dims", "must be 1, 2 or 3 (the lattice takes 8 dimensions, 5 of them the shallow kernel's)");
+        }
+        if !(dfr.feature_sigma > 0.0 && dfr.feature_sigma.is_finite()) {
+            return invalid("seg.loss.dfr.feature_sigma", "must be a positive number");
+        }
+        if !(dfr.consistency_weight >= 0.0 && dfr.consistency_weight.is_finite()) {
+            return invalid("seg.loss.dfr.consistency_weight", "must be a non-negative number");
+        }
+        if dfr.consistency_points < 2 {
+            return invalid("seg.loss.dfr.consistency_points", "must be at least 2 (the loss pairs them)");
         }
         if !(0.0..=2.0).contains(&self.class_balance) {
             return invalid("seg.loss.class_balance", "must lie in [0, 2]");

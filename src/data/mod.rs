@@ -14,6 +14,7 @@ pub mod lock;
 pub mod preprocess;
 pub mod sampler;
 pub mod schema;
+pub mod scribble;
 pub mod shard;
 pub mod stats;
 pub mod synthetic;

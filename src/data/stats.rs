@@ -111,6 +111,8 @@ fn count_ids(ids: &[u8], counts: &mut [u64]) -> u64 {
 pub struct LabelCounts {
     /// Labelled pixels of each class id 0..=C over every mask (the segmenter's class weights).
     pub pixels: Vec<u64>,
+    /// Pixels no class id labels (255, and any id over C).
+    pub unlabelled: u64,
     /// Masks read, and those with no labelled pixel (every pixel 255).
     pub masks: usize,
     pub empty_masks: usize,
@@ -118,11 +120,12 @@ pub struct LabelCounts {
 
 impl LabelCounts {
     fn new(num_classes: usize) -> LabelCounts {
-        LabelCounts { pixels: vec![0; num_classes + 1], masks: 0, empty_masks: 0 }
+        LabelCounts { pixels: vec![0; num_classes + 1], unlabelled: 0, masks: 0, empty_masks: 0 }
     }
 
     fn merge(mut self, other: LabelCounts) -> LabelCounts {
         add(&mut self.pixels, &other.pixels);
+        self.unlabelled += other.unlabelled;
         self.masks += other.masks;
         self.empty_masks += other.empty_masks;
         self
@@ -130,6 +133,11 @@ impl LabelCounts {
 
     pub fn labelled(&self) -> u64 {
         self.pixels.iter().sum()
+    }
+
+    /// The share of all pixels that carry a class id.
+    pub fn labelled_share(&self) -> f64 {
+        self.labelled() as f64 / (self.labelled() + self.unlabelled).max(1) as f64
     }
 }
 
@@ -147,7 +155,7 @@ pub fn label_pixel_counts(dataset: &Dataset<PseudoRow>, num_classes: usize) -> R
                     let (_, _, ids) = decode_mask(&row.mask)
                         .map_err(|message| DataError::BadImage { what: format!("{} id {}", dataset.shard_path(s).display(), row.id), message })?;
                     let mut counts = LabelCounts::new(num_classes);
-                    count_ids(&ids, &mut counts.pixels);
+                    counts.unlabelled = count_ids(&ids, &mut counts.pixels);
                     counts.masks = 1;
                     counts.empty_masks = usize::from(counts.labelled() == 0);
                     Ok::<LabelCounts, DataError>(counts)

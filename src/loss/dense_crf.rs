@@ -43,6 +43,14 @@ impl DenseCrfLoss {
     /// and `roi` [N, H, W] (1 on image pixels, 0 on padding). A scalar whose value is E and
     /// whose gradient with respect to `probabilities` is E's.
     pub fn loss(&self, probabilities: &Tensor, rgb: &Tensor, roi: &Tensor) -> Tensor {
+        self.loss_with_features(probabilities, rgb, roi, None)
+    }
+
+    /// As [`DenseCrfLoss::loss`], with `extra` kernel features [N, d, H, W] (d ≤ 3, already
+    /// divided by their σ; no gradient) appended to each pixel's (x, y, rgb) after the same
+    /// bilinear downscale as the softmax: W becomes the product of the bilateral kernel and a
+    /// Gaussian kernel on them (the dynamic feature regularized loss, `loss::dfr`).
+    pub fn loss_with_features(&self, probabilities: &Tensor, rgb: &Tensor, roi: &Tensor, extra: Option<&Tensor>) -> Tensor {
         let size = probabilities.size();
         let (n, k) = (size[0], size[1]);
         let side = |s: i64| ((s as f64) * self.scale).floor() as i64;
@@ -52,14 +60,16 @@ impl DenseCrfLoss {
         let nearest = |t: &Tensor| t.upsample_nearest2d([h, w], Some(self.scale), Some(self.scale));
         let roi = nearest(&roi.unsqueeze(1).to_kind(Kind::Float));
         let rgb = nearest(&rgb.to_kind(Kind::Float));
-        let scaled = probabilities.upsample_bilinear2d([h, w], false, Some(self.scale), Some(self.scale));
-        let masked = &scaled * &roi;
+        let bilinear = |t: &Tensor| t.upsample_bilinear2d([h, w], false, Some(self.scale), Some(self.scale));
+        let masked = bilinear(probabilities) * &roi;
+        let extra = extra.map(|e| bilinear(&e.detach().to_kind(Kind::Float)));
         let sigma_xy = self.appearance_sxy * self.scale as f32;
         let (energy, filtered) = tch::no_grad(|| {
             let mut energy = 0.0;
             let mut filtered = Vec::with_capacity(n as usize);
             for i in 0..n {
-                let (e, ws) = energy_of_image(&masked.get(i), &rgb.get(i), self.appearance_srgb, sigma_xy);
+                let features = kernel_features(&rgb.get(i), extra.as_ref().map(|e| e.get(i)).as_ref(), self.appearance_srgb, sigma_xy);
+                let (e, ws) = energy_of_image(&masked.get(i), &features);
                 energy += e;
                 filtered.push(ws);
             }
@@ -73,22 +83,38 @@ impl DenseCrfLoss {
     }
 }
 
-/// `(−Σ_k S̃_kᵀ W S̃_k, W S̃)` of one image: `masked` [K, h, w], `rgb` [3, h, w] (0..255).
-fn energy_of_image(masked: &Tensor, rgb: &Tensor, sigma_rgb: f32, sigma_xy: f32) -> (f64, Tensor) {
+/// Each pixel's kernel features, pixel-major: (x/σ_xy, y/σ_xy, rgb/σ_rgb) of `rgb` [3, h, w]
+/// (0..255), then the values of `extra` [d, h, w] when given. Returns the features and their
+/// dimension.
+pub(crate) fn kernel_features(rgb: &Tensor, extra: Option<&Tensor>, sigma_rgb: f32, sigma_xy: f32) -> (Vec<f32>, usize) {
+    let size = rgb.size();
+    let (h, w) = (size[1] as usize, size[2] as usize);
+    let shallow = bilateral_features(&pixel_major(rgb), w, h, sigma_xy, sigma_rgb);
+    let Some(extra) = extra else {
+        return (shallow, 5);
+    };
+    let d = extra.size()[0] as usize;
+    let deep = pixel_major(extra);
+    let features = shallow.chunks_exact(5).zip(deep.chunks_exact(d)).flat_map(|(s, e)| s.iter().chain(e).copied()).collect();
+    (features, 5 + d)
+}
+
+/// `(−Σ_k S̃_kᵀ W S̃_k, W S̃)` of one image: `masked` [K, h, w] and the kernel's `features`.
+fn energy_of_image(masked: &Tensor, features: &(Vec<f32>, usize)) -> (f64, Tensor) {
     let size = masked.size();
     let (k, h, w) = (size[0] as usize, size[1] as usize, size[2] as usize);
-    let (seg, colours) = (pixel_major(masked), pixel_major(rgb));
-    let filtered = bilateral_filter(&colours, w, h, sigma_rgb, sigma_xy, &seg, k);
+    let seg = pixel_major(masked);
+    let filtered = gaussian_filter(&features.0, features.1, &seg, k);
     let energy = -seg.iter().zip(&filtered).map(|(&s, &f)| s as f64 * f as f64).sum::<f64>();
     let tensor = Tensor::from_slice(&filtered).view([h as i64, w as i64, k as i64]).permute([2, 0, 1]).contiguous();
     (energy, tensor)
 }
 
-/// `W·S` for one image: `rgb` (pixels × 3, row-major, 0..255) gives the features
-/// (x/σ_xy, y/σ_xy, r/σ_rgb, g/σ_rgb, b/σ_rgb); `seg` and the result are pixels × `channels`.
-pub fn bilateral_filter(rgb: &[f32], width: usize, height: usize, sigma_rgb: f32, sigma_xy: f32, seg: &[f32], channels: usize) -> Vec<f32> {
+/// `W·S` with W the Gaussian kernel `exp(−½‖f_i − f_j‖²)` over `features` (pixels × `dim`) by
+/// the permutohedral lattice; `seg` and the result are pixels × `channels`.
+pub fn gaussian_filter(features: &[f32], dim: usize, seg: &[f32], channels: usize) -> Vec<f32> {
     let mut out = vec![0f32; seg.len()];
-    Lattice::new(&bilateral_features(rgb, width, height, sigma_xy, sigma_rgb), 5).filter(seg, channels, &mut out);
+    Lattice::new(features, dim).filter(seg, channels, &mut out);
     out
 }
 
@@ -96,6 +122,12 @@ pub fn bilateral_filter(rgb: &[f32], width: usize, height: usize, sigma_rgb: f32
 mod tests {
     use super::*;
     use tch::Device;
+
+    /// `W·S` for one image: `rgb` (pixels × 3, row-major, 0..255) gives the features
+    /// (x/σ_xy, y/σ_xy, r/σ_rgb, g/σ_rgb, b/σ_rgb); `seg` and the result are pixels × `channels`.
+    fn bilateral_filter(rgb: &[f32], width: usize, height: usize, sigma_rgb: f32, sigma_xy: f32, seg: &[f32], channels: usize) -> Vec<f32> {
+        gaussian_filter(&bilateral_features(rgb, width, height, sigma_xy, sigma_rgb), 5, seg, channels)
+    }
 
     /// The exact kernel `Σ_j exp(−½‖f_i − f_j‖²) s_j` (the self term included), in f64.
     fn exact_filter(rgb: &[f32], width: usize, height: usize, sigma_rgb: f32, sigma_xy: f32, seg: &[f32], channels: usize) -> Vec<f64> {

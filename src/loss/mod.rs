@@ -2,6 +2,7 @@
 //! tensors out, batch first.
 
 pub mod dense_crf;
+pub mod dfr;
 pub mod fsl;
 pub mod irn;
 pub mod isl;

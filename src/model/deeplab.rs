@@ -125,11 +125,34 @@ enum Head {
 pub struct Segmenter {
     backbone: Backbone,
     head: Head,
+    consistency: Option<ConsistencyHead>,
 }
 
-/// The logits a training forward pass returns, each trained on the labels resized to it.
+/// The logits a training forward pass returns, each trained on the labels resized to it, and
+/// the feature consistency head's embedding when the network has one.
 pub struct SegOutputs {
     pub logits: Vec<Tensor>,
+    /// [N, d, h, w], unit vectors: v3+ at the decoder's stride 4, v2 at its output stride (of
+    /// the full-scale input).
+    pub embedding: Option<Tensor>,
+}
+
+/// DFR's feature consistency head (docs/methods.md §10): 1×1 conv to 64 channels, ReLU, 1×1
+/// conv to d, on the features the classifier reads (v3+: the decoder's fused features; v2: the
+/// backbone's); its output is normalised to unit length per pixel.
+#[derive(Debug)]
+struct ConsistencyHead {
+    hidden: nn::Conv2D,
+    out: nn::Conv2D,
+}
+
+/// The consistency head's hidden channels.
+const CONSISTENCY_HIDDEN: i64 = 64;
+
+impl ConsistencyHead {
+    fn embed(&self, features: &Tensor) -> Tensor {
+        crate::loss::dfr::unit_channels(&self.out.forward(&self.hidden.forward(&features.to_kind(Kind::Float)).relu()))
+    }
 }
 
 impl Segmenter {
@@ -169,7 +192,22 @@ impl Segmenter {
                 })
             }
         };
-        Segmenter { backbone, head }
+        Segmenter { backbone, head, consistency: None }
+    }
+
+    /// Adds DFR's feature consistency head with `dims` output channels (`classifier.consistency.`).
+    pub fn with_consistency_head(mut self, vs: &nn::Path, dims: i64) -> Segmenter {
+        let path = vs / HEAD / "consistency";
+        let features = match &self.head {
+            Head::V2(_) => self.backbone.out_channels(),
+            Head::V3Plus(_) => V3_CHANNELS,
+        };
+        let init = nn::Init::Kaiming { dist: nn::init::NormalOrUniform::Normal, fan: nn::init::FanInOut::FanIn, non_linearity: nn::init::NonLinearity::ReLU };
+        self.consistency = Some(ConsistencyHead {
+            hidden: conv_bias(&(&path / "0"), features, CONSISTENCY_HIDDEN, 1, 1, init),
+            out: conv_bias(&(&path / "2"), CONSISTENCY_HIDDEN, dims, 1, 1, init),
+        });
+        self
     }
 
     /// v3+'s dropout rate after the ASPP projection (v2 has none).
@@ -205,21 +243,24 @@ impl Segmenter {
     /// draws from libtorch's generator (the caller seeds it).
     pub fn forward_train(&self, images: &Tensor, compute: Kind) -> SegOutputs {
         let images = images.to_kind(compute);
-        let logits = match &self.head {
-            Head::V3Plus(head) => vec![head.run(&self.backbone, &images, Mode::Train, true)],
+        let (logits, features) = match &self.head {
+            Head::V3Plus(head) => {
+                let (logits, fused) = head.run(&self.backbone, &images, Mode::Train, true);
+                (vec![logits], fused)
+            }
             Head::V2(head) => {
-                let full = head.run(&self.backbone, &images, Mode::Train);
+                let (full, features) = head.run(&self.backbone, &images, Mode::Train);
                 let size = full.size()[2..].to_vec();
                 let mut logits = vec![full];
                 for scale in V2_SCALES {
-                    logits.push(head.run(&self.backbone, &scaled(&images, scale), Mode::Train));
+                    logits.push(head.run(&self.backbone, &scaled(&images, scale), Mode::Train).0);
                 }
                 let max = logits[1..].iter().fold(logits[0].shallow_clone(), |m, l| m.maximum(&resize(l, &size)));
                 logits.push(max);
-                logits
+                (logits, features)
             }
         };
-        SegOutputs { logits: logits.into_iter().map(|l| l.to_kind(Kind::Float)).collect() }
+        SegOutputs { logits: logits.into_iter().map(|l| l.to_kind(Kind::Float)).collect(), embedding: self.consistency.as_ref().map(|c| c.embed(&features)) }
     }
 
     /// Inference logits [N, C, H, W] at the input's size (v2: the max over its three scales,
@@ -227,11 +268,11 @@ impl Segmenter {
     pub fn logits(&self, images: &Tensor) -> Tensor {
         let size = images.size()[2..].to_vec();
         match &self.head {
-            Head::V3Plus(head) => head.run(&self.backbone, images, Mode::Eval, false),
+            Head::V3Plus(head) => head.run(&self.backbone, images, Mode::Eval, false).0,
             Head::V2(head) => {
-                let full = head.run(&self.backbone, images, Mode::Eval);
+                let full = head.run(&self.backbone, images, Mode::Eval).0;
                 let inner = full.size()[2..].to_vec();
-                let max = V2_SCALES.iter().fold(full, |m, &scale| m.maximum(&resize(&head.run(&self.backbone, &scaled(images, scale), Mode::Eval), &inner)));
+                let max = V2_SCALES.iter().fold(full, |m, &scale| m.maximum(&resize(&head.run(&self.backbone, &scaled(images, scale), Mode::Eval).0, &inner)));
                 resize(&max, &size)
             }
         }
@@ -247,15 +288,18 @@ fn scaled(images: &Tensor, scale: f64) -> Tensor {
 }
 
 impl V2Head {
-    /// The sum of the four branches, computed in f32 (as the CAM head is).
-    fn run(&self, backbone: &Backbone, images: &Tensor, mode: Mode) -> Tensor {
+    /// The sum of the four branches, computed in f32 (as the CAM head is), and the features they
+    /// read.
+    fn run(&self, backbone: &Backbone, images: &Tensor, mode: Mode) -> (Tensor, Tensor) {
         let features = backbone.run(images, mode).to_kind(Kind::Float);
-        self.branches.iter().map(|c| c.forward(&features)).reduce(|a, b| a + b).expect("four branches")
+        let logits = self.branches.iter().map(|c| c.forward(&features)).reduce(|a, b| a + b).expect("four branches");
+        (logits, features)
     }
 }
 
 impl V3PlusHead {
-    fn run(&self, backbone: &Backbone, images: &Tensor, mode: Mode, train: bool) -> Tensor {
+    /// The logits at the input's size and the decoder's fused features they are read from.
+    fn run(&self, backbone: &Backbone, images: &Tensor, mode: Mode, train: bool) -> (Tensor, Tensor) {
         let (low, high) = backbone.run_levels(images, mode);
         let high_size = high.size()[2..].to_vec();
         let mut branches: Vec<Tensor> = self.aspp.iter().map(|b| b.run(&high, mode)).collect();
@@ -266,7 +310,7 @@ impl V3PlusHead {
         let aspp = self.aspp_project.run(&Tensor::cat(&branches, 1), mode).dropout(self.dropout, train);
         let low = self.project.run(&low, mode);
         let fused = self.fuse.run(&Tensor::cat(&[low.shallow_clone(), resize(&aspp, &low.size()[2..])], 1), mode);
-        resize(&self.classifier.forward(&fused.to_kind(Kind::Float)), &images.size()[2..])
+        (resize(&self.classifier.forward(&fused.to_kind(Kind::Float)), &images.size()[2..]), fused)
     }
 }
 
@@ -344,7 +388,7 @@ mod tests {
             }
         });
         let alone = tch::no_grad(|| head.branches[0].forward(&features));
-        assert!(tch::no_grad(|| head.run(&net.backbone, &images, Mode::Eval)).allclose(&alone, 1e-6, 1e-6, false));
+        assert!(tch::no_grad(|| head.run(&net.backbone, &images, Mode::Eval).0).allclose(&alone, 1e-6, 1e-6, false));
         assert_eq!(tch::no_grad(|| net.logits(&images)).size(), [1, 3, 64, 64]);
     }
 }

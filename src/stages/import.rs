@@ -7,6 +7,7 @@ use anyhow::Context;
 use serde_json::json;
 use tracing::{info, warn};
 
+use super::scribbles::ScribbleSource;
 use super::{human_bytes, progress_bar, Summary};
 use crate::cli::{ImportSourceArgs, WriteArgs};
 use crate::data::coco::CocoSource;
@@ -26,7 +27,7 @@ pub fn run(args: &ImportSourceArgs, world: &World) -> anyhow::Result<Summary> {
             let params = SyntheticParams { classes: *classes, size: *size, ..SyntheticParams::default() };
             (Box::new(SyntheticSource::new(params, *seed, *images, split)?), out, write)
         }
-        ImportSourceArgs::Voc { root, split, out, write } => (Box::new(VocSource::open(root, split)?), out, write),
+        ImportSourceArgs::Voc { root, split, out, write, .. } => (Box::new(VocSource::open(root, split)?), out, write),
         ImportSourceArgs::Coco { annotations, images, out, keep_unlabeled, write } => {
             info!("reading {}", annotations.display());
             (Box::new(CocoSource::open(annotations, images, *keep_unlabeled)?), out, write)
@@ -37,7 +38,22 @@ pub fn run(args: &ImportSourceArgs, world: &World) -> anyhow::Result<Summary> {
         layout: ShardLayout { rows_per_group: write.rows_per_group, ..ShardLayout::default() },
         force: write.force,
     };
-    import_source(source.as_ref(), out, options, world)
+    let imported = import_source(source.as_ref(), out, options, world)?;
+    let ImportSourceArgs::Voc { scribbles: Some(dir), scribbles_out, scribble_brush, .. } = args else {
+        return Ok(imported);
+    };
+    let scribbles_out = scribbles_out.clone().unwrap_or_else(|| with_suffix(out, "-scribbles"));
+    // Rank 0 alone, as the import: a map phase of one rank.
+    let source = ScribbleSource::ScribbleSup { dir, brush: *scribble_brush };
+    let scribbled = super::scribbles::run(out, &scribbles_out, &source, &World::single(), write.force)?;
+    Ok(Summary { ok: imported.ok && scribbled.ok, details: json!({ "import": imported.details, "scribbles": scribbled.details }) })
+}
+
+/// `path` with `suffix` added to its last component.
+fn with_suffix(path: &Path, suffix: &str) -> std::path::PathBuf {
+    let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    name.push(suffix);
+    path.with_file_name(name)
 }
 
 /// Imports with a progress bar and logs the summary; shared with `wsss-dist run`.

@@ -6,10 +6,13 @@ use std::path::Path;
 use anyhow::Context;
 
 use super::{human_bytes, Summary};
-use crate::data::stats::{dataset_stats, DatasetStats};
-use crate::data::Dataset;
+use crate::data::stats::{dataset_stats, label_pixel_counts, DatasetStats};
+use crate::data::{Dataset, DatasetKind, Manifest, PseudoRow};
 
 pub fn run(dir: &Path, json: bool) -> anyhow::Result<Summary> {
+    if Manifest::read(dir)?.kind == DatasetKind::PseudoLabels {
+        return run_labels(dir, json);
+    }
     let dataset = Dataset::open(dir)?;
     let stats = dataset_stats(&dataset).with_context(|| format!("inspecting {}", dir.display()))?;
     if json {
@@ -45,4 +48,36 @@ pub fn render(dir: &Path, s: &DatasetStats) -> String {
         let _ = writeln!(w, " 255  {:<width$} {:>7}  {:6.2}%", "ignore", "-", 100.0 * s.ignore_fraction);
     }
     out
+}
+
+/// A pseudo-label (or scribble) dataset: rows, the share of pixels labelled, each class's share
+/// of the pixels, and the masks that label nothing.
+fn run_labels(dir: &Path, json: bool) -> anyhow::Result<Summary> {
+    let labels: Dataset<PseudoRow> = Dataset::open_as(dir)?;
+    let manifest = labels.manifest();
+    let counts = label_pixel_counts(&labels, manifest.num_classes() as usize).with_context(|| format!("inspecting {}", dir.display()))?;
+    let all = (counts.labelled() + counts.unlabelled).max(1) as f64;
+    let stats = serde_json::json!({
+        "kind": "pseudo_labels", "split": manifest.split, "source": manifest.source, "rows": labels.len(), "shards": labels.num_shards(),
+        "classes": manifest.classes, "labelled_share": counts.labelled_share(), "masks_without_labels": counts.empty_masks,
+        "pixel_fraction": counts.pixels.iter().map(|&n| n as f64 / all).collect::<Vec<_>>(),
+    });
+    if json {
+        println!("{}", serde_json::to_string_pretty(&stats)?);
+    } else {
+        let mut out = String::new();
+        let w = &mut out;
+        let _ = writeln!(w, "dataset   {}", dir.display());
+        let _ = writeln!(w, "kind      pseudo-labels (split {})", manifest.split);
+        let _ = writeln!(w, "source    {}", manifest.source);
+        let _ = writeln!(w, "rows      {} in {} shard(s)", labels.len(), labels.num_shards());
+        let _ = writeln!(w, "labelled  {:.2}% of the pixels; {} mask(s) label none", 100.0 * counts.labelled_share(), counts.empty_masks);
+        let width = manifest.classes.iter().map(String::len).max().unwrap_or(0);
+        let _ = writeln!(w, "\n  id  {:<width$}  pixels", "class");
+        for (c, (name, &n)) in manifest.classes.iter().zip(&counts.pixels).enumerate() {
+            let _ = writeln!(w, "{c:>4}  {name:<width$}  {:6.2}%", 100.0 * n as f64 / all);
+        }
+        print!("{out}");
+    }
+    Ok(Summary::ok(stats))
 }

@@ -14,6 +14,7 @@ pub mod inspect;
 pub mod pseudo_label;
 pub mod report;
 pub mod run;
+pub mod scribbles;
 pub mod seg;
 pub mod train_cam;
 pub mod train_irn;
@@ -42,6 +43,17 @@ pub fn human_bytes(bytes: u64) -> String {
         unit += 1;
     }
     format!("{value:.1} {}", units[unit])
+}
+
+/// The segmenter of `[seg.model]` with `classes` outputs, and the feature consistency head when
+/// `[seg.loss]` trains one (DFR): what `train seg` trains and `seg` restores.
+pub fn segmenter(config: &crate::config::Config, vs: &tch::nn::Path, classes: i64) -> crate::model::deeplab::Segmenter {
+    let model = &config.seg.model;
+    let net = crate::model::deeplab::Segmenter::new(vs, model.kind, model.backbone(), classes).with_dropout(model.dropout);
+    match config.seg.loss.consistency_dims() {
+        Some(dims) => net.with_consistency_head(vs, dims),
+        None => net,
+    }
 }
 
 /// The model a stage loads: `explicit` when set (a file, checked against its checkpoint

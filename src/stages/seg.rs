@@ -33,7 +33,7 @@ pub fn run(config: &Config, world: &World, force: bool) -> anyhow::Result<Summar
     let checkpoint = super::model_to_load(&infer.inference.checkpoint, &config.paths().seg(), "run `wsss-dist train seg` first, or set seg.infer.checkpoint")?;
     let vs = VarStore::new(device);
     let model = &config.seg.model;
-    let net = Segmenter::new(&vs.root(), model.kind, model.backbone(), input.manifest().classes.len() as i64);
+    let net = super::segmenter(config, &vs.root(), input.manifest().classes.len() as i64);
     weights::restore(&vs, &checkpoint).context("loading the segmenter (do [seg.model] and the dataset's classes match the training run?)")?;
     let normalise = Normalise::new(config.seg.loader.mean, config.seg.loader.std, device);
     // What shapes the predictions: the weights, the network, the inference settings, the

@@ -13,14 +13,13 @@ use tch::{Device, Kind, Tensor};
 use tracing::{info, warn};
 
 use super::Summary;
-use crate::config::Config;
+use crate::config::{Config, Regularizer};
 use crate::data::loader::Batch;
 use crate::data::preprocess::Normalise;
 use crate::dist::sync_bn::StatsSync;
 use crate::dist::World;
 use crate::engine::trainer::{self, Stage, Task, TaskContext, TrainData};
 use crate::loss;
-use crate::loss::dense_crf::DenseCrfLoss;
 use crate::loss::segmentation::{pixel_cross_entropy, resize_labels};
 use crate::model::deeplab::{SegKind, Segmenter, BACKBONE, HEAD};
 use crate::model::weights;
@@ -60,7 +59,6 @@ pub struct SegTask<'a> {
     config: &'a Config,
     vs: VarStore,
     net: Segmenter,
-    dense_crf: Option<DenseCrfLoss>,
     class_weights: Option<Tensor>,
     /// The loader's normalisation, undone for the dense-CRF loss's colours.
     normalise: Normalise,
@@ -70,14 +68,13 @@ pub struct SegTask<'a> {
 impl<'a> SegTask<'a> {
     pub fn new(config: &'a Config, context: &TaskContext) -> SegTask<'a> {
         let vs = VarStore::new(context.device);
-        let model = &config.seg.model;
         // Classes 0..=C: background is a class of its own here.
-        let mut net = Segmenter::new(&vs.root(), model.kind, model.backbone(), context.num_classes + 1).with_dropout(model.dropout);
+        let mut net = super::segmenter(config, &vs.root(), context.num_classes + 1);
         if context.comm.size() > 1 {
             net.synchronise_batch_norm(Arc::new(StatsSync::new(context.comm.clone(), context.device)));
         }
         let normalise = Normalise::new(config.seg.loader.mean, config.seg.loader.std, context.device);
-        SegTask { config, vs, net, dense_crf: config.seg.loss.dense_crf_loss(), class_weights: None, normalise, device: context.device }
+        SegTask { config, vs, net, class_weights: None, normalise, device: context.device }
     }
 
     /// Weights the cross-entropy's pixels by class (`seg.loss.class_balance`).
@@ -146,9 +143,11 @@ impl Task for SegTask<'_> {
     }
 
     /// The sum over the network's outputs (v2: four) of the pixel cross-entropy against the
-    /// labels resized to each output, plus the dense-CRF loss of the final output (upsampled to
-    /// the input) when on. Dropout draws from libtorch's generator, seeded here from the step's
-    /// generator so that a resumed run draws the same masks.
+    /// labels resized to each output, plus the regularized loss of the final output (upsampled
+    /// to the input) when on: the dense-CRF loss, or DFR's (its kernel with the consistency
+    /// head's features, and the head's consistency loss). Dropout draws from libtorch's
+    /// generator, seeded here from the step's generator so that a resumed run draws the same
+    /// masks.
     fn loss(&self, batch: &Batch, compute: Kind, generator: &mut ChaCha8Rng) -> Tensor {
         let images = batch.images.to_device(self.device);
         let masks = batch.masks.as_ref().expect("the seg loader reads pseudo-label masks").to_device(self.device);
@@ -164,12 +163,23 @@ impl Task for SegTask<'_> {
             })
             .reduce(|a, b| a + b)
             .expect("at least one output");
-        let Some(dense_crf) = &self.dense_crf else {
+        let loss = &self.config.seg.loss;
+        if loss.regularizer == Regularizer::None {
             return cross_entropy;
-        };
+        }
+        let size = [images.size()[2], images.size()[3]];
         let last = outputs.logits.last().expect("at least one output");
-        let full = last.upsample_bilinear2d([images.size()[2], images.size()[3]], false, None, None);
-        cross_entropy + dense_crf.loss(&full.softmax(1, Kind::Float), &self.normalise.undo(&images), &padding_free(&images))
+        let probabilities = last.upsample_bilinear2d(size, false, None, None).softmax(1, Kind::Float);
+        let (rgb, roi) = (self.normalise.undo(&images), padding_free(&images));
+        match loss.regularizer {
+            Regularizer::Dfr => {
+                let embedding = outputs.embedding.as_ref().expect("stages::segmenter gives a DFR segmenter its consistency head");
+                let deep = loss.dfr.kernel_features(embedding, size);
+                let consistency = loss.dfr.consistency(embedding, &masks) * loss.dfr.consistency_weight;
+                cross_entropy + loss.crf.loss_with_features(&probabilities, &rgb, &roi, Some(&deep)) + consistency
+            }
+            _ => cross_entropy + loss.crf.loss(&probabilities, &rgb, &roi),
+        }
     }
 
     /// v3+'s trainable BatchNorms, synchronised on more than one rank (docs/segmenter.md).
