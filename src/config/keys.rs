@@ -14,7 +14,7 @@ const RENAMED: &[(&str, &str)] = &[
     ("seg.loss.crf_sigma_rgb", "seg.loss.crf.appearance_srgb"),
     ("seg.loss.crf_sigma_xy", "seg.loss.crf.appearance_sxy"),
     ("seg.loss.crf_scale", "seg.loss.crf.scale"),
-    ("seg.loss.dense_crf", "seg.loss.regularizer (\"none\", \"dense_crf\" or \"dfr\")"),
+    ("seg.loss.dense_crf", "seg.loss.regularizer = \"dense_crf\""),
 ];
 
 /// Checks that every key of `table` is one of `defaults` (the typed config's keys, sections

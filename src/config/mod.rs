@@ -1359,6 +1359,7 @@ mod tests {
             ("[seg.infer.crf_params]\niterations = 5\n", "seg.infer.crf"),
             ("[seg.loss]\ncrf_sigma_rgb = 10.0\n", "seg.loss.crf.appearance_srgb"),
             ("[seg.loss]\ncrf_weight = 1e-9\n", "seg.loss.crf.weight"),
+            ("[seg.loss]\ndense_crf = true\n", "seg.loss.regularizer = \"dense_crf\""),
         ] {
             let err = load_str(given, &[]).unwrap_err().to_string();
             assert!(err.contains(&format!("is now `{new}`")), "{given}: {err}");
@@ -1366,6 +1367,24 @@ mod tests {
         let c = load_str("[seg.infer]\ndense_crf = true\n[seg.infer.crf]\niterations = 5\n[seg.loss.crf]\nappearance_sxy = 50.0\n", &[]).unwrap();
         assert!(c.seg.infer.dense_crf && c.seg.infer.crf.iterations == 5 && c.seg.loss.crf.appearance_sxy == 50.0);
         assert_eq!(c.seg.loss.crf.appearance_srgb, DenseCrfLoss::default().appearance_srgb);
+    }
+
+    /// `seg.loss.regularizer` and DFR's settings: each bad value names its key.
+    #[test]
+    fn regularizer_settings_are_checked_by_key() {
+        let c = load_str("[seg.loss]\nregularizer = \"dfr\"\n[seg.loss.dfr]\nfeature_dims = 2\n", &[]).unwrap();
+        assert_eq!((c.seg.loss.regularizer, c.seg.loss.consistency_dims()), (Regularizer::Dfr, Some(2)));
+        assert_eq!(load_str("[seg.loss]\nregularizer = \"dense_crf\"\n", &[]).unwrap().seg.loss.consistency_dims(), None);
+        for (bad, key) in [
+            ("seg.loss.dfr.feature_dims=4", "seg.loss.dfr.feature_dims"),
+            ("seg.loss.dfr.feature_sigma=0", "seg.loss.dfr.feature_sigma"),
+            ("seg.loss.dfr.consistency_weight=-1", "seg.loss.dfr.consistency_weight"),
+            ("seg.loss.dfr.consistency_points=1", "seg.loss.dfr.consistency_points"),
+            ("seg.loss.regularizer=crf", "seg.loss.regularizer"),
+        ] {
+            let err = load_str("", &[bad]).unwrap_err().to_string();
+            assert!(err.contains(key), "{bad}: {err}");
+        }
     }
 
     /// A config file written over base files states only what differs; bases apply in order,
