@@ -328,6 +328,29 @@ mod tests {
         }
     }
 
+    /// DFR's consistency head: on v3+ it reads the decoder's 256 fused channels at stride 4, on v2
+    /// the backbone's at output stride 8 (of the full-scale input); its embedding has unit length
+    /// at every pixel; without the head there is none.
+    #[test]
+    fn the_consistency_head_embeds_the_classifiers_features_at_unit_length() {
+        tch::manual_seed(0);
+        let images = Tensor::randn([2, 3, 64, 48], (Kind::Float, Device::Cpu));
+        for (kind, spec, channels, grid) in [
+            (SegKind::DeeplabV3plus, BackboneSpec::mobilenet_v2([2, 2, 2, 1]), 256, [16, 12]),
+            (SegKind::DeeplabV2, BackboneSpec::resnet(Depth::Resnet18, [2, 2, 1, 1]), 512, [8, 6]),
+        ] {
+            let vs = VarStore::new(Device::Cpu);
+            let plain = Segmenter::new(&vs.root(), kind, spec, 3);
+            assert!(plain.forward_train(&images, Kind::Float).embedding.is_none());
+            let net = plain.with_consistency_head(&vs.root(), 3);
+            assert_eq!(vs.variables()["classifier.consistency.0.weight"].size(), [64, channels, 1, 1], "{kind:?}");
+            let embedding = net.forward_train(&images, Kind::Float).embedding.expect("the head's embedding");
+            assert_eq!(embedding.size(), [2, 3, grid[0], grid[1]], "{kind:?}");
+            let norms = embedding.square().sum_dim_intlist([1].as_slice(), false, Kind::Float).sqrt();
+            assert!((norms - 1.0).abs().max().double_value(&[]) < 1e-5, "{kind:?}");
+        }
+    }
+
     #[test]
     fn v3plus_on_mobilenet_has_torchvision_names_and_full_size_logits() {
         tch::manual_seed(0);
