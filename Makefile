@@ -14,7 +14,7 @@ export WSSS_TEST_PYTHON ?= $(DEPS)/pyenv/bin/python
 CARGO ?= cargo
 BIN := target/release/wsss-dist
 
-.PHONY: all setup build weights test lint demo bench bench-setup clean
+.PHONY: all setup build weights test test-slurm lint demo bench bench-setup clean
 all: build
 
 setup:
@@ -30,6 +30,12 @@ weights:
 # Formatting and clippy (warnings denied; the allowed lints are in Cargo.toml), then every test.
 test: lint
 	@CARGO=$(CARGO) bash scripts/test.sh
+
+# launch/slurm under a real single-node SLURM (scripts/slurm-local.sh installs and starts it;
+# root), run by .ci/run after `make test`.
+test-slurm: setup
+	bash scripts/slurm-local.sh start
+	@WSSS_SLURM=1 CARGO=$(CARGO) bash scripts/test.sh --test slurm -- --test-threads=1; status=$$?; bash scripts/slurm-local.sh stop; exit $$status
 
 lint: setup
 	$(CARGO) fmt --check
