@@ -199,7 +199,7 @@ fn a_training_job_stopped_at_the_time_limit_requeues_and_the_chain_ends_as_unint
     if !slurm_available("a_training_job_stopped_at_the_time_limit_requeues_and_the_chain_ends_as_uninterrupted") {
         return;
     }
-    let tmp = workspace(30);
+    let tmp = workspace(15);
     let dir = tmp.path();
     let ids = submit_pipeline(dir, &[]);
     let metrics = dir.join("runs/tiny/metrics.jsonl");
