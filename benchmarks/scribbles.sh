@@ -54,9 +54,7 @@ for seed in $SEEDS; do
               --set seg.labels="$scribbles" --set seg.loss.regularizer="$loss" --set seg.loss.crf.weight="$weight"
               --set seg.infer.split=val --set "seg.infer.scales=[1.0]" --set seg.infer.dense_crf=false)
         {
-            start=$(date +%s.%N)
             "$BIN" train seg "${args[@]}" --resume
-            echo "{\"train_seconds\": $(echo "$(date +%s.%N) - $start" | bc)}" > "$OUT/$name.time.json"
             "$BIN" seg "${args[@]}"
             "$BIN" eval seg "${args[@]}"
         } > "$OUT/$name.log" 2>&1

@@ -1,11 +1,13 @@
 """The table of benchmarks/scribbles.sh: per seed and as mean ± std (sample std) over the seeds,
 the share of pixels the scribbles label, the segmenter's val mIoU trained on them with the
-partial cross-entropy alone, + the dense-CRF loss and + DFR, and each training's seconds per
-step (its wall time over its steps: loader and checkpoints included).
+partial cross-entropy alone, + the dense-CRF loss and + DFR, and each training's median
+seconds of compute per step (the trainer's `compute_s`: forward, losses, backward and update;
+the median keeps a step slowed by another process from counting).
 
     python3 benchmarks/scribbles_table.py runs/evidence-scribbles synthetic 0 1 2
 """
 import json
+import statistics
 import sys
 
 from seed_table import load, miou, print_table
@@ -15,10 +17,8 @@ LOSSES = [("partial CE", "none"), ("+ dense-CRF loss", "dense_crf"), ("+ DFR", "
 
 
 def seconds_per_step(seed, loss):
-    run = f"{out}/{dataset}-s{seed}-{loss}"
-    with open(f"{run}/seg/metrics.jsonl") as f:
-        steps = json.loads(f.readlines()[-1])["step"]
-    return load(f"{run}.time.json")["train_seconds"] / steps
+    with open(f"{out}/{dataset}-s{seed}-{loss}/seg/metrics.jsonl") as f:
+        return statistics.median(json.loads(line)["compute_s"] for line in f)
 
 
 columns = [("labelled %", lambda s: 100.0 * load(f"{out}/data/{dataset}-scribbles-s{s}.json")["labelled_share"])]
