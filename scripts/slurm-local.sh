@@ -70,7 +70,8 @@ start_munge() {
 
 wait_for_node() {
     for _ in $(seq 60); do
-        state=$(sinfo -h -N -o '%t' 2>/dev/null | head -1)
+        # No controller yet is not an error here (set -e would end the script silently).
+        state=$(sinfo -h -N -o '%t' 2>/dev/null | head -1 || true)
         case "$state" in idle|mix|alloc) return ;; esac
         sleep 1
     done
@@ -92,7 +93,12 @@ case "${1:-}" in
     stop)
         scancel --full --quiet --user="$(id -un)" 2>/dev/null || true
         pkill -x slurmd || true
-        pkill -x slurmctld || true ;;
+        pkill -x slurmctld || true
+        # Gone before returning: a `start` right after must not find them still exiting.
+        for _ in $(seq 30); do
+            pgrep -x slurmd >/dev/null || pgrep -x slurmctld >/dev/null || break
+            sleep 1
+        done ;;
     status)
         sinfo ;;
     *)
