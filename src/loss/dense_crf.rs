@@ -121,6 +121,7 @@ pub fn gaussian_filter(features: &[f32], dim: usize, seg: &[f32], channels: usiz
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::loss::testing::central_difference;
     use tch::Device;
 
     /// `W·S` for one image: `rgb` (pixels × 3, row-major, 0..255) gives the features
@@ -209,13 +210,7 @@ mod tests {
         value.backward();
         let grad = logits.grad();
         for index in [[0, 0, 1, 2], [0, 1, 4, 5]] {
-            let eps = 1e-3;
-            let shifted = |delta: f64| {
-                let l = logits.detach().copy();
-                let _ = l.get(index[0]).get(index[1]).get(index[2]).get(index[3]).g_add_scalar_(delta);
-                energy(&l).double_value(&[])
-            };
-            let numeric = (shifted(eps) - shifted(-eps)) / (2.0 * eps);
+            let numeric = central_difference(energy, &logits, index, 1e-3);
             let analytic = grad.double_value(&index);
             assert!((numeric - analytic).abs() < 1e-2 * analytic.abs().max(1e-3), "{index:?}: {analytic} vs finite differences {numeric}");
         }

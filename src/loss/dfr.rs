@@ -102,6 +102,7 @@ impl DfrSettings {
 mod tests {
     use super::*;
     use crate::loss::dense_crf::{gaussian_filter, kernel_features, DenseCrfLoss};
+    use crate::loss::testing::central_difference;
     use crate::refine::crf::{bilateral_features, pixel_major};
 
     /// Three pixels, g = (1, 0), (1, 0), (0, 1), classes 1, 1, 0, σ_f = 1: the positive pairs
@@ -138,12 +139,7 @@ mod tests {
         loss(&embedding).backward();
         let grad = embedding.grad();
         for index in [[0, 0, 0, 0], [0, 2, 1, 3], [1, 1, 2, 2]] {
-            let shifted = |delta: f64| {
-                let e = embedding.detach().copy();
-                let _ = e.get(index[0]).get(index[1]).get(index[2]).get(index[3]).g_add_scalar_(delta);
-                loss(&e).double_value(&[])
-            };
-            let numeric = (shifted(1e-5) - shifted(-1e-5)) / 2e-5;
+            let numeric = central_difference(loss, &embedding, index, 1e-5);
             let analytic = grad.double_value(&index);
             assert!((numeric - analytic).abs() < 1e-4 * analytic.abs().max(1e-2), "{index:?}: {analytic} vs {numeric}");
         }
@@ -220,12 +216,7 @@ mod tests {
         value.backward();
         let grad = logits.grad();
         for index in [[0, 0, 1, 2], [0, 1, 4, 5], [0, 0, 5, 7]] {
-            let shifted = |delta: f64| {
-                let l = logits.detach().copy();
-                let _ = l.get(index[0]).get(index[1]).get(index[2]).get(index[3]).g_add_scalar_(delta);
-                energy(&l).double_value(&[])
-            };
-            let numeric = (shifted(1e-3) - shifted(-1e-3)) / 2e-3;
+            let numeric = central_difference(energy, &logits, index, 1e-3);
             let analytic = grad.double_value(&index);
             assert!((numeric - analytic).abs() < 1e-2 * analytic.abs().max(1e-3), "{index:?}: {analytic} vs finite differences {numeric}");
         }
