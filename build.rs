@@ -4,14 +4,14 @@
 //!    silently unavailable at run time. A CPU-only libtorch has no libtorch_cuda.so, and
 //!    forcing -ltorch there would pull in the CUDA libraries it lacks.
 //! 2. The MPI_IN_PLACE shim, compiled with the MPI library rsmpi links.
-//! 3. The synchronised BatchNorm (an autograd function tch cannot define), compiled against
-//!    libtorch's headers as torch-sys compiles its own C++.
+//! 3. The synchronised BatchNorm (an autograd function tch cannot define) and the gradient
+//!    readiness hooks, compiled against libtorch's headers as torch-sys compiles its own C++.
 use std::path::{Path, PathBuf};
 
 fn main() {
     link_libtorch();
     compile_mpi_shim();
-    compile_sync_batch_norm();
+    compile_torch_shims();
 }
 
 fn link_libtorch() {
@@ -43,9 +43,13 @@ fn compile_mpi_shim() {
     build.compile("wsss_mpi_shim");
 }
 
-fn compile_sync_batch_norm() {
-    const SHIM: &str = "src/dist/shim/sync_batch_norm.cpp";
-    println!("cargo:rerun-if-changed={SHIM}");
+/// The libtorch pieces tch lacks: synchronised BatchNorm's autograd function and the gradient
+/// readiness hooks of the overlapped all-reduce.
+fn compile_torch_shims() {
+    const SHIMS: [&str; 2] = ["src/dist/shim/sync_batch_norm.cpp", "src/dist/shim/grad_ready.cpp"];
+    for shim in SHIMS {
+        println!("cargo:rerun-if-changed={shim}");
+    }
     for var in ["LIBTORCH_INCLUDE", "LIBTORCH_CXX11_ABI"] {
         println!("cargo:rerun-if-env-changed={var}");
     }
@@ -67,6 +71,6 @@ fn compile_sync_batch_norm() {
         .flag("-std=c++17")
         .flag(format!("-D_GLIBCXX_USE_CXX11_ABI={abi}"))
         .flag("-DGLOG_USE_GLOG_EXPORT")
-        .file(SHIM)
-        .compile("wsss_sync_batch_norm");
+        .files(SHIMS)
+        .compile("wsss_torch_shims");
 }

@@ -5,6 +5,7 @@
 //!
 //!     launch/mpirun.sh 2 <bench binary> [--repeats 10] [--bucket-mb 25]
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use clap::Parser;
@@ -43,16 +44,16 @@ fn median_seconds(comm: &dyn Communicator, repeats: usize, mut run: impl FnMut()
 fn main() {
     let args = Args::parse();
     let world = World::from_env().expect("joins the MPI world");
-    let comm = connect(&world, Backend::Mpi, Device::Cpu).expect("an MPI communicator");
+    let comm: Arc<dyn Communicator> = Arc::from(connect(&world, Backend::Mpi, Device::Cpu).expect("an MPI communicator"));
     let model = Model::new(Base::Cam, BackboneSpec::resnet(Depth::Resnet50, [2, 2, 2, 2]), 1000, Device::Cpu);
     let grads: Vec<Tensor> = weights::named(&model.vs)
         .into_iter()
         .filter(|(name, _)| !name.contains("running_"))
         .map(|(_, t)| Tensor::ones(t.size().as_slice(), (Kind::Float, Device::Cpu)).set_requires_grad(true))
         .collect();
-    let mut buckets = GradientBuckets::new(&grads, (args.bucket_mb * 1048576.0) as usize);
+    let mut buckets = GradientBuckets::new(&grads, (args.bucket_mb * 1048576.0) as usize, comm.clone());
     let floats = buckets.numel();
-    let bucketed = median_seconds(comm.as_ref(), args.repeats, || buckets.all_reduce(comm.as_ref()).expect("bucketed all-reduce"));
+    let bucketed = median_seconds(comm.as_ref(), args.repeats, || buckets.all_reduce().expect("bucketed all-reduce"));
     let mut flat = Tensor::ones([floats as i64], (Kind::Float, Device::Cpu));
     let plain = median_seconds(comm.as_ref(), args.repeats, || comm.all_reduce_sum(&mut flat).expect("plain all-reduce"));
     if world.is_root() {

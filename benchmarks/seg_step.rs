@@ -1,7 +1,10 @@
 //! The segmenter's training step as `train seg` runs it (the task's loss, backward, SGD update of
 //! its parameter groups) on random inputs: the same model, batch and input size as
 //! benchmarks/seg_step_torch.py. Prints one JSON line with the median step time after warm-up;
-//! `--dense-crf` adds the dense-CRF loss, so two runs give its share of the step.
+//! `--regularizer` adds the dense-CRF loss or DFR, so runs give their share of the step. Under
+//! mpirun the step is data-parallel as `train seg` runs it (synchronised BatchNorms, gradient
+//! buckets summed over MPI; `--overlap` during backward) and rank 0 prints the JSON, with
+//! `allreduce_wait_s`, the median wait for the sums after backward.
 //!
 //! With `--dump DIR` it times nothing and writes the forward-parity files that
 //! benchmarks/check_deeplab_torch.py compares against PyTorch: `weights.safetensors` (random
@@ -9,7 +12,8 @@
 //! (`eval`: inference logits; `train.N`: the training outputs, dropout off, head BatchNorms on
 //! batch statistics).
 //!
-//!     cargo bench --bench seg_step -- [--kind deeplab_v3plus] [--arch mobilenet_v2] [--batch 4] [--size 321] [--steps 5] [--threads 2] [--dense-crf]
+//!     cargo bench --bench seg_step -- [--kind deeplab_v3plus] [--arch mobilenet_v2] [--batch 4] [--size 321] [--steps 5] [--threads 2] [--regularizer none] [--overlap] [--bucket-mb 25]
+//!     launch/mpirun.sh 2 <bench binary> --threads 1 --overlap
 //!     cargo bench --bench seg_step -- --kind deeplab_v2 --arch resnet50 --size 97 --dump DIR
 
 #[path = "timing.rs"]
@@ -18,6 +22,7 @@ mod timing;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Instant;
 
 use clap::Parser;
 use rand::SeedableRng;
@@ -25,7 +30,7 @@ use rand_chacha::ChaCha8Rng;
 use tch::{Device, Kind, Tensor};
 use wsss_dist::config::Config;
 use wsss_dist::data::loader::Batch;
-use wsss_dist::dist::comm::LocalComm;
+use wsss_dist::dist::{connect, Backend, Communicator, GradientBuckets, World};
 use wsss_dist::engine::trainer::{Task, TaskContext};
 use wsss_dist::model::backbone::Arch;
 use wsss_dist::model::deeplab::SegKind;
@@ -60,6 +65,10 @@ struct Args {
     regularizer: String,
     #[arg(long)]
     dump: Option<PathBuf>,
+    #[arg(long)]
+    overlap: bool,
+    #[arg(long, default_value_t = 25.0)]
+    bucket_mb: f64,
     /// cargo bench passes --bench to the harness.
     #[arg(long, hide = true)]
     bench: bool,
@@ -88,8 +97,10 @@ fn main() -> anyhow::Result<()> {
     tch::set_num_threads(args.threads);
     tch::manual_seed(0);
     let config = config(&args);
+    let world = World::from_env().expect("joins the MPI world when launched by mpirun");
+    let comm: Arc<dyn Communicator> = Arc::from(connect(&world, Backend::Mpi, Device::Cpu).expect("a communicator"));
     // The task counts classes without background.
-    let context = TaskContext { device: Device::Cpu, num_classes: args.classes - 1, comm: Arc::new(LocalComm) };
+    let context = TaskContext { device: Device::Cpu, num_classes: args.classes - 1, comm: comm.clone() };
     let task = SegTask::new(&config, &context);
     let images = Tensor::randn([args.batch, 3, args.size, args.size], (Kind::Float, Device::Cpu));
     if let Some(dir) = &args.dump {
@@ -107,18 +118,38 @@ fn main() -> anyhow::Result<()> {
     };
     let train = &config.seg.train;
     let mut sgd = Sgd::new(train.sgd_settings(train.steps), task.param_groups());
+    let params: Vec<Tensor> = sgd.params().map(|p| p.shallow_clone()).collect();
+    let bucket_bytes = (args.bucket_mb * 1048576.0) as usize;
+    let mut buckets = if args.overlap {
+        // Their own communicator, as the trainer gives them: the BatchNorms' sums use `comm`.
+        GradientBuckets::overlapped(&params, bucket_bytes, Arc::from(connect(&world, Backend::Mpi, Device::Cpu)?))?
+    } else {
+        GradientBuckets::new(&params, bucket_bytes, comm)
+    };
+    let mut waits = Vec::new();
     let (median, times) = timing::median_step_seconds(train.steps as usize, args.warmup, |step| {
         sgd.zero_grad();
         let loss = task.loss(&batch, Kind::Float, &mut ChaCha8Rng::seed_from_u64(step as u64));
+        buckets.arm();
         loss.backward();
+        let wait = Instant::now();
+        buckets.all_reduce().expect("gradient all-reduce");
+        if step >= args.warmup {
+            waits.push(wait.elapsed().as_secs_f64());
+        }
+        buckets.scale(1.0 / world.size as f64);
         sgd.step();
         let _ = loss.double_value(&[]);
     });
-    let variant = format!("{}/{}+{}", args.kind, args.arch, args.regularizer);
-    println!(
-        "{}",
-        serde_json::json!({ "tool": "wsss-dist", "variant": variant, "median_step_s": median, "images_per_s": args.batch as f64 / median, "steps": times })
-    );
+    if world.is_root() {
+        waits.sort_by(f64::total_cmp);
+        let variant = format!("{}/{}+{}", args.kind, args.arch, args.regularizer);
+        println!(
+            "{}",
+            serde_json::json!({ "tool": "wsss-dist", "variant": variant, "ranks": world.size, "overlap": args.overlap, "bucket_mb": args.bucket_mb,
+                "median_step_s": median, "allreduce_wait_s": waits[waits.len() / 2], "images_per_s": (args.batch as usize * world.size) as f64 / median, "steps": times })
+        );
+    }
     Ok(())
 }
 

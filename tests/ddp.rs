@@ -7,12 +7,13 @@ mod common;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{as_str, launcher, mpirun, mpirun_ok, rank_process, s, wait_for, wsss_ok};
 use tch::{Device, Kind, Tensor};
 use wsss_dist::dist::comm::{all_gather_text, sum_values};
-use wsss_dist::dist::{connect, Backend, GradientBuckets, World};
+use wsss_dist::dist::{connect, Backend, Communicator, GradientBuckets, World};
 
 /// 48 synthetic images of 32 px, ResNet-18, 6 steps of 8 per epoch; lr small enough that the
 /// run is not chaotic (at lr 0.01 float-order differences of 1e-8 grow to 1e-4 in 6 steps).
@@ -89,7 +90,7 @@ fn collectives_on_two_ranks() {
         return;
     }
     let world = World::from_env().unwrap();
-    let comm = connect(&world, Backend::Auto, Device::Cpu).unwrap();
+    let comm: Arc<dyn Communicator> = Arc::from(connect(&world, Backend::Auto, Device::Cpu).unwrap());
     assert_eq!((comm.backend(), comm.size()), ("mpi", 2));
     let rank = comm.rank() as f64;
 
@@ -114,13 +115,39 @@ fn collectives_on_two_ranks() {
 
     // Gradient buckets: rank r's gradient of Σ (r+1)·x is r+1; summed over 2 ranks: 3.
     let params: Vec<Tensor> = [3i64, 5, 2].iter().map(|&n| Tensor::ones([n], (Kind::Float, Device::Cpu)).set_requires_grad(true)).collect();
-    let mut buckets = GradientBuckets::new(&params, 32);
+    let mut buckets = GradientBuckets::new(&params, 32, comm.clone());
     assert_eq!(buckets.len(), 2);
     let loss = params.iter().map(|p| p.sum(Kind::Float) * (rank + 1.0)).fold(Tensor::zeros([], (Kind::Float, Device::Cpu)), |a, b| a + b);
     loss.backward();
-    buckets.all_reduce(comm.as_ref()).unwrap();
+    buckets.all_reduce().unwrap();
     for p in &params {
         assert_eq!(Vec::<f32>::try_from(p.grad()).unwrap(), vec![3.0; p.numel()]);
+    }
+    drop(buckets);
+
+    // Overlapped (MPI_Iallreduce started by the hooks during backward, on a communicator of
+    // their own), with the blocking sums of other collectives in between: the same sums. Rank
+    // 1 leaves the first parameter (the last bucket) without a gradient, so its buckets start
+    // at different moments on the two ranks, in the same order.
+    let params: Vec<Tensor> = [3i64, 5, 2].iter().map(|&n| Tensor::ones([n], (Kind::Float, Device::Cpu)).set_requires_grad(true)).collect();
+    let own: Arc<dyn Communicator> = Arc::from(connect(&world, Backend::Auto, Device::Cpu).unwrap());
+    let mut buckets = GradientBuckets::overlapped(&params, 32, own).unwrap();
+    for step in 0..3 {
+        for p in &params {
+            let _ = p.grad().zero_();
+        }
+        buckets.arm();
+        let used = if rank == 1.0 { &params[1..] } else { &params[..] };
+        let loss = used.iter().map(|p| p.sum(Kind::Float) * (rank + 1.0 + step as f64)).fold(Tensor::zeros([], (Kind::Float, Device::Cpu)), |a, b| a + b);
+        loss.backward();
+        assert_eq!(sum_values(comm.as_ref(), &[1.0], Device::Cpu).unwrap(), vec![2.0]);
+        buckets.all_reduce().unwrap();
+        let both = 3.0 + 2.0 * step as f32;
+        // Rank 0's (1 + step) alone.
+        assert_eq!(Vec::<f32>::try_from(params[0].grad()).unwrap(), vec![1.0 + step as f32; 3], "step {step}");
+        for p in &params[1..] {
+            assert_eq!(Vec::<f32>::try_from(p.grad()).unwrap(), vec![both; p.numel()], "step {step}");
+        }
     }
     println!("rank checks passed");
 }
@@ -136,6 +163,12 @@ fn two_ranks_equal_one_process_with_twice_the_batch() {
     assert!(log.contains("global batch 8 = 4 per rank x 2 rank(s) x 1 micro-batch(es)"), "{log}");
     assert_eq!(log.matches("trained steps 0..6").count(), 1, "only rank 0 logs:\n{log}");
     assert_same_training(dir, "one", "two", 6, 1e-5);
+    // Overlapped with backward (the default) and blocking: the same bytes.
+    assert!(log.contains("all-reduced during backward"), "{log}");
+    let blocking =
+        mpirun_ok(dir, 2, &["train", "cam", "--config", &config, "--set", "run.name=blocking", "--set", "loader.batch_size=4", "--set", "dist.overlap=false"]);
+    assert!(!blocking.contains("all-reduced during backward"), "{blocking}");
+    common::assert_same_files(&checkpoints(dir, "two"), &checkpoints(dir, "blocking"), ".safetensors");
 
     // The CAMs of one model written by 1 and by 2 ranks, and their evaluation by 1 and 2 ranks.
     let checkpoint = checkpoints(dir, "one").join("step-00000006.safetensors");

@@ -140,7 +140,8 @@ fn deeplab_v3plus_training_is_reproducible_at_a_given_thread_count() {
 
 /// Trains `model` on the labels of `setup` (a directory, its config and the `seg.labels` key)
 /// once in one process with batch 4 and once on 2 ranks with batch 2, 12 steps each, and checks
-/// that `files` (checkpoint files) agree within `tolerance` of each tensor's largest value.
+/// that `files` (checkpoint files) agree within `tolerance` of each tensor's largest value. The
+/// 2 ranks once more with the blocking all-reduce (`dist.overlap = false`): the same bytes.
 fn two_ranks_equal_one_process(setup: (tempfile::TempDir, String, &str), model: &[&str], files: &[&str], tolerance: f64) {
     let (tmp, config, labels) = setup;
     let dir = tmp.path();
@@ -156,6 +157,11 @@ fn two_ranks_equal_one_process(setup: (tempfile::TempDir, String, &str), model: 
     wsss_ok(dir, &as_str(&args("one", 4)));
     let log = mpirun_ok(dir, 2, &as_str(&args("two", 2)));
     assert!(log.contains("global batch 4 = 2 per rank x 2 rank(s)"), "{log}");
+    assert!(log.contains("all-reduced during backward"), "{log}");
+    let blocking = [args("blocking", 2), vec!["--set".into(), "dist.overlap=false".into()]].concat();
+    let log = mpirun_ok(dir, 2, &as_str(&blocking));
+    assert!(!log.contains("all-reduced during backward"), "{log}");
+    common::assert_same_files(&seg_dir(dir, "two").join("checkpoints"), &seg_dir(dir, "blocking").join("checkpoints"), ".safetensors");
     let worst: Vec<(&str, String, f64)> = files
         .iter()
         .map(|file| {

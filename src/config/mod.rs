@@ -692,11 +692,14 @@ pub struct DistConfig {
     pub backend: Backend,
     /// Gradient bucket size in MiB: gradients are all-reduced one bucket at a time.
     pub bucket_mb: f64,
+    /// Start each bucket's all-reduce during backward, as soon as its gradients are in
+    /// (docs/architecture.md, "Overlapped gradient all-reduce"); the same sums either way.
+    pub overlap: bool,
 }
 
 impl Default for DistConfig {
     fn default() -> Self {
-        DistConfig { backend: Backend::Auto, bucket_mb: 25.0 }
+        DistConfig { backend: Backend::Auto, bucket_mb: 25.0, overlap: true }
     }
 }
 

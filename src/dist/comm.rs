@@ -50,6 +50,13 @@ pub trait Communicator {
     fn backend(&self) -> &'static str;
     /// Element-wise sum over the ranks, in place.
     fn all_reduce_sum(&self, tensor: &mut Tensor) -> Result<(), CommError>;
+    /// Starts [`Communicator::all_reduce_sum`] of `tensor`, which must stay alive and untouched
+    /// until [`PendingSum::wait`] returns. MPI returns at once (`MPI_Iallreduce`); the
+    /// default runs the sum here, as NCCL's queues on the compute stream anyway.
+    fn start_all_reduce_sum(&self, tensor: &Tensor) -> Result<PendingSum, CommError> {
+        self.all_reduce_sum(&mut tensor.shallow_clone())?;
+        Ok(PendingSum::default())
+    }
     /// Overwrites `tensor` on every rank with `root`'s.
     fn broadcast(&self, tensor: &mut Tensor, root: usize) -> Result<(), CommError>;
     /// Every rank's `tensor` (same shape everywhere), stacked: `[size, ...shape]`. For small values.
@@ -71,6 +78,55 @@ pub trait Communicator {
             let _ = tensor.g_div_scalar_(self.size() as f64);
         }
         Ok(())
+    }
+}
+
+/// A started sum over the ranks: its MPI requests (none when it finished as it started).
+#[derive(Debug, Default)]
+pub struct PendingSum {
+    requests: Vec<ffi::MPI_Request>,
+}
+
+// SAFETY: the requests are handles the MPI library owns; MPI is initialised
+// MPI_THREAD_SERIALIZED, and their owner (the gradient buckets' launcher, behind a mutex) uses
+// them from one thread at a time.
+unsafe impl Send for PendingSum {}
+
+impl PendingSum {
+    /// Lets MPI advance the sum (Open MPI progresses non-blocking collectives only inside MPI
+    /// calls); whether it has finished.
+    pub fn progress(&mut self) -> Result<bool, CommError> {
+        if self.requests.is_empty() {
+            return Ok(true);
+        }
+        let mut done = 0;
+        // SAFETY: `requests` are live requests of this process (finished ones are set to
+        // MPI_REQUEST_NULL by MPI, which Testall accepts).
+        let code = unsafe { ffi::MPI_Testall(self.requests.len() as i32, self.requests.as_mut_ptr(), &mut done, ffi::RSMPI_STATUSES_IGNORE) };
+        mpi_status("MPI_Testall", code)?;
+        if done != 0 {
+            self.requests.clear();
+        }
+        Ok(done != 0)
+    }
+
+    /// Blocks until the sum is in the tensor.
+    pub fn wait(&mut self) -> Result<(), CommError> {
+        if self.requests.is_empty() {
+            return Ok(());
+        }
+        // SAFETY: as in `progress`.
+        let code = unsafe { ffi::MPI_Waitall(self.requests.len() as i32, self.requests.as_mut_ptr(), ffi::RSMPI_STATUSES_IGNORE) };
+        self.requests.clear();
+        mpi_status("MPI_Waitall", code)
+    }
+}
+
+fn mpi_status(call: &'static str, code: i32) -> Result<(), CommError> {
+    if code == ffi::MPI_SUCCESS as i32 {
+        Ok(())
+    } else {
+        Err(CommError::Library { call, message: format!("MPI error code {code}") })
     }
 }
 
@@ -205,10 +261,7 @@ impl MpiComm {
             let count = (total - done).min(MPI_MAX_COUNT);
             // SAFETY: done < total, so the offset stays inside the tensor's contiguous buffer
             // (`check` refused non-contiguous tensors).
-            let code = call(unsafe { base.add(done * element) } as *mut c_void, count as i32);
-            if code != ffi::MPI_SUCCESS as i32 {
-                return Err(CommError::Library { call: call_name, message: format!("MPI error code {code}") });
-            }
+            mpi_status(call_name, call(unsafe { base.add(done * element) } as *mut c_void, count as i32))?;
             done += count;
         }
         Ok(())
@@ -234,6 +287,21 @@ impl Communicator for MpiComm {
         Self::in_pieces(tensor, "MPI_Allreduce", |pointer, count| unsafe {
             ffi::MPI_Allreduce(wsss_mpi_in_place(), pointer, count, datatype, ffi::RSMPI_SUM, self.comm.as_raw())
         })
+    }
+
+    fn start_all_reduce_sum(&self, tensor: &Tensor) -> Result<PendingSum, CommError> {
+        Self::check(tensor, "all-reduce")?;
+        let datatype = Self::datatype(tensor.kind());
+        let mut pending = PendingSum::default();
+        // SAFETY: as in `all_reduce_sum`; the caller keeps the tensor alive and untouched until
+        // the requests are waited for.
+        Self::in_pieces(tensor, "MPI_Iallreduce", |pointer, count| unsafe {
+            let mut request = ffi::RSMPI_REQUEST_NULL;
+            let code = ffi::MPI_Iallreduce(wsss_mpi_in_place(), pointer, count, datatype, ffi::RSMPI_SUM, self.comm.as_raw(), &mut request);
+            pending.requests.push(request);
+            code
+        })?;
+        Ok(pending)
     }
 
     fn broadcast(&self, tensor: &mut Tensor, root: usize) -> Result<(), CommError> {

@@ -111,6 +111,12 @@ extern "C" fn sum_over_ranks(context: *const c_void, values: *mut f64, len: i64,
         Ok(Err(e)) => e.to_string(),
         Err(_) => "the sum over the ranks panicked".to_string(),
     };
+    write_c_message(&message, error, capacity);
+    1
+}
+
+/// `message` into a C caller's buffer `error` of `capacity` bytes, cut to fit, NUL-terminated.
+pub(crate) fn write_c_message(message: &str, error: *mut c_char, capacity: i64) {
     let bytes = message.as_bytes();
     let n = bytes.len().min(capacity.max(1) as usize - 1);
     // SAFETY: `error` holds `capacity` bytes; n + 1 ≤ capacity.
@@ -118,7 +124,6 @@ extern "C" fn sum_over_ranks(context: *const c_void, values: *mut f64, len: i64,
         std::ptr::copy_nonoverlapping(bytes.as_ptr() as *const c_char, error, n);
         *error.add(n) = 0;
     }
-    1
 }
 
 #[cfg(test)]

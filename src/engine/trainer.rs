@@ -215,6 +215,9 @@ struct StepMetrics {
     images_per_s: f64,
     data_wait_s: f64,
     compute_s: f64,
+    /// Of `compute_s`, the wait for the gradient all-reduce after backward: the communication
+    /// not hidden behind it (all of it when not overlapped).
+    allreduce_s: f64,
 }
 
 /// Trains `make_task`'s task on `data` as `stage` says, on this rank of `world`; returns the
@@ -286,14 +289,28 @@ impl Plan<'_> {
     }
 }
 
+/// The gradient buckets of `sgd`'s parameters; overlapped with backward (`dist.overlap`) on
+/// more than one rank, on a communicator of their own so that no other collective (the
+/// synchronised BatchNorm's, the step's agreement) interleaves with theirs.
+fn gradient_buckets(config: &Config, world: &World, device: Device, sgd: &Sgd, comm: &Arc<dyn Communicator>) -> anyhow::Result<GradientBuckets> {
+    let params: Vec<Tensor> = sgd.params().map(|p| p.shallow_clone()).collect();
+    let bytes = config.dist.bucket_bytes();
+    if !config.dist.overlap || world.size == 1 {
+        return Ok(GradientBuckets::new(&params, bytes, comm.clone()));
+    }
+    let own = Arc::from(dist::connect(world, config.dist.backend, device)?);
+    Ok(GradientBuckets::overlapped(&params, bytes, own)?)
+}
+
 /// The job's ranks, buckets and batch arithmetic, in one log line.
 fn log_layout<T>(Job { config, world, stage }: Job, trainer: &Trainer<T>, schedule: &Schedule) {
     info!(
-        "{} rank(s) ({}, {} gradient bucket(s) of at most {} MiB); global batch {} = {} per rank x {} rank(s) x {} micro-batch(es); {} steps per epoch",
+        "{} rank(s) ({}, {} gradient bucket(s) of at most {} MiB{}); global batch {} = {} per rank x {} rank(s) x {} micro-batch(es); {} steps per epoch",
         world.size,
         trainer.comm.backend(),
         trainer.buckets.len(),
         config.dist.bucket_mb,
+        if trainer.buckets.overlaps() { ", all-reduced during backward" } else { "" },
         schedule.global_batch,
         stage.loader.batch_size,
         world.size,
@@ -378,7 +395,7 @@ impl<'a, T: Task> Training<'a, T> {
         broadcast_state(comm.as_ref(), task.vars())?;
         let Plan { data, schedule, checkpoints, .. } = plan;
         let trainer = Trainer {
-            buckets: GradientBuckets::new(&sgd.params().map(|p| p.shallow_clone()).collect::<Vec<_>>(), config.dist.bucket_bytes()),
+            buckets: gradient_buckets(config, world, device, &sgd, &comm)?,
             task,
             sgd,
             comm,
@@ -454,7 +471,10 @@ impl<'a, T: Task> Training<'a, T> {
         }
         self.tally.skipped_samples += batch.skipped.len();
         let compute_start = Instant::now();
-        self.trainer.forward_backward(batch, step_input).with_context(|| format!("step {} on rank {}", self.trainer.sgd.step_count(), self.job.world.rank))?;
+        let last = step_input.micro_batches + 1 == self.job.stage.train.accumulate || batch.cursor.position >= self.schedule.per_rank;
+        self.trainer
+            .forward_backward(batch, step_input, last)
+            .with_context(|| format!("step {} on rank {}", self.trainer.sgd.step_count(), self.job.world.rank))?;
         step_input.compute_s += compute_start.elapsed().as_secs_f64();
         Ok(())
     }
@@ -533,6 +553,7 @@ impl<'a, T: Task> Training<'a, T> {
             images_per_s,
             data_wait_s: step_input.data_wait_s,
             compute_s: step_input.compute_s,
+            allreduce_s: step_input.allreduce_s,
         })?;
         self.bar.set_message(format!("train loss {loss:.4} {images_per_s:.1} img/s"));
         Ok(())
@@ -605,6 +626,7 @@ struct StepInput {
     ids: Vec<String>,
     data_wait_s: f64,
     compute_s: f64,
+    allreduce_s: f64,
 }
 
 /// The task, the optimiser and the gradient buckets of one rank.
@@ -642,7 +664,7 @@ impl<T: Task> Trainer<T> {
     /// A task that synchronises runs its passes on every rank or on none: a micro-batch that
     /// some rank could not read a sample of is skipped everywhere, and a loss that is not
     /// finite on some rank is backpropagated nowhere (`finish_step` then skips the step).
-    fn forward_backward(&self, batch: &Batch, input: &mut StepInput) -> anyhow::Result<()> {
+    fn forward_backward(&self, batch: &Batch, input: &mut StepInput, last: bool) -> anyhow::Result<()> {
         input.micro_batches += 1;
         input.ids.extend(batch.ids.iter().cloned());
         // This rank's `flag`, or for a synchronising task whether it holds on every rank.
@@ -668,6 +690,9 @@ impl<T: Task> Trainer<T> {
             return Ok(());
         }
         input.loss_sum += value;
+        if last {
+            self.buckets.arm();
+        }
         loss_sum.f_backward().context("backpropagating the loss")?;
         Ok(())
     }
@@ -675,9 +700,13 @@ impl<T: Task> Trainer<T> {
     /// Agrees with the other ranks on the step's samples and loss, sums the gradients over the
     /// ranks, divides them by the sample count, updates. Also returns whether a stop signal
     /// reached any rank: the same answer on every rank, so all stop after the same step.
-    fn finish_step(&mut self, input: &StepInput) -> anyhow::Result<(StepOutcome, bool)> {
+    fn finish_step(&mut self, input: &mut StepInput) -> anyhow::Result<(StepOutcome, bool)> {
         let flags = [input.images, input.loss_sum, f64::from(u8::from(input.non_finite)), f64::from(u8::from(crate::stop::requested().is_some()))];
         let [images, loss_sum, non_finite, stop] = sum_values(self.comm.as_ref(), &flags, self.device)?[..] else { unreachable!("four values in, four out") };
+        // Also in a step that is then skipped: overlapped, some buckets may have started.
+        let wait_start = Instant::now();
+        self.buckets.all_reduce()?;
+        input.allreduce_s = wait_start.elapsed().as_secs_f64();
         Ok((self.update(images, loss_sum, non_finite > 0.0)?, stop > 0.0))
     }
 
@@ -691,7 +720,6 @@ impl<T: Task> Trainer<T> {
             self.sgd.skip_step();
             return Ok(StepOutcome::NonFinite(if loss_sum.is_finite() { f64::NAN } else { loss_sum / images }));
         }
-        self.buckets.all_reduce(self.comm.as_ref())?;
         self.buckets.scale(1.0 / images);
         self.sgd.step();
         if let Device::Cuda(index) = self.device {
@@ -899,7 +927,7 @@ mod tests {
         let task = Probe { vs, w, value, calls: Cell::new(0) };
         let settings = SgdSettings { lr: 0.1, momentum: 0.9, weight_decay: 0.0, poly_power: 0.9, total_steps: 10 };
         let sgd = Sgd::new(settings, task.param_groups());
-        let buckets = GradientBuckets::new(&sgd.params().map(|p| p.shallow_clone()).collect::<Vec<_>>(), 1 << 20);
+        let buckets = GradientBuckets::new(&sgd.params().map(|p| p.shallow_clone()).collect::<Vec<_>>(), 1 << 20, Arc::new(LocalComm));
         Trainer { task, sgd, buckets, comm: Arc::new(LocalComm), device: Device::Cpu, compute: Kind::Float, seed: 0, rank: 0, data_identity: String::new() }
     }
 
@@ -930,7 +958,7 @@ mod tests {
     fn an_empty_micro_batch_is_not_run() {
         let trainer = probe_trainer(1.0);
         let mut input = StepInput::default();
-        trainer.forward_backward(&batch(0), &mut input).unwrap();
+        trainer.forward_backward(&batch(0), &mut input, true).unwrap();
         assert_eq!((trainer.task.calls.get(), input.micro_batches, input.images, input.non_finite), (0, 1, 0.0, false));
     }
 
@@ -939,14 +967,14 @@ mod tests {
     fn a_non_finite_loss_is_not_backpropagated() {
         let trainer = probe_trainer(f64::NAN);
         let mut input = StepInput::default();
-        trainer.forward_backward(&batch(2), &mut input).unwrap();
+        trainer.forward_backward(&batch(2), &mut input, true).unwrap();
         assert!(input.non_finite);
         assert_eq!((input.images, input.loss_sum), (2.0, 0.0));
         assert_eq!(gradient(&trainer), [0.0, 0.0]);
         // A finite one is: the loss summed over the 2 images is 2·Σw, whose gradient is 2.
         let trainer = probe_trainer(1.0);
         let mut input = StepInput::default();
-        trainer.forward_backward(&batch(2), &mut input).unwrap();
+        trainer.forward_backward(&batch(2), &mut input, true).unwrap();
         assert_eq!(gradient(&trainer), [2.0, 2.0]);
     }
 }

@@ -141,3 +141,23 @@ pub fn wait_for(job: &mut std::process::Child, limit: Duration) -> std::process:
 pub fn as_str(args: &[String]) -> Vec<&str> {
     args.iter().map(String::as_str).collect()
 }
+
+/// Asserts that folders `a` and `b` hold the same files ending in `suffix` (at least one),
+/// byte for byte.
+pub fn assert_same_files(a: &Path, b: &Path, suffix: &str) {
+    let names = |dir: &Path| {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+            .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|name| name.ends_with(suffix))
+            .collect();
+        names.sort();
+        names
+    };
+    let files = names(a);
+    assert!(!files.is_empty(), "no *{suffix} in {}", a.display());
+    assert_eq!(files, names(b), "{} and {}", a.display(), b.display());
+    for file in &files {
+        assert!(std::fs::read(a.join(file)).unwrap() == std::fs::read(b.join(file)).unwrap(), "{file} differs between {} and {}", a.display(), b.display());
+    }
+}
