@@ -230,7 +230,7 @@ impl Launcher {
         if state.missing[bucket] == 0 {
             return Err(CommError::Library {
                 call: "gradient all-reduce",
-                message: format!("a gradient of bucket {bucket} came in twice in one backward pass (after its sum had started)"),
+                message: format!("a gradient of bucket {bucket} came in twice in one backward pass (its sum may have started after the first)"),
             });
         }
         state.missing[bucket] -= 1;
