@@ -233,6 +233,22 @@ fn elevate<const D: usize, const D1: usize>(f: &[f32], scale: &[f32; D]) -> [f32
     elevated
 }
 
+/// Bounds on every elevated coordinate of points whose features lie in `[lo, hi]` (per
+/// dimension), in f64: [`elevate`]'s sums with each term at its least or greatest value.
+fn elevated_bounds<const D: usize, const D1: usize>(lo: &[f32; D], hi: &[f32; D], scale: &[f32; D]) -> ([f64; D1], [f64; D1]) {
+    let (mut low, mut high) = ([0f64; D1], [0f64; D1]);
+    let (mut sum_low, mut sum_high) = (0f64, 0f64);
+    for j in (1..=D).rev() {
+        let (cf_low, cf_high) = (lo[j - 1] as f64 * scale[j - 1] as f64, hi[j - 1] as f64 * scale[j - 1] as f64);
+        low[j] = sum_low - j as f64 * cf_high;
+        high[j] = sum_high - j as f64 * cf_low;
+        sum_low += cf_low;
+        sum_high += cf_high;
+    }
+    (low[0], high[0]) = (sum_low, sum_high);
+    (low, high)
+}
+
 /// The largest magnitude of an elevated coordinate the lattice takes, so that the rounding and
 /// the conversions of its coordinates are exact (checked by [`Packing::of`]).
 const MAX_ELEVATED: f32 = (1u32 << 30) as f32;
@@ -428,23 +444,26 @@ struct Packing<const D: usize> {
 }
 
 impl<const D: usize> Packing<D> {
+    /// The packing of the lattice of `features`, from bounds on their elevations: each elevated
+    /// coordinate is a fixed combination of the scaled features, so the features' per-dimension
+    /// ranges bound it (one cheap pass, instead of elevating every point twice).
     fn of<const D1: usize>(features: &[f32], scale: &[f32; D]) -> Packing<D> {
-        let (mut lo, mut hi) = ([f32::INFINITY; D], [f32::NEG_INFINITY; D]);
-        let mut extreme = 0f32;
-        for f in features.chunks_exact(D) {
-            let elevated = elevate::<D, D1>(f, scale);
-            for i in 0..D {
-                lo[i] = lo[i].min(elevated[i]);
-                hi[i] = hi[i].max(elevated[i]);
-            }
-            extreme = elevated.iter().fold(extreme, |m, e| m.max(e.abs()));
-        }
-        assert!(extreme <= MAX_ELEVATED, "lattice features too large: an elevated coordinate reaches {extreme}, over 2^30");
         if features.is_empty() {
             return Packing { low: [0; D], bits: 1 };
         }
+        let (mut lo, mut hi) = ([f32::INFINITY; D], [f32::NEG_INFINITY; D]);
+        for f in features.chunks_exact(D) {
+            for i in 0..D {
+                lo[i] = lo[i].min(f[i]);
+                hi[i] = hi[i].max(f[i]);
+            }
+        }
+        let (lo, hi) = elevated_bounds::<D, D1>(&lo, &hi, scale);
+        let extreme = lo.iter().chain(&hi).fold(0f64, |m, e| m.max(e.abs()));
+        assert!(extreme <= MAX_ELEVATED as f64, "lattice features too large: an elevated coordinate reaches {extreme}, over 2^30");
         // A vertex lies within 2.5(d+1) of its point's elevation (rounding, the correction,
-        // the canonical offset) and its neighbours within d more.
+        // the canonical offset) and its neighbours within d more; the margin also covers the
+        // rounding of the elevation in f32.
         let margin = 4 * (D as i64 + 1);
         let low: [i64; D] = std::array::from_fn(|i| lo[i].floor() as i64 - margin);
         let span = (0..D).map(|i| hi[i].ceil() as i64 + margin - low[i]).max().unwrap_or(0);
@@ -586,6 +605,30 @@ mod tests {
                 assert!(w.iter().all(|&x| x >= -1e-6), "{w:?}");
             }
         }
+    }
+
+    #[test]
+    fn elevated_bounds_contain_every_elevation_and_are_reached_at_the_corners() {
+        let scale = elevation_scale::<5>();
+        let features: Vec<f32> = (0..500 * 5).map(|i| ((i * 2654435761u64 as usize) % 1000) as f32 / 7.0 - 40.0).collect();
+        let (mut lo, mut hi) = ([f32::INFINITY; 5], [f32::NEG_INFINITY; 5]);
+        for f in features.chunks_exact(5) {
+            for i in 0..5 {
+                (lo[i], hi[i]) = (lo[i].min(f[i]), hi[i].max(f[i]));
+            }
+        }
+        let (low, high) = elevated_bounds::<5, 6>(&lo, &hi, &scale);
+        for f in features.chunks_exact(5) {
+            for (j, e) in elevate::<5, 6>(f, &scale).into_iter().enumerate() {
+                assert!(low[j] - 1e-3 <= e as f64 && e as f64 <= high[j] + 1e-3, "coordinate {j}: {e} outside [{}, {}]", low[j], high[j]);
+            }
+        }
+        // Coordinate 0 sums every scaled feature: its bounds are those at the corners lo and hi.
+        let at = |f: [f32; 5]| elevate::<5, 6>(&f, &scale)[0] as f64;
+        assert!((at(lo) - low[0]).abs() < 1e-3 && (at(hi) - high[0]).abs() < 1e-3);
+        // Coordinate 4 is cf5 − 4·cf4: least at b = lo, g = hi.
+        let corner = [lo[0], lo[1], lo[2], hi[3], lo[4]];
+        assert!((elevate::<5, 6>(&corner, &scale)[4] as f64 - low[4]).abs() < 1e-3);
     }
 
     #[test]
