@@ -13,7 +13,7 @@ voc=${WSSS_VOC_DATA:-../shared/data}/voc-mini/VOC2012
 [ -d "$voc/JPEGImages" ] || { echo "NOT RUN: benchmarks/refine.sh: no voc-mini photos at $voc (set WSSS_VOC_DATA to the folder holding voc-mini/)"; exit 0; }
 data=data/bench/voc-mini-train
 { [ -e "$data/_manifest.json" ] || [ -e "$data/manifest.json" ]; } || target/release/wsss-dist data import voc --root "$voc" --split train_aug --out "$data"
-echo "== refinement: pseudo-label --method irn_seeds from stored CAMs, voc-mini train_aug (96 photos), 1 thread, vs IRNet's step (cam_to_ir_label.py) with pydensecrf on the same CAMs and images; images/s per core and pixel agreement (target: >= 5x at >= 99%)"
+echo "== refinement: pseudo-label --method irn_seeds from stored CAMs, voc-mini train_aug (96 photos), 1 thread, vs IRNet's step (cam_to_ir_label.py) with pydensecrf on the same CAMs and images; images/s per core and pixel agreement (target: >= 8x at >= 99%)"
 refine=data/bench/refine
 bin=$PWD/target/release/wsss-dist
 voc_args=(--config configs/voc_cam.toml --set run.dir="$refine/runs" --set run.name=voc --set run.threads=1

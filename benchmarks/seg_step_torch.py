@@ -2,7 +2,9 @@
 ignoring 255 summed over the outputs, backward, SGD update) in PyTorch eager, on the
 reference architectures of deeplab_torch.py: SGD momentum 0.9, weight decay 5e-4 except on
 biases, head 10x (v2's biases 20x), poly learning rate; frozen backbone BatchNorm. Random
-inputs; prints one JSON line with the median step time after warm-up.
+inputs; prints one JSON line with the median step time after warm-up. Started by `torchrun
+--nproc_per_node N`, the step is PyTorch DDP over gloo (the decoder's BatchNorms stay per rank:
+PyTorch's SyncBatchNorm runs on GPUs only) and rank 0 prints images/s over all ranks.
 
     python benchmarks/seg_step_torch.py [--kind deeplab_v3plus] [--arch mobilenet_v2] [--batch 4] [--size 321] [--steps 5] [--threads 2]
 """
@@ -49,6 +51,10 @@ def main():
     freeze_backbone_batch_norm(model)
     lr, total = 0.001, args.warmup + args.steps
     optimiser = torch.optim.SGD(param_groups(model, args.kind, lr), lr=lr, momentum=0.9)
+    ranks, rank = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0))
+    if ranks > 1:
+        torch.distributed.init_process_group("gloo")
+        model = torch.nn.parallel.DistributedDataParallel(model)
     schedule = torch.optim.lr_scheduler.PolynomialLR(optimiser, total_iters=total, power=0.9)
     images = torch.randn(args.batch, 3, args.size, args.size)
     labels = torch.randint(args.classes, (args.batch, args.size, args.size))
@@ -68,7 +74,10 @@ def main():
             times.append(time.perf_counter() - start)
     times.sort()
     median = times[len(times) // 2]
-    print(json.dumps({"tool": "pytorch", "variant": f"{args.kind}/{args.arch}", "median_step_s": median, "images_per_s": args.batch / median, "steps": times}))
+    if rank == 0:
+        print(json.dumps({"tool": "pytorch", "variant": f"{args.kind}/{args.arch}", "ranks": ranks, "median_step_s": median, "images_per_s": args.batch * ranks / median, "steps": times}))
+    if ranks > 1:
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -438,7 +438,6 @@ impl<'a, T: Task> Training<'a, T> {
 
     /// Steps until `stop_at`: each step waits for and runs its micro-batches, then updates.
     fn run(&mut self) -> anyhow::Result<()> {
-        let accumulate = self.job.stage.train.accumulate;
         let mut step_input = StepInput::default();
         self.trainer.sgd.zero_grad();
         while self.trainer.sgd.step_count() < self.stop_at {
@@ -449,7 +448,7 @@ impl<'a, T: Task> Training<'a, T> {
                 self.micro_batch(&batch, &mut step_input)?;
                 self.cursor = batch.cursor;
                 let epoch_done = self.cursor.position >= self.schedule.per_rank;
-                if step_input.micro_batches < accumulate && !epoch_done {
+                if !self.ends_step(step_input.micro_batches, self.cursor) {
                     wait_start = Instant::now();
                     continue;
                 }
@@ -464,6 +463,12 @@ impl<'a, T: Task> Training<'a, T> {
         Ok(())
     }
 
+    /// Whether a step's `micro_batches`-th micro-batch, ending at `cursor`, is its last: the
+    /// accumulation is complete or the epoch ends.
+    fn ends_step(&self, micro_batches: u64, cursor: Cursor) -> bool {
+        micro_batches >= self.job.stage.train.accumulate || cursor.position >= self.schedule.per_rank
+    }
+
     /// Forward and backward of one micro-batch (its skipped samples warned about).
     fn micro_batch(&mut self, batch: &Batch, step_input: &mut StepInput) -> anyhow::Result<()> {
         for skip in &batch.skipped {
@@ -471,7 +476,7 @@ impl<'a, T: Task> Training<'a, T> {
         }
         self.tally.skipped_samples += batch.skipped.len();
         let compute_start = Instant::now();
-        let last = step_input.micro_batches + 1 == self.job.stage.train.accumulate || batch.cursor.position >= self.schedule.per_rank;
+        let last = self.ends_step(step_input.micro_batches + 1, batch.cursor);
         self.trainer
             .forward_backward(batch, step_input, last)
             .with_context(|| format!("step {} on rank {}", self.trainer.sgd.step_count(), self.job.world.rank))?;
