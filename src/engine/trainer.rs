@@ -447,7 +447,7 @@ impl<'a, T: Task> Training<'a, T> {
                 step_input.data_wait_s += wait_start.elapsed().as_secs_f64();
                 self.micro_batch(&batch, &mut step_input)?;
                 self.cursor = batch.cursor;
-                let epoch_done = self.cursor.position >= self.schedule.per_rank;
+                let epoch_done = self.schedule.epoch_done(self.cursor);
                 if !self.ends_step(step_input.micro_batches, self.cursor) {
                     wait_start = Instant::now();
                     continue;
@@ -466,7 +466,7 @@ impl<'a, T: Task> Training<'a, T> {
     /// Whether a step's `micro_batches`-th micro-batch, ending at `cursor`, is its last: the
     /// accumulation is complete or the epoch ends.
     fn ends_step(&self, micro_batches: u64, cursor: Cursor) -> bool {
-        micro_batches >= self.job.stage.train.accumulate || cursor.position >= self.schedule.per_rank
+        micro_batches >= self.job.stage.train.accumulate || self.schedule.epoch_done(cursor)
     }
 
     /// Forward and backward of one micro-batch (its skipped samples warned about).
@@ -610,6 +610,11 @@ impl Schedule {
             per_rank: sampler.per_rank(),
             world: sampler.world,
         }
+    }
+
+    /// Whether a rank standing at `cursor` has seen its whole epoch.
+    fn epoch_done(&self, cursor: Cursor) -> bool {
+        cursor.position >= self.per_rank
     }
 
     /// Steps taken when a rank stands at `cursor` (a step boundary).

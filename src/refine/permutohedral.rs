@@ -233,6 +233,18 @@ fn elevate<const D: usize, const D1: usize>(f: &[f32], scale: &[f32; D]) -> [f32
     elevated
 }
 
+/// The least and the greatest value of each of the D feature dimensions.
+fn feature_ranges<const D: usize>(features: &[f32]) -> ([f32; D], [f32; D]) {
+    let (mut lo, mut hi) = ([f32::INFINITY; D], [f32::NEG_INFINITY; D]);
+    for f in features.chunks_exact(D) {
+        for i in 0..D {
+            lo[i] = lo[i].min(f[i]);
+            hi[i] = hi[i].max(f[i]);
+        }
+    }
+    (lo, hi)
+}
+
 /// Bounds on every elevated coordinate of points whose features lie in `[lo, hi]` (per
 /// dimension), in f64: [`elevate`]'s sums with each term at its least or greatest value.
 fn elevated_bounds<const D: usize, const D1: usize>(lo: &[f32; D], hi: &[f32; D], scale: &[f32; D]) -> ([f64; D1], [f64; D1]) {
@@ -451,13 +463,7 @@ impl<const D: usize> Packing<D> {
         if features.is_empty() {
             return Packing { low: [0; D], bits: 1 };
         }
-        let (mut lo, mut hi) = ([f32::INFINITY; D], [f32::NEG_INFINITY; D]);
-        for f in features.chunks_exact(D) {
-            for i in 0..D {
-                lo[i] = lo[i].min(f[i]);
-                hi[i] = hi[i].max(f[i]);
-            }
-        }
+        let (lo, hi) = feature_ranges::<D>(features);
         let (lo, hi) = elevated_bounds::<D, D1>(&lo, &hi, scale);
         let extreme = lo.iter().chain(&hi).fold(0f64, |m, e| m.max(e.abs()));
         assert!(extreme <= MAX_ELEVATED as f64, "lattice features too large: an elevated coordinate reaches {extreme}, over 2^30");
@@ -611,12 +617,7 @@ mod tests {
     fn elevated_bounds_contain_every_elevation_and_are_reached_at_the_corners() {
         let scale = elevation_scale::<5>();
         let features: Vec<f32> = (0..500 * 5).map(|i| ((i * 2654435761u64 as usize) % 1000) as f32 / 7.0 - 40.0).collect();
-        let (mut lo, mut hi) = ([f32::INFINITY; 5], [f32::NEG_INFINITY; 5]);
-        for f in features.chunks_exact(5) {
-            for i in 0..5 {
-                (lo[i], hi[i]) = (lo[i].min(f[i]), hi[i].max(f[i]));
-            }
-        }
+        let (lo, hi) = feature_ranges::<5>(&features);
         let (low, high) = elevated_bounds::<5, 6>(&lo, &hi, &scale);
         for f in features.chunks_exact(5) {
             for (j, e) in elevate::<5, 6>(f, &scale).into_iter().enumerate() {
