@@ -10,7 +10,8 @@
 #      in bf16 on the GPU, its compute images/s (median over the steps after 3 of warm-up)
 #      against PyTorch eager's same step (benchmarks/train_step_torch.py) on the same GPU;
 #   3. the one-rank NCCL communicator those runs all-reduce their gradients through (the
-#      trainer's backend line and summary);
+#      trainer's backend line and summary), and the same f32 run with dist.backend = nccl
+#      named, with the sums overlapped with backward on NCCL's own stream and blocking;
 #   4. the fused `cam --pseudo-labels` on voc-mini (data/voc-mini, imported beforehand) after a
 #      short training run: images/s and seconds by phase; `eval pseudo` of its labels;
 #   5. `train seg` (DeepLab v3+) on those labels, `seg` with the CRF, `eval seg`.
@@ -73,6 +74,31 @@ for kind in f32 bf16; do
     note "train cam $kind on $device: FAILED ($(tail -1 "$out/train-$kind.log"))"
   fi
 done
+
+# 3b. The all-reduce overlapped with backward on NCCL's own stream (docs/architecture.md): a world of
+# one takes that path when dist.backend = "nccl" is named. f32, overlapped and blocking: compute
+# images/s of each, and the largest loss difference between them (a sum over one rank is the
+# identity, so they differ only where cuDNN's kernels are not deterministic).
+modes=(overlapped blocking)
+[ "$device" = cpu ] && { modes=(); note "NCCL overlapped vs blocking: not run on the CPU (NCCL moves CUDA tensors)"; }
+for mode in "${modes[@]}"; do
+  overlap=true; [ "$mode" = blocking ] && overlap=false
+  rm -rf "$out/runs/nccl-$mode"
+  if "$bin" train cam --config configs/gpu_check.toml --set run.device="$device" --set run.name="nccl-$mode" --set run.dir="$out/runs" \
+      --set dist.backend=nccl --set dist.overlap=$overlap "${quick[@]}" > "$out/train-nccl-$mode.log" 2>&1; then
+    note "train cam f32, dist.backend = nccl, $mode: $(compute_rate "$out/runs/nccl-$mode/metrics.jsonl") img/s (compute); log: $(grep -o '[0-9]* gradient bucket(s)[^)]*' "$out/train-nccl-$mode.log" | head -1)"
+  else
+    note "train cam f32, dist.backend = nccl, $mode: FAILED ($(tail -1 "$out/train-nccl-$mode.log"))"
+  fi
+done
+if [ -f "$out/runs/nccl-overlapped/metrics.jsonl" ] && [ -f "$out/runs/nccl-blocking/metrics.jsonl" ]; then
+  note "overlapped vs blocking NCCL: largest loss difference over the steps $("$python" - "$out/runs/nccl-overlapped/metrics.jsonl" "$out/runs/nccl-blocking/metrics.jsonl" <<'PY'
+import json, sys
+a, b = ([json.loads(l)["loss"] for l in open(p) if l.strip()] for p in sys.argv[1:3])
+print(f"{max(abs(x - y) for x, y in zip(a, b)):.3g} ({len(a)} and {len(b)} steps)")
+PY
+)"
+fi
 
 # 4. The fused map phase on voc-mini's photos, after a short training run (random start).
 if [ -f data/voc-mini/val/_manifest.json ] || [ -f data/voc-mini/val/manifest.json ]; then

@@ -1,8 +1,8 @@
 //! Collective operations over the ranks of a job, behind one [`Communicator`] trait:
 //! - [`LocalComm`]: a world of one (every operation is the identity);
 //! - [`MpiComm`]: CPU tensors through MPI, reduced in place (`MPI_IN_PLACE`);
-//! - [`NcclComm`]: CUDA tensors through NCCL on libtorch's stream, libnccl loaded at run time
-//!   (cudarc), its unique id broadcast over MPI.
+//! - [`NcclComm`]: CUDA tensors through NCCL on libtorch's stream (started sums on one of their
+//!   own), libnccl loaded at run time (cudarc), its unique id broadcast over MPI.
 //!
 //! Tensors must be contiguous, of kind f32, f64, i64 or u8 (NCCL also takes f16 and bf16), and on
 //! the backend's device.
@@ -51,8 +51,8 @@ pub trait Communicator {
     /// Element-wise sum over the ranks, in place.
     fn all_reduce_sum(&self, tensor: &mut Tensor) -> Result<(), CommError>;
     /// Starts [`Communicator::all_reduce_sum`] of `tensor`, which must stay alive and untouched
-    /// until [`PendingSum::wait`] returns. MPI returns at once (`MPI_Iallreduce`); the
-    /// default runs the sum here, as NCCL's queues on the compute stream anyway.
+    /// until [`PendingSum::wait`] returns. MPI returns at once (`MPI_Iallreduce`), NCCL once
+    /// the sum is queued on its communication stream; the default sums here.
     fn start_all_reduce_sum(&self, tensor: &Tensor) -> Result<PendingSum, CommError> {
         self.all_reduce_sum(&mut tensor.shallow_clone())?;
         Ok(PendingSum::default())
@@ -81,45 +81,65 @@ pub trait Communicator {
     }
 }
 
-/// A started sum over the ranks: its MPI requests (none when it finished as it started).
+/// A started sum over the ranks: MPI's requests, or the event that marks the end of NCCL's
+/// sum on its communication stream (none when it finished as it started).
 #[derive(Debug, Default)]
-pub struct PendingSum {
-    requests: Vec<ffi::MPI_Request>,
+pub struct PendingSum(Pending);
+
+#[derive(Debug, Default)]
+enum Pending {
+    #[default]
+    Done,
+    Mpi(Vec<ffi::MPI_Request>),
+    Stream {
+        done: cudarc::driver::CudaEvent,
+        compute: Arc<cudarc::driver::CudaStream>,
+    },
 }
 
-// SAFETY: the requests are handles the MPI library owns; MPI is initialised
+// SAFETY: the MPI requests are handles the MPI library owns; MPI is initialised
 // MPI_THREAD_SERIALIZED, and their owner (the gradient buckets' launcher, behind a mutex) uses
-// them from one thread at a time.
+// them from one thread at a time. The CUDA handles are usable from any thread.
 unsafe impl Send for PendingSum {}
 
 impl PendingSum {
     /// Lets MPI advance the sum (Open MPI progresses non-blocking collectives only inside MPI
     /// calls); whether it has finished.
     pub fn progress(&mut self) -> Result<bool, CommError> {
-        if self.requests.is_empty() {
-            return Ok(true);
+        match &mut self.0 {
+            Pending::Done => Ok(true),
+            Pending::Mpi(requests) => {
+                let mut done = 0;
+                // SAFETY: `requests` are live requests of this process (finished ones are set
+                // to MPI_REQUEST_NULL by MPI, which Testall accepts).
+                let code = unsafe { ffi::MPI_Testall(requests.len() as i32, requests.as_mut_ptr(), &mut done, ffi::RSMPI_STATUSES_IGNORE) };
+                mpi_status("MPI_Testall", code)?;
+                if done != 0 {
+                    self.0 = Pending::Done;
+                }
+                Ok(done != 0)
+            }
+            Pending::Stream { done, .. } => done.try_is_complete().map_err(cuda_error("cuEventQuery")),
         }
-        let mut done = 0;
-        // SAFETY: `requests` are live requests of this process (finished ones are set to
-        // MPI_REQUEST_NULL by MPI, which Testall accepts).
-        let code = unsafe { ffi::MPI_Testall(self.requests.len() as i32, self.requests.as_mut_ptr(), &mut done, ffi::RSMPI_STATUSES_IGNORE) };
-        mpi_status("MPI_Testall", code)?;
-        if done != 0 {
-            self.requests.clear();
-        }
-        Ok(done != 0)
     }
 
-    /// Blocks until the sum is in the tensor.
+    /// MPI: blocks until the sum is in the tensor. NCCL: makes the compute stream wait for it
+    /// (the host goes on; whatever the compute stream runs next sees the sum).
     pub fn wait(&mut self) -> Result<(), CommError> {
-        if self.requests.is_empty() {
-            return Ok(());
+        match std::mem::take(&mut self.0) {
+            Pending::Done => Ok(()),
+            Pending::Mpi(mut requests) => {
+                // SAFETY: as in `progress`.
+                let code = unsafe { ffi::MPI_Waitall(requests.len() as i32, requests.as_mut_ptr(), ffi::RSMPI_STATUSES_IGNORE) };
+                mpi_status("MPI_Waitall", code)
+            }
+            Pending::Stream { done, compute } => compute.wait(&done).map_err(cuda_error("cuStreamWaitEvent")),
         }
-        // SAFETY: as in `progress`.
-        let code = unsafe { ffi::MPI_Waitall(self.requests.len() as i32, self.requests.as_mut_ptr(), ffi::RSMPI_STATUSES_IGNORE) };
-        self.requests.clear();
-        mpi_status("MPI_Waitall", code)
     }
+}
+
+fn cuda_error(call: &'static str) -> impl Fn(cudarc::driver::DriverError) -> CommError {
+    move |e| CommError::Library { call, message: format!("{e:?}") }
 }
 
 fn mpi_status(call: &'static str, code: i32) -> Result<(), CommError> {
@@ -292,16 +312,16 @@ impl Communicator for MpiComm {
     fn start_all_reduce_sum(&self, tensor: &Tensor) -> Result<PendingSum, CommError> {
         Self::check(tensor, "all-reduce")?;
         let datatype = Self::datatype(tensor.kind());
-        let mut pending = PendingSum::default();
+        let mut requests = Vec::new();
         // SAFETY: as in `all_reduce_sum`; the caller keeps the tensor alive and untouched until
         // the requests are waited for.
         Self::in_pieces(tensor, "MPI_Iallreduce", |pointer, count| unsafe {
             let mut request = ffi::RSMPI_REQUEST_NULL;
             let code = ffi::MPI_Iallreduce(wsss_mpi_in_place(), pointer, count, datatype, ffi::RSMPI_SUM, self.comm.as_raw(), &mut request);
-            pending.requests.push(request);
+            requests.push(request);
             code
         })?;
-        Ok(pending)
+        Ok(PendingSum(Pending::Mpi(requests)))
     }
 
     fn broadcast(&self, tensor: &mut Tensor, root: usize) -> Result<(), CommError> {
@@ -341,16 +361,20 @@ impl Communicator for MpiComm {
     }
 }
 
-/// NCCL over CUDA tensors. Operations are queued on the legacy default stream, the stream
-/// libtorch runs its kernels on unless a program sets another (this one never does), so they
-/// are ordered after the kernels that produced the gradients and before those that read them.
+/// NCCL over CUDA tensors. The blocking operations are queued on the legacy default stream, the
+/// stream libtorch runs its kernels on unless a program sets another (this one never does), so
+/// they are ordered after the kernels that produced their inputs and before those that read
+/// them. A started sum ([`Communicator::start_all_reduce_sum`]) runs on a stream of its own
+/// after the compute stream's work so far, so the kernels queued after it overlap it.
 pub struct NcclComm {
     comm: cudarc::nccl::sys::ncclComm_t,
     rank: usize,
     size: usize,
     device: Device,
-    /// Keeps the device's primary context (the one libtorch uses) alive and current.
-    _context: Arc<cudarc::driver::CudaContext>,
+    /// libtorch's stream on the device's primary context (which this keeps alive).
+    compute: Arc<cudarc::driver::CudaStream>,
+    /// The started sums' stream (non-blocking: no implicit order with the compute stream).
+    communication: Arc<cudarc::driver::CudaStream>,
 }
 
 impl NcclComm {
@@ -381,7 +405,8 @@ impl NcclComm {
         let mut comm = std::ptr::null_mut();
         // SAFETY: every rank passes the same id and size and its own rank; `comm` is written once.
         unsafe { result::comm_init_rank(&mut comm, world.size as i32, id, world.rank as i32) }.map_err(nccl("ncclCommInitRank"))?;
-        Ok(NcclComm { comm, rank: world.rank, size: world.size, device: Device::Cuda(device), _context: context })
+        let communication = context.new_stream().map_err(cuda_error("cuStreamCreate"))?;
+        Ok(NcclComm { comm, rank: world.rank, size: world.size, device: Device::Cuda(device), compute: context.default_stream(), communication })
     }
 
     fn datatype(kind: Kind) -> cudarc::nccl::sys::ncclDataType_t {
@@ -475,6 +500,31 @@ impl Communicator for NcclComm {
         Self::status("ncclAllReduce", unsafe {
             cudarc::nccl::result::all_reduce(pointer, pointer, tensor.numel(), Self::datatype(tensor.kind()), op, self.comm, std::ptr::null_mut())
         })
+    }
+
+    fn start_all_reduce_sum(&self, tensor: &Tensor) -> Result<PendingSum, CommError> {
+        Self::check(tensor, "all-reduce")?;
+        // The communication stream waits for what the compute stream has queued so far (the
+        // gradients), sums, and marks its end, which `PendingSum::wait` makes the compute
+        // stream wait for.
+        self.communication.join(&self.compute).map_err(cuda_error("cuEventRecord/cuStreamWaitEvent"))?;
+        let pointer = tensor.data_ptr();
+        let op = cudarc::nccl::sys::ncclRedOp_t::ncclSum;
+        // SAFETY: as in `all_reduce_sum`, on this communicator's own stream; the caller keeps
+        // the tensor alive and untouched until the compute stream has waited for the sum.
+        Self::status("ncclAllReduce", unsafe {
+            cudarc::nccl::result::all_reduce(
+                pointer,
+                pointer,
+                tensor.numel(),
+                Self::datatype(tensor.kind()),
+                op,
+                self.comm,
+                self.communication.cu_stream() as _,
+            )
+        })?;
+        let done = self.communication.record_event(None).map_err(cuda_error("cuEventRecord"))?;
+        Ok(PendingSum(Pending::Stream { done, compute: self.compute.clone() }))
     }
 
     fn broadcast(&self, tensor: &mut Tensor, root: usize) -> Result<(), CommError> {

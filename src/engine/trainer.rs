@@ -290,12 +290,14 @@ impl Plan<'_> {
 }
 
 /// The gradient buckets of `sgd`'s parameters; overlapped with backward (`dist.overlap`) on
-/// more than one rank, on a communicator of their own so that no other collective (the
+/// more than one rank, or on one with `dist.backend = "nccl"` named (a single GPU then runs a
+/// cluster's path), on a communicator of their own so that no other collective (the
 /// synchronised BatchNorm's, the step's agreement) interleaves with theirs.
 fn gradient_buckets(config: &Config, world: &World, device: Device, sgd: &Sgd, comm: &Arc<dyn Communicator>) -> anyhow::Result<GradientBuckets> {
     let params: Vec<Tensor> = sgd.params().map(|p| p.shallow_clone()).collect();
     let bytes = config.dist.bucket_bytes();
-    if !config.dist.overlap || world.size == 1 {
+    let communicates = world.size > 1 || config.dist.backend == dist::Backend::Nccl;
+    if !config.dist.overlap || !communicates {
         return Ok(GradientBuckets::new(&params, bytes, comm.clone()));
     }
     let own = Arc::from(dist::connect(world, config.dist.backend, device)?);
