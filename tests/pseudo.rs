@@ -221,7 +221,8 @@ fn a_corrupt_image_is_skipped_and_counted() {
     assert!(out.status.success() && log.matches("is complete for these inputs and settings").count() == 2, "{log}");
 }
 
-/// Our dense CRF and pydensecrf (IRNet's call) give the same label maps on real photos.
+/// Our dense CRF and pydensecrf (IRNet's call) give the same label maps on real photos, with two
+/// labels (IRNet's seeds: the logistic path) and three (the general one).
 #[test]
 fn dense_crf_agrees_with_pydensecrf_on_voc_photos() {
     let Some(voc) = voc_mini("dense_crf_agrees_with_pydensecrf_on_voc_photos") else { return };
@@ -229,30 +230,30 @@ fn dense_crf_agrees_with_pydensecrf_on_voc_photos() {
     let photos = ["2007_002088", "2007_003169", "2007_003194"];
     let mut total = 0usize;
     let mut agree = 0usize;
-    for id in photos {
+    for (id, n) in photos.iter().flat_map(|id| [(id, 2usize), (id, 3)]) {
         let rgb = decode_rgb(&std::fs::read(voc.join("JPEGImages").join(format!("{id}.jpg"))).unwrap()).unwrap();
         let (w, h) = (rgb.width as usize, rgb.height as usize);
-        // A coarse 3-label seed map: blocks of 32 px, labels by position (what CRFs must fix).
-        let labels: Vec<u8> = (0..w * h).map(|p| (((p % w) / 32 + (p / w) / 48) % 3) as u8).collect();
-        let q = DenseCrf::new(&rgb.pixels, w, h, &CrfParams::default()).inference(&unary_from_labels(&labels, 3, 0.7), 3, 1);
-        let ours = argmax_groups(&q, 3);
+        // A coarse n-label seed map: blocks of 32 px, labels by position (what CRFs must fix).
+        let labels: Vec<u8> = (0..w * h).map(|p| (((p % w) / 32 + (p / w) / 48) % n) as u8).collect();
+        let q = DenseCrf::new(&rgb.pixels, w, h, &CrfParams::default()).inference(&unary_from_labels(&labels, n, 0.7), n, 1);
+        let ours = argmax_groups(&q, n);
         std::fs::write(tmp.path().join("rgb"), &rgb.pixels).unwrap();
         std::fs::write(tmp.path().join("labels"), &labels).unwrap();
         let out = run_python(
             "import sys, numpy as np, pydensecrf.densecrf as dcrf\nfrom pydensecrf.utils import unary_from_labels\n\
-             d, w, h = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])\n\
+             d, w, h, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])\n\
              img = np.fromfile(d + '/rgb', dtype=np.uint8).reshape(h, w, 3); labels = np.fromfile(d + '/labels', dtype=np.uint8).reshape(h, w)\n\
-             c = dcrf.DenseCRF2D(w, h, 3); c.setUnaryEnergy(unary_from_labels(labels, 3, gt_prob=0.7, zero_unsure=False))\n\
+             c = dcrf.DenseCRF2D(w, h, n); c.setUnaryEnergy(unary_from_labels(labels, n, gt_prob=0.7, zero_unsure=False))\n\
              c.addPairwiseGaussian(sxy=3, compat=3); c.addPairwiseBilateral(sxy=50, srgb=5, rgbim=np.ascontiguousarray(img), compat=10)\n\
-             np.argmax(np.array(c.inference(10)).reshape(3, h, w), axis=0).astype(np.uint8).tofile(d + '/theirs')",
-            &[s(tmp.path()), &w.to_string(), &h.to_string()],
+             np.argmax(np.array(c.inference(10)).reshape(n, h, w), axis=0).astype(np.uint8).tofile(d + '/theirs')",
+            &[s(tmp.path()), &w.to_string(), &h.to_string(), &n.to_string()],
         );
         assert!(out.is_empty());
         let theirs = std::fs::read(tmp.path().join("theirs")).unwrap();
         let same = ours.iter().zip(&theirs).filter(|(a, b)| a == b).count();
         let changed = ours.iter().zip(&labels).filter(|(a, b)| a != b).count();
         println!(
-            "{id} ({w}x{h}): {:.4}% of pixels agree with pydensecrf; the CRF changed {:.1}% of the seeds",
+            "{id} ({w}x{h}, {n} labels): {:.4}% of pixels agree with pydensecrf; the CRF changed {:.1}% of the seeds",
             100.0 * same as f64 / ours.len() as f64,
             100.0 * changed as f64 / ours.len() as f64
         );

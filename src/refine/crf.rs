@@ -79,21 +79,26 @@ pub fn pixel_major(chw: &tch::Tensor) -> Vec<f32> {
     Vec::try_from(chw.permute([1, 2, 0]).flatten(0, -1).to_device(tch::Device::Cpu).to_kind(tch::Kind::Float)).expect("an f32 tensor converts")
 }
 
-/// One normalised kernel: its lattice, `D^-½` and its weight.
+/// One normalised kernel: its lattice, `D^-½`, its weight, and its unweighted message of a
+/// marginal that is 1 everywhere, `D^-½ K D^-½ 1`.
 #[derive(Debug, Clone, PartialEq)]
 struct Kernel {
     lattice: Lattice,
     norm: Vec<f32>,
     weight: f32,
+    unit_message: Vec<f32>,
 }
 
 impl Kernel {
     fn new(features: &[f32], dim: usize, weight: f32) -> Kernel {
         let lattice = Lattice::new(features, dim);
+        let ones = vec![1f32; lattice.points()];
         let mut norm = vec![0f32; lattice.points()];
-        lattice.filter(&vec![1f32; lattice.points()], 1, &mut norm);
+        lattice.filter(&ones, 1, &mut norm);
         norm.iter_mut().for_each(|n| *n = 1.0 / (*n + 1e-20).sqrt());
-        Kernel { lattice, norm, weight }
+        let mut unit_message = vec![0f32; lattice.points()];
+        lattice.add_filtered(&ones, 1, &norm, 1.0, &mut unit_message, &mut FilterScratch::default());
+        Kernel { lattice, norm, weight, unit_message }
     }
 
     /// `acc += w · D^-½ K D^-½ q` (q and acc: points × channels).
@@ -122,25 +127,123 @@ impl DenseCrf {
     /// Mean-field marginals Q for the unary energies `unary` (pixels × (groups × labels),
     /// row-major): `groups` independent problems of `labels` labels each, inferred together.
     /// Returns Q in the same layout; each group of each pixel sums to 1.
+    ///
+    /// Only the first `labels − 1` labels of each group are filtered: the messages of all the
+    /// labels sum to the message of Q's sum, 1, which the kernels hold (`unit_message`), so the
+    /// last label's is that minus the others' (docs/methods.md §4). With two labels (IRNet's)
+    /// that halves the filtering, and the softmax of two is a logistic of their difference.
     pub fn inference(&self, unary: &[f32], labels: usize, groups: usize) -> Vec<f32> {
-        let channels = labels * groups;
-        assert!(labels >= 1 && unary.len() == self.pixels * channels, "unary must be pixels × groups × labels");
+        assert!(labels >= 1 && unary.len() == self.pixels * labels * groups, "unary must be pixels × groups × labels");
+        if labels == 1 {
+            return vec![1.0; unary.len()];
+        }
+        // Per group, the weighted message of Q's sum.
+        let unit: Vec<f32> = match &self.kernels {
+            [a, b] => a.unit_message.iter().zip(&b.unit_message).flat_map(|(x, y)| std::iter::repeat_n(a.weight * x + b.weight * y, groups)).collect(),
+        };
         let negated: Vec<f32> = unary.iter().map(|u| -u).collect();
+        if labels == 2 {
+            return self.two_label_inference(&negated, &unit);
+        }
+        let kept = (labels - 1) * groups;
         let mut q = negated.clone();
         softmax_groups(&mut q, labels);
-        let mut acc = vec![0f32; unary.len()];
+        let mut filtered = vec![0f32; self.pixels * kept];
+        let mut messages = vec![0f32; self.pixels * kept];
         let mut scratch = FilterScratch::default();
         for _ in 0..self.iterations {
-            acc.copy_from_slice(&negated);
-            for kernel in &self.kernels {
-                kernel.add_message(&q, channels, &mut scratch, &mut acc);
+            for (group, out) in q.chunks_exact(labels).zip(filtered.chunks_exact_mut(labels - 1)) {
+                out.copy_from_slice(&group[..labels - 1]);
             }
-            // The next iteration overwrites acc whole, so the old q can become it.
-            std::mem::swap(&mut q, &mut acc);
+            self.messages(&filtered, kept, &mut scratch, &mut messages);
+            add_messages(&negated, &messages, &unit, labels, &mut q);
             softmax_groups(&mut q, labels);
         }
         q
     }
+
+    /// [`DenseCrf::inference`] of two labels, from the negated energies: the first label's
+    /// marginal alone is the state, `q₀ = 1 / (1 + e^(e₁ − e₀))` with `e₀ = −U₀ + m` and
+    /// `e₁ = −U₁ + u − m` (m its message, u the unit message), i.e. `e₁ − e₀ = c − 2m`.
+    fn two_label_inference(&self, negated: &[f32], unit: &[f32]) -> Vec<f32> {
+        let groups = unit.len();
+        let channels = groups / self.pixels;
+        let offset: Vec<f32> = negated.chunks_exact(2).zip(unit).map(|(n, u)| n[1] - n[0] + u).collect();
+        let mut q = negated.chunks_exact(2).map(|n| n[1] - n[0]).collect::<Vec<f32>>();
+        logistic_of_negated(&mut q);
+        let mut messages = vec![0f32; groups];
+        let mut scratch = FilterScratch::default();
+        for _ in 0..self.iterations {
+            self.messages(&q, channels, &mut scratch, &mut messages);
+            q.iter_mut().zip(&offset).zip(&messages).for_each(|((q, c), m)| *q = c - 2.0 * m);
+            logistic_of_negated(&mut q);
+        }
+        q.iter().flat_map(|&q| [q, 1.0 - q]).collect()
+    }
+
+    /// `messages` ← both kernels' messages of `q` (pixels × `channels`).
+    fn messages(&self, q: &[f32], channels: usize, scratch: &mut FilterScratch, messages: &mut [f32]) {
+        messages.fill(0.0);
+        for kernel in &self.kernels {
+            kernel.add_message(q, channels, scratch, messages);
+        }
+    }
+}
+
+/// `energies` ← `negated` plus the messages: as given for all but each group's last label, and
+/// the group's `unit` message less their sum for the last.
+fn add_messages(negated: &[f32], messages: &[f32], unit: &[f32], labels: usize, energies: &mut [f32]) {
+    // A constant group length for the usual label counts lets the compiler unroll each group.
+    match labels {
+        3 => add_messages_of::<3>(negated, messages, unit, energies),
+        4 => add_messages_of::<4>(negated, messages, unit, energies),
+        _ => {
+            let groups = negated.chunks_exact(labels).zip(energies.chunks_exact_mut(labels));
+            for (((group, out), message), u) in groups.zip(messages.chunks_exact(labels - 1)).zip(unit) {
+                add_group_messages(group, message, *u, out);
+            }
+        }
+    }
+}
+
+#[inline(always)]
+fn add_messages_of<const L: usize>(negated: &[f32], messages: &[f32], unit: &[f32], energies: &mut [f32]) {
+    let (negated, energies) = (negated.as_chunks::<L>().0, energies.as_chunks_mut::<L>().0);
+    for (((group, out), message), u) in negated.iter().zip(energies).zip(messages.chunks_exact(L - 1)).zip(unit) {
+        add_group_messages(group, message, *u, out);
+    }
+}
+
+#[inline(always)]
+fn add_group_messages(negated: &[f32], message: &[f32], unit: f32, out: &mut [f32]) {
+    let last = negated.len() - 1;
+    for ((e, n), m) in out.iter_mut().zip(negated).zip(message) {
+        *e = n + m;
+    }
+    out[last] = negated[last] + (unit - message.iter().sum::<f32>());
+}
+
+/// In place: `v ← 1 / (1 + eᵛ)`, the softmax's first value of a pair whose difference is v.
+fn logistic_of_negated(values: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") {
+        // SAFETY: this CPU has AVX2.
+        return unsafe { logistic_of_negated_avx2(values) };
+    }
+    logistic_lanes(values)
+}
+
+/// [`logistic_lanes`] compiled for AVX2: the same operations per lane.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn logistic_of_negated_avx2(values: &mut [f32]) {
+    logistic_lanes(values)
+}
+
+#[inline(always)]
+fn logistic_lanes(values: &mut [f32]) {
+    exp_in_place(values);
+    values.iter_mut().for_each(|v| *v = 1.0 / (1.0 + *v));
 }
 
 /// The smoothness kernels of the latest image sizes, shared by every thread: the kernel depends
@@ -453,6 +556,62 @@ mod tests {
         let truth: Vec<u8> = (0..w * h).map(|i| (rgb[i * 3] == 200) as u8).collect();
         let score = |m: &[u8]| m.iter().zip(&truth).filter(|(x, y)| x == y).count();
         assert!(score(&a) > score(&labels), "crf {} vs seeds {}", score(&a), score(&labels));
+    }
+
+    #[test]
+    fn logistic_gives_the_same_bits_with_avx2_and_the_softmax_of_a_pair() {
+        let values: Vec<f32> = (0..301).map(|i| ((i * 7919) % 211) as f32 * 0.37 - 40.0).collect();
+        let mut baseline = values.clone();
+        logistic_lanes(&mut baseline);
+        // softmax([a, b])'s first value with b − a = v.
+        for (v, q) in values.iter().zip(&baseline) {
+            let mut pair = [0.0, *v];
+            softmax_labels(&mut pair, 2);
+            assert!((q - pair[0]).abs() <= 1e-6, "logistic({v}) = {q}, softmax {pair:?}");
+        }
+        if std::is_x86_feature_detected!("avx2") {
+            let mut avx2 = values;
+            // SAFETY: the CPU has AVX2 (checked above).
+            unsafe { logistic_of_negated_avx2(&mut avx2) };
+            assert!(baseline.iter().zip(&avx2).all(|(a, b)| a.to_bits() == b.to_bits()));
+        }
+    }
+
+    /// The mean field as densecrf runs it, every label filtered: `Q ← softmax(−U + Σ_k messages)`.
+    fn every_label_filtered(crf: &DenseCrf, unary: &[f32], labels: usize) -> Vec<f32> {
+        let negated: Vec<f32> = unary.iter().map(|u| -u).collect();
+        let mut q = negated.clone();
+        softmax_labels(&mut q, labels);
+        let mut scratch = FilterScratch::default();
+        for _ in 0..crf.iterations {
+            let mut acc = negated.clone();
+            for kernel in &crf.kernels {
+                kernel.add_message(&q, labels, &mut scratch, &mut acc);
+            }
+            q = acc;
+            softmax_labels(&mut q, labels);
+        }
+        q
+    }
+
+    #[test]
+    fn the_last_labels_message_from_the_unit_message_equals_filtering_every_label() {
+        let (rgb, w, h, seeds) = scene();
+        // One iteration: only rounding apart; ten: the mean field (weights 3 and 10) amplifies
+        // that rounding, but not to a different label.
+        for (iterations, tolerance) in [(1, 2e-6), (10, 1e-4)] {
+            let crf = DenseCrf::new(&rgb, w, h, &CrfParams { iterations, ..CrfParams::default() });
+            for labels in [2, 3, 5] {
+                let label_map: Vec<u8> = seeds.iter().enumerate().map(|(p, &s)| ((s as usize + p / 40) % labels) as u8).collect();
+                let unary = unary_from_labels(&label_map, labels, 0.7);
+                let (ours, direct) = (crf.inference(&unary, labels, 1), every_label_filtered(&crf, &unary, labels));
+                let largest = ours.iter().zip(&direct).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+                assert!(largest < tolerance, "{labels} labels, {iterations} iteration(s): max |ΔQ| = {largest}");
+                assert_eq!(argmax_groups(&ours, labels), argmax_groups(&direct, labels), "{labels} labels");
+                assert!(ours.chunks(labels).all(|g| (g.iter().sum::<f32>() - 1.0).abs() < 1e-5));
+            }
+            assert_eq!(crf.inference(&[0.5; 24 * 16], 1, 1), vec![1.0; 24 * 16], "one label: Q = 1");
+        }
     }
 
     #[test]

@@ -93,9 +93,10 @@ impl Lattice {
     fn filter_lanes(&self, input: &[f32], channels: usize, scaling: Option<(&[f32], f32)>, out: &mut [f32], scratch: &mut FilterScratch) {
         assert!(channels >= 1 && input.len() == self.points * channels, "input must be points × channels");
         assert_eq!(out.len(), input.len(), "out must be points × channels");
-        // Values travel in blocks of up to BLOCK channels, as 1..=4 lanes of 4: every inner loop
+        // Values travel in blocks of up to BLOCK channels, as 1..=8 lanes of 2: every inner loop
         // then has a fixed width the compiler vectorises, and the arithmetic per channel is
-        // unchanged (padding lanes are zero).
+        // unchanged (padding lanes are zero). Lanes of 2 keep a vertex of 2 channels (the
+        // usual mean field: docs/methods.md §4) at 8 bytes.
         let mut first = 0;
         while first < channels {
             let block = (channels - first).min(BLOCK);
@@ -104,7 +105,11 @@ impl Lattice {
                 1 => self.filter_block::<1>(input, channels, scaling, out, scratch),
                 2 => self.filter_block::<2>(input, channels, scaling, out, scratch),
                 3 => self.filter_block::<3>(input, channels, scaling, out, scratch),
-                _ => self.filter_block::<4>(input, channels, scaling, out, scratch),
+                4 => self.filter_block::<4>(input, channels, scaling, out, scratch),
+                5 => self.filter_block::<5>(input, channels, scaling, out, scratch),
+                6 => self.filter_block::<6>(input, channels, scaling, out, scratch),
+                7 => self.filter_block::<7>(input, channels, scaling, out, scratch),
+                _ => self.filter_block::<8>(input, channels, scaling, out, scratch),
             }
             first += block;
         }
@@ -182,9 +187,9 @@ struct Channels {
 }
 
 /// Width of a value lane of [`Lattice::filter_blocks`].
-const LANE: usize = 4;
-/// Channels filtered in one traversal: at most 4 lanes.
-const BLOCK: usize = 4 * LANE;
+const LANE: usize = 2;
+/// Channels filtered in one traversal: at most 8 lanes.
+const BLOCK: usize = 8 * LANE;
 
 /// Buffers of [`Lattice::add_filtered`], kept between calls.
 #[derive(Debug, Default)]
@@ -193,19 +198,19 @@ pub struct FilterScratch {
     blurred: LaneBuffer,
 }
 
-/// A buffer reused as `[[f32; 4]; W]` entries of any width W ≤ 4.
+/// A buffer reused as `[[f32; LANE]; W]` entries of any width W ≤ BLOCK / LANE.
 #[derive(Debug, Default)]
-struct LaneBuffer(Vec<[[f32; LANE]; 4]>);
+struct LaneBuffer(Vec<[f32; BLOCK]>);
 
 impl LaneBuffer {
     /// `slots` zeroed entries of W lanes.
     #[inline(always)]
     fn lanes<const W: usize>(&mut self, slots: usize) -> &mut [[[f32; LANE]; W]] {
-        const { assert!(W >= 1 && W <= 4) };
+        const { assert!(W >= 1 && W * LANE <= BLOCK) };
         let floats = slots * W * LANE;
         self.0.clear();
-        self.0.resize(floats.div_ceil(4 * LANE), [[0.0; LANE]; 4]);
-        let flat: &mut [f32] = &mut self.0.as_flattened_mut().as_flattened_mut()[..floats];
+        self.0.resize(floats.div_ceil(BLOCK), [0.0; BLOCK]);
+        let flat: &mut [f32] = &mut self.0.as_flattened_mut()[..floats];
         let (entries, rest) = flat.as_chunks_mut::<LANE>();
         debug_assert!(rest.is_empty());
         entries.as_chunks_mut::<W>().0
