@@ -120,29 +120,43 @@ impl Lattice {
     #[inline(always)]
     fn filter_block<const W: usize>(&self, input: &[f32], channels: Channels, scaling: Option<(&[f32], f32)>, out: &mut [f32], scratch: &mut FilterScratch) {
         let Channels { all: channels, first, block } = channels;
-        let d = self.dim;
         let slots = self.vertices + 1;
         let values = scratch.values.lanes::<W>(slots);
-        for (p, ((value, offsets), weights)) in
-            input.chunks_exact(channels).zip(self.offsets.chunks_exact(d + 1)).zip(self.weights.chunks_exact(d + 1)).enumerate()
-        {
+        for (p, (value, incidence)) in input.chunks_exact(channels).zip(self.incidence(0, self.points)).enumerate() {
             let mut point = [[0f32; LANE]; W];
             let s = scaling.map_or(1.0, |(scale, _)| scale[p]);
             for (c, &x) in value[first..first + block].iter().enumerate() {
                 point[c / LANE][c % LANE] = x * s;
             }
-            for (&o, &w) in offsets.iter().zip(weights) {
-                let acc = &mut values[o as usize];
-                for l in 0..W {
-                    for k in 0..LANE {
-                        acc[l][k] += w * point[l][k];
-                    }
-                }
-            }
+            splat_point(incidence, &point, values);
         }
         let blurred = scratch.blurred.lanes::<W>(slots);
-        let (mut from, mut to) = (values, blurred);
-        for j in 0..=d {
+        let filtered: &[[[f32; LANE]; W]] = if self.blur(values, blurred) { values } else { blurred };
+        for (p, (result, incidence)) in out.chunks_exact_mut(channels).zip(self.incidence(0, self.points)).enumerate() {
+            let point = self.slice_point(incidence, filtered);
+            let result = result[first..first + block].iter_mut().enumerate();
+            match scaling {
+                // densecrf: tmp −= Potts(−w · x), i.e. tmp += w · x.
+                Some((scale, weight)) => result.for_each(|(c, y)| *y += weight * (point[c / LANE][c % LANE] * scale[p])),
+                None => result.for_each(|(c, y)| *y = point[c / LANE][c % LANE]),
+            }
+        }
+    }
+
+    /// Points `first..end`'s vertex numbers and barycentric weights.
+    #[inline(always)]
+    pub fn incidence(&self, first: usize, end: usize) -> impl Iterator<Item = (&[u32], &[f32])> {
+        let n = self.dim + 1;
+        self.offsets[first * n..end * n].chunks_exact(n).zip(self.weights[first * n..end * n].chunks_exact(n))
+    }
+
+    /// Blurs `values` along each lattice axis, `spare` taking every other pass; true when the
+    /// result ends in `values` (an even number of axes), false when in `spare`.
+    #[inline(always)]
+    fn blur<const W: usize>(&self, values: &mut [[[f32; LANE]; W]], spare: &mut [[[f32; LANE]; W]]) -> bool {
+        let slots = self.vertices + 1;
+        let (mut from, mut to) = (values, spare);
+        for j in 0..=self.dim {
             let axis = &self.neighbours[j * slots..(j + 1) * slots];
             for v in 1..slots {
                 let [a, b] = axis[v];
@@ -155,26 +169,74 @@ impl Lattice {
             }
             std::mem::swap(&mut from, &mut to);
         }
-        let alpha = 1.0f32 / (1.0 + 2f32.powi(-(d as i32)));
-        for (p, ((result, offsets), weights)) in
-            out.chunks_exact_mut(channels).zip(self.offsets.chunks_exact(d + 1)).zip(self.weights.chunks_exact(d + 1)).enumerate()
-        {
-            let mut point = [[0f32; LANE]; W];
-            for (&o, &w) in offsets.iter().zip(weights) {
-                let x = &from[o as usize];
-                for l in 0..W {
-                    for k in 0..LANE {
-                        point[l][k] += w * x[l][k] * alpha;
-                    }
+        (self.dim + 1).is_multiple_of(2)
+    }
+
+    /// A point's filtered values from the blurred lattice (densecrf's slice, with its
+    /// constant 1/(1+2^-d)).
+    #[inline(always)]
+    fn slice_point<const W: usize>(&self, (offsets, weights): (&[u32], &[f32]), blurred: &[[[f32; LANE]; W]]) -> [[f32; LANE]; W] {
+        let alpha = 1.0f32 / (1.0 + 2f32.powi(-(self.dim as i32)));
+        let mut point = [[0f32; LANE]; W];
+        for (&o, &w) in offsets.iter().zip(weights) {
+            let x = &blurred[o as usize];
+            for l in 0..W {
+                for k in 0..LANE {
+                    point[l][k] += w * x[l][k] * alpha;
                 }
             }
-            let result = result[first..first + block].iter_mut().enumerate();
-            match scaling {
-                // densecrf: tmp −= Potts(−w · x), i.e. tmp += w · x.
-                Some((scale, weight)) => result.for_each(|(c, y)| *y += weight * (point[c / LANE][c % LANE] * scale[p])),
-                None => result.for_each(|(c, y)| *y = point[c / LANE][c % LANE]),
+        }
+        point
+    }
+}
+
+/// Adds a point's values (`W` lanes) to its vertices, with its barycentric weights.
+#[inline(always)]
+fn splat_point<const W: usize>((offsets, weights): (&[u32], &[f32]), point: &[[f32; LANE]; W], values: &mut [[[f32; LANE]; W]]) {
+    for (&o, &w) in offsets.iter().zip(weights) {
+        let acc = &mut values[o as usize];
+        for l in 0..W {
+            for k in 0..LANE {
+                acc[l][k] += w * point[l][k];
             }
         }
+    }
+}
+
+/// The values of one lattice across the iterations of a mean field that slices and splats in
+/// one pass over the points: the blurred values it slices from, and the zeroed buffer the next
+/// splat goes into (W lanes of [`LANE`] channels per vertex).
+pub struct PointPasses<const W: usize> {
+    blurred: Vec<[[f32; LANE]; W]>,
+    next: Vec<[[f32; LANE]; W]>,
+}
+
+impl Lattice {
+    /// Zeroed buffers for a mean field of `W` lanes per vertex on this lattice.
+    pub fn point_passes<const W: usize>(&self) -> PointPasses<W> {
+        PointPasses { blurred: vec![[[0.0; LANE]; W]; self.vertices + 1], next: vec![[[0.0; LANE]; W]; self.vertices + 1] }
+    }
+
+    /// Adds a point's values (its [`Lattice::incidence`]) to the next splat.
+    #[inline(always)]
+    pub fn splat_into<const W: usize>(&self, incidence: (&[u32], &[f32]), point: &[[f32; LANE]; W], passes: &mut PointPasses<W>) {
+        splat_point(incidence, point, &mut passes.next);
+    }
+
+    /// Blurs the splatted values into the ones [`Lattice::slice_from`] reads, and zeroes the
+    /// splat's buffer for the next pass.
+    #[inline(always)]
+    pub fn blur_next<const W: usize>(&self, passes: &mut PointPasses<W>) {
+        if self.blur(&mut passes.next, &mut passes.blurred) {
+            std::mem::swap(&mut passes.next, &mut passes.blurred);
+        }
+        passes.next.fill([[0.0; LANE]; W]);
+    }
+
+    /// A point's filtered values (its [`Lattice::incidence`]), as [`Lattice::filter`] gives them.
+    #[inline(always)]
+    pub fn slice_from<const W: usize>(&self, incidence: (&[u32], &[f32]), passes: &PointPasses<W>) -> [[f32; LANE]; W] {
+        self.slice_point(incidence, &passes.blurred)
     }
 }
 
@@ -187,7 +249,7 @@ struct Channels {
 }
 
 /// Width of a value lane of [`Lattice::filter_blocks`].
-const LANE: usize = 2;
+pub const LANE: usize = 2;
 /// Channels filtered in one traversal: at most 8 lanes.
 const BLOCK: usize = 8 * LANE;
 
