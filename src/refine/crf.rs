@@ -265,6 +265,7 @@ impl DenseCrf {
         }
     }
 
+    /// Blurs both kernels' splats into the lattices the next pass slices from.
     fn blur_next(&self, passes: &mut [PointPasses<1>; 2]) {
         for (kernel, passes) in self.kernels.iter().zip(passes) {
             kernel.lattice.blur_next(passes);
