@@ -137,10 +137,7 @@ impl DenseCrf {
         if labels == 1 {
             return vec![1.0; unary.len()];
         }
-        // Per group, the weighted message of Q's sum.
-        let unit: Vec<f32> = match &self.kernels {
-            [a, b] => a.unit_message.iter().zip(&b.unit_message).flat_map(|(x, y)| std::iter::repeat_n(a.weight * x + b.weight * y, groups)).collect(),
-        };
+        let unit = self.unit_messages(groups);
         let negated: Vec<f32> = unary.iter().map(|u| -u).collect();
         if labels == 2 {
             return self.two_label_inference(&negated, &unit);
@@ -160,6 +157,13 @@ impl DenseCrf {
             softmax_groups(&mut q, labels);
         }
         q
+    }
+
+    /// Per pixel and group (pixels × `groups`), both kernels' weighted message of a marginal
+    /// that is 1 everywhere: the sum of a group's label messages.
+    fn unit_messages(&self, groups: usize) -> Vec<f32> {
+        let [a, b] = &self.kernels;
+        a.unit_message.iter().zip(&b.unit_message).flat_map(|(x, y)| std::iter::repeat_n(a.weight * x + b.weight * y, groups)).collect()
     }
 
     /// [`DenseCrf::inference`] of two labels, from the negated energies: the first label's
@@ -185,7 +189,7 @@ impl DenseCrf {
         let mut scratch = FilterScratch::default();
         for _ in 0..self.iterations {
             self.messages(q, channels, &mut scratch, &mut messages);
-            q.iter_mut().zip(offset).zip(&messages).for_each(|((q, c), m)| *q = c - 2.0 * m);
+            q.iter_mut().zip(offset).zip(&messages).for_each(|((q, c), m)| *q = energy_difference(*c, *m));
             logistic_of_negated(q);
         }
     }
@@ -235,7 +239,7 @@ impl DenseCrf {
                 }
                 for ((p, values), message) in (first..end).zip(block.chunks_exact_mut(channels)).zip(&messages) {
                     for (c, v) in values.iter_mut().enumerate() {
-                        *v = offset[p * channels + c] - 2.0 * message[c];
+                        *v = energy_difference(offset[p * channels + c], message[c]);
                     }
                 }
                 logistic_lanes(block);
@@ -279,6 +283,13 @@ impl DenseCrf {
             kernel.add_message(q, channels, scratch, messages);
         }
     }
+}
+
+/// `e₁ − e₀ = c − 2m` of [`DenseCrf::two_label_inference`], from its `offset` c and the first
+/// label's message m.
+#[inline(always)]
+fn energy_difference(offset: f32, message: f32) -> f32 {
+    offset - 2.0 * message
 }
 
 /// `energies` ← `negated` plus the messages: as given for all but each group's last label, and
@@ -712,11 +723,10 @@ mod tests {
         // IRNet's seeds as the unary, and a second problem of flipped seeds.
         let flipped: Vec<u8> = labels.iter().map(|l| 1 - l).collect();
         let problems = [unary_from_labels(&labels, 2, 0.7), unary_from_labels(&flipped, 2, 0.6)];
-        let unit = |p: usize| crf.kernels.iter().map(|k| k.weight * k.unit_message[p]).fold(0.0, |a, b| a + b);
         for channels in [1, 2] {
-            let offset: Vec<f32> = (0..w * h * channels)
-                .map(|i| problems[i % channels][i / channels * 2] - problems[i % channels][i / channels * 2 + 1] + unit(i / channels))
-                .collect();
+            let unit = crf.unit_messages(channels);
+            let offset: Vec<f32> =
+                (0..w * h * channels).map(|i| problems[i % channels][i / channels * 2] - problems[i % channels][i / channels * 2 + 1] + unit[i]).collect();
             let start: Vec<f32> = (0..w * h * channels).map(|i| ((i * 104_729) % 17) as f32 / 17.0).collect();
             let (mut fused, mut by_kernel) = (start.clone(), start);
             crf.two_label_point_by_point(&offset, channels, &mut fused);
