@@ -133,6 +133,12 @@ impl DenseCrf {
     /// last label's is that minus the others' (docs/methods.md §4). With two labels (IRNet's)
     /// that halves the filtering, and the softmax of two is a logistic of their difference.
     pub fn inference(&self, unary: &[f32], labels: usize, groups: usize) -> Vec<f32> {
+        self.inference_by(unary, labels, groups, MAX_POINT_LANES)
+    }
+
+    /// [`DenseCrf::inference`], point by point up to `max_point_lanes` lanes of filtered
+    /// channels (see [`DenseCrf::mean_field`]).
+    fn inference_by(&self, unary: &[f32], labels: usize, groups: usize, max_point_lanes: usize) -> Vec<f32> {
         assert!(labels >= 1 && unary.len() == self.pixels * labels * groups, "unary must be pixels × groups × labels");
         if labels == 1 {
             return vec![1.0; unary.len()];
@@ -140,22 +146,21 @@ impl DenseCrf {
         let unit = self.unit_messages(groups);
         let negated: Vec<f32> = unary.iter().map(|u| -u).collect();
         if labels == 2 {
-            return self.two_label_inference(&negated, &unit);
+            return self.two_label_inference(&negated, &unit, max_point_lanes);
         }
-        let kept = (labels - 1) * groups;
         let mut q = negated.clone();
         softmax_groups(&mut q, labels);
-        let mut filtered = vec![0f32; self.pixels * kept];
-        let mut messages = vec![0f32; self.pixels * kept];
-        let mut scratch = FilterScratch::default();
-        for _ in 0..self.iterations {
-            for (group, out) in q.chunks_exact(labels).zip(filtered.chunks_exact_mut(labels - 1)) {
-                out.copy_from_slice(&group[..labels - 1]);
-            }
-            self.messages(&filtered, kept, &mut scratch, &mut messages);
-            add_messages(&negated, &messages, &unit, labels, &mut q);
-            softmax_groups(&mut q, labels);
-        }
+        let channels = (labels - 1) * groups;
+        let mut kept = vec![0f32; self.pixels * channels];
+        keep_first_labels(&q, labels, &mut kept);
+        let values_per_point = labels * groups;
+        self.mean_field(&mut kept, channels, max_point_lanes, |first, messages, kept| {
+            let points = first * values_per_point..first * values_per_point + kept.len() / (labels - 1) * labels;
+            let q = &mut q[points.clone()];
+            add_messages(&negated[points], messages, &unit[first * groups..], labels, q);
+            softmax_groups(q, labels);
+            keep_first_labels(q, labels, kept);
+        });
         q
     }
 
@@ -169,80 +174,97 @@ impl DenseCrf {
     /// [`DenseCrf::inference`] of two labels, from the negated energies: the first label's
     /// marginal alone is the state, `q₀ = 1 / (1 + e^(e₁ − e₀))` with `e₀ = −U₀ + m` and
     /// `e₁ = −U₁ + u − m` (m its message, u the unit message), i.e. `e₁ − e₀ = c − 2m`.
-    fn two_label_inference(&self, negated: &[f32], unit: &[f32]) -> Vec<f32> {
+    fn two_label_inference(&self, negated: &[f32], unit: &[f32], max_point_lanes: usize) -> Vec<f32> {
         let channels = unit.len() / self.pixels;
         let offset: Vec<f32> = negated.chunks_exact(2).zip(unit).map(|(n, u)| n[1] - n[0] + u).collect();
         let mut q = negated.chunks_exact(2).map(|n| n[1] - n[0]).collect::<Vec<f32>>();
         logistic_of_negated(&mut q);
-        if channels <= LANE {
-            self.two_label_point_by_point(&offset, channels, &mut q);
-        } else {
-            self.two_label_kernel_by_kernel(&offset, channels, &mut q);
-        }
+        self.mean_field(&mut q, channels, max_point_lanes, |first, messages, q| {
+            q.iter_mut().zip(&offset[first * channels..]).zip(messages).for_each(|((q, c), m)| *q = energy_difference(*c, *m));
+            logistic_of_negated(q);
+        });
         q.iter().flat_map(|&q| [q, 1.0 - q]).collect()
     }
 
-    /// The iterations of [`DenseCrf::two_label_inference`], each kernel filtering all of `q`
-    /// in turn.
-    fn two_label_kernel_by_kernel(&self, offset: &[f32], channels: usize, q: &mut [f32]) {
-        let mut messages = vec![0f32; q.len()];
-        let mut scratch = FilterScratch::default();
-        for _ in 0..self.iterations {
-            self.messages(q, channels, &mut scratch, &mut messages);
-            q.iter_mut().zip(offset).zip(&messages).for_each(|((q, c), m)| *q = energy_difference(*c, *m));
-            logistic_of_negated(q);
+    /// The mean-field iterations on the filtered values `kept` (pixels × `channels`): each
+    /// iteration filters them with both kernels into messages and hands those to `update`,
+    /// which turns them into the next values. `update(first, messages, kept)` receives the
+    /// points from `first` on, both `messages` and `kept` a whole number of points long.
+    ///
+    /// Both traversals give the same bits. Point by point, measured the faster up to
+    /// [`MAX_POINT_LANES`] lanes (IRNet's two groups of up to 4 labels), holds the vertex values
+    /// of four lattices at once; wider values go kernel by kernel, two at a time
+    /// (docs/methods.md §4).
+    fn mean_field(&self, kept: &mut [f32], channels: usize, max_point_lanes: usize, update: impl FnMut(usize, &[f32], &mut [f32])) {
+        match channels.div_ceil(LANE) {
+            lanes if lanes > max_point_lanes.min(MAX_POINT_LANES) => self.kernel_by_kernel(kept, channels, update),
+            1 => self.point_by_point::<1>(kept, channels, update),
+            2 => self.point_by_point::<2>(kept, channels, update),
+            _ => self.point_by_point::<3>(kept, channels, update),
         }
     }
 
-    /// The same iterations (the same bits) for up to [`LANE`] channels, one pass over the
-    /// points per iteration: a block of points is sliced from both kernels' blurred lattices,
-    /// updated, and at once splatted into their next ones, so each point's vertex numbers and
-    /// weights are read once per iteration rather than twice and no message buffer is
-    /// written (docs/methods.md §4).
-    fn two_label_point_by_point(&self, offset: &[f32], channels: usize, q: &mut [f32]) {
+    /// [`DenseCrf::mean_field`] with each kernel filtering all of `kept` in turn.
+    fn kernel_by_kernel(&self, kept: &mut [f32], channels: usize, mut update: impl FnMut(usize, &[f32], &mut [f32])) {
+        let mut messages = vec![0f32; kept.len()];
+        let mut scratch = FilterScratch::default();
+        for _ in 0..self.iterations {
+            messages.fill(0.0);
+            for kernel in &self.kernels {
+                kernel.add_message(kept, channels, &mut scratch, &mut messages);
+            }
+            update(0, &messages, kept);
+        }
+    }
+
+    /// [`DenseCrf::mean_field`] for up to `W` lanes of channels (the same bits), one pass over
+    /// the points per iteration: a block of points is sliced from both kernels' blurred
+    /// lattices, updated, and at once splatted into their next ones, so each point's vertex
+    /// numbers and weights are read once per iteration rather than twice and no message buffer
+    /// is written (docs/methods.md §4).
+    fn point_by_point<const W: usize>(&self, kept: &mut [f32], channels: usize, update: impl FnMut(usize, &[f32], &mut [f32])) {
         #[cfg(target_arch = "x86_64")]
         if std::is_x86_feature_detected!("avx2") {
             // SAFETY: this CPU has AVX2.
-            return unsafe { self.two_label_point_by_point_avx2(offset, channels, q) };
+            return unsafe { self.point_by_point_avx2::<W>(kept, channels, update) };
         }
-        self.two_label_point_by_point_lanes(offset, channels, q)
+        self.point_by_point_lanes::<W>(kept, channels, update)
     }
 
-    /// [`DenseCrf::two_label_point_by_point_lanes`] compiled for AVX2: the same operations.
+    /// [`DenseCrf::point_by_point_lanes`] compiled for AVX2: the same operations.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2")]
-    fn two_label_point_by_point_avx2(&self, offset: &[f32], channels: usize, q: &mut [f32]) {
-        self.two_label_point_by_point_lanes(offset, channels, q)
+    fn point_by_point_avx2<const W: usize>(&self, kept: &mut [f32], channels: usize, update: impl FnMut(usize, &[f32], &mut [f32])) {
+        self.point_by_point_lanes::<W>(kept, channels, update)
     }
 
     #[inline(always)]
-    fn two_label_point_by_point_lanes(&self, offset: &[f32], channels: usize, q: &mut [f32]) {
-        // Points per block: the logistic runs over a block in whole lanes.
+    fn point_by_point_lanes<const W: usize>(&self, kept: &mut [f32], channels: usize, mut update: impl FnMut(usize, &[f32], &mut [f32])) {
         const BLOCK_POINTS: usize = 64;
-        let mut passes = self.kernels.each_ref().map(|kernel| kernel.lattice.point_passes::<1>());
-        self.splat_points(&mut passes, q, channels, 0);
+        const { assert!(W <= MAX_POINT_LANES) };
+        assert!(channels <= W * LANE, "{channels} channels in {W} lanes");
+        let mut passes = self.kernels.each_ref().map(|kernel| kernel.lattice.point_passes::<W>());
+        self.splat_points(&mut passes, kept, channels, 0);
         self.blur_next(&mut passes);
         for iteration in 0..self.iterations {
             let last = iteration + 1 == self.iterations;
             for first in (0..self.pixels).step_by(BLOCK_POINTS) {
                 let end = (first + BLOCK_POINTS).min(self.pixels);
-                let block = &mut q[first * channels..end * channels];
-                // As `messages`: from zero, the kernels in order.
-                let mut messages = [[0f32; LANE]; BLOCK_POINTS];
+                let block = &mut kept[first * channels..end * channels];
+                let mut messages = [0f32; BLOCK_POINTS * MAX_POINT_LANES * LANE];
+                let messages = &mut messages[..block.len()];
+                // As `kernel_by_kernel`: from zero, the kernels in order.
                 for (kernel, passes) in self.kernels.iter().zip(&passes) {
-                    for ((incidence, norm), message) in kernel.lattice.incidence(first, end).zip(&kernel.norm[first..end]).zip(&mut messages) {
+                    for ((incidence, norm), message) in
+                        kernel.lattice.incidence(first, end).zip(&kernel.norm[first..end]).zip(messages.chunks_exact_mut(channels))
+                    {
                         let sliced = kernel.lattice.slice_from(incidence, passes);
-                        for c in 0..channels {
-                            message[c] += kernel.weight * (sliced[0][c] * norm);
+                        for (c, m) in message.iter_mut().enumerate() {
+                            *m += kernel.weight * (sliced[c / LANE][c % LANE] * norm);
                         }
                     }
                 }
-                for ((p, values), message) in (first..end).zip(block.chunks_exact_mut(channels)).zip(&messages) {
-                    for (c, v) in values.iter_mut().enumerate() {
-                        *v = energy_difference(offset[p * channels + c], message[c]);
-                    }
-                }
-                logistic_lanes(block);
+                update(first, messages, block);
                 if !last {
                     self.splat_points(&mut passes, block, channels, first);
                 }
@@ -253,16 +275,16 @@ impl DenseCrf {
         }
     }
 
-    /// Splats `values` (the points from `first` on, `channels` each, at most [`LANE`]), each
+    /// Splats `values` (the points from `first` on, `channels` each, at most `W` lanes), each
     /// scaled by its `D^-½`, into both kernels' next lattices.
     #[inline(always)]
-    fn splat_points(&self, passes: &mut [PointPasses<1>; 2], values: &[f32], channels: usize, first: usize) {
+    fn splat_points<const W: usize>(&self, passes: &mut [PointPasses<W>; 2], values: &[f32], channels: usize, first: usize) {
         let end = first + values.len() / channels;
         for (kernel, passes) in self.kernels.iter().zip(passes) {
             for ((values, incidence), norm) in values.chunks_exact(channels).zip(kernel.lattice.incidence(first, end)).zip(&kernel.norm[first..end]) {
-                let mut point = [[0f32; LANE]; 1];
+                let mut point = [[0f32; LANE]; W];
                 for (c, &x) in values.iter().enumerate() {
-                    point[0][c] = x * norm;
+                    point[c / LANE][c % LANE] = x * norm;
                 }
                 kernel.lattice.splat_into(incidence, &point, passes);
             }
@@ -270,18 +292,20 @@ impl DenseCrf {
     }
 
     /// Blurs both kernels' splats into the lattices the next pass slices from.
-    fn blur_next(&self, passes: &mut [PointPasses<1>; 2]) {
+    fn blur_next<const W: usize>(&self, passes: &mut [PointPasses<W>; 2]) {
         for (kernel, passes) in self.kernels.iter().zip(passes) {
             kernel.lattice.blur_next(passes);
         }
     }
+}
 
-    /// `messages` ← both kernels' messages of `q` (pixels × `channels`).
-    fn messages(&self, q: &[f32], channels: usize, scratch: &mut FilterScratch, messages: &mut [f32]) {
-        messages.fill(0.0);
-        for kernel in &self.kernels {
-            kernel.add_message(q, channels, scratch, messages);
-        }
+/// The most lanes of channels [`DenseCrf::point_by_point`] takes.
+const MAX_POINT_LANES: usize = 3;
+
+/// `kept` ← the first `labels − 1` values of each group of `q`.
+fn keep_first_labels(q: &[f32], labels: usize, kept: &mut [f32]) {
+    for (group, out) in q.chunks_exact(labels).zip(kept.chunks_exact_mut(labels - 1)) {
+        out.copy_from_slice(&group[..labels - 1]);
     }
 }
 
@@ -420,7 +444,15 @@ fn softmax_labels(values: &mut [f32], labels: usize) {
 #[inline(always)]
 fn softmax_blocks(values: &mut [f32], labels: usize) {
     let block_len = labels * (VALUES_PER_BLOCK / labels).max(1);
-    let mut spread = vec![0f32; block_len];
+    // On the stack unless a group is longer than a block: the point-by-point mean field calls
+    // this for every 64 points.
+    let (mut stack, mut heap) = ([0f32; VALUES_PER_BLOCK], Vec::new());
+    let spread = if block_len <= VALUES_PER_BLOCK {
+        &mut stack[..block_len]
+    } else {
+        heap.resize(block_len, 0.0);
+        &mut heap[..]
+    };
     for block in values.chunks_mut(block_len) {
         let spread = &mut spread[..block.len()];
         spread_over_groups(block, labels, spread, |group| group.iter().copied().fold(f32::NEG_INFINITY, f32::max));
@@ -717,21 +749,30 @@ mod tests {
     }
 
     #[test]
-    fn two_labels_point_by_point_give_the_bits_of_kernel_by_kernel() {
-        let (rgb, w, h, labels) = scene();
-        let crf = DenseCrf::new(&rgb, w, h, &CrfParams::default());
-        // IRNet's seeds as the unary, and a second problem of flipped seeds.
-        let flipped: Vec<u8> = labels.iter().map(|l| 1 - l).collect();
-        let problems = [unary_from_labels(&labels, 2, 0.7), unary_from_labels(&flipped, 2, 0.6)];
-        for channels in [1, 2] {
-            let unit = crf.unit_messages(channels);
-            let offset: Vec<f32> =
-                (0..w * h * channels).map(|i| problems[i % channels][i / channels * 2] - problems[i % channels][i / channels * 2 + 1] + unit[i]).collect();
-            let start: Vec<f32> = (0..w * h * channels).map(|i| ((i * 104_729) % 17) as f32 / 17.0).collect();
-            let (mut fused, mut by_kernel) = (start.clone(), start);
-            crf.two_label_point_by_point(&offset, channels, &mut fused);
-            crf.two_label_kernel_by_kernel(&offset, channels, &mut by_kernel);
-            assert!(fused.iter().zip(&by_kernel).all(|(a, b)| a.to_bits() == b.to_bits()), "{channels} channel(s)");
+    fn point_by_point_gives_the_bits_of_kernel_by_kernel() {
+        let (rgb, w, h, seeds) = scene();
+        // 15 rows: 360 points, 5 blocks of 64 and a tail of 40.
+        let h = h - 1;
+        let crf = DenseCrf::new(&rgb[..w * h * 3], w, h, &CrfParams::default());
+        // Channels filtered: (labels − 1) × groups, from 1 (one lane) to 9 (kernel by kernel
+        // both ways).
+        for (labels, groups) in [(2, 1), (2, 2), (2, 3), (3, 1), (3, 2), (4, 2), (4, 3)] {
+            let unary: Vec<f32> = (0..groups)
+                .map(|g| {
+                    unary_from_labels(
+                        &seeds.iter().enumerate().map(|(p, &s)| ((s as usize + g + p / 60) % labels) as u8).take(w * h).collect::<Vec<_>>(),
+                        labels,
+                        0.6 + 0.1 * g as f32,
+                    )
+                })
+                .fold(vec![Vec::new(); w * h], |mut pixels, problem| {
+                    pixels.iter_mut().zip(problem.chunks(labels)).for_each(|(pixel, energies)| pixel.extend(energies));
+                    pixels
+                })
+                .concat();
+            let fused = crf.inference_by(&unary, labels, groups, MAX_POINT_LANES);
+            let by_kernel = crf.inference_by(&unary, labels, groups, 0);
+            assert!(fused.iter().zip(&by_kernel).all(|(a, b)| a.to_bits() == b.to_bits()), "{labels} labels, {groups} group(s)");
             assert!(fused.iter().any(|q| *q > 0.9) && fused.iter().any(|q| *q < 0.1), "the mean field decided something");
         }
     }
