@@ -369,26 +369,19 @@ fn link<const D: usize, const D1: usize, K: PackedKey>(features: &[f32], scale: 
     // Points of an image share vertices (a 500×375 photo: 64k for 1.1M incidences): start
     // small, so that the table stays in cache, and let it grow.
     let mut keys = KeyTable::<K>::new(points / 16 + 64);
-    let mut offsets = Vec::with_capacity(points * D1);
-    let mut weights = Vec::with_capacity(points * D1);
+    let mut offsets = vec![NONE; points * D1];
+    let mut weights = vec![0f32; points * D1];
     // Moving a packed key along a lattice axis: every coordinate +1 (`ones`), and coordinate
     // i −(d+1) (`steps[i]`; the last coordinate is implied, so its step is 0).
     let ones = K::from_wide((0..D).map(|i| 1u128 << (packing.bits * i as u32)).sum());
     let steps: [K; D1] = std::array::from_fn(|i| K::from_wide(if i < D { (D as u128 + 1) << (packing.bits * i as u32) } else { 0 }));
-
-    for chunk in features.chunks(D * LANES) {
-        let simplices = Simplices::<D, D1>::of(chunk, scale);
-        for lane in 0..chunk.len() / D {
-            let (rem0, barycentric, by_rank) = simplices.point(lane);
-            // Vertex r of the simplex is rem0 plus the canonical offsets of remainder r: from
-            // one remainder to the next every coordinate gains 1 but the one ranked d − r loses d.
-            let mut key = K::from_wide(packing.pack(&rem0[..D]));
+    let incidence = offsets.chunks_mut(D1 * LANES).zip(weights.chunks_mut(D1 * LANES));
+    for (chunk, (offsets, weights)) in features.chunks(D * LANES).zip(incidence) {
+        let (vertex_keys, barycentric) = Simplices::<D, D1>::of(chunk, scale).vertices(packing, ones, &steps);
+        for (lane, (offsets, weights)) in offsets.chunks_exact_mut(D1).zip(weights.chunks_exact_mut(D1)).enumerate() {
             for remainder in 0..D1 {
-                if remainder > 0 {
-                    key = key.plus(ones).minus(steps[by_rank[D1 - remainder]]);
-                }
-                offsets.push(keys.insert(key));
-                weights.push(barycentric[remainder]);
+                offsets[remainder] = keys.insert(vertex_keys[remainder][lane]);
+                weights[remainder] = barycentric[remainder][lane];
             }
         }
     }
@@ -488,29 +481,48 @@ impl<const D: usize, const D1: usize> Simplices<D, D1> {
         Simplices { elevated, rem0, rank }
     }
 
-    /// Lane `lane`'s 0-remainder vertex, barycentric coordinates (p. 10 of the paper) and the
-    /// coordinate of each rank.
+    /// Every lane's simplex, vertex by vertex (`[remainder][lane]`): the packed key and the
+    /// barycentric weight (p. 10 of the paper) of each of its d+1 vertices. densecrf's steps,
+    /// written across the lanes so that they vectorise.
     #[inline(always)]
-    fn point(&self, lane: usize) -> ([f32; D1], [f32; D1], [usize; D1]) {
+    fn vertices<K: PackedKey>(&self, packing: &Packing<D>, ones: K, steps: &[K; D1]) -> ([[K; LANES]; D1], [[f32; LANES]; D1]) {
         let down = 1.0f32 / (D as f32 + 1.0);
-        let rem0: [f32; D1] = std::array::from_fn(|i| self.rem0[i][lane]);
-        let mut barycentric = [0f32; D1];
-        // densecrf's entry d+1.
-        let mut beyond = 0f32;
-        let mut by_rank = [0usize; D1];
+        // Each coordinate's offset from the 0-remainder vertex, filed by the coordinate's rank
+        // (the ranks of a point are a permutation of 0..=d).
+        let mut by_rank = [[0f32; LANES]; D1];
         for i in 0..D1 {
-            let v = (self.elevated[i][lane] - rem0[i]) * down;
-            let r = self.rank[i][lane] as usize;
-            barycentric[D - r] += v;
-            if r == 0 {
-                beyond -= v;
-            } else {
-                barycentric[D - r + 1] -= v;
+            for (r, by_rank) in by_rank.iter_mut().enumerate() {
+                for l in 0..LANES {
+                    let v = (self.elevated[i][l] - self.rem0[i][l]) * down;
+                    by_rank[l] = if self.rank[i][l] == r as i32 { v } else { by_rank[l] };
+                }
             }
-            by_rank[r] = i;
         }
-        barycentric[0] += 1.0 + beyond;
-        (rem0, barycentric, by_rank)
+        // densecrf adds the offset of rank r to weight d − r and subtracts it from weight
+        // d − r + 1, the one of rank 0 from its weight d + 1, which it then adds, plus 1, to
+        // weight 0. Every weight so gets one term of each sign: the same bits in one operation.
+        let mut barycentric = [[0f32; LANES]; D1];
+        for l in 0..LANES {
+            barycentric[0][l] = by_rank[D][l] + (1.0 - by_rank[0][l]);
+        }
+        for k in 1..D1 {
+            for l in 0..LANES {
+                barycentric[k][l] = by_rank[D - k][l] - by_rank[D - k + 1][l];
+            }
+        }
+        // Vertex r is the 0-remainder vertex plus the canonical offsets of remainder r: from one
+        // remainder to the next every coordinate gains 1 but the one ranked d − r + 1 loses d+1.
+        let mut keys = [[K::from_wide(0); LANES]; D1];
+        for l in 0..LANES {
+            keys[0][l] = packing.pack(std::array::from_fn::<f32, D, _>(|i| self.rem0[i][l]));
+        }
+        for r in 1..D1 {
+            for l in 0..LANES {
+                let step = (0..D).fold(K::from_wide(0), |step, i| if self.rank[i][l] == (D1 - r) as i32 { steps[i] } else { step });
+                keys[r][l] = keys[r - 1][l].plus(ones).minus(step);
+            }
+        }
+        (keys, barycentric)
     }
 }
 
@@ -543,8 +555,10 @@ impl<const D: usize> Packing<D> {
         Packing { low, bits: u64::BITS - (span as u64).leading_zeros() }
     }
 
-    fn pack(&self, coordinates: &[f32]) -> u128 {
-        coordinates.iter().zip(&self.low).enumerate().map(|(i, (&c, &low))| ((c as i64 - low) as u128) << (self.bits * i as u32)).sum()
+    /// The key of the vertex whose first D coordinates are `coordinates`'s.
+    #[inline(always)]
+    fn pack<K: PackedKey>(&self, coordinates: [f32; D]) -> K {
+        (0..D).fold(K::from_wide(0), |key, i| key.plus(K::shifted((coordinates[i] as i64 - self.low[i]) as u64, self.bits * i as u32)))
     }
 }
 
@@ -552,6 +566,8 @@ impl<const D: usize> Packing<D> {
 trait PackedKey: Copy + Eq + std::fmt::Debug {
     /// The low bits of `wide`.
     fn from_wide(wide: u128) -> Self;
+    /// `value << shift`.
+    fn shifted(value: u64, shift: u32) -> Self;
     fn plus(self, other: Self) -> Self;
     fn minus(self, other: Self) -> Self;
     /// 64 bits that depend on every bit of the key, for hashing.
@@ -561,6 +577,9 @@ trait PackedKey: Copy + Eq + std::fmt::Debug {
 impl PackedKey for u64 {
     fn from_wide(wide: u128) -> u64 {
         wide as u64
+    }
+    fn shifted(value: u64, shift: u32) -> u64 {
+        value << shift
     }
     fn plus(self, other: u64) -> u64 {
         self.wrapping_add(other)
@@ -576,6 +595,9 @@ impl PackedKey for u64 {
 impl PackedKey for u128 {
     fn from_wide(wide: u128) -> u128 {
         wide
+    }
+    fn shifted(value: u64, shift: u32) -> u128 {
+        (value as u128) << shift
     }
     fn plus(self, other: u128) -> u128 {
         self.wrapping_add(other)
@@ -705,6 +727,58 @@ mod tests {
     #[should_panic(expected = "lattice features too large")]
     fn features_too_large_for_exact_rounding_are_refused() {
         Lattice::new(&[0.0, 0.0, 1e9, 0.0], 2);
+    }
+
+    /// densecrf's per-point loop (its `barycentric` and canonical-vertex steps), for one lane:
+    /// the vertices' keys and weights.
+    fn densecrf_vertices<const D: usize, const D1: usize>(simplices: &Simplices<D, D1>, lane: usize, packing: &Packing<D>) -> ([u128; D1], [f32; D1]) {
+        let down = 1.0f32 / (D as f32 + 1.0);
+        let rem0: [f32; D1] = std::array::from_fn(|i| simplices.rem0[i][lane]);
+        let (mut barycentric, mut beyond, mut by_rank) = ([0f32; D1], 0f32, [0usize; D1]);
+        for i in 0..D1 {
+            let v = (simplices.elevated[i][lane] - rem0[i]) * down;
+            let r = simplices.rank[i][lane] as usize;
+            barycentric[D - r] += v;
+            if r == 0 {
+                beyond -= v;
+            } else {
+                barycentric[D - r + 1] -= v;
+            }
+            by_rank[r] = i;
+        }
+        barycentric[0] += 1.0 + beyond;
+        let mut keys = [0u128; D1];
+        for (remainder, key) in keys.iter_mut().enumerate() {
+            // densecrf: key[i] = rem0[i] + canonical[remainder][rank[i]].
+            let canonical = |i: usize| if simplices.rank[i][lane] as usize <= D - remainder { remainder as i64 } else { remainder as i64 - D1 as i64 };
+            *key = (0..D).map(|i| ((rem0[i] as i64 + canonical(i) - packing.low[i]) as u128) << (packing.bits * i as u32)).sum();
+        }
+        (keys, barycentric)
+    }
+
+    fn lane_parallel_vertices_are_densecrfs<const D: usize, const D1: usize>() {
+        let scale = elevation_scale::<D>();
+        let features: Vec<f32> = (0..8 * 40 * D).map(|i| ((i * 2654435761usize) % 1013) as f32 / 37.0 - 9.0).collect();
+        let packing = Packing::<D>::of::<D1>(&features, &scale);
+        let ones = (0..D).map(|i| 1u128 << (packing.bits * i as u32)).sum();
+        let steps: [u128; D1] = std::array::from_fn(|i| if i < D { (D as u128 + 1) << (packing.bits * i as u32) } else { 0 });
+        for chunk in features.chunks(D * LANES) {
+            let simplices = Simplices::<D, D1>::of(chunk, &scale);
+            let (keys, barycentric) = simplices.vertices::<u128>(&packing, ones, &steps);
+            for lane in 0..LANES {
+                let (expected_keys, expected_weights) = densecrf_vertices(&simplices, lane, &packing);
+                for r in 0..D1 {
+                    assert_eq!(keys[r][lane], expected_keys[r], "dim {D}, vertex {r}");
+                    assert_eq!(barycentric[r][lane].to_bits(), expected_weights[r].to_bits(), "dim {D}, vertex {r}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn lane_parallel_simplices_give_densecrfs_keys_and_weight_bits() {
+        lane_parallel_vertices_are_densecrfs::<2, 3>();
+        lane_parallel_vertices_are_densecrfs::<5, 6>();
     }
 
     #[test]
