@@ -168,7 +168,11 @@ impl DenseCrf {
     /// that is 1 everywhere: the sum of a group's label messages.
     fn unit_messages(&self, groups: usize) -> Vec<f32> {
         let [a, b] = &self.kernels;
-        a.unit_message.iter().zip(&b.unit_message).flat_map(|(x, y)| std::iter::repeat_n(a.weight * x + b.weight * y, groups)).collect()
+        let mut unit = Vec::with_capacity(self.pixels * groups);
+        for (x, y) in a.unit_message.iter().zip(&b.unit_message) {
+            unit.extend(std::iter::repeat_n(a.weight * x + b.weight * y, groups));
+        }
+        unit
     }
 
     /// [`DenseCrf::inference`] of two labels, from the negated energies: the first label's
@@ -428,14 +432,47 @@ fn softmax_labels(values: &mut [f32], labels: usize) {
     // A constant group length for the usual label counts lets the compiler unroll each group.
     match labels {
         1 => softmax_blocks(values, 1),
-        2 => softmax_blocks(values, 2),
-        3 => softmax_blocks(values, 3),
-        4 => softmax_blocks(values, 4),
-        5 => softmax_blocks(values, 5),
-        6 => softmax_blocks(values, 6),
+        2 => softmax_transposed::<2>(values),
+        3 => softmax_transposed::<3>(values),
+        4 => softmax_transposed::<4>(values),
+        5 => softmax_transposed::<5>(values),
+        6 => softmax_transposed::<6>(values),
         _ => softmax_blocks(values, labels),
     }
 }
+
+/// [`softmax_blocks`]' operations for groups of L labels, on blocks of [`TRANSPOSED_GROUPS`]
+/// groups copied label-major, so that every step (max, subtract, exp, sum, divide) runs across
+/// the groups in whole vectors: half the time of spreading each group's max and sum.
+#[inline(always)]
+fn softmax_transposed<const L: usize>(values: &mut [f32]) {
+    for block in values.chunks_mut(L * TRANSPOSED_GROUPS) {
+        // Padding groups are zeros: finite throughout, and never copied back.
+        let mut by_label = [[0f32; TRANSPOSED_GROUPS]; L];
+        for (g, group) in block.chunks_exact(L).enumerate() {
+            for l in 0..L {
+                by_label[l][g] = group[l];
+            }
+        }
+        // As `softmax_blocks`: the max folded from −∞ and the sum (from −0) in label order.
+        let mut max = [f32::NEG_INFINITY; TRANSPOSED_GROUPS];
+        by_label.iter().for_each(|values| max.iter_mut().zip(values).for_each(|(m, &v)| *m = m.max(v)));
+        let mut sum = [-0.0f32; TRANSPOSED_GROUPS];
+        for values in &mut by_label {
+            values.iter_mut().zip(&max).for_each(|(v, m)| *v -= m);
+            exp_in_place(values);
+            sum.iter_mut().zip(values.iter()).for_each(|(s, &v)| *s += v);
+        }
+        for (g, group) in block.chunks_exact_mut(L).enumerate() {
+            for l in 0..L {
+                group[l] = by_label[l][g] / sum[g];
+            }
+        }
+    }
+}
+
+/// Groups per block of [`softmax_transposed`].
+const TRANSPOSED_GROUPS: usize = 64;
 
 /// The softmax of every group, a block of groups at a time, in whole-block steps the compiler
 /// vectorises: each group's max and sum are spread over its values, so that subtracting and
@@ -624,6 +661,18 @@ mod tests {
             // SAFETY: the CPU has AVX2 (checked above).
             unsafe { softmax_groups_avx2(&mut avx2, labels) };
             assert!(baseline.iter().zip(&avx2).all(|(a, b)| a.to_bits() == b.to_bits()), "{labels} labels");
+        }
+    }
+
+    #[test]
+    fn transposed_softmax_gives_the_bits_of_the_spread_one() {
+        // 301 groups: 4 blocks of 64 and a tail of 45; values far apart and tied.
+        for labels in [2, 3, 4, 5, 6] {
+            let values: Vec<f32> = (0..labels * 301).map(|i| ((i * 7919) % 211) as f32 * 0.37 - 40.0 + ((i % 5 == 0) as u8 as f32) * 60.0).collect();
+            let (mut spread, mut transposed) = (values.clone(), values);
+            softmax_blocks(&mut spread, labels);
+            softmax_labels(&mut transposed, labels);
+            assert!(spread.iter().zip(&transposed).all(|(a, b)| a.to_bits() == b.to_bits()), "{labels} labels");
         }
     }
 

@@ -109,7 +109,11 @@ pub fn pseudo_label(input: &PseudoInput, params: &PseudoParams) -> Result<Vec<u8
             let labels = keys.len();
             let fg = unary_from_labels(&threshold_labels(input.cams, pixels, params.fg_threshold), labels, params.gt_prob);
             let bg = unary_from_labels(&threshold_labels(input.cams, pixels, params.bg_threshold), labels, params.gt_prob);
-            let both: Vec<f32> = fg.chunks_exact(labels).zip(bg.chunks_exact(labels)).flat_map(|(f, b)| f.iter().chain(b)).copied().collect();
+            let mut both = Vec::with_capacity(fg.len() + bg.len());
+            for (f, b) in fg.chunks_exact(labels).zip(bg.chunks_exact(labels)) {
+                both.extend_from_slice(f);
+                both.extend_from_slice(b);
+            }
             let q = DenseCrf::new(input.rgb, input.width, input.height, &params.crf).inference(&both, labels, 2);
             argmax_groups(&q, labels)
                 .chunks_exact(2)
