@@ -136,6 +136,10 @@ mod tests {
         tch::manual_seed(0);
         let vs = VarStore::new(Device::Cpu);
         let amm = Amm::new(&vs.root(), 32);
+        // The MLP has 2 hidden units; with the drawn bias both can be below zero for both
+        // samples (the seed does not pin the draws: tests share libtorch's generator across
+        // threads), and channel.0 then gets no gradient. A bias of 1 keeps them live.
+        let _ = tch::no_grad(|| vs.variables()["channel.0.bias"].shallow_clone().fill_(1.0));
         let x = Tensor::randn([2, 32, 5, 6], (Kind::Float, Device::Cpu)).set_requires_grad(true);
         let y = amm.forward(&x, Mode::Train);
         assert_eq!(y.size(), [2, 32, 5, 6]);
