@@ -155,9 +155,10 @@ impl DenseCrf {
         keep_first_labels(&q, labels, &mut kept);
         let values_per_point = labels * groups;
         self.mean_field(&mut kept, channels, max_point_lanes, |first, messages, kept| {
-            let points = first * values_per_point..first * values_per_point + kept.len() / (labels - 1) * labels;
-            let q = &mut q[points.clone()];
-            add_messages(&negated[points], messages, &unit[first * groups..], labels, q);
+            let end = first + kept.len() / channels;
+            let values = first * values_per_point..end * values_per_point;
+            let q = &mut q[values.clone()];
+            add_messages(&negated[values], messages, &unit[first * groups..end * groups], labels, q);
             softmax_groups(q, labels);
             keep_first_labels(q, labels, kept);
         });

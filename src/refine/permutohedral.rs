@@ -491,10 +491,10 @@ impl<const D: usize, const D1: usize> Simplices<D, D1> {
         // (the ranks of a point are a permutation of 0..=d).
         let mut by_rank = [[0f32; LANES]; D1];
         for i in 0..D1 {
+            let offset: [f32; LANES] = std::array::from_fn(|l| (self.elevated[i][l] - self.rem0[i][l]) * down);
             for (r, by_rank) in by_rank.iter_mut().enumerate() {
                 for l in 0..LANES {
-                    let v = (self.elevated[i][l] - self.rem0[i][l]) * down;
-                    by_rank[l] = if self.rank[i][l] == r as i32 { v } else { by_rank[l] };
+                    by_rank[l] = if self.rank[i][l] == r as i32 { offset[l] } else { by_rank[l] };
                 }
             }
         }
