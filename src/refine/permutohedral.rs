@@ -33,7 +33,8 @@ impl Lattice {
     /// under 10⁷ in magnitude.
     pub fn new(features: &[f32], dim: usize) -> Lattice {
         assert!(dim >= 1 && features.len().is_multiple_of(dim), "features must be points × dim");
-        assert!(features.iter().all(|f| f.is_finite()), "lattice features must be finite");
+        // A fold, not `all`: without the early exit the check vectorises.
+        assert!(features.iter().fold(true, |finite, f| finite & f.is_finite()), "lattice features must be finite");
         // One instance per dimension, so that every per-point loop has a fixed length.
         match dim {
             1 => build::<1, 2>(features),
@@ -300,16 +301,29 @@ fn elevate<const D: usize, const D1: usize>(f: &[f32], scale: &[f32; D]) -> [f32
     elevated
 }
 
-/// The least and the greatest value of each of the D feature dimensions.
+/// The least and the greatest value of each of the D feature dimensions (the features are
+/// finite).
 fn feature_ranges<const D: usize>(features: &[f32]) -> ([f32; D], [f32; D]) {
-    let (mut lo, mut hi) = ([f32::INFINITY; D], [f32::NEG_INFINITY; D]);
-    for f in features.chunks_exact(D) {
-        for i in 0..D {
-            lo[i] = lo[i].min(f[i]);
-            hi[i] = hi[i].max(f[i]);
+    // Over LANES points at a time as D vectors of LANES values, so that the comparisons
+    // vectorise: value l of vector k is feature (LANES·k + l) mod D of a point.
+    let (mut lo, mut hi) = ([[f32::INFINITY; LANES]; D], [[f32::NEG_INFINITY; LANES]; D]);
+    let chunks = features.chunks_exact(D * LANES);
+    let tail = chunks.remainder();
+    for chunk in chunks {
+        for (k, values) in chunk.chunks_exact(LANES).enumerate() {
+            for (l, &x) in values.iter().enumerate() {
+                lo[k][l] = if x < lo[k][l] { x } else { lo[k][l] };
+                hi[k][l] = if x > hi[k][l] { x } else { hi[k][l] };
+            }
         }
     }
-    (lo, hi)
+    let mut ranges = ([f32::INFINITY; D], [f32::NEG_INFINITY; D]);
+    let lanes = (0..D * LANES).map(|i| (lo[i / LANES][i % LANES], hi[i / LANES][i % LANES]));
+    for (i, (low, high)) in lanes.chain(tail.iter().map(|&x| (x, x))).enumerate() {
+        ranges.0[i % D] = ranges.0[i % D].min(low);
+        ranges.1[i % D] = ranges.1[i % D].max(high);
+    }
+    ranges
 }
 
 /// Bounds on every elevated coordinate of points whose features lie in `[lo, hi]` (per
@@ -721,6 +735,28 @@ mod tests {
         // Coordinate 4 is cf5 − 4·cf4: least at b = lo, g = hi.
         let corner = [lo[0], lo[1], lo[2], hi[3], lo[4]];
         assert!((elevate::<5, 6>(&corner, &scale)[4] as f64 - low[4]).abs() < 1e-3);
+    }
+
+    fn feature_ranges_are_each_dimensions_least_and_greatest<const D: usize>() {
+        // Point counts around the LANES-point chunks: none, a tail alone, whole chunks, both.
+        for points in [1, 7, 8, 9, 23, 64] {
+            let features: Vec<f32> = (0..points * D).map(|i| ((i * 2654435761usize) % 1009) as f32 / 3.0 - 150.0).collect();
+            let (lo, hi) = feature_ranges::<D>(&features);
+            for i in 0..D {
+                let column = features.iter().skip(i).step_by(D);
+                assert_eq!(lo[i], column.clone().copied().fold(f32::INFINITY, f32::min), "D {D}, {points} points, dimension {i}");
+                assert_eq!(hi[i], column.copied().fold(f32::NEG_INFINITY, f32::max), "D {D}, {points} points, dimension {i}");
+            }
+        }
+    }
+
+    #[test]
+    fn feature_ranges_match_a_plain_fold_for_every_dimension_count_and_tail() {
+        feature_ranges_are_each_dimensions_least_and_greatest::<1>();
+        feature_ranges_are_each_dimensions_least_and_greatest::<2>();
+        feature_ranges_are_each_dimensions_least_and_greatest::<3>();
+        feature_ranges_are_each_dimensions_least_and_greatest::<5>();
+        feature_ranges_are_each_dimensions_least_and_greatest::<8>();
     }
 
     #[test]
