@@ -188,7 +188,11 @@ impl DenseCrf {
             q.iter_mut().zip(&offset[first * channels..]).zip(messages).for_each(|((q, c), m)| *q = energy_difference(*c, *m));
             logistic_of_negated(q);
         });
-        q.iter().flat_map(|&q| [q, 1.0 - q]).collect()
+        let mut both = vec![0f32; 2 * q.len()];
+        for (pair, &q) in both.chunks_exact_mut(2).zip(&q) {
+            pair.copy_from_slice(&[q, 1.0 - q]);
+        }
+        both
     }
 
     /// The mean-field iterations on the filtered values `kept` (pixels × `channels`): each
@@ -555,14 +559,24 @@ fn exp_lanes(x: [f32; 8]) -> [f32; 8] {
 /// each pixel's label and `−ln((1−p)/(n−1))` on the others; pixels × n, row-major.
 /// With a single label every energy is 0 (nothing to decide).
 pub fn unary_from_labels(label_map: &[u8], labels: usize, gt_prob: f32) -> Vec<f32> {
+    unary_from_label_maps(&[label_map], labels, gt_prob)
+}
+
+/// [`unary_from_labels`] of several label maps of one image, as the groups of one
+/// [`DenseCrf::inference`]: pixels × (maps × `labels`), row-major.
+pub fn unary_from_label_maps(maps: &[&[u8]], labels: usize, gt_prob: f32) -> Vec<f32> {
+    let pixels = maps.first().map_or(0, |map| map.len());
+    assert!(maps.iter().all(|map| map.len() == pixels), "the label maps must have one label per pixel each");
     if labels == 1 {
-        return vec![0.0; label_map.len()];
+        return vec![0.0; pixels * maps.len()];
     }
     let on = -(gt_prob as f64).ln() as f32;
     let off = -((1.0 - gt_prob as f64) / (labels - 1) as f64).ln() as f32;
-    let mut unary = vec![off; label_map.len() * labels];
-    for (energies, &label) in unary.chunks_exact_mut(labels).zip(label_map) {
-        energies[label as usize] = on;
+    let mut unary = vec![off; pixels * maps.len() * labels];
+    for (group, map) in maps.iter().enumerate() {
+        for (energies, &label) in unary.chunks_exact_mut(maps.len() * labels).zip(*map) {
+            energies[group * labels..(group + 1) * labels][label as usize] = on;
+        }
     }
     unary
 }
@@ -724,6 +738,15 @@ mod tests {
             assert!((a - b).abs() < 1e-5, "{u:?}");
         }
         assert_eq!(unary_from_labels(&[0, 0], 1, 0.7), vec![0.0, 0.0]);
+    }
+
+    #[test]
+    fn unary_of_several_label_maps_interleaves_each_maps_unary_per_pixel() {
+        let (first, second) = ([2u8, 0, 1, 1], [0u8, 0, 2, 1]);
+        let (a, b) = (unary_from_labels(&first, 3, 0.7), unary_from_labels(&second, 3, 0.7));
+        let interleaved: Vec<f32> = a.chunks(3).zip(b.chunks(3)).flat_map(|(a, b)| a.iter().chain(b).copied()).collect();
+        assert_eq!(unary_from_label_maps(&[&first, &second], 3, 0.7), interleaved);
+        assert_eq!(unary_from_label_maps(&[&first, &second], 1, 0.7), vec![0.0; 8]);
     }
 
     #[test]

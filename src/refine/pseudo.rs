@@ -13,7 +13,7 @@
 use super::threshold::threshold_labels;
 use serde::{Deserialize, Serialize};
 
-use super::crf::{argmax_groups, unary_from_labels, CrfParams, DenseCrf};
+use super::crf::{argmax_groups, unary_from_label_maps, CrfParams, DenseCrf};
 
 /// The label of uncertain pixels.
 pub const UNCERTAIN: u8 = 255;
@@ -107,13 +107,9 @@ pub fn pseudo_label(input: &PseudoInput, params: &PseudoParams) -> Result<Vec<u8
         }
         PseudoMethod::IrnSeeds => {
             let labels = keys.len();
-            let fg = unary_from_labels(&threshold_labels(input.cams, pixels, params.fg_threshold), labels, params.gt_prob);
-            let bg = unary_from_labels(&threshold_labels(input.cams, pixels, params.bg_threshold), labels, params.gt_prob);
-            let mut both = Vec::with_capacity(fg.len() + bg.len());
-            for (f, b) in fg.chunks_exact(labels).zip(bg.chunks_exact(labels)) {
-                both.extend_from_slice(f);
-                both.extend_from_slice(b);
-            }
+            let fg = threshold_labels(input.cams, pixels, params.fg_threshold);
+            let bg = threshold_labels(input.cams, pixels, params.bg_threshold);
+            let both = unary_from_label_maps(&[&fg, &bg], labels, params.gt_prob);
             let q = DenseCrf::new(input.rgb, input.width, input.height, &params.crf).inference(&both, labels, 2);
             argmax_groups(&q, labels)
                 .chunks_exact(2)
