@@ -259,13 +259,16 @@ impl DenseCrf {
         let mut passes = self.kernels.each_ref().map(|kernel| kernel.lattice.point_passes::<W>());
         self.splat_points::<W, C>(&mut passes, kept, 0);
         self.blur_next(&mut passes);
+        let mut block_messages = [0f32; BLOCK_POINTS * MAX_POINT_LANES * LANE];
         for iteration in 0..self.iterations {
             let last = iteration + 1 == self.iterations;
             for first in (0..self.pixels).step_by(BLOCK_POINTS) {
                 let end = (first + BLOCK_POINTS).min(self.pixels);
                 let block = &mut kept[first * C..end * C];
-                let mut messages = [0f32; BLOCK_POINTS * MAX_POINT_LANES * LANE];
-                let messages = &mut messages[..block.len()];
+                // Zeroed as far as this block uses it (a whole array zeroed per block cost a
+                // pass over 3 times the messages).
+                let messages = &mut block_messages[..block.len()];
+                messages.fill(0.0);
                 // As `kernel_by_kernel`: from zero, the kernels in order.
                 for (kernel, passes) in self.kernels.iter().zip(&passes) {
                     for ((incidence, norm), message) in kernel.lattice.incidence(first, end).zip(&kernel.norm[first..end]).zip(messages.chunks_exact_mut(C)) {
@@ -315,8 +318,19 @@ const MAX_POINT_LANES: usize = 3;
 
 /// `kept` ← the first `labels − 1` values of each group of `q`.
 fn keep_first_labels(q: &[f32], labels: usize, kept: &mut [f32]) {
-    for (group, out) in q.chunks_exact(labels).zip(kept.chunks_exact_mut(labels - 1)) {
-        out.copy_from_slice(&group[..labels - 1]);
+    // As in `add_messages`: with a constant group length each copy is two moves, not a call
+    // to memcpy.
+    match labels {
+        3 => keep_first_labels_of::<3>(q, kept),
+        4 => keep_first_labels_of::<4>(q, kept),
+        _ => q.chunks_exact(labels).zip(kept.chunks_exact_mut(labels - 1)).for_each(|(group, out)| out.copy_from_slice(&group[..labels - 1])),
+    }
+}
+
+#[inline(always)]
+fn keep_first_labels_of<const L: usize>(q: &[f32], kept: &mut [f32]) {
+    for (group, out) in q.as_chunks::<L>().0.iter().zip(kept.chunks_exact_mut(L - 1)) {
+        out.copy_from_slice(&group[..L - 1]);
     }
 }
 
