@@ -323,15 +323,18 @@ fn elevation_scale<const D: usize>() -> [f32; D] {
     std::array::from_fn(|i| (1.0 / (((i + 2) * (i + 1)) as f64).sqrt()) as f32 * inv_std_dev)
 }
 
-/// A point elevated onto the lattice's hyperplane, y = E·f, in densecrf's order of operations.
+/// LANES points (`[feature][lane]`) elevated onto the lattice's hyperplane, y = E·f
+/// (`[coordinate][lane]`), in densecrf's order of operations on each lane.
 #[inline(always)]
-fn elevate<const D: usize, const D1: usize>(f: &[f32], scale: &[f32; D]) -> [f32; D1] {
-    let mut elevated = [0f32; D1];
-    let mut sum_scaled = 0f32;
+fn elevate_lanes<const D: usize, const D1: usize>(features: &[[f32; LANES]; D], scale: &[f32; D]) -> [[f32; LANES]; D1] {
+    let mut elevated = [[0f32; LANES]; D1];
+    let mut sum_scaled = [0f32; LANES];
     for j in (1..=D).rev() {
-        let cf = f[j - 1] * scale[j - 1];
-        elevated[j] = sum_scaled - j as f32 * cf;
-        sum_scaled += cf;
+        for l in 0..LANES {
+            let cf = features[j - 1][l] * scale[j - 1];
+            elevated[j][l] = sum_scaled[l] - j as f32 * cf;
+            sum_scaled[l] += cf;
+        }
     }
     elevated[0] = sum_scaled;
     elevated
@@ -363,7 +366,7 @@ fn feature_ranges<const D: usize>(features: &[f32]) -> ([f32; D], [f32; D]) {
 }
 
 /// Bounds on every elevated coordinate of points whose features lie in `[lo, hi]` (per
-/// dimension), in f64: [`elevate`]'s sums with each term at its least or greatest value.
+/// dimension), in f64: [`elevate_lanes`]'s sums with each term at its least or greatest value.
 fn elevated_bounds<const D: usize, const D1: usize>(lo: &[f32; D], hi: &[f32; D], scale: &[f32; D]) -> ([f64; D1], [f64; D1]) {
     let (mut low, mut high) = ([0f64; D1], [0f64; D1]);
     let (mut sum_low, mut sum_high) = (0f64, 0f64);
@@ -469,12 +472,13 @@ impl<const D: usize, const D1: usize> Simplices<D, D1> {
     /// `chunk`: up to LANES points of D features (missing lanes repeat the first point).
     #[inline(always)]
     fn of(chunk: &[f32], scale: &[f32; D]) -> Self {
-        let mut elevated = [[0f32; LANES]; D1];
+        let mut features = [[0f32; LANES]; D];
         for (lane, point) in chunk.chunks_exact(D).chain(std::iter::repeat(&chunk[..D])).take(LANES).enumerate() {
-            for (i, e) in elevate::<D, D1>(point, scale).into_iter().enumerate() {
-                elevated[i][lane] = e;
+            for (i, &f) in point.iter().enumerate() {
+                features[i][lane] = f;
             }
         }
+        let elevated = elevate_lanes::<D, D1>(&features, scale);
         // The nearest 0-coloured lattice point, by rounding each coordinate.
         let down = 1.0f32 / (D as f32 + 1.0);
         let up = D as f32 + 1.0;
@@ -751,6 +755,31 @@ mod tests {
                 assert!((w.iter().sum::<f32>() - 1.0).abs() < 1e-5, "{w:?}");
                 assert!(w.iter().all(|&x| x >= -1e-6), "{w:?}");
             }
+        }
+    }
+
+    /// A point elevated onto the lattice's hyperplane, y = E·f, in densecrf's order of operations.
+    fn elevate<const D: usize, const D1: usize>(f: &[f32], scale: &[f32; D]) -> [f32; D1] {
+        let mut elevated = [0f32; D1];
+        let mut sum_scaled = 0f32;
+        for j in (1..=D).rev() {
+            let cf = f[j - 1] * scale[j - 1];
+            elevated[j] = sum_scaled - j as f32 * cf;
+            sum_scaled += cf;
+        }
+        elevated[0] = sum_scaled;
+        elevated
+    }
+
+    #[test]
+    fn lane_parallel_elevation_gives_each_points_bits() {
+        let scale = elevation_scale::<5>();
+        let features: [[f32; LANES]; 5] = std::array::from_fn(|i| std::array::from_fn(|l| ((i * 31 + l * 7919) % 211) as f32 / 3.0 - 30.0));
+        let lanes = elevate_lanes::<5, 6>(&features, &scale);
+        for l in 0..LANES {
+            let point: [f32; 5] = std::array::from_fn(|i| features[i][l]);
+            let one = elevate::<5, 6>(&point, &scale);
+            assert!((0..6).all(|j| lanes[j][l].to_bits() == one[j].to_bits()), "lane {l}");
         }
     }
 
