@@ -162,7 +162,8 @@ impl Lattice {
             let mut first = 1;
             #[cfg(target_arch = "x86_64")]
             if W == 1 && std::is_x86_feature_detected!("avx2") {
-                // SAFETY: this CPU has AVX2; `axis` is this lattice's, `from` and `to` have its slots.
+                // SAFETY: this CPU has AVX2; `axis` is this lattice's (`link`: every neighbour
+                // is one of its slots), and `from` and `to` have its slots.
                 first = unsafe { blur_axis_gathered(axis, from.as_flattened().as_flattened(), to.as_flattened_mut().as_flattened_mut()) };
             }
             for v in first..slots {
@@ -200,13 +201,16 @@ impl Lattice {
 /// One axis of [`Lattice::blur`] for vertices of one lane (two channels, 8 bytes), four
 /// vertices at a time with their neighbours gathered: the same operations per channel.
 /// `from` and `to` hold LANE values per slot; returns the first vertex left to the caller.
+///
+/// # Safety
+/// The CPU has AVX2, and every neighbour in `axis` is one of its slots (below `axis.len()`), as
+/// in every lattice `link` builds: the gathers read `from` there unchecked.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-fn blur_axis_gathered(axis: &[[u32; 2]], from: &[f32], to: &mut [f32]) -> usize {
+unsafe fn blur_axis_gathered(axis: &[[u32; 2]], from: &[f32], to: &mut [f32]) -> usize {
     use std::arch::x86_64::*;
     let slots = axis.len();
     assert!(from.len() == slots * LANE && to.len() == slots * LANE, "one lane of values per slot");
-    // Every neighbour is a slot of this lattice (`link`), so every gathered index is in `from`.
     debug_assert!(axis.iter().flatten().all(|&n| (n as usize) < slots));
     let half = _mm256_set1_ps(0.5);
     // [a0 b0 a1 b1 a2 b2 a3 b3] → [a0 a1 a2 a3 | b0 b1 b2 b3].
@@ -966,7 +970,7 @@ mod tests {
             }
         }
         let mut to = vec![0f32; slots * LANE];
-        // SAFETY: the CPU has AVX2 (checked above).
+        // SAFETY: the CPU has AVX2 (checked above); every neighbour is below `slots`.
         let rest = unsafe { blur_axis_gathered(&axis, &from, &mut to) };
         assert_eq!(rest, 21, "the tail of 2 vertices is left to the caller");
         let gathered = &to[LANE..rest * LANE];
