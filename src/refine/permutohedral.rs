@@ -156,16 +156,22 @@ impl Lattice {
     #[inline(always)]
     fn blur<const W: usize>(&self, values: &mut [[[f32; LANE]; W]], spare: &mut [[[f32; LANE]; W]]) -> bool {
         let slots = self.vertices + 1;
+        #[cfg(target_arch = "x86_64")]
+        let gathered = W == 1 && std::is_x86_feature_detected!("avx2");
         let (mut from, mut to) = (values, spare);
         for j in 0..=self.dim {
             let axis = &self.neighbours[j * slots..(j + 1) * slots];
-            let mut first = 1;
+            // The first vertex left to the loop below: past those gathered four at a time.
             #[cfg(target_arch = "x86_64")]
-            if W == 1 && std::is_x86_feature_detected!("avx2") {
+            let first = if gathered {
                 // SAFETY: this CPU has AVX2; `axis` is this lattice's (`link`: every neighbour
                 // is one of its slots), and `from` and `to` have its slots.
-                first = unsafe { blur_axis_gathered(axis, from.as_flattened().as_flattened(), to.as_flattened_mut().as_flattened_mut()) };
-            }
+                unsafe { blur_axis_gathered(axis, from.as_flattened().as_flattened(), to.as_flattened_mut().as_flattened_mut()) }
+            } else {
+                1
+            };
+            #[cfg(not(target_arch = "x86_64"))]
+            let first = 1;
             for v in first..slots {
                 let [a, b] = axis[v];
                 let (old, na, nb) = (from[v], from[a as usize], from[b as usize]);
